@@ -1,0 +1,114 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BundleInfo(_message.Message):
+    __slots__ = ("name", "loaded", "frames", "width", "height", "fps", "ref_frame", "atlas_size", "metrics_json", "file_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    REF_FRAME_FIELD_NUMBER: _ClassVar[int]
+    ATLAS_SIZE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    loaded: bool
+    frames: int
+    width: int
+    height: int
+    fps: float
+    ref_frame: int
+    atlas_size: int
+    metrics_json: str
+    file_bytes: int
+    def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ..., frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., ref_frame: _Optional[int] = ..., atlas_size: _Optional[int] = ..., metrics_json: _Optional[str] = ..., file_bytes: _Optional[int] = ...) -> None: ...
+
+class ListBundlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListBundlesResponse(_message.Message):
+    __slots__ = ("bundles",)
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.RepeatedCompositeFieldContainer[BundleInfo]
+    def __init__(self, bundles: _Optional[_Iterable[_Union[BundleInfo, _Mapping]]] = ...) -> None: ...
+
+class LoadBundleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetBundleInfoRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UploadChunk(_message.Message):
+    __slots__ = ("filename", "data")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    data: bytes
+    def __init__(self, filename: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadResult(_message.Message):
+    __slots__ = ("upload_id", "bytes")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    bytes: int
+    def __init__(self, upload_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class StartFitRequest(_message.Message):
+    __slots__ = ("upload_id", "name", "roi_json", "preset", "iterations", "width", "height")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROI_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    name: str
+    roi_json: str
+    preset: str
+    iterations: int
+    width: int
+    height: int
+    def __init__(self, upload_id: _Optional[str] = ..., name: _Optional[str] = ..., roi_json: _Optional[str] = ..., preset: _Optional[str] = ..., iterations: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class FitProgress(_message.Message):
+    __slots__ = ("stage", "fraction", "iteration", "losses", "eta_seconds", "done", "bundle", "message")
+    class LossesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    fraction: float
+    iteration: int
+    losses: _containers.ScalarMap[str, float]
+    eta_seconds: float
+    done: bool
+    bundle: BundleInfo
+    message: str
+    def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., iteration: _Optional[int] = ..., losses: _Optional[_Mapping[str, float]] = ..., eta_seconds: _Optional[float] = ..., done: _Optional[bool] = ..., bundle: _Optional[_Union[BundleInfo, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
