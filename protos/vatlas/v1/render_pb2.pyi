@@ -18,7 +18,7 @@ class Region(_message.Message):
     def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class RenderRequest(_message.Message):
-    __slots__ = ("session_id", "frame", "format", "quality", "scale", "region", "atlas", "request_id")
+    __slots__ = ("session_id", "frame", "format", "quality", "scale", "region", "atlas", "request_id", "join_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class RenderRequest(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     ATLAS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frame: int
     format: str
@@ -35,7 +36,8 @@ class RenderRequest(_message.Message):
     region: Region
     atlas: bool
     request_id: int
-    def __init__(self, session_id: _Optional[str] = ..., frame: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., atlas: _Optional[bool] = ..., request_id: _Optional[int] = ...) -> None: ...
+    join_token: str
+    def __init__(self, session_id: _Optional[str] = ..., frame: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., atlas: _Optional[bool] = ..., request_id: _Optional[int] = ..., join_token: _Optional[str] = ...) -> None: ...
 
 class RenderedFrame(_message.Message):
     __slots__ = ("frame", "format", "width", "height", "data", "seq", "request_id", "render_ms")
@@ -58,7 +60,7 @@ class RenderedFrame(_message.Message):
     def __init__(self, frame: _Optional[int] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., seq: _Optional[int] = ..., request_id: _Optional[int] = ..., render_ms: _Optional[float] = ...) -> None: ...
 
 class PlaybackRequest(_message.Message):
-    __slots__ = ("session_id", "fps", "start_frame", "end_frame", "loop", "format", "quality", "scale")
+    __slots__ = ("session_id", "fps", "start_frame", "end_frame", "loop", "format", "quality", "scale", "join_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     START_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +69,7 @@ class PlaybackRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     fps: float
     start_frame: int
@@ -75,21 +78,24 @@ class PlaybackRequest(_message.Message):
     format: str
     quality: int
     scale: float
-    def __init__(self, session_id: _Optional[str] = ..., fps: _Optional[float] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., loop: _Optional[bool] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ...) -> None: ...
+    join_token: str
+    def __init__(self, session_id: _Optional[str] = ..., fps: _Optional[float] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., loop: _Optional[bool] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., join_token: _Optional[str] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("session_id", "format", "start_frame", "end_frame", "crf")
+    __slots__ = ("session_id", "format", "start_frame", "end_frame", "crf", "join_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     START_FRAME_FIELD_NUMBER: _ClassVar[int]
     END_FRAME_FIELD_NUMBER: _ClassVar[int]
     CRF_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     format: str
     start_frame: int
     end_frame: int
     crf: int
-    def __init__(self, session_id: _Optional[str] = ..., format: _Optional[str] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., crf: _Optional[int] = ...) -> None: ...
+    join_token: str
+    def __init__(self, session_id: _Optional[str] = ..., format: _Optional[str] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., crf: _Optional[int] = ..., join_token: _Optional[str] = ...) -> None: ...
 
 class ExportEvent(_message.Message):
     __slots__ = ("fraction", "stage", "chunk", "done", "filename", "total_bytes")

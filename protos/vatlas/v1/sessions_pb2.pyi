@@ -201,7 +201,7 @@ class StopPlayback(_message.Message):
     def __init__(self) -> None: ...
 
 class WsRequest(_message.Message):
-    __slots__ = ("request_id", "hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle")
+    __slots__ = ("request_id", "hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     LIST_BUNDLES_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,8 @@ class WsRequest(_message.Message):
     STOP_PLAYBACK_FIELD_NUMBER: _ClassVar[int]
     EXPORT_FIELD_NUMBER: _ClassVar[int]
     LOAD_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    LIST_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_INFO_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: Hello
     list_bundles: _bundles_pb2.ListBundlesRequest
@@ -222,10 +224,12 @@ class WsRequest(_message.Message):
     stop_playback: StopPlayback
     export: _render_pb2.ExportRequest
     load_bundle: _bundles_pb2.LoadBundleRequest
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., list_bundles: _Optional[_Union[_bundles_pb2.ListBundlesRequest, _Mapping]] = ..., create_session: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., session: _Optional[_Union[ClientMessage, _Mapping]] = ..., render: _Optional[_Union[_render_pb2.RenderRequest, _Mapping]] = ..., playback: _Optional[_Union[_render_pb2.PlaybackRequest, _Mapping]] = ..., stop_playback: _Optional[_Union[StopPlayback, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportRequest, _Mapping]] = ..., load_bundle: _Optional[_Union[_bundles_pb2.LoadBundleRequest, _Mapping]] = ...) -> None: ...
+    list_sessions: ListSessionsRequest
+    bundle_info: _bundles_pb2.GetBundleInfoRequest
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., list_bundles: _Optional[_Union[_bundles_pb2.ListBundlesRequest, _Mapping]] = ..., create_session: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., session: _Optional[_Union[ClientMessage, _Mapping]] = ..., render: _Optional[_Union[_render_pb2.RenderRequest, _Mapping]] = ..., playback: _Optional[_Union[_render_pb2.PlaybackRequest, _Mapping]] = ..., stop_playback: _Optional[_Union[StopPlayback, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportRequest, _Mapping]] = ..., load_bundle: _Optional[_Union[_bundles_pb2.LoadBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.GetBundleInfoRequest, _Mapping]] = ...) -> None: ...
 
 class WsResponse(_message.Message):
-    __slots__ = ("request_id", "welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info")
+    __slots__ = ("request_id", "welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +239,7 @@ class WsResponse(_message.Message):
     EXPORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_INFO_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     welcome: Welcome
     bundles: _bundles_pb2.ListBundlesResponse
@@ -244,4 +249,5 @@ class WsResponse(_message.Message):
     export: _render_pb2.ExportEvent
     error: _common_pb2.Error
     bundle_info: _bundles_pb2.BundleInfo
-    def __init__(self, request_id: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., bundles: _Optional[_Union[_bundles_pb2.ListBundlesResponse, _Mapping]] = ..., session_info: _Optional[_Union[SessionInfo, _Mapping]] = ..., event: _Optional[_Union[ServerEvent, _Mapping]] = ..., frame: _Optional[_Union[_render_pb2.RenderedFrame, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportEvent, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.BundleInfo, _Mapping]] = ...) -> None: ...
+    sessions: ListSessionsResponse
+    def __init__(self, request_id: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., bundles: _Optional[_Union[_bundles_pb2.ListBundlesResponse, _Mapping]] = ..., session_info: _Optional[_Union[SessionInfo, _Mapping]] = ..., event: _Optional[_Union[ServerEvent, _Mapping]] = ..., frame: _Optional[_Union[_render_pb2.RenderedFrame, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportEvent, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.BundleInfo, _Mapping]] = ..., sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ...) -> None: ...
