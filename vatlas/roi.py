@@ -50,7 +50,9 @@ class Roi:
             except (ValueError, TypeError):
                 raise RoiError(f"ROI polygon {k} is not a list of [x, y] number pairs") from None
             if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 3:
-                raise RoiError(f"ROI polygon {k} must be a list of at least 3 [x, y] points, got shape {arr.shape}")
+                raise RoiError(
+                    f"ROI polygon {k} must be a list of at least 3 [x, y] points, got shape {arr.shape}"
+                )
             if not np.isfinite(arr).all():
                 raise RoiError(f"ROI polygon {k} has non-finite coordinates")
             polygons.append(arr)
@@ -61,7 +63,9 @@ class Roi:
     def mask(self, height: int, width: int) -> np.ndarray:
         """Rasterize to a bool (H, W) mask (union of all polygons)."""
         if self.raster is not None:
-            resized = cv2.resize(self.raster.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+            resized = cv2.resize(
+                self.raster.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+            )
             return resized > 0
         return self.label_mask(height, width) > 0
 
@@ -98,9 +102,7 @@ class Roi:
             if hi[0] <= 0 or hi[1] <= 0 or lo[0] >= width or lo[1] >= height:
                 raise RoiError(f"ROI polygon {k} lies outside the {width}x{height} frame")
         if self.raster is None:
-            areas = [
-                int(Roi(self.ref_frame, [poly]).mask(height, width).sum()) for poly in self.polygons
-            ]
+            areas = [int(Roi(self.ref_frame, [poly]).mask(height, width).sum()) for poly in self.polygons]
             if min(areas) == 0:
                 raise RoiError(f"ROI polygon {areas.index(0)} covers no pixel of the {width}x{height} frame")
             if sum(areas) != int(self.mask(height, width).sum()):

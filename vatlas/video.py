@@ -124,7 +124,12 @@ def list_image_files(directory: Path) -> list[Path]:
 
 
 def _read_folder(
-    directory: Path, size: tuple[int, int] | None, start: int, stop: int | None, stride: int, fps: float | None
+    directory: Path,
+    size: tuple[int, int] | None,
+    start: int,
+    stop: int | None,
+    stride: int,
+    fps: float | None,
 ) -> Video:
     files = list_image_files(directory)
     if not files:
@@ -145,7 +150,9 @@ def _read_folder(
             raise VideoError(f"{file}: frame size {frame_size} differs from the first frame's {source_size}")
         out.append(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size))
     assert source_size is not None
-    return Video(np.stack(out), float(fps or DEFAULT_FOLDER_FPS), directory, source_size, (start, end), stride)
+    return Video(
+        np.stack(out), float(fps or DEFAULT_FOLDER_FPS), directory, source_size, (start, end), stride
+    )
 
 
 def _read_file(
@@ -249,7 +256,9 @@ def write_mp4(
         stream.codec_context.options = {"crf": str(int(crf)), "preset": preset}
         for index, frame in enumerate(items):
             if frame.shape[:2] != (height, width):
-                raise VideoError(f"{path}: frame {index} has size {frame.shape[:2]}, expected {(height, width)}")
+                raise VideoError(
+                    f"{path}: frame {index} has size {frame.shape[:2]}, expected {(height, width)}"
+                )
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_even_pad(frame)), format="rgb24")
             video_frame.pts = index
             video_frame.time_base = stream.time_base
@@ -300,4 +309,3 @@ def content_hash(frames_or_path: np.ndarray | str | Path) -> str:
     else:
         _hash_file(digest, path)
     return digest.hexdigest()
-
