@@ -1,0 +1,284 @@
+"""Multiresolution hash encoding (instant-NGP) and plain MLPs.
+
+Backends, picked by ``HashGridConfig.backend``:
+
+* ``"tcnn"``: ``tinycudann.Encoding`` with the same configuration (CUDA only).
+* ``"torch"``: the built-in PyTorch encoding, vectorized over levels and corners (any device).
+* ``"triton"``: the same module and parameter layout as ``"torch"``, but on CUDA tensors the forward
+  and backward run as fused Triton kernels (``models/encoding_triton.py``); on CPU it falls back to
+  the PyTorch path, so one model file works everywhere.
+* ``"auto"``: tcnn when importable, else triton when importable and CUDA is available, else torch.
+
+Grid convention (shared by the PyTorch and Triton paths): level ``l`` has ``scale_l = base_resolution *
+per_level_scale**l - 1`` cells per unit; an input ``x`` in ``[0, 1]`` lands at ``x * scale_l``, whose
+cell corners are integer vertices ``0 .. floor(scale_l) + 1``. A level whose vertex grid fits in the
+table is indexed densely (no collisions); larger levels use the instant-NGP XOR-prime hash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+BACKENDS = ("auto", "tcnn", "torch", "triton")
+# instant-NGP's primes; the first is 1 so neighbouring x cells stay neighbours in memory.
+HASH_PRIMES = (1, 2654435761, 805459861)
+INIT_RANGE = 1e-4
+
+
+@dataclass
+class HashGridConfig:
+    """Configuration of a multiresolution hash grid (names follow tinycudann's HashGrid)."""
+
+    n_input_dims: int = 2
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.5
+    # When set, per_level_scale is derived so the finest level has this resolution.
+    finest_resolution: float | None = None
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.n_input_dims not in (2, 3):
+            raise ValueError(f"hash grid n_input_dims must be 2 or 3, got {self.n_input_dims}")
+        if not 1 <= self.n_levels <= 32:
+            raise ValueError(f"hash grid n_levels must be in 1..32, got {self.n_levels}")
+        if self.n_features_per_level not in (1, 2, 4, 8):
+            raise ValueError(f"hash grid n_features_per_level must be 1, 2, 4 or 8, got {self.n_features_per_level}")
+        if not 8 <= self.log2_hashmap_size <= 24:
+            raise ValueError(f"hash grid log2_hashmap_size must be in 8..24, got {self.log2_hashmap_size}")
+        if self.base_resolution < 2:
+            raise ValueError(f"hash grid base_resolution must be >= 2, got {self.base_resolution}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"hash grid backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.finest_resolution is not None:
+            if self.finest_resolution < self.base_resolution:
+                raise ValueError("hash grid finest_resolution must be >= base_resolution")
+            if self.n_levels == 1:
+                self.per_level_scale = 1.0
+            else:
+                self.per_level_scale = math.exp(
+                    math.log(self.finest_resolution / self.base_resolution) / (self.n_levels - 1)
+                )
+        if self.per_level_scale < 1.0:
+            raise ValueError(f"hash grid per_level_scale must be >= 1, got {self.per_level_scale}")
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.n_levels * self.n_features_per_level
+
+    @property
+    def hashmap_size(self) -> int:
+        return 1 << self.log2_hashmap_size
+
+    def tcnn_config(self) -> dict:
+        """The encoding config dict tinycudann expects."""
+        return {
+            "otype": "HashGrid",
+            "n_levels": self.n_levels,
+            "n_features_per_level": self.n_features_per_level,
+            "log2_hashmap_size": self.log2_hashmap_size,
+            "base_resolution": self.base_resolution,
+            "per_level_scale": self.per_level_scale,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    """Per-level geometry of the flat parameter table, computed once from the config."""
+
+    scales: tuple[float, ...]  # cells per unit
+    resolutions: tuple[int, ...]  # vertices per axis
+    sizes: tuple[int, ...]  # table rows of each level
+    offsets: tuple[int, ...]  # first row of each level
+    dense: tuple[bool, ...]  # dense indexing (no hashing) on this level
+
+    @property
+    def n_params_rows(self) -> int:
+        return self.offsets[-1] + self.sizes[-1]
+
+
+def level_layout(cfg: HashGridConfig) -> LevelLayout:
+    scales, resolutions, sizes, offsets, dense = [], [], [], [], []
+    offset = 0
+    for level in range(cfg.n_levels):
+        scale = cfg.base_resolution * cfg.per_level_scale**level - 1.0
+        # float32 is what the kernels multiply with; keep the layout consistent with it.
+        scale = float(torch.tensor(scale, dtype=torch.float32))
+        resolution = math.floor(scale) + 2
+        n_vertices = resolution**cfg.n_input_dims
+        is_dense = n_vertices <= cfg.hashmap_size
+        size = n_vertices if is_dense else cfg.hashmap_size
+        scales.append(scale)
+        resolutions.append(resolution)
+        sizes.append(size)
+        offsets.append(offset)
+        dense.append(is_dense)
+        offset += size
+    return LevelLayout(tuple(scales), tuple(resolutions), tuple(sizes), tuple(offsets), tuple(dense))
+
+
+def tcnn_available() -> bool:
+    return importlib.util.find_spec("tinycudann") is not None
+
+
+def triton_available() -> bool:
+    """Triton kernels can run here: triton installed, our kernel module present, a CUDA device."""
+    return (importlib.util.find_spec("triton") is not None
+            and importlib.util.find_spec(f"{__package__}.encoding_triton") is not None
+            and torch.cuda.is_available())
+
+
+def resolve_backend(backend: str) -> str:
+    """Turn "auto" into a concrete backend; refuse backends that cannot run here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"hash grid backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if tcnn_available():
+            return "tcnn"
+        return "triton" if triton_available() else "torch"
+    if backend == "tcnn" and not tcnn_available():
+        raise RuntimeError("hash grid backend 'tcnn' requested but tinycudann is not installed")
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        raise RuntimeError("hash grid backend 'triton' requested but triton is not installed")
+    if backend == "triton" and importlib.util.find_spec(f"{__package__}.encoding_triton") is None:
+        raise RuntimeError("hash grid backend 'triton' requested but its kernels are not built in")
+    return backend
+
+
+class HashGridEncoding(nn.Module):
+    """Built-in multiresolution hash encoding: (B, d) in [0, 1] -> (B, n_levels * n_features) float32.
+
+    Inputs outside [0, 1] are clamped. The whole table is one parameter ``params`` of shape
+    (rows, n_features) so an optimizer group (and a fused Adam) sees a single tensor.
+    """
+
+    use_triton: bool = False
+
+    def __init__(self, cfg: HashGridConfig, *, seed: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layout = level_layout(cfg)
+        d = cfg.n_input_dims
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        table = torch.rand(self.layout.n_params_rows, cfg.n_features_per_level, generator=generator)
+        self.params = nn.Parameter(table.mul_(2 * INIT_RANGE).sub_(INIT_RANGE))
+        # Corner offsets in {0,1}^d, bit k of the corner number is the offset along axis k.
+        corners = torch.tensor([[(c >> k) & 1 for k in range(d)] for c in range(1 << d)], dtype=torch.int64)
+        self.register_buffer("corners", corners, persistent=False)
+        self.register_buffer("scales", torch.tensor(self.layout.scales, dtype=torch.float32), persistent=False)
+        strides = torch.tensor(
+            [[r**k for k in range(d)] for r in self.layout.resolutions], dtype=torch.int64
+        )
+        self.register_buffer("strides", strides, persistent=False)
+        self.register_buffer("primes", torch.tensor(HASH_PRIMES[:d], dtype=torch.int64), persistent=False)
+        self.register_buffer("dense", torch.tensor(self.layout.dense), persistent=False)
+        self.register_buffer("offsets", torch.tensor(self.layout.offsets, dtype=torch.int64), persistent=False)
+        self.register_buffer("sizes", torch.tensor(self.layout.sizes, dtype=torch.int64), persistent=False)
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.cfg.n_output_dims
+
+    def extra_repr(self) -> str:
+        return (f"dims={self.cfg.n_input_dims}, levels={self.cfg.n_levels}x{self.cfg.n_features_per_level}, "
+                f"T=2^{self.cfg.log2_hashmap_size}, dense_levels={sum(self.layout.dense)}, "
+                f"triton={self.use_triton}")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.cfg.n_input_dims:
+            raise ValueError(f"hash encoding expects (B, {self.cfg.n_input_dims}) inputs, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"hash encoding expects float inputs, got {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.use_triton and x.is_cuda:
+            from .encoding_triton import hash_encode
+
+            return hash_encode(x, self.params, self.layout, self.cfg)
+        return self.forward_torch(x)
+
+    def table_index(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Integer vertices (B, L, C, d) -> flat table rows (B, L, C)."""
+        dense_index = (vertices * self.strides[:, None, :]).sum(-1)
+        mixed = (vertices * self.primes) & 0xFFFFFFFF
+        hashed = mixed[..., 0]
+        for k in range(1, vertices.shape[-1]):
+            hashed = hashed ^ mixed[..., k]
+        hashed = hashed & (self.cfg.hashmap_size - 1)
+        index = torch.where(self.dense[:, None], dense_index, hashed)
+        return index + self.offsets[:, None]
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """Vectorized PyTorch path: every level and every corner in a handful of tensor ops."""
+        x = x.float().clamp(0.0, 1.0)
+        pos = x[:, None, :] * self.scales[None, :, None]  # (B, L, d)
+        base = torch.floor(pos)
+        frac = pos - base
+        vertices = base.long()[:, :, None, :] + self.corners  # (B, L, C, d)
+        rows = self.table_index(vertices)  # (B, L, C)
+        # Multilinear weights: prod over axes of frac (offset 1) or 1 - frac (offset 0).
+        corner_is_one = self.corners.bool()  # (C, d)
+        weights = torch.where(corner_is_one, frac[:, :, None, :], 1.0 - frac[:, :, None, :]).prod(-1)
+        features = self.params.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # (B, L, C, F)
+        out = (weights[..., None] * features).sum(2)  # (B, L, F)
+        return out.reshape(x.shape[0], -1)
+
+
+class TcnnHashEncoding(nn.Module):
+    """tinycudann's HashGrid with the same configuration; fp32 output."""
+
+    def __init__(self, cfg: HashGridConfig, *, seed: int | None = None) -> None:
+        super().__init__()
+        import tinycudann as tcnn
+
+        self.cfg = cfg
+        kwargs = {"seed": seed} if seed is not None else {}
+        self.encoding = tcnn.Encoding(cfg.n_input_dims, cfg.tcnn_config(), dtype=torch.float32, **kwargs)
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.cfg.n_output_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.cfg.n_input_dims:
+            raise ValueError(f"hash encoding expects (B, {self.cfg.n_input_dims}) inputs, got {tuple(x.shape)}")
+        return self.encoding(x.float().clamp(0.0, 1.0)).float()
+
+
+def make_hash_encoding(cfg: HashGridConfig, *, seed: int | None = None) -> nn.Module:
+    """Build the hash encoding for ``cfg.backend`` (see the module docstring)."""
+    backend = resolve_backend(cfg.backend)
+    if backend == "tcnn":
+        return TcnnHashEncoding(cfg, seed=seed)
+    module = HashGridEncoding(cfg, seed=seed)
+    module.use_triton = backend == "triton"
+    return module
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+
+
+def make_mlp(in_dim: int, out_dim: int, width: int = 64, hidden_layers: int = 2, activation: str = "relu",
+             *, bias: bool = True) -> nn.Sequential:
+    """Plain torch MLP: ``hidden_layers`` hidden layers of ``width``, no output activation."""
+    if in_dim < 1 or out_dim < 1 or width < 1 or hidden_layers < 0:
+        raise ValueError(f"bad MLP size in={in_dim} out={out_dim} width={width} hidden={hidden_layers}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"MLP activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    layers: list[nn.Module] = []
+    dims = [in_dim] + [width] * hidden_layers
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        layers += [nn.Linear(a, b, bias=bias), ACTIVATIONS[activation]()]
+    layers.append(nn.Linear(dims[-1], out_dim, bias=bias))
+    return nn.Sequential(*layers)
