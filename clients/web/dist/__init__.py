@@ -1,0 +1,1 @@
+"""The built vatlas web client (static files served by `vatlas serve`)."""

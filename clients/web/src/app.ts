@@ -1,0 +1,994 @@
+// The editor: session lifecycle, rendering requests, tools, panels. DOM ids are stable (tests rely on them).
+import { Connection, WireRequestError, type ConnectionState } from "./connection";
+import { SessionDocument } from "./document";
+import type {
+  BundleInfo,
+  EditOp,
+  ExportEvent,
+  RenderedFrame,
+  ServerEvent,
+  SessionInfo,
+  Vec2,
+  WsResponse,
+} from "./generated/messages";
+import { hexToRgb, rounded, simplify } from "./geometry";
+import { $, byId, el, readNumber } from "./dom";
+import { View, type Preview } from "./view";
+
+type Tool = "brush" | "eraser" | "image" | "adjust" | "sticker" | "pan";
+const TOOLS: Tool[] = ["brush", "eraser", "image", "adjust", "sticker", "pan"];
+const TOOL_KEYS: Record<string, Tool> = { b: "brush", e: "eraser", i: "image", a: "adjust", s: "sticker", h: "pan" };
+const PALETTE = ["#ff6b6b", "#4da3ff", "#34c759", "#ffb020", "#bf5af2", "#5ac8fa", "#ff9f0a", "#ff375f"];
+/** Renders while scrubbing/drawing: quick and small; refined once the user pauses. */
+const DRAFT = { scale: 0.5, quality: 60 };
+const FINAL = { scale: 1, quality: 90 };
+const IDLE_MS = 250;
+const MAX_POINTS = 4000;
+
+interface Params {
+  bundle: string;
+  session: string;
+  join: string;
+  token: string;
+  name: string;
+}
+
+export class App {
+  private readonly conn: Connection;
+  private readonly view: View;
+  private readonly doc = new SessionDocument();
+  private readonly params: Params;
+  private session: SessionInfo | null = null;
+  private bundle: BundleInfo | null = null;
+  private participantId = "";
+  private readonly name: string;
+  private readonly color: string;
+  private tool: Tool = "brush";
+  private frame = 0;
+  private atlas = false;
+  private opCounter = 0;
+  private readonly idPrefix = Math.random().toString(36).slice(2, 8);
+  // Rendering: one request in flight at most; a newer wish replaces an older one (latest wins).
+  private renderInFlight = false;
+  private renderWanted = false;
+  private renderCounter = 0;
+  private lastActivity = 0;
+  private shownDraft = false;
+  private idleTimer: number | undefined;
+  private renders = 0;
+  // Playback.
+  private playing = false;
+  private playbackId: number | null = null;
+  private clientPlayTimer: number | undefined;
+  // Pointer interaction.
+  private drag: { kind: "pan" | "draw"; last: [number, number]; pointerId: number } | null = null;
+  private imageBytes: Uint8Array | null = null;
+  private stickerBytes: Uint8Array | null = null;
+  private stickerAspect = 1;
+  private presenceTimer: number | undefined;
+  private pendingPresence: Vec2 | null = null;
+  private exportId: number | null = null;
+  private exportUrl: string | null = null;
+
+  constructor() {
+    const query = new URLSearchParams(location.search);
+    this.params = {
+      bundle: query.get("bundle") ?? "",
+      session: query.get("session") ?? "",
+      join: query.get("join") ?? "",
+      token: query.get("token") ?? "",
+      name: query.get("name") ?? "",
+    };
+    this.name = this.params.name || `Guest ${Math.floor(100 + Math.random() * 900)}`;
+    this.color = PALETTE[Math.floor(Math.random() * PALETTE.length)] ?? "#4da3ff";
+    this.view = new View(byId<HTMLCanvasElement>("view-canvas"));
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    this.conn = new Connection({
+      url: `${scheme}//${location.host}/ws`,
+      token: this.params.token,
+      onState: (state, detail) => this.showConnection(state, detail),
+      onOpen: (reconnected) => void this.onOpen(reconnected),
+      onUnsolicited: (response) => this.onUnsolicited(response),
+    });
+    this.bindUi();
+    this.exposeForTests();
+    this.conn.start();
+  }
+
+  // ------------------------------------------------------------------ session lifecycle
+
+  private async onOpen(reconnected: boolean): Promise<void> {
+    try {
+      if (this.session) {
+        await this.join(this.session.session_id ?? "", this.session.join_token ?? "", reconnected);
+      } else if (this.params.session) {
+        await this.join(this.params.session, this.params.join, false);
+      } else if (this.params.bundle) {
+        await this.openBundle(this.params.bundle);
+      } else {
+        await this.showOpenDialog();
+      }
+    } catch (error) {
+      this.toast(messageOf(error));
+      if (!this.session) await this.showOpenDialog(messageOf(error)).catch(() => undefined);
+    }
+  }
+
+  private async showOpenDialog(error = ""): Promise<void> {
+    const dialog = byId("open-dialog");
+    dialog.hidden = false;
+    byId("open-error").textContent = error;
+    const list = byId("bundle-list");
+    const response = await this.conn.request({ list_bundles: {} });
+    const bundles = response.bundles?.bundles ?? [];
+    list.replaceChildren(
+      ...(bundles.length
+        ? bundles.map((info) => {
+            const button = el("button", { "data-testid": "open-bundle", "data-bundle": info.name ?? "" }, [
+              el("span", {}, [info.name ?? ""]),
+              el("span", { class: "muted" }, [`${info.width ?? 0}×${info.height ?? 0} · ${info.frames ?? 0} frames`]),
+            ]);
+            button.addEventListener("click", () => {
+              this.openBundle(info.name ?? "").catch((e: unknown) => (byId("open-error").textContent = messageOf(e)));
+            });
+            return el("li", {}, [button]);
+          })
+        : [el("li", { class: "empty" }, ["No bundles on this server. Fit one with `vatlas fit`."])]),
+    );
+  }
+
+  private async openBundle(name: string): Promise<void> {
+    await this.conn.request({ load_bundle: { name } });
+    const created = await this.conn.request({ create_session: { bundle: name } });
+    const info = created.session_info;
+    if (!info?.session_id) throw new Error("the server did not return a session");
+    await this.join(info.session_id, info.join_token ?? "", false);
+  }
+
+  /** Join (or rejoin after a reconnect, replaying what we missed) and wait for the snapshot. */
+  private async join(sessionId: string, joinToken: string, resume: boolean): Promise<void> {
+    const snapshot = await new Promise<ServerEvent>((resolve, reject) => {
+      let settled = false;
+      const id = this.conn.stream(
+        {
+          session: {
+            join: {
+              session_id: sessionId,
+              join_token: joinToken,
+              name: this.name,
+              color: this.color,
+              last_seq: resume ? this.doc.seq : 0,
+              participant_id: this.participantId,
+            },
+          },
+        },
+        (response) => {
+          if (!settled && response.error) {
+            settled = true;
+            reject(new WireRequestError(response.error));
+          } else if (response.event) {
+            // Resume may answer with replayed ops instead of a snapshot; either means we are in.
+            if (!settled) {
+              settled = true;
+              resolve(response.event);
+            }
+            this.onEvent(response.event);
+          } else if (response.error) {
+            this.toast(`${response.error.code}: ${response.error.message}`);
+          }
+        },
+      );
+      if (id === null) reject(new Error("not connected"));
+    });
+    if (!snapshot.snapshot && !this.session) throw new Error("join did not return a snapshot");
+    byId("open-dialog").hidden = true;
+    this.renderNow();
+  }
+
+  private async adoptSession(info: SessionInfo): Promise<void> {
+    const changed = this.session?.bundle !== info.bundle || !this.bundle;
+    this.session = info;
+    const link = new URL(location.href);
+    link.search = "";
+    link.searchParams.set("session", info.session_id ?? "");
+    link.searchParams.set("join", info.join_token ?? "");
+    if (this.params.token) link.searchParams.set("token", this.params.token);
+    history.replaceState(null, "", link.toString());
+    byId("session-label").textContent = `${info.bundle ?? ""} · session ${(info.session_id ?? "").slice(0, 8)}`;
+    byId<HTMLButtonElement>("share-btn").disabled = false;
+    byId<HTMLButtonElement>("export-btn").disabled = false;
+    if (changed && info.bundle) {
+      const response = await this.conn.request({ bundle_info: { name: info.bundle } });
+      this.bundle = response.bundle_info ?? null;
+      const frames = this.bundle?.frames ?? 1;
+      const scrubber = byId<HTMLInputElement>("scrubber");
+      scrubber.max = String(Math.max(0, frames - 1));
+      this.view.setSize(this.bundle?.width ?? 1, this.bundle?.height ?? 1);
+      byId("fps-label").textContent = `${(this.bundle?.fps ?? 0).toFixed(2)} fps`;
+      this.setFrame(Math.min(this.frame, frames - 1), false);
+      this.renderNow();
+    }
+  }
+
+  // ------------------------------------------------------------------ server events
+
+  private onUnsolicited(response: WsResponse): void {
+    if (response.event) this.onEvent(response.event);
+    else if (response.error) this.toast(`${response.error.code}: ${response.error.message}`);
+  }
+
+  private onEvent(event: ServerEvent): void {
+    if (event.snapshot) {
+      const snap = event.snapshot;
+      this.participantId = snap.participant_id ?? this.participantId;
+      this.doc.reset(snap.document, snap.session?.seq ?? 0);
+      this.doc.participants.clear();
+      for (const p of snap.participants ?? []) if (p.participant_id) this.doc.participants.set(p.participant_id, p);
+      if (snap.session) void this.adoptSession(snap.session).catch((e: unknown) => this.toast(messageOf(e)));
+      this.refreshPanels();
+      this.renderNow();
+      byId("app").dataset.ready = "true";
+    } else if (event.applied) {
+      const { op, seq, participant_id: author } = event.applied;
+      if (op && this.doc.applyOp(op, author ?? "", seq ?? 0)) {
+        this.refreshLayers();
+        this.renderNow();
+      }
+    } else if (event.accepted) {
+      const preview = this.view.previews.find((p) => p.opId === event.accepted?.op_id);
+      if (preview) preview.seq = event.accepted.seq ?? 0;
+    } else if (event.rejected) {
+      this.view.previews = this.view.previews.filter((p) => p.opId !== event.rejected?.op_id);
+      this.view.invalidate();
+      this.toast(`Edit rejected: ${event.rejected.error?.message ?? "unknown reason"}`);
+    } else if (event.presence?.participant) {
+      const p = event.presence.participant;
+      const id = p.participant_id ?? "";
+      if (event.presence.left) this.doc.participants.delete(id);
+      else this.doc.participants.set(id, p);
+      this.refreshParticipants();
+    } else if (event.error) {
+      this.toast(`${event.error.code}: ${event.error.message}`);
+    }
+  }
+
+  // ------------------------------------------------------------------ rendering
+
+  /** Ask for the current frame; coalesced so at most one request is in flight. */
+  private renderNow(): void {
+    if (!this.session || this.playing) return;
+    if (this.renderInFlight) {
+      this.renderWanted = true;
+      return;
+    }
+    void this.renderOnce();
+  }
+
+  private interactive(): boolean {
+    return performance.now() - this.lastActivity < IDLE_MS;
+  }
+
+  private async renderOnce(): Promise<void> {
+    if (!this.session || !this.conn.isOpen) return;
+    this.renderInFlight = true;
+    this.renderWanted = false;
+    const draft = this.interactive();
+    const quality = draft ? DRAFT : FINAL;
+    const frame = this.frame;
+    const atlas = this.atlas;
+    const counter = ++this.renderCounter;
+    try {
+      const response = await this.conn.request({
+        render: {
+          session_id: this.session.session_id ?? "",
+          frame,
+          format: "jpeg",
+          quality: quality.quality,
+          scale: quality.scale,
+          atlas,
+          request_id: counter,
+        },
+      });
+      if (response.frame) await this.display(response.frame, atlas, draft);
+    } catch (error) {
+      if (this.conn.isOpen) this.toast(`Render failed: ${messageOf(error)}`);
+    } finally {
+      this.renderInFlight = false;
+    }
+    if (this.renderWanted || frame !== this.frame || atlas !== this.atlas) this.renderNow();
+    else if (draft) this.scheduleRefine();
+  }
+
+  private scheduleRefine(): void {
+    window.clearTimeout(this.idleTimer);
+    this.idleTimer = window.setTimeout(() => {
+      if (this.interactive()) this.scheduleRefine();
+      else if (this.shownDraft) this.renderNow();
+    }, IDLE_MS);
+  }
+
+  /** Decode off the main thread (createImageBitmap) and show it. */
+  private async display(frame: RenderedFrame, atlas: boolean, draft: boolean): Promise<void> {
+    const data = frame.data ?? new Uint8Array();
+    const format = frame.format || "jpeg";
+    let bitmap: ImageBitmap;
+    if (format === "raw") {
+      const w = frame.width ?? 0;
+      const h = frame.height ?? 0;
+      const rgba = new Uint8ClampedArray(w * h * 4);
+      for (let i = 0, j = 0; i < w * h; i++, j += 3) {
+        rgba[i * 4] = data[j] ?? 0;
+        rgba[i * 4 + 1] = data[j + 1] ?? 0;
+        rgba[i * 4 + 2] = data[j + 2] ?? 0;
+        rgba[i * 4 + 3] = 255;
+      }
+      bitmap = await createImageBitmap(new ImageData(rgba, w, h));
+    } else {
+      bitmap = await createImageBitmap(new Blob([data as BlobPart], { type: `image/${format}` }));
+    }
+    const full: [number, number] = atlas
+      ? [bitmap.width / (draft ? DRAFT.scale : 1), bitmap.height / (draft ? DRAFT.scale : 1)]
+      : [this.bundle?.width ?? bitmap.width, this.bundle?.height ?? bitmap.height];
+    this.view.show({ bitmap, frame: frame.frame ?? 0, atlas, seq: frame.seq ?? 0, width: full[0], height: full[1] });
+    this.shownDraft = draft;
+    this.renders++;
+    const canvas = this.view.canvas;
+    canvas.dataset.frame = String(frame.frame ?? 0);
+    canvas.dataset.seq = String(frame.seq ?? 0);
+    canvas.dataset.renders = String(this.renders);
+    canvas.dataset.draft = String(draft);
+    canvas.dataset.atlas = String(atlas);
+    canvas.dataset.renderMs = String(frame.render_ms ?? 0);
+    if (this.playing) this.setFrame(frame.frame ?? 0, false);
+  }
+
+  private setFrame(frame: number, render = true): void {
+    const last = Math.max(0, (this.bundle?.frames ?? 1) - 1);
+    this.frame = Math.max(0, Math.min(last, Math.round(frame)));
+    this.view.currentFrame = this.frame;
+    byId<HTMLInputElement>("scrubber").value = String(this.frame);
+    byId("frame-label").textContent = `${this.frame} / ${last}`;
+    this.view.invalidate();
+    if (render) {
+      this.renderNow();
+      this.sendPresence(this.pendingPresence);
+    }
+  }
+
+  // ------------------------------------------------------------------ playback
+
+  private togglePlay(): void {
+    if (this.playing) this.stopPlayback();
+    else this.startPlayback();
+  }
+
+  private startPlayback(): void {
+    if (!this.session || this.atlas) return;
+    this.playing = true;
+    byId("play-btn").textContent = "❚❚";
+    byId("play-btn").dataset.playing = "true";
+    const frames = this.bundle?.frames ?? 1;
+    const start = this.frame >= frames - 1 ? 0 : this.frame;
+    this.playbackId = this.conn.stream(
+      {
+        playback: {
+          session_id: this.session.session_id ?? "",
+          start_frame: start,
+          loop: true,
+          format: "jpeg",
+          quality: 80,
+          scale: 1,
+        },
+      },
+      (response) => {
+        if (response.frame) void this.display(response.frame, false, false);
+        else if (response.error) {
+          // The server would not stream: pace requests here instead, still at the clip's fps.
+          this.endServerPlayback();
+          this.clientPlayback();
+        }
+      },
+    );
+  }
+
+  private clientPlayback(): void {
+    const fps = this.bundle?.fps || 25;
+    const frames = this.bundle?.frames ?? 1;
+    const tick = (): void => {
+      if (!this.playing) return;
+      if (!this.renderInFlight) {
+        this.frame = (this.frame + 1) % frames;
+        this.playing = false; // renderNow skips while playing
+        this.renderNow();
+        this.playing = true;
+        this.setFrame(this.frame, false);
+      }
+      this.clientPlayTimer = window.setTimeout(tick, 1000 / fps);
+    };
+    tick();
+  }
+
+  private endServerPlayback(): void {
+    if (this.playbackId !== null) {
+      this.conn.endStream(this.playbackId);
+      this.conn.send({ stop_playback: {} });
+      this.playbackId = null;
+    }
+  }
+
+  private stopPlayback(): void {
+    if (!this.playing) return;
+    this.playing = false;
+    window.clearTimeout(this.clientPlayTimer);
+    this.endServerPlayback();
+    byId("play-btn").textContent = "▶";
+    byId("play-btn").dataset.playing = "false";
+    this.renderNow();
+  }
+
+  // ------------------------------------------------------------------ edits
+
+  private newOpId(kind: string): string {
+    return `${kind}-${this.idPrefix}-${++this.opCounter}`;
+  }
+
+  private sendOp(op: EditOp, preview?: Preview): void {
+    if (!this.session) return;
+    if (preview) {
+      this.view.previews.push(preview);
+      this.view.invalidate();
+    }
+    if (this.conn.send({ session: { op } }) === null) {
+      this.view.previews = this.view.previews.filter((p) => p !== preview);
+      this.toast("Not connected: the edit was not sent");
+    }
+  }
+
+  private finishPath(preview: Preview): void {
+    const points = rounded(simplify(preview.points, 0.35)).slice(0, MAX_POINTS);
+    const id = this.newOpId(preview.kind);
+    preview.opId = id;
+    preview.points = points;
+    let op: EditOp;
+    if (preview.kind === "adjust") {
+      op = {
+        id,
+        type: "adjustment",
+        space: "frame",
+        frame: this.frame,
+        region: "path",
+        points,
+        width: preview.width,
+        hardness: readNumber("brush-hardness"),
+        exposure: readNumber("adj-exposure"),
+        contrast: readNumber("adj-contrast"),
+        saturation: readNumber("adj-saturation"),
+        hue: readNumber("adj-hue"),
+        temperature: readNumber("adj-temperature"),
+      };
+    } else {
+      const [r, g, b] = hexToRgb(byId<HTMLInputElement>("brush-color").value);
+      op = {
+        id,
+        type: "stroke",
+        space: "frame",
+        frame: this.frame,
+        points,
+        width: preview.width,
+        color: [r, g, b, 1],
+        opacity: preview.kind === "erase" ? 1 : preview.opacity,
+        hardness: readNumber("brush-hardness"),
+        mode: preview.kind === "erase" ? "erase" : "paint",
+      };
+    }
+    this.sendOp(op, preview);
+  }
+
+  private placeImage(a: Vec2, b: Vec2, preview: Preview): void {
+    if (!this.imageBytes) return;
+    const x = Math.min(a[0], b[0]);
+    const y = Math.min(a[1], b[1]);
+    const w = Math.abs(b[0] - a[0]);
+    const h = Math.abs(b[1] - a[1]);
+    if (w < 2 || h < 2) {
+      this.toast("Drag a rectangle to place the image");
+      return;
+    }
+    const id = this.newOpId("texture");
+    preview.opId = id;
+    this.sendOp(
+      {
+        id,
+        type: "texture",
+        space: "frame",
+        frame: this.frame,
+        image: this.imageBytes,
+        rect: [x, y, w, h].map((v) => Math.round(v * 100) / 100),
+        opacity: readNumber("image-opacity"),
+      },
+      preview,
+    );
+  }
+
+  private placeSticker(at: Vec2): void {
+    if (!this.stickerBytes) {
+      this.toast("Pick a sticker image first");
+      byId<HTMLInputElement>("sticker-file").click();
+      return;
+    }
+    const size = readNumber("sticker-size");
+    const id = this.newOpId("sticker");
+    const position = rounded([at])[0] as Vec2;
+    this.sendOp(
+      {
+        id,
+        type: "sticker",
+        space: "frame",
+        frame: this.frame,
+        image: this.stickerBytes,
+        position,
+        size: [size, Math.round(size / this.stickerAspect)],
+        follow_scale: true,
+        follow_rotation: true,
+      },
+      { opId: id, frame: this.frame, kind: "sticker", points: [position], width: size, color: "", opacity: 1, seq: null },
+    );
+  }
+
+  private undo(): void {
+    this.conn.send({ session: { undo: {} } });
+  }
+
+  private redo(): void {
+    this.conn.send({ session: { redo: {} } });
+  }
+
+  // ------------------------------------------------------------------ pointer input
+
+  private onPointerDown(event: PointerEvent): void {
+    const canvas = this.view.canvas;
+    if (!this.session) return;
+    canvas.setPointerCapture(event.pointerId);
+    const last: [number, number] = [event.clientX, event.clientY];
+    if (this.tool === "pan" || event.button === 1 || event.altKey || this.atlas) {
+      this.drag = { kind: "pan", last, pointerId: event.pointerId };
+      return;
+    }
+    if (event.button !== 0) return;
+    this.stopPlayback();
+    const at = this.view.toFrame(event.clientX, event.clientY);
+    this.lastActivity = performance.now();
+    if (this.tool === "sticker") {
+      this.placeSticker(at);
+      return;
+    }
+    if (this.tool === "image" && !this.imageBytes) {
+      this.toast("Pick an image first");
+      byId<HTMLInputElement>("image-file").click();
+      return;
+    }
+    const kind = this.tool === "eraser" ? "erase" : this.tool === "adjust" ? "adjust" : this.tool === "image" ? "rect" : "stroke";
+    this.view.live = {
+      opId: "",
+      frame: this.frame,
+      kind,
+      points: [at],
+      width: readNumber(kind === "adjust" ? "adj-width" : "brush-width"),
+      color: byId<HTMLInputElement>("brush-color").value,
+      opacity: readNumber("brush-opacity"),
+      seq: null,
+    };
+    this.drag = { kind: "draw", last, pointerId: event.pointerId };
+    this.view.invalidate();
+  }
+
+  private onPointerMove(event: PointerEvent): void {
+    const at = this.view.toFrame(event.clientX, event.clientY);
+    this.queuePresence(at);
+    if (!this.drag || this.drag.pointerId !== event.pointerId) return;
+    if (this.drag.kind === "pan") {
+      this.view.pan(event.clientX - this.drag.last[0], event.clientY - this.drag.last[1]);
+      this.drag.last = [event.clientX, event.clientY];
+      this.updateZoomLabel();
+      return;
+    }
+    const live = this.view.live;
+    if (!live) return;
+    this.lastActivity = performance.now();
+    // Coalesced events keep fast strokes smooth where the browser batches pointer moves.
+    const events = typeof event.getCoalescedEvents === "function" ? event.getCoalescedEvents() : [];
+    for (const e of events.length ? events : [event]) {
+      const p = this.view.toFrame(e.clientX, e.clientY);
+      if (live.kind === "rect") {
+        live.points = [live.points[0] as Vec2, p];
+        continue;
+      }
+      const prev = live.points[live.points.length - 1] as Vec2;
+      if (Math.hypot(p[0] - prev[0], p[1] - prev[1]) * this.view.zoom >= 1.5) live.points.push(p);
+    }
+    this.view.invalidate();
+  }
+
+  private onPointerUp(event: PointerEvent): void {
+    if (!this.drag || this.drag.pointerId !== event.pointerId) return;
+    const drag = this.drag;
+    this.drag = null;
+    const live = this.view.live;
+    this.view.live = null;
+    if (drag.kind !== "draw" || !live) return;
+    const end = this.view.toFrame(event.clientX, event.clientY);
+    if (live.kind === "rect") {
+      live.points = [live.points[0] as Vec2, end];
+      this.placeImage(live.points[0] as Vec2, end, live);
+    } else {
+      const prev = live.points[live.points.length - 1] as Vec2;
+      if (Math.hypot(end[0] - prev[0], end[1] - prev[1]) > 0.01) live.points.push(end);
+      this.finishPath(live);
+    }
+    this.view.invalidate();
+  }
+
+  // ------------------------------------------------------------------ presence
+
+  private queuePresence(at: Vec2): void {
+    this.pendingPresence = at;
+    if (this.presenceTimer !== undefined) return;
+    // At most ~20 updates a second: cursors look live without flooding the session.
+    this.presenceTimer = window.setTimeout(() => {
+      this.presenceTimer = undefined;
+      this.sendPresence(this.pendingPresence);
+    }, 50);
+  }
+
+  private sendPresence(at: Vec2 | null): void {
+    if (!this.session) return;
+    this.conn.send({
+      session: {
+        presence: {
+          cursor: at ? (rounded([at])[0] as Vec2) : undefined,
+          frame: this.frame,
+          tool: this.tool,
+          name: this.name,
+          color: this.color,
+        },
+      },
+    });
+  }
+
+  // ------------------------------------------------------------------ panels
+
+  private refreshPanels(): void {
+    this.refreshParticipants();
+    this.refreshLayers();
+  }
+
+  private refreshParticipants(): void {
+    const people = [...this.doc.participants.values()];
+    byId("participants").replaceChildren(
+      ...people.map((p) => {
+        const mine = p.participant_id === this.participantId;
+        return el("li", { "data-participant-id": p.participant_id ?? "", "data-testid": "participant", "data-me": String(mine) }, [
+          el("span", { class: "swatch", style: `background:${p.color || "#888"}` }),
+          el("span", { class: "pname" }, [`${p.name || "guest"}${mine ? " (you)" : ""}`]),
+          el("span", { class: "where" }, [`f${p.frame ?? 0}${p.tool ? ` · ${p.tool}` : ""}`]),
+        ]);
+      }),
+    );
+    this.view.cursors = people.filter((p) => p.participant_id !== this.participantId && p.cursor);
+    this.view.invalidate();
+  }
+
+  private refreshLayers(): void {
+    const layers = this.doc.live().reverse(); // topmost first, as in every editor
+    const items = layers.map((layer) => {
+      const author = this.doc.participants.get(layer.author);
+      const visible = el("button", { class: "layer-visible", "data-testid": "layer-visible", title: "Show / hide" }, [
+        layer.visible ? "Hide" : "Show",
+      ]);
+      visible.addEventListener("click", () =>
+        this.sendOp({ id: this.newOpId("vis"), type: "set_visible", target: layer.id, visible: !layer.visible }),
+      );
+      const remove = el("button", { class: "layer-delete", "data-testid": "layer-delete", title: "Delete" }, ["✕"]);
+      remove.addEventListener("click", () => this.sendOp({ id: this.newOpId("del"), type: "delete", target: layer.id }));
+      const label = describe(layer.op);
+      return el(
+        "li",
+        {
+          "data-layer-id": layer.id,
+          "data-layer-type": layer.op.type ?? "",
+          "data-visible": String(layer.visible),
+          "data-testid": "layer",
+          class: layer.visible ? "" : "hidden-layer",
+        },
+        [
+          el("span", { class: "swatch", style: `background:${author?.color || layerColor(layer.op)}` }),
+          el("span", { class: "name", title: layer.id }, [label]),
+          visible,
+          remove,
+        ],
+      );
+    });
+    byId("layers").replaceChildren(...(items.length ? items : [el("li", { class: "empty" }, ["No edits yet"])]));
+  }
+
+  // ------------------------------------------------------------------ export
+
+  private startExport(): void {
+    if (!this.session || this.exportId !== null) return;
+    const box = byId("export-box");
+    const progress = byId<HTMLProgressElement>("export-progress");
+    const stage = byId("export-stage");
+    const link = byId<HTMLAnchorElement>("export-download");
+    box.hidden = false;
+    link.hidden = true;
+    progress.value = 0;
+    stage.textContent = "starting…";
+    const chunks: Uint8Array[] = [];
+    byId<HTMLButtonElement>("export-btn").disabled = true;
+    const finish = (): void => {
+      if (this.exportId !== null) this.conn.endStream(this.exportId);
+      this.exportId = null;
+      byId<HTMLButtonElement>("export-btn").disabled = false;
+    };
+    this.exportId = this.conn.stream({ export: { session_id: this.session.session_id ?? "", format: "mp4" } }, (response) => {
+      if (response.error) {
+        stage.textContent = `failed: ${response.error.message ?? ""}`;
+        finish();
+        return;
+      }
+      const event: ExportEvent | undefined = response.export;
+      if (!event) return;
+      if (event.fraction !== undefined) progress.value = event.fraction;
+      if (event.stage) stage.textContent = event.stage;
+      if (event.chunk?.length) chunks.push(event.chunk);
+      if (event.done) {
+        if (this.exportUrl) URL.revokeObjectURL(this.exportUrl);
+        this.exportUrl = URL.createObjectURL(new Blob(chunks as BlobPart[], { type: "video/mp4" }));
+        link.href = this.exportUrl;
+        link.download = event.filename || `${this.session?.bundle ?? "vatlas"}-edited.mp4`;
+        const bytes = chunks.reduce((n, c) => n + c.length, 0);
+        link.textContent = `Download (${(bytes / 1e6).toFixed(1)} MB)`;
+        link.dataset.bytes = String(bytes);
+        link.hidden = false;
+        progress.value = 1;
+        stage.textContent = "done";
+        finish();
+      }
+    });
+    if (this.exportId === null) {
+      stage.textContent = "not connected";
+      byId<HTMLButtonElement>("export-btn").disabled = false;
+    }
+  }
+
+  // ------------------------------------------------------------------ UI wiring
+
+  private bindUi(): void {
+    for (const button of document.querySelectorAll<HTMLButtonElement>(".tool")) {
+      button.addEventListener("click", () => this.setTool(button.dataset.tool as Tool));
+    }
+    for (const output of document.querySelectorAll<HTMLOutputElement>("output[for]")) {
+      const input = byId<HTMLInputElement>(output.htmlFor.value);
+      const update = (): void => {
+        output.textContent = input.value;
+      };
+      input.addEventListener("input", update);
+      update();
+    }
+    this.setTool("brush");
+    const canvas = this.view.canvas;
+    canvas.addEventListener("pointerdown", (e) => this.onPointerDown(e));
+    canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
+    canvas.addEventListener("pointerup", (e) => this.onPointerUp(e));
+    canvas.addEventListener("pointercancel", (e) => this.onPointerUp(e));
+    canvas.addEventListener("pointerleave", () => this.sendPresence(null));
+    canvas.addEventListener(
+      "wheel",
+      (e) => {
+        e.preventDefault();
+        this.view.zoomAt(Math.exp(-e.deltaY * 0.0015), e.clientX, e.clientY);
+        this.updateZoomLabel();
+      },
+      { passive: false },
+    );
+    byId("zoom-in").addEventListener("click", () => this.zoomBy(1.25));
+    byId("zoom-out").addEventListener("click", () => this.zoomBy(0.8));
+    byId("zoom-fit").addEventListener("click", () => {
+      this.view.fit();
+      this.updateZoomLabel();
+    });
+    byId<HTMLInputElement>("atlas-toggle").addEventListener("change", (e) => {
+      this.stopPlayback();
+      this.atlas = (e.target as HTMLInputElement).checked;
+      this.view.shown = null;
+      this.view.setSize(this.bundle?.width ?? 1, this.bundle?.height ?? 1);
+      this.renderNow();
+    });
+    const scrubber = byId<HTMLInputElement>("scrubber");
+    scrubber.addEventListener("input", () => {
+      this.stopPlayback();
+      this.lastActivity = performance.now();
+      this.setFrame(Number(scrubber.value));
+    });
+    byId("play-btn").addEventListener("click", () => this.togglePlay());
+    byId("undo-btn").addEventListener("click", () => this.undo());
+    byId("redo-btn").addEventListener("click", () => this.redo());
+    byId("export-btn").addEventListener("click", () => this.startExport());
+    byId("share-btn").addEventListener("click", () => {
+      void navigator.clipboard?.writeText(location.href).then(
+        () => this.toast("Link copied: anyone with it can join this session", false),
+        () => this.toast(location.href, false),
+      );
+    });
+    byId<HTMLInputElement>("image-file").addEventListener("change", (e) => void this.loadImage(e.target as HTMLInputElement, "image"));
+    byId<HTMLInputElement>("sticker-file").addEventListener("change", (e) => void this.loadImage(e.target as HTMLInputElement, "sticker"));
+    window.addEventListener("keydown", (e) => this.onKey(e));
+  }
+
+  private async loadImage(input: HTMLInputElement, purpose: "image" | "sticker"): Promise<void> {
+    const file = input.files?.[0];
+    if (!file) return;
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let bitmap: ImageBitmap;
+    try {
+      bitmap = await createImageBitmap(new Blob([bytes], { type: file.type }));
+    } catch {
+      this.toast(`${file.name} is not an image this browser can read`);
+      return;
+    }
+    if (purpose === "image") {
+      this.imageBytes = bytes;
+      this.setTool("image");
+    } else {
+      this.stickerBytes = bytes;
+      this.stickerAspect = bitmap.width / Math.max(1, bitmap.height);
+      this.setTool("sticker");
+    }
+    bitmap.close();
+    input.dataset.loaded = "true";
+  }
+
+  private onKey(e: KeyboardEvent): void {
+    const target = e.target as HTMLElement;
+    if (target instanceof HTMLInputElement && target.type !== "range" && target.type !== "checkbox") return;
+    const key = e.key.toLowerCase();
+    if ((e.ctrlKey || e.metaKey) && key === "z") {
+      e.preventDefault();
+      if (e.shiftKey) this.redo();
+      else this.undo();
+    } else if ((e.ctrlKey || e.metaKey) && key === "y") {
+      e.preventDefault();
+      this.redo();
+    } else if (e.ctrlKey || e.metaKey || e.altKey) {
+      return;
+    } else if (key === " ") {
+      e.preventDefault();
+      this.togglePlay();
+    } else if (key === "arrowleft" || key === "arrowright") {
+      e.preventDefault();
+      this.stopPlayback();
+      this.setFrame(this.frame + (key === "arrowleft" ? -1 : 1));
+    } else if (key === "+" || key === "=") {
+      this.zoomBy(1.25);
+    } else if (key === "-") {
+      this.zoomBy(0.8);
+    } else if (key === "0") {
+      this.view.fit();
+      this.updateZoomLabel();
+    } else if (TOOL_KEYS[key]) {
+      this.setTool(TOOL_KEYS[key]);
+    }
+  }
+
+  private zoomBy(factor: number): void {
+    this.view.zoomCentre(factor);
+    this.updateZoomLabel();
+  }
+
+  private updateZoomLabel(): void {
+    byId("zoom-label").textContent = `${Math.round(this.view.zoom * 100)}%`;
+  }
+
+  private setTool(tool: Tool): void {
+    if (!TOOLS.includes(tool)) return;
+    this.tool = tool;
+    for (const button of document.querySelectorAll<HTMLButtonElement>(".tool")) {
+      button.classList.toggle("active", button.dataset.tool === tool);
+    }
+    for (const section of document.querySelectorAll<HTMLElement>(".options")) {
+      const shown = (section.dataset.for ?? "").split(" ").includes(tool);
+      section.classList.toggle("shown", shown);
+      for (const label of $(section, "label[data-for]")) {
+        label.classList.toggle("hidden", !(label.dataset.for ?? "").split(" ").includes(tool));
+      }
+    }
+    this.view.canvas.dataset.tool = tool;
+    this.sendPresence(this.pendingPresence);
+  }
+
+  private showConnection(state: ConnectionState, detail: string): void {
+    const box = byId("conn-status");
+    box.dataset.state = state;
+    box.title = detail;
+    byId("conn-text").textContent =
+      state === "open" ? "connected" : state === "closed" ? "disconnected" : state === "reconnecting" ? "reconnecting…" : "connecting…";
+  }
+
+  private toastTimer: number | undefined;
+
+  private toast(message: string, isError = true): void {
+    const box = byId("toast");
+    box.textContent = message;
+    box.dataset.kind = isError ? "error" : "info";
+    box.hidden = false;
+    window.clearTimeout(this.toastTimer);
+    this.toastTimer = window.setTimeout(() => (box.hidden = true), 4000);
+    if (isError) console.warn(`vatlas: ${message}`);
+  }
+
+  /** A small read-only window for tests and debugging: state that the DOM does not show exactly. */
+  private exposeForTests(): void {
+    const app = this;
+    (window as unknown as { vatlas: unknown }).vatlas = {
+      get frame() {
+        return app.frame;
+      },
+      get seq() {
+        return app.doc.seq;
+      },
+      get participantId() {
+        return app.participantId;
+      },
+      get session() {
+        return app.session;
+      },
+      get pendingPreviews() {
+        return app.view.previews.length;
+      },
+      /** RGBA of the server's last frame at full-resolution pixel (x, y), without previews or cursors. */
+      framePixel(x: number, y: number): number[] {
+        const shown = app.view.shown;
+        if (!shown) return [];
+        const canvas = new OffscreenCanvas(1, 1);
+        const ctx = canvas.getContext("2d");
+        if (!ctx) return [];
+        const sx = shown.bitmap.width / shown.width;
+        const sy = shown.bitmap.height / shown.height;
+        ctx.drawImage(shown.bitmap, Math.floor(x * sx), Math.floor(y * sy), 1, 1, 0, 0, 1, 1);
+        return [...ctx.getImageData(0, 0, 1, 1).data];
+      },
+      /** Client position (CSS px) of frame pixel (x, y): lets a test draw at exact frame coordinates. */
+      clientPoint(x: number, y: number): [number, number] {
+        const rect = app.view.canvas.getBoundingClientRect();
+        return [rect.left + app.view.offset[0] + x * app.view.zoom, rect.top + app.view.offset[1] + y * app.view.zoom];
+      },
+      dropConnection(): void {
+        app.conn.dropForTest();
+      },
+    };
+  }
+}
+
+function describe(op: EditOp): string {
+  switch (op.type) {
+    case "stroke":
+      return `${op.mode === "erase" ? "Erase" : "Stroke"} · f${op.frame ?? 0} · ${op.points?.length ?? 0} pts`;
+    case "texture":
+      return `Image · f${op.frame ?? 0}`;
+    case "adjustment":
+      return `Adjustment · f${op.frame ?? 0}`;
+    case "sticker":
+      return `Sticker · f${op.frame ?? 0}`;
+    default:
+      return op.type ?? "edit";
+  }
+}
+
+function layerColor(op: EditOp): string {
+  const [r, g, b] = op.color ?? [0.5, 0.5, 0.5];
+  return `rgb(${Math.round((r ?? 0) * 255)},${Math.round((g ?? 0) * 255)},${Math.round((b ?? 0) * 255)})`;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,202 @@
+// The canvas: the server's latest frame under a zoom/pan transform, local stroke previews and others' cursors.
+import type { Participant, Vec2 } from "./generated/messages";
+
+export interface Preview {
+  opId: string;
+  frame: number;
+  kind: "stroke" | "erase" | "adjust" | "rect" | "sticker";
+  points: Vec2[];
+  width: number;
+  color: string;
+  opacity: number;
+  /** Server sequence number once accepted; the preview goes away when a frame at or past it is shown. */
+  seq: number | null;
+}
+
+export interface ShownFrame {
+  bitmap: ImageBitmap;
+  frame: number;
+  atlas: boolean;
+  seq: number;
+  /** Size in full-resolution pixels the bitmap covers (it may be a lower-resolution render). */
+  width: number;
+  height: number;
+}
+
+export class View {
+  readonly ctx: CanvasRenderingContext2D;
+  zoom = 1;
+  offset: Vec2 = [0, 0];
+  shown: ShownFrame | null = null;
+  previews: Preview[] = [];
+  /** Preview being drawn right now (not yet sent). */
+  live: Preview | null = null;
+  cursors: Participant[] = [];
+  currentFrame = 0;
+  private dirty = true;
+  private fitted = false;
+  /** Frame size in full-resolution pixels (the bundle's), used before the first frame arrives. */
+  size: Vec2 = [1, 1];
+
+  constructor(readonly canvas: HTMLCanvasElement) {
+    const ctx = canvas.getContext("2d");
+    if (!ctx) throw new Error("2D canvas is not available");
+    this.ctx = ctx;
+    new ResizeObserver(() => this.resize()).observe(canvas);
+    this.resize();
+    const loop = (): void => {
+      if (this.dirty) this.draw();
+      requestAnimationFrame(loop);
+    };
+    requestAnimationFrame(loop);
+  }
+
+  invalidate(): void {
+    this.dirty = true;
+  }
+
+  show(frame: ShownFrame): void {
+    this.shown?.bitmap.close();
+    this.shown = frame;
+    // Previews are only placeholders until the server's own pixels include the op.
+    this.previews = this.previews.filter((p) => p.seq === null || p.seq > frame.seq);
+    if (!this.fitted) this.fit();
+    this.invalidate();
+  }
+
+  setSize(width: number, height: number): void {
+    this.size = [width, height];
+    this.fitted = false;
+    this.fit();
+  }
+
+  /** Frame pixel under a client (CSS) position of the canvas. */
+  toFrame(clientX: number, clientY: number): Vec2 {
+    const rect = this.canvas.getBoundingClientRect();
+    return [(clientX - rect.left - this.offset[0]) / this.zoom, (clientY - rect.top - this.offset[1]) / this.zoom];
+  }
+
+  fit(): void {
+    const rect = this.canvas.getBoundingClientRect();
+    const [w, h] = this.displaySize();
+    if (rect.width < 2 || rect.height < 2) return;
+    this.zoom = Math.min((rect.width - 24) / w, (rect.height - 24) / h);
+    this.offset = [(rect.width - w * this.zoom) / 2, (rect.height - h * this.zoom) / 2];
+    this.fitted = true;
+    this.invalidate();
+  }
+
+  /** Zoom by `factor` keeping the frame point under (clientX, clientY) fixed. */
+  zoomAt(factor: number, clientX: number, clientY: number): void {
+    const next = Math.min(32, Math.max(0.05, this.zoom * factor));
+    const [fx, fy] = this.toFrame(clientX, clientY);
+    const rect = this.canvas.getBoundingClientRect();
+    this.zoom = next;
+    this.offset = [clientX - rect.left - fx * next, clientY - rect.top - fy * next];
+    this.invalidate();
+  }
+
+  zoomCentre(factor: number): void {
+    const rect = this.canvas.getBoundingClientRect();
+    this.zoomAt(factor, rect.left + rect.width / 2, rect.top + rect.height / 2);
+  }
+
+  pan(dx: number, dy: number): void {
+    this.offset = [this.offset[0] + dx, this.offset[1] + dy];
+    this.invalidate();
+  }
+
+  private displaySize(): Vec2 {
+    if (this.shown) return [this.shown.width, this.shown.height];
+    return this.size;
+  }
+
+  private resize(): void {
+    const rect = this.canvas.getBoundingClientRect();
+    const dpr = window.devicePixelRatio || 1;
+    this.canvas.width = Math.max(1, Math.round(rect.width * dpr));
+    this.canvas.height = Math.max(1, Math.round(rect.height * dpr));
+    if (!this.fitted) this.fit();
+    this.invalidate();
+  }
+
+  private draw(): void {
+    this.dirty = false;
+    const { ctx, canvas } = this;
+    const dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.setTransform(dpr * this.zoom, 0, 0, dpr * this.zoom, dpr * this.offset[0], dpr * this.offset[1]);
+    const [w, h] = this.displaySize();
+    ctx.fillStyle = "#111318";
+    ctx.fillRect(0, 0, w, h);
+    if (this.shown) {
+      ctx.imageSmoothingEnabled = this.zoom < 2;
+      ctx.drawImage(this.shown.bitmap, 0, 0, w, h);
+    }
+    if (!this.shown?.atlas) {
+      for (const preview of [...this.previews, ...(this.live ? [this.live] : [])]) {
+        if (preview.frame === this.currentFrame) this.drawPreview(preview);
+      }
+      for (const participant of this.cursors) this.drawCursor(participant);
+    }
+  }
+
+  private drawPreview(p: Preview): void {
+    const { ctx } = this;
+    ctx.save();
+    if (p.kind === "rect" && p.points.length >= 2) {
+      const [a, b] = [p.points[0] as Vec2, p.points[p.points.length - 1] as Vec2];
+      ctx.strokeStyle = "#4da3ff";
+      ctx.lineWidth = 1.5 / this.zoom;
+      ctx.setLineDash([6 / this.zoom, 4 / this.zoom]);
+      ctx.strokeRect(Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]));
+    } else if (p.kind === "sticker" && p.points[0]) {
+      const [x, y] = p.points[0];
+      ctx.strokeStyle = "#4da3ff";
+      ctx.lineWidth = 2 / this.zoom;
+      ctx.strokeRect(x - p.width / 2, y - p.width / 2, p.width, p.width);
+    } else {
+      ctx.lineCap = "round";
+      ctx.lineJoin = "round";
+      ctx.lineWidth = p.width;
+      ctx.globalAlpha = p.kind === "stroke" ? p.opacity : 0.35;
+      ctx.strokeStyle = p.kind === "stroke" ? p.color : p.kind === "erase" ? "#ffffff" : "#ffd24d";
+      ctx.beginPath();
+      p.points.forEach(([x, y], i) => (i === 0 ? ctx.moveTo(x, y) : ctx.lineTo(x, y)));
+      if (p.points.length === 1 && p.points[0]) ctx.lineTo(p.points[0][0] + 0.01, p.points[0][1]);
+      ctx.stroke();
+    }
+    ctx.restore();
+  }
+
+  private drawCursor(participant: Participant): void {
+    if (!participant.cursor) return;
+    const { ctx } = this;
+    const [x, y] = participant.cursor;
+    const s = 1 / this.zoom;
+    const sameFrame = (participant.frame ?? 0) === this.currentFrame;
+    ctx.save();
+    ctx.globalAlpha = sameFrame ? 1 : 0.4;
+    ctx.translate(x, y);
+    ctx.scale(s, s);
+    ctx.fillStyle = participant.color || "#ffffff";
+    ctx.strokeStyle = "#000000";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(0, 0);
+    ctx.lineTo(0, 16);
+    ctx.lineTo(4.5, 12);
+    ctx.lineTo(11, 12);
+    ctx.closePath();
+    ctx.fill();
+    ctx.stroke();
+    const label = `${participant.name || "guest"}${sameFrame ? "" : ` @${participant.frame ?? 0}`}`;
+    ctx.font = "11px system-ui, sans-serif";
+    const width = ctx.measureText(label).width + 8;
+    ctx.fillRect(10, 16, width, 16);
+    ctx.fillStyle = "#000000";
+    ctx.fillText(label, 14, 28);
+    ctx.restore();
+  }
+}
