@@ -1,0 +1,157 @@
+"""Transport-independent session state: join/resume messages, matching replies to requests, events.
+
+The sync and asyncio sessions own the stream and the waiters; this class decides what each server event means.
+Replies are matched to requests by op id; undo/redo carry no id, so they are matched in the order sent.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from vatlas.v1 import edits_pb2, sessions_pb2
+
+from .errors import OpRejected, Unavailable, VatlasError, from_error_message, rejection
+from .records import OpEvent, Participant, PresenceEvent, SessionInfo
+
+W = TypeVar("W")  # a waiter: concurrent.futures.Future (sync) or asyncio.Future (async)
+
+Event = OpEvent | PresenceEvent
+
+
+@dataclass
+class Outcome(Generic[W]):
+    """What one server event asks the transport to do."""
+
+    resolved: list[tuple[W, int, str]] = field(default_factory=list)  # waiter, accepted seq, op id
+    failed: list[tuple[W, VatlasError]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # others' ops and presence, for the event iterator
+    joined: bool = False  # a snapshot arrived: the (re)join is complete
+    fatal: VatlasError | None = None  # a stream-level error: the session cannot go on
+
+
+class SessionCore(Generic[W]):
+    """State of one participant in one session, kept across reconnects."""
+
+    def __init__(self, session_id: str, join_token: str, name: str, color: str, participant_id: str) -> None:
+        self.session_id = session_id
+        self.join_token = join_token
+        self.name = name
+        self.color = color
+        self.participant_id = participant_id
+        self.seq = 0  # last applied sequence number seen: the resume point
+        self.info: SessionInfo | None = None
+        self.document: list[edits_pb2.EditOp] = []
+        self.participants: dict[str, Participant] = {}
+        self.pending_ops: OrderedDict[str, tuple[edits_pb2.EditOp, W]] = OrderedDict()
+        self.pending_controls: deque[tuple[str, W]] = deque()
+        self.joins = 0  # how many snapshots were received (1 = first join, more = resumed)
+        self._answered: set[str] = set()  # op ids already answered, so a duplicate answer is ignored
+
+    def join_message(self) -> sessions_pb2.ClientMessage:
+        join = sessions_pb2.Join(session_id=self.session_id, join_token=self.join_token, name=self.name,
+                                 color=self.color, last_seq=self.seq, participant_id=self.participant_id)
+        return sessions_pb2.ClientMessage(join=join)
+
+    def resend_messages(self) -> list[sessions_pb2.ClientMessage]:
+        """Ops sent but not yet answered: sent again after a resume (a replayed OpApplied answers them first)."""
+        return [sessions_pb2.ClientMessage(op=op) for op, _ in self.pending_ops.values()]
+
+    def add_op(self, op: edits_pb2.EditOp, waiter: W) -> sessions_pb2.ClientMessage:
+        if not op.id:
+            raise ValueError("op needs an id (build it with vatlas_client.ops)")
+        if op.id in self.pending_ops:
+            raise ValueError(f"op {op.id!r} is already waiting for the server")
+        self.pending_ops[op.id] = (op, waiter)
+        return sessions_pb2.ClientMessage(op=op)
+
+    def add_control(self, kind: str, waiter: W) -> sessions_pb2.ClientMessage:
+        self.pending_controls.append((kind, waiter))
+        if kind == "undo":
+            return sessions_pb2.ClientMessage(undo=sessions_pb2.Undo())
+        return sessions_pb2.ClientMessage(redo=sessions_pb2.Redo())
+
+    def drop_waiter(self, waiter: W) -> None:
+        """Forget a waiter whose caller gave up (timeout)."""
+        for op_id, (_, w) in list(self.pending_ops.items()):
+            if w is waiter:
+                del self.pending_ops[op_id]
+        self.pending_controls = deque((k, w) for k, w in self.pending_controls if w is not waiter)
+
+    def on_disconnect(self) -> list[tuple[W, VatlasError]]:
+        """Undo/redo cannot be safely repeated, so their waiters fail; ops wait to be re-sent."""
+        failed = [(w, Unavailable(f"connection lost before the server answered {kind}"))
+                  for kind, w in self.pending_controls]
+        self.pending_controls.clear()
+        return failed
+
+    def fail_all(self, error: VatlasError) -> list[tuple[W, VatlasError]]:
+        failed = [(w, error) for _, w in self.pending_ops.values()]
+        failed += [(w, error) for _, w in self.pending_controls]
+        self.pending_ops.clear()
+        self.pending_controls.clear()
+        return failed
+
+    def _answer(self, op_id: str, out: Outcome[W], seq: int | None, error: VatlasError | None) -> None:
+        if op_id in self.pending_ops:
+            _, waiter = self.pending_ops.pop(op_id)
+        elif self.pending_controls and (not op_id or op_id not in self._answered):
+            _, waiter = self.pending_controls.popleft()
+        else:
+            return  # a late duplicate (e.g. the answer to a re-sent op already answered by a replay)
+        if op_id:
+            self._answered.add(op_id)
+        if error is None:
+            out.resolved.append((waiter, int(seq or 0), op_id))
+        else:
+            out.failed.append((waiter, error))
+
+    def handle(self, event: sessions_pb2.ServerEvent) -> Outcome[W]:
+        out: Outcome[W] = Outcome()
+        kind = event.WhichOneof("kind")
+        if kind == "snapshot":
+            snap = event.snapshot
+            self.joins += 1
+            out.joined = True
+            if snap.participant_id:
+                self.participant_id = snap.participant_id
+            if snap.HasField("session"):
+                self.info = SessionInfo.from_proto(snap.session)
+                if self.joins == 1 or self.seq == 0:
+                    self.seq = snap.session.seq
+            if self.joins == 1 or snap.document.ops:
+                self.document = list(snap.document.ops)
+            self.participants = {p.participant_id: Participant.from_proto(p) for p in snap.participants}
+        elif kind == "accepted":
+            self._answer(event.accepted.op_id, out, event.accepted.seq, None)
+        elif kind == "rejected":
+            rej = event.rejected
+            self._answer(rej.op_id, out, None, rejection(rej.error, rej.op_id))
+        elif kind == "applied":
+            applied = event.applied
+            mine = applied.participant_id == self.participant_id
+            if mine and applied.op.id in self.pending_ops:
+                # A replay after resume: the op was logged before the connection dropped.
+                self._answer(applied.op.id, out, applied.seq, None)
+            if applied.seq > self.seq:
+                self.seq = applied.seq
+                if not mine:
+                    out.events.append(OpEvent(applied.seq, applied.participant_id, applied.op))
+        elif kind == "presence":
+            pres = event.presence
+            participant = Participant.from_proto(pres.participant)
+            if pres.left:
+                self.participants.pop(participant.participant_id, None)
+            else:
+                self.participants[participant.participant_id] = participant
+            if participant.participant_id != self.participant_id:
+                out.events.append(PresenceEvent(participant, pres.left))
+        elif kind == "error":
+            err = from_error_message(event.error)
+            if event.error.op_id and (event.error.op_id in self.pending_ops):
+                self._answer(event.error.op_id, out, None,
+                             OpRejected(err.message, code=err.code, op_id=event.error.op_id))
+            else:
+                out.fatal = err
+        return out

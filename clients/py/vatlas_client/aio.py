@@ -1,0 +1,492 @@
+"""asyncio client: `AsyncClient` and `AsyncSession`, the same API as the sync client with `await`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+from PIL import Image
+from vatlas.v1 import (
+    bundles_pb2,
+    bundles_pb2_grpc,
+    edits_pb2,
+    render_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+)
+
+from . import _common, ops
+from ._session_core import Event, Outcome, SessionCore
+from .client import _RECONNECTABLE, _document
+from .errors import DeadlineExceeded, Unavailable, VatlasError, from_rpc_error
+from .images import ImageSource
+from .records import Ack, BundleInfo, ExportProgress, FitProgress, Frame, Participant, SessionInfo
+
+_CLOSED = object()
+
+
+class AsyncClient:
+    """asyncio twin of `Client`: ``async with AsyncClient(address, token=...) as client: ...``."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        reconnect_timeout: float = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.retries = retries
+        self._metadata = _common.call_metadata(token)
+        self._channel = grpc.aio.insecure_channel(address, options=_common.channel_options(retries) + list(options))
+        self._bundles = bundles_pb2_grpc.BundlesStub(self._channel)
+        self._sessions = sessions_pb2_grpc.SessionsStub(self._channel)
+        self._render = render_pb2_grpc.RenderStub(self._channel)
+        self._request_ids = itertools.count(1)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # ---- bundles ----
+
+    async def list_bundles(self) -> list[BundleInfo]:
+        reply = await self._unary(self._bundles.ListBundles, bundles_pb2.ListBundlesRequest())
+        return [BundleInfo.from_proto(b) for b in reply.bundles]
+
+    async def load_bundle(self, name: str) -> BundleInfo:
+        reply = await self._unary(self._bundles.LoadBundle, bundles_pb2.LoadBundleRequest(name=name))
+        return BundleInfo.from_proto(reply)
+
+    async def bundle_info(self, name: str) -> BundleInfo:
+        reply = await self._unary(self._bundles.GetBundleInfo, bundles_pb2.GetBundleInfoRequest(name=name))
+        return BundleInfo.from_proto(reply)
+
+    async def upload_video(self, video: str | PathLike, *, chunk_bytes: int = _common.UPLOAD_CHUNK_BYTES) -> str:
+        path = _common.video_path(video)
+        try:
+            reply = await self._bundles.UploadVideo(_common.upload_chunks(path, chunk_bytes),
+                                                    metadata=self._metadata, timeout=max(self.timeout, 600.0))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return reply.upload_id
+
+    async def fit_progress(
+        self, video: str | PathLike, name: str, roi: _common.RoiLike, *, preset: str = "draft",
+        iterations: int = 0, width: int = 0, height: int = 0,
+    ) -> AsyncIterator[FitProgress]:
+        request = bundles_pb2.StartFitRequest(name=name, roi_json=_common.roi_json(roi), preset=preset,
+                                              iterations=iterations, width=width, height=height)
+        request.upload_id = await self.upload_video(video)
+        try:
+            async for msg in self._bundles.StartFit(request, metadata=self._metadata):
+                yield FitProgress.from_proto(msg)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def fit(
+        self, video: str | PathLike, name: str, roi: _common.RoiLike, *, preset: str = "draft",
+        iterations: int = 0, width: int = 0, height: int = 0,
+        progress: Callable[[FitProgress], None] | None = None,
+    ) -> BundleInfo:
+        last: FitProgress | None = None
+        async for last in self.fit_progress(video, name, roi, preset=preset, iterations=iterations, width=width,
+                                            height=height):
+            if progress is not None:
+                progress(last)
+        if last is None or not last.done or last.bundle is None:
+            raise VatlasError(f"fit of {name!r} ended without a bundle")
+        return last.bundle
+
+    # ---- sessions ----
+
+    async def create_session(
+        self, bundle: str, document: edits_pb2.EditDocument | Iterable[edits_pb2.EditOp] | None = None
+    ) -> SessionInfo:
+        request = sessions_pb2.CreateSessionRequest(bundle=bundle, document=_document(document))
+        return SessionInfo.from_proto(await self._unary(self._sessions.CreateSession, request))
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        reply = await self._unary(self._sessions.ListSessions, sessions_pb2.ListSessionsRequest())
+        return [SessionInfo.from_proto(s) for s in reply.sessions]
+
+    async def join(
+        self, session: SessionInfo | str, join_token: str | None = None, *, name: str = "python",
+        color: str = "#3b82f6", participant_id: str = "",
+    ) -> AsyncSession:
+        if isinstance(session, SessionInfo):
+            join_token = join_token or session.join_token
+        core: SessionCore[asyncio.Future[Ack]] = SessionCore(
+            _common.session_id_of(session), join_token or "", name, color, participant_id)
+        live = AsyncSession(self, core)
+        await live._start()
+        return live
+
+    async def open_session(
+        self, bundle: str, *, name: str = "python", color: str = "#3b82f6",
+        document: edits_pb2.EditDocument | Iterable[edits_pb2.EditOp] | None = None,
+    ) -> AsyncSession:
+        return await self.join(await self.create_session(bundle, document), name=name, color=color)
+
+    # ---- rendering ----
+
+    async def render_frame(
+        self, session: Any, frame: int, *, format: str = "raw", quality: int = 0, scale: float = 1.0,
+        region: Sequence[int] | None = None, atlas: bool = False, join_token: str | None = None,
+    ) -> Frame:
+        request = _common.render_request(session, join_token, frame, format, quality, scale, region, atlas,
+                                         next(self._request_ids))
+        return Frame.from_proto(await self._unary(self._render.RenderFrame, request))
+
+    async def render(self, session: Any, frame: int, **kwargs: Any) -> np.ndarray:
+        kwargs.setdefault("format", "raw")
+        return (await self.render_frame(session, frame, **kwargs)).to_numpy()
+
+    async def render_image(self, session: Any, frame: int, **kwargs: Any) -> Image.Image:
+        kwargs.setdefault("format", "png")
+        return (await self.render_frame(session, frame, **kwargs)).to_pil()
+
+    async def render_bytes(self, session: Any, frame: int, *, format: str = "jpeg", quality: int = 85,
+                           **kwargs: Any) -> bytes:
+        return (await self.render_frame(session, frame, format=format, quality=quality, **kwargs)).data
+
+    async def playback(
+        self, session: Any, *, start: int = 0, end: int = 0, fps: float = 0.0, loop: bool = False,
+        format: str = "jpeg", quality: int = 0, scale: float = 1.0, join_token: str | None = None,
+    ) -> AsyncIterator[Frame]:
+        next_start = start
+        down_since: float | None = None
+        while True:
+            request = _common.playback_request(session, join_token, next_start, end, fps, loop, format, quality,
+                                               scale)
+            stream = self._render.Playback(request, metadata=self._metadata)
+            try:
+                async for msg in stream:
+                    down_since = None
+                    next_start = msg.frame + 1 if not loop else msg.frame
+                    yield Frame.from_proto(msg)
+                return
+            except grpc.RpcError as exc:
+                err = from_rpc_error(exc)
+                if err.code != "UNAVAILABLE":
+                    raise err from None
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > self.reconnect_timeout:
+                    raise err from None
+                await asyncio.sleep(0.2)
+            finally:
+                stream.cancel()
+
+    async def export(
+        self, session: Any, path: str | PathLike, *, format: str = "mp4", start: int = 0, end: int = 0,
+        crf: int = 0, progress: Callable[[ExportProgress], None] | None = None, join_token: str | None = None,
+    ) -> Path:
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        request = _common.export_request(session, join_token, format, start, end, crf)
+        received = 0
+        done = False
+        try:
+            with partial.open("wb") as out:
+                try:
+                    async for event in self._render.Export(request, metadata=self._metadata):
+                        if event.chunk:
+                            out.write(event.chunk)
+                            received += len(event.chunk)
+                        if progress is not None:
+                            progress(ExportProgress(event.stage, event.fraction, received, event.total_bytes))
+                        if event.done:
+                            done = True
+                            break
+                except grpc.RpcError as exc:
+                    raise from_rpc_error(exc) from None
+            if not done:
+                raise Unavailable("export stream ended before the file was complete")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+
+class AsyncSession:
+    """asyncio twin of `Session`: a task reads events; ``await session.stroke(...)`` returns the seq."""
+
+    def __init__(self, client: AsyncClient, core: SessionCore[asyncio.Future[Ack]]) -> None:
+        self._client = client
+        self._core = core
+        self._queue: asyncio.Queue[sessions_pb2.ClientMessage | None] | None = None
+        self._call: Any = None
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._joined = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._closing = False
+        self._error: VatlasError | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    session_id = property(lambda self: self._core.session_id)
+    join_token = property(lambda self: self._core.join_token)
+    participant_id = property(lambda self: self._core.participant_id)
+    seq = property(lambda self: self._core.seq, doc="Sequence number of the last op seen: the resume point.")
+    info = property(lambda self: self._core.info)
+    reconnects = property(lambda self: max(0, self._core.joins - 1))
+    closed = property(lambda self: self._stopped.is_set())
+
+    @property
+    def document(self) -> list[edits_pb2.EditOp]:
+        return list(self._core.document)
+
+    @property
+    def participants(self) -> dict[str, Participant]:
+        return dict(self._core.participants)
+
+    async def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            await asyncio.wait_for(self._joined.wait(), self._client.timeout + self._client.reconnect_timeout)
+        except TimeoutError:
+            await self._abort()
+            raise DeadlineExceeded(f"no snapshot from session {self.session_id!r}") from None
+        if self._error is not None and self._core.joins == 0:
+            raise self._error
+
+    async def _abort(self) -> None:
+        self._closing = True
+        if self._call is not None:
+            self._call.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def leave(self, timeout: float = 5.0) -> None:
+        """Leave the session and stop the reader task."""
+        self._closing = True
+        if self._queue is not None:
+            self._queue.put_nowait(sessions_pb2.ClientMessage(leave=sessions_pb2.Leave()))
+            self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout)
+        except TimeoutError:
+            await self._abort()
+
+    close = leave
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.leave()
+
+    def _open(self) -> Any:
+        requests: asyncio.Queue[sessions_pb2.ClientMessage | None] = asyncio.Queue()
+        requests.put_nowait(self._core.join_message())
+        for msg in self._core.resend_messages():
+            requests.put_nowait(msg)
+        self._queue = requests
+
+        async def request_stream() -> AsyncIterator[sessions_pb2.ClientMessage]:
+            while (msg := await requests.get()) is not None:
+                yield msg
+
+        self._call = self._client._sessions.Connect(request_stream(), metadata=self._client._metadata)
+        return self._call
+
+    async def _run(self) -> None:
+        down_since: float | None = None
+        backoff = 0.1
+        reason: VatlasError | None = None
+        while not self._closing:
+            call = self._open()
+            try:
+                async for event in call:
+                    outcome = self._core.handle(event)
+                    if outcome.joined:
+                        down_since, backoff = None, 0.1
+                    self._dispatch(outcome)
+                    if outcome.fatal is not None:
+                        self._finish(outcome.fatal)
+                        return
+                reason = Unavailable("the server ended the session stream")
+            except grpc.RpcError as exc:
+                reason = from_rpc_error(exc)
+                fatal = reason.code not in _RECONNECTABLE or (self._core.joins == 0 and reason.code != "UNAVAILABLE")
+                if fatal and not self._closing:
+                    self._finish(reason)
+                    return
+            finally:
+                if self._queue is not None:
+                    self._queue.put_nowait(None)
+                self._queue = None
+                for waiter, error in self._core.on_disconnect():
+                    if not waiter.done():
+                        waiter.set_exception(error)
+            if self._closing:
+                break
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > self._client.reconnect_timeout:
+                self._finish(reason)
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+        self._finish(None)
+
+    def _dispatch(self, outcome: Outcome[asyncio.Future[Ack]]) -> None:
+        for waiter, seq, op_id in outcome.resolved:
+            if not waiter.done():
+                waiter.set_result(Ack(seq, op_id))
+        for waiter, error in outcome.failed:
+            if not waiter.done():
+                waiter.set_exception(error)
+        for event in outcome.events:
+            self._events.put_nowait(event)
+        if outcome.joined:
+            self._joined.set()
+
+    def _finish(self, error: VatlasError | None) -> None:
+        self._error = error
+        for waiter, exc in self._core.fail_all(error or Unavailable("the session is closed")):
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._stopped.set()
+        self._events.put_nowait(_CLOSED)
+        self._joined.set()
+
+    def _check_open(self) -> None:
+        if self._stopped.is_set() or self._closing:
+            raise self._error or VatlasError("the session is closed", code="FAILED_PRECONDITION")
+
+    async def _wait(self, waiter: asyncio.Future[Ack], timeout: float | None, what: str) -> Ack:
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter),
+                                          timeout if timeout is not None else self._client.timeout)
+        except TimeoutError:
+            self._core.drop_waiter(waiter)
+            raise DeadlineExceeded(f"no answer to {what} within the deadline") from None
+
+    async def send(self, op: edits_pb2.EditOp, *, timeout: float | None = None) -> Ack:
+        """Send an op; returns its accepted seq or raises OpRejected."""
+        self._check_open()
+        waiter: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        msg = self._core.add_op(op, waiter)
+        if self._queue is not None:
+            self._queue.put_nowait(msg)
+        return await self._wait(waiter, timeout, f"op {op.id!r}")
+
+    async def stroke(self, points: Iterable[ops.Point], **kwargs: Any) -> Ack:
+        return await self.send(ops.stroke(points, **kwargs))
+
+    async def texture(self, image: ImageSource, **kwargs: Any) -> Ack:
+        return await self.send(ops.texture(image, **kwargs))
+
+    async def adjustment(self, points: Iterable[ops.Point], **kwargs: Any) -> Ack:
+        return await self.send(ops.adjustment(points, **kwargs))
+
+    async def sticker(self, image: ImageSource, **kwargs: Any) -> Ack:
+        return await self.send(ops.sticker(image, **kwargs))
+
+    async def update(self, target: str, **properties: Any) -> Ack:
+        return await self.send(ops.update(target, **properties))
+
+    async def delete(self, target: str) -> Ack:
+        return await self.send(ops.delete(target))
+
+    async def restore(self, target: str) -> Ack:
+        return await self.send(ops.restore(target))
+
+    async def set_visible(self, target: str, visible: bool) -> Ack:
+        return await self.send(ops.set_visible(target, visible))
+
+    async def _control(self, kind: str, timeout: float | None) -> Ack:
+        self._check_open()
+        if self._queue is None:
+            raise Unavailable(f"not connected: {kind} cannot be sent now")
+        waiter: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(self._core.add_control(kind, waiter))
+        return await self._wait(waiter, timeout, kind)
+
+    async def undo(self, *, timeout: float | None = None) -> Ack:
+        return await self._control("undo", timeout)
+
+    async def redo(self, *, timeout: float | None = None) -> Ack:
+        return await self._control("redo", timeout)
+
+    async def set_presence(
+        self, *, cursor: ops.Point | None = None, frame: int = 0, tool: str = "", name: str = "", color: str = ""
+    ) -> None:
+        update = sessions_pb2.PresenceUpdate(frame=frame, tool=tool, name=name, color=color)
+        if cursor is not None:
+            update.cursor.CopyFrom(edits_pb2.Vec2(x=float(cursor[0]), y=float(cursor[1])))
+        self._check_open()
+        if self._queue is not None:
+            self._queue.put_nowait(sessions_pb2.ClientMessage(presence=update))
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        """The next op or presence event from others; raises TimeoutError, or the error that closed the session."""
+        try:
+            event = await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no session event within {timeout} s") from None
+        if event is _CLOSED:
+            self._events.put_nowait(_CLOSED)
+            if self._error is not None:
+                raise self._error
+            raise VatlasError("the session is closed", code="FAILED_PRECONDITION")
+        return event
+
+    async def events(self, timeout: float | None = None) -> AsyncIterator[Event]:
+        """Others' ops and presence; ends when the session closes or after `timeout` idle seconds."""
+        while True:
+            try:
+                yield await self.next_event(timeout)
+            except TimeoutError:
+                return
+            except VatlasError:
+                if self._error is not None:
+                    raise
+                return
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 10.0) -> Event:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching session event within {timeout} s")
+            event = await self.next_event(left)
+            if predicate(event):
+                return event
+
+    async def render(self, frame: int, **kwargs: Any) -> np.ndarray:
+        return await self._client.render(self, frame, **kwargs)
+
+    async def render_frame(self, frame: int, **kwargs: Any) -> Frame:
+        return await self._client.render_frame(self, frame, **kwargs)
+
+    async def export(self, path: str | PathLike, **kwargs: Any) -> Path:
+        return await self._client.export(self, path, **kwargs)
+
