@@ -1,0 +1,54 @@
+"""Colour adjustments applied to atlas content: exposure, contrast, saturation, hue, temperature."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+# Rec. 709 luma weights.
+LUMA = (0.2126, 0.7152, 0.0722)
+ADJUST_FIELDS = ("exposure", "contrast", "saturation", "hue", "temperature")
+# Full warm (+1) scales red up and blue down by this fraction.
+TEMPERATURE_GAIN = 0.25
+
+
+def is_identity(params: dict[str, Any]) -> bool:
+    return all(float(params.get(k, 0.0)) == 0.0 for k in ADJUST_FIELDS)
+
+
+def _hue_matrix(degrees: float, device: torch.device) -> torch.Tensor:
+    """Rotation about the grey axis (the SVG/CSS hue-rotate matrix), applied as rgb @ M.T."""
+    th = math.radians(degrees)
+    c, s = math.cos(th), math.sin(th)
+    m = [
+        [0.213 + c * 0.787 - s * 0.213, 0.715 - c * 0.715 - s * 0.715, 0.072 - c * 0.072 + s * 0.928],
+        [0.213 - c * 0.213 + s * 0.143, 0.715 + c * 0.285 + s * 0.140, 0.072 - c * 0.072 - s * 0.283],
+        [0.213 - c * 0.213 - s * 0.787, 0.715 - c * 0.715 + s * 0.715, 0.072 + c * 0.928 + s * 0.072],
+    ]
+    return torch.tensor(m, dtype=torch.float32, device=device)
+
+
+def apply_adjustment(rgb: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """rgb (..., 3) in [0, 1] -> adjusted rgb (..., 3) in [0, 1]. 0 for every parameter = identity."""
+    out = rgb
+    exposure = float(params.get("exposure", 0.0))
+    if exposure:
+        out = out * (2.0 ** exposure)
+    temperature = float(params.get("temperature", 0.0))
+    if temperature:
+        g = TEMPERATURE_GAIN * temperature
+        out = out * torch.tensor([1.0 + g, 1.0, 1.0 - g], device=out.device)
+    contrast = float(params.get("contrast", 0.0))
+    if contrast:
+        out = (out - 0.5) * (1.0 + contrast) + 0.5
+    luma = torch.tensor(LUMA, device=out.device)
+    saturation = float(params.get("saturation", 0.0))
+    if saturation:
+        y = (out * luma).sum(-1, keepdim=True)
+        out = y + (out - y) * (1.0 + saturation)
+    hue = float(params.get("hue", 0.0))
+    if hue:
+        out = out @ _hue_matrix(hue, out.device).T
+    return out.clamp(0.0, 1.0)
