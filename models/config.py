@@ -1,0 +1,127 @@
+"""FitConfig: the one object that configures a fit (sizes, schedule, learning rates, loss weights)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PRESETS = ("draft", "standard", "best")
+
+
+@dataclass
+class FitConfig:
+    """Every knob of `models.fit.fit`. Loss weights carry the RNA paper's names (defaults from RNA's code)."""
+
+    # working resolution: (W, H); None keeps the video's size, scaled so the long side is `max_side`
+    size: tuple[int, int] | None = None
+    max_side: int = 768
+    # schedule (iterations per stage) and batch
+    iters_main: int = 6000
+    iters_refine: int = 1500
+    iters_inverse: int = 2000
+    iters_mapping_init: int = 300  # pretrain T toward uv = normalized xy before the main stage
+    batch_size: int = 20000
+    eval_every: int = 500  # ROI PSNR on the reference frame, best checkpoint kept (as RNA does)
+    seed: int = 0
+    # learning rates (RNA: hash grids 5e-2, MLPs 5e-4); decayed exponentially to lr * lr_final_factor
+    lr_grid: float = 5e-2
+    lr_mlp: float = 5e-4
+    lr_mapping: float = 1e-3
+    lr_inverse: float = 2e-3
+    lr_final_factor: float = 0.1
+    # loss weights (RNA eq. 2-10)
+    reconstruction: float = 1.0
+    rigidity: float = 0.002
+    rigidity_delta_px: float = 1.0  # finite-difference step of the Jacobian, in working pixels
+    position: float = 0.6
+    corr_ref: float = 0.02
+    corr_adj: float = 0.1
+    mask_bootstrap: float = 0.6
+    mask_bootstrap_until: int = 2000  # iteration after which the bootstrap term is dropped
+    ref_mask: float = 0.4
+    flow_alpha: float = 0.8  # |M(p) - M(p_a)| along adjacent flow
+    ref_flow_alpha: float = 0.8  # |M(p) - M(p_r)| along the reference correspondence
+    illumination_reg: float = 0.8
+    # mask refinement (RNA 3.3)
+    refine: float = 0.01
+    refine_flow_alpha: float = 0.1
+    refine_tau: float = 0.025
+    # soft mask (RNA 3.4): trimap erosion/dilation (3x3 kernel iterations) and guided-filter matting
+    trimap_erode: int = 2
+    trimap_dilate: int = 1
+    matting: str = "guided"
+    matting_radius: int = 4
+    matting_eps: float = 1e-3
+    # correspondences
+    flow_backend: str = "dis"
+    flow_preset: str = "medium"
+    adj_fb_px: float = 1.0
+    ref_fb_px: float = 5.0
+    ref_hops: int = 6  # intermediate frames chained toward the reference (RNA uses 9)
+    ref_ncc_min: float = 0.5  # final check: local normalized cross-correlation (illumination invariant)
+    # bake
+    atlas_size: int = 1024
+    atlas_span: float = 1.25  # atlas_span_px = atlas_span * max(W, H)
+    illumination_downscale: int = 4
+    inverse_grid: int = 256
+    flow_threads: int = 0  # 0 = os.cpu_count()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.atlas_size < 1024:
+            raise ValueError(f"atlas_size must be >= 1024, got {self.atlas_size}")
+        if self.size is not None:
+            self.size = (int(self.size[0]), int(self.size[1]))
+            if min(self.size) < 8:
+                raise ValueError(f"working size too small: {self.size}")
+        for name in ("iters_main", "iters_refine", "iters_inverse", "batch_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> FitConfig:
+        """draft (minutes on CPU for tiny clips), standard, best (RNA-scale schedule)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+        base: dict[str, Any] = {
+            "draft": dict(iters_main=1500, iters_refine=300, iters_inverse=600, iters_mapping_init=200,
+                          batch_size=8192, mask_bootstrap_until=600, eval_every=250, ref_hops=4),
+            "standard": dict(),
+            "best": dict(iters_main=40000, iters_refine=10000, iters_inverse=6000, batch_size=40000,
+                         mask_bootstrap_until=10000, eval_every=1000, ref_hops=9, atlas_size=2048,
+                         flow_preset="fine", iters_mapping_init=1000),
+        }[name]
+        base.update(overrides)
+        return cls(**base)
+
+    def scaled_iters(self, iters_main: int) -> FitConfig:
+        """A copy whose stage lengths follow a new main-stage length (the CLI's --iters)."""
+        factor = iters_main / max(self.iters_main, 1)
+        return dataclasses.replace(
+            self,
+            iters_main=int(iters_main),
+            iters_refine=max(int(self.iters_refine * factor), 1 if self.iters_refine else 0),
+            iters_inverse=max(int(self.iters_inverse * factor), 1 if self.iters_inverse else 0),
+            iters_mapping_init=max(int(self.iters_mapping_init * min(factor, 1.0)), 1),
+            mask_bootstrap_until=int(self.mask_bootstrap_until * factor),
+            eval_every=max(int(self.eval_every * factor), 1),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["size"] is not None:
+            data["size"] = list(data["size"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
+        """Inverse of to_dict; unknown keys are an error (a typo must not silently fall back to a default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown FitConfig keys: {', '.join(unknown)}")
+        data = dict(data)
+        if data.get("size") is not None:
+            data["size"] = tuple(data["size"])
+        return cls(**data)

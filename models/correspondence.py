@@ -1,0 +1,312 @@
+"""Correspondences for the fit: adjacent optical flow with forward-backward checks, and flow to the reference frame.
+
+Flow to a distant reference frame is aggregated as RNA does (methods.md 3.4): for each frame t, processed outward
+from the reference, several chains t -> mid -> ref through intermediate frames (mid's own reference flow is already
+known) plus a direct t -> ref flow when the reference is far; chains are merged by averaging where several are
+valid (validity is their OR), and a final illumination-invariant photometric check (local normalized
+cross-correlation, standing in for RNA's DINO similarity) removes wrong matches. A direct flow alone is not enough
+under camera pans. The flow backend is pluggable (OpenCV DIS by default); flows are cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+FLOW_FIXED_POINT = 16.0  # cached flows are int16 in 1/16 px (range +-2048 px): exact enough, half the bytes
+
+
+@runtime_checkable
+class FlowBackend(Protocol):
+    """Dense optical flow a -> b: `flow[y, x] = (dx, dy)` so that a(x, y) matches b(x + dx, y + dy)."""
+
+    name: str
+
+    def params(self) -> dict[str, Any]: ...
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+
+
+class DisFlow:
+    """OpenCV's DIS optical flow on grayscale frames (CPU; releases the GIL, so threads scale)."""
+
+    name = "dis"
+    _PRESETS = {
+        "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+        "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+        "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+        "fine": getattr(cv2, "DISOPTICAL_FLOW_PRESET_FINE", cv2.DISOPTICAL_FLOW_PRESET_MEDIUM),
+    }
+
+    def __init__(self, preset: str = "medium") -> None:
+        if preset not in self._PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r} (choose from {', '.join(self._PRESETS)})")
+        self.preset = preset
+
+    def params(self) -> dict[str, Any]:
+        return {"backend": self.name, "preset": self.preset, "cv2": cv2.__version__}
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # one DIS object per call: instances keep internal buffers and are not thread-safe
+        dis = cv2.DISOpticalFlow_create(self._PRESETS[self.preset])
+        flow = dis.calc(_gray(a), _gray(b), None)
+        return flow.astype(np.float32, copy=False)
+
+
+_BACKENDS: dict[str, Callable[..., FlowBackend]] = {"dis": DisFlow}
+
+
+def register_flow_backend(name: str, factory: Callable[..., FlowBackend]) -> None:
+    """Make a flow backend (e.g. a learned one) selectable by name in FitConfig.flow_backend."""
+    _BACKENDS[name] = factory
+
+
+def get_flow_backend(name: str, **kwargs: Any) -> FlowBackend:
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown flow backend {name!r} (registered: {', '.join(sorted(_BACKENDS))})")
+    return _BACKENDS[name](**kwargs)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VATLAS_CACHE") or Path.home() / ".cache" / "vatlas")
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+
+
+class FlowCache:
+    """Flows on disk as npz (int16 fixed point), keyed by sha256 of both frames and the backend parameters."""
+
+    def __init__(self, directory: Path | str | None) -> None:
+        self.directory = None if directory is None else Path(directory) / "flows"
+
+    def key(self, hash_a: str, hash_b: str, params: dict[str, Any]) -> str:
+        text = json.dumps([hash_a, hash_b, params], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, key: str) -> np.ndarray | None:
+        if self.directory is None:
+            return None
+        path = self.directory / key[:2] / f"{key}.npz"
+        try:
+            with np.load(path) as data:
+                return data["flow"].astype(np.float32) / FLOW_FIXED_POINT
+        except (OSError, KeyError, ValueError):
+            return None  # missing or damaged entries are recomputed
+
+    def put(self, key: str, flow: np.ndarray) -> None:
+        if self.directory is None:
+            return
+        path = self.directory / key[:2] / f"{key}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fixed = np.clip(np.rint(flow * FLOW_FIXED_POINT), -32767, 32767).astype(np.int16)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, flow=fixed)
+        tmp.replace(path)
+
+
+def compute_flows(
+    frames: np.ndarray,
+    pairs: Iterable[tuple[int, int]],
+    backend: FlowBackend,
+    cache: FlowCache,
+    *,
+    threads: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[tuple[int, int], np.ndarray]:
+    """Flows for (a, b) frame-index pairs, in parallel threads, through the cache."""
+    pairs = list(dict.fromkeys(pairs))
+    hashes: dict[int, str] = {}
+    for i in {i for pair in pairs for i in pair}:
+        hashes[i] = hashlib.sha256(np.ascontiguousarray(frames[i]).tobytes()).hexdigest()
+    params = {**backend.params(), "shape": list(frames.shape[1:3])}
+
+    def one(pair: tuple[int, int]) -> np.ndarray:
+        key = cache.key(hashes[pair[0]], hashes[pair[1]], params)
+        flow = cache.get(key)
+        if flow is None:
+            flow = backend(frames[pair[0]], frames[pair[1]])
+            cache.put(key, flow)
+        if progress is not None:
+            progress(1)
+        return flow
+
+    workers = threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, pairs))
+    return dict(zip(pairs, results, strict=True))
+
+
+def _base_grid(h: int, w: int) -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return np.stack([xs, ys], axis=-1)
+
+
+def sample(field_: np.ndarray, flow: np.ndarray, *, nearest: bool = False, fill: float = np.nan) -> np.ndarray:
+    """field_ sampled at x + flow(x) (bilinear by default); `fill` outside the frame."""
+    h, w = flow.shape[:2]
+    coords = _base_grid(h, w) + flow
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    src = np.ascontiguousarray(field_.astype(np.float32, copy=False))
+    return cv2.remap(src, coords[..., 0], coords[..., 1], interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+
+def in_frame(flow: np.ndarray) -> np.ndarray:
+    h, w = flow.shape[:2]
+    target = _base_grid(h, w) + flow
+    return (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
+
+
+def fb_valid(fwd: np.ndarray, bwd: np.ndarray, threshold_px: float) -> np.ndarray:
+    """Forward-backward check: |fwd(x) + bwd(x + fwd(x))| < threshold, and the target inside the frame."""
+    back = sample(bwd, fwd)
+    err = np.linalg.norm(fwd + back, axis=-1)
+    return np.nan_to_num(err, nan=np.inf) < threshold_px
+
+
+def local_ncc(a: np.ndarray, b: np.ndarray, *, window: int = 9, flat_std: float = 0.02) -> np.ndarray:
+    """Per-pixel normalized cross-correlation of two grayscale images in [0, 1]; flat-on-flat counts as 1."""
+    k = (window, window)
+    mean_a, mean_b = cv2.blur(a, k), cv2.blur(b, k)
+    var_a = np.maximum(cv2.blur(a * a, k) - mean_a**2, 0.0)
+    var_b = np.maximum(cv2.blur(b * b, k) - mean_b**2, 0.0)
+    cov = cv2.blur(a * b, k) - mean_a * mean_b
+    ncc = cov / np.sqrt(var_a * var_b + 1e-8)
+    flat = (np.sqrt(var_a) < flat_std) & (np.sqrt(var_b) < flat_std)
+    return np.where(flat, 1.0, ncc)
+
+
+@dataclass
+class Correspondences:
+    """Everything the fit needs from optical flow, at the working resolution.
+
+    adj_fwd[t] is the flow t -> t+1 and adj_bwd[t] the flow t+1 -> t (both (T-1, H, W, 2)), with validity
+    masks; ref_flow[t] maps frame t to the reference frame, ref_valid[t] its validity; init_mask[t] is the
+    reference ROI mask propagated to frame t through ref_flow (RNA's bootstrap target).
+    """
+
+    ref_frame: int
+    adj_fwd: np.ndarray
+    adj_fwd_valid: np.ndarray
+    adj_bwd: np.ndarray
+    adj_bwd_valid: np.ndarray
+    ref_flow: np.ndarray
+    ref_valid: np.ndarray
+    init_mask: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def reference_pairs(num_frames: int, ref_frame: int, hops: int) -> list[tuple[int, int]]:
+    """All non-adjacent flow pairs the reference aggregation needs (both directions, for FB checks)."""
+    pairs: list[tuple[int, int]] = []
+    for t in range(num_frames):
+        d = abs(t - ref_frame)
+        if d == 0:
+            continue
+        step = 1 if ref_frame > t else -1
+        mids = [t + step * k for k in range(2, min(hops, d) + 1)]
+        if d > hops:
+            mids.append(ref_frame)
+        for mid in mids:
+            pairs += [(t, mid), (mid, t)]
+    return pairs
+
+
+def compute_correspondences(
+    frames: np.ndarray,
+    roi_mask: np.ndarray,
+    ref_frame: int,
+    *,
+    backend: FlowBackend | None = None,
+    cache_dir: Path | str | None = "default",
+    adj_fb_px: float = 1.0,
+    ref_fb_px: float = 5.0,
+    hops: int = 6,
+    ncc_min: float = 0.5,
+    threads: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Correspondences:
+    """Adjacent flows + aggregated reference flows for (T, H, W, 3) uint8 frames; see the module docstring."""
+    num, h, w = frames.shape[:3]
+    if not 0 <= ref_frame < num:
+        raise ValueError(f"reference frame {ref_frame} outside 0..{num - 1}")
+    backend = backend or DisFlow()
+    cache = FlowCache(default_cache_dir() if cache_dir == "default" else cache_dir)
+    adj = [(t, t + 1) for t in range(num - 1)] + [(t + 1, t) for t in range(num - 1)]
+    flows = compute_flows(frames, adj + reference_pairs(num, ref_frame, hops), backend, cache,
+                          threads=threads, progress=progress)
+
+    adj_fwd = np.stack([flows[(t, t + 1)] for t in range(num - 1)]) if num > 1 else np.zeros((0, h, w, 2), np.float32)
+    adj_bwd = np.stack([flows[(t + 1, t)] for t in range(num - 1)]) if num > 1 else np.zeros((0, h, w, 2), np.float32)
+    adj_fwd_valid = np.stack([fb_valid(adj_fwd[t], adj_bwd[t], adj_fb_px) for t in range(num - 1)]) if num > 1 \
+        else np.zeros((0, h, w), bool)
+    adj_bwd_valid = np.stack([fb_valid(adj_bwd[t], adj_fwd[t], adj_fb_px) for t in range(num - 1)]) if num > 1 \
+        else np.zeros((0, h, w), bool)
+
+    # slight blur: NCC then tolerates the sub-pixel drift that chaining accumulates on fine texture
+    gray = np.stack([cv2.GaussianBlur(f.mean(axis=-1, dtype=np.float32) / 255.0, (0, 0), 1.0) for f in frames])
+    ref_flow = np.zeros((num, h, w, 2), np.float32)
+    ref_valid = np.zeros((num, h, w), bool)
+    ref_valid[ref_frame] = True
+    # chains continue through the FB-checked validity; the photometric check only filters the output, so one
+    # frame's rejections do not compound along every later chain
+    chain_valid = ref_valid.copy()
+    direct_fraction: list[float] = []
+    order = sorted(range(num), key=lambda t: abs(t - ref_frame))
+    for t in order[1:]:
+        d = abs(t - ref_frame)
+        step = 1 if ref_frame > t else -1
+        acc = np.zeros((h, w, 2), np.float32)
+        count = np.zeros((h, w), np.float32)
+        candidates = [t + step * k for k in range(1, min(hops, d) + 1)]
+        if d > hops:
+            candidates.append(ref_frame)
+        for mid in candidates:
+            f_tm, f_mt = flows[(t, mid)], flows[(mid, t)]
+            thr = adj_fb_px if abs(mid - t) == 1 else ref_fb_px
+            valid = fb_valid(f_tm, f_mt, thr)
+            if mid == ref_frame:
+                chained = f_tm
+                if d > hops:
+                    direct_fraction.append(float(valid.mean()))
+            else:
+                onward = sample(ref_flow[mid], f_tm)
+                onward_ok = sample(chain_valid[mid].astype(np.float32), f_tm, fill=0.0) > 0.5
+                chained = f_tm + np.nan_to_num(onward)
+                valid &= onward_ok
+            acc[valid] += chained[valid]
+            count[valid] += 1.0
+        ok = count > 0
+        flow = np.where(ok[..., None], acc / np.maximum(count, 1.0)[..., None], 0.0).astype(np.float32)
+        warped_ref = np.nan_to_num(sample(gray[ref_frame], flow), nan=0.0)
+        ncc = local_ncc(gray[t], warped_ref)
+        ref_flow[t] = flow
+        chain_valid[t] = ok & in_frame(flow)
+        ref_valid[t] = chain_valid[t] & (ncc > ncc_min)
+
+    init_mask = np.zeros((num, h, w), np.float32)
+    roi = roi_mask.astype(np.float32)
+    for t in range(num):
+        propagated = np.nan_to_num(sample(roi, ref_flow[t], nearest=True), nan=0.0)
+        init_mask[t] = propagated * ref_valid[t]
+    init_mask[ref_frame] = roi
+
+    others = [t for t in range(num) if t != ref_frame]
+    stats = {
+        "adj_valid": float(np.mean([adj_fwd_valid.mean(), adj_bwd_valid.mean()])) if num > 1 else 1.0,
+        "ref_valid": float(ref_valid[others].mean()) if others else 1.0,
+        "ref_valid_direct": float(np.mean(direct_fraction)) if direct_fraction else None,
+        "flow_pairs": len(flows),
+    }
+    return Correspondences(ref_frame, adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_flow, ref_valid,
+                           init_mask, stats)
