@@ -41,6 +41,7 @@ export class App {
   private session: SessionInfo | null = null;
   private bundle: BundleInfo | null = null;
   private participantId = "";
+  private resuming = false;
   private readonly name: string;
   private readonly color: string;
   private tool: Tool = "brush";
@@ -82,6 +83,7 @@ export class App {
     this.name = this.params.name || `Guest ${Math.floor(100 + Math.random() * 900)}`;
     this.color = PALETTE[Math.floor(Math.random() * PALETTE.length)] ?? "#4da3ff";
     this.view = new View(byId<HTMLCanvasElement>("view-canvas"));
+    this.view.onTransform = () => this.updateZoomLabel();
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     this.conn = new Connection({
       url: `${scheme}//${location.host}/ws`,
@@ -100,7 +102,7 @@ export class App {
   private async onOpen(reconnected: boolean): Promise<void> {
     try {
       if (this.session) {
-        await this.join(this.session.session_id ?? "", this.session.join_token ?? "", reconnected);
+        await this.rejoin(reconnected);
       } else if (this.params.session) {
         await this.join(this.params.session, this.params.join, false);
       } else if (this.params.bundle) {
@@ -137,6 +139,23 @@ export class App {
     );
   }
 
+  /** Back after a reconnect: resume the session; if the server no longer has it, recreate it from our copy. */
+  private async rejoin(reconnected: boolean): Promise<void> {
+    const session = this.session as SessionInfo;
+    try {
+      await this.join(session.session_id ?? "", session.join_token ?? "", reconnected);
+    } catch (error) {
+      if (!(error instanceof WireRequestError) || error.wire.code !== "NOT_FOUND" || !session.bundle) throw error;
+      const ops = this.doc.live().map((layer) => layer.op);
+      await this.conn.request({ load_bundle: { name: session.bundle } });
+      const created = await this.conn.request({ create_session: { bundle: session.bundle, document: { version: 1, ops } } });
+      const info = created.session_info;
+      if (!info?.session_id) throw new Error("the server did not return a session");
+      this.toast(`The server lost session ${session.session_id ?? ""}; reopened it with your ${ops.length} edits`, false);
+      await this.join(info.session_id, info.join_token ?? "", false);
+    }
+  }
+
   private async openBundle(name: string): Promise<void> {
     await this.conn.request({ load_bundle: { name } });
     const created = await this.conn.request({ create_session: { bundle: name } });
@@ -147,6 +166,7 @@ export class App {
 
   /** Join (or rejoin after a reconnect, replaying what we missed) and wait for the snapshot. */
   private async join(sessionId: string, joinToken: string, resume: boolean): Promise<void> {
+    this.resuming = resume && this.doc.seq > 0;
     const snapshot = await new Promise<ServerEvent>((resolve, reject) => {
       let settled = false;
       const id = this.conn.stream(
@@ -221,7 +241,10 @@ export class App {
     if (event.snapshot) {
       const snap = event.snapshot;
       this.participantId = snap.participant_id ?? this.participantId;
-      this.doc.reset(snap.document, snap.session?.seq ?? 0);
+      // On resume the server may send an empty document and then replay the ops we missed: keep ours.
+      const replayFollows = this.resuming && !(snap.document?.ops?.length ?? 0);
+      if (!replayFollows) this.doc.reset(snap.document, snap.session?.seq ?? 0);
+      this.resuming = false;
       this.doc.participants.clear();
       for (const p of snap.participants ?? []) if (p.participant_id) this.doc.participants.set(p.participant_id, p);
       if (snap.session) void this.adoptSession(snap.session).catch((e: unknown) => this.toast(messageOf(e)));

@@ -34,6 +34,8 @@ export class View {
   cursors: Participant[] = [];
   currentFrame = 0;
   private dirty = true;
+  /** Called after zoom or pan changes (the toolbar shows the zoom). */
+  onTransform: () => void = () => undefined;
   private fitted = false;
   /** Frame size in full-resolution pixels (the bundle's), used before the first frame arrives. */
   size: Vec2 = [1, 1];
@@ -84,6 +86,7 @@ export class View {
     this.offset = [(rect.width - w * this.zoom) / 2, (rect.height - h * this.zoom) / 2];
     this.fitted = true;
     this.invalidate();
+    this.onTransform();
   }
 
   /** Zoom by `factor` keeping the frame point under (clientX, clientY) fixed. */
@@ -128,6 +131,7 @@ export class View {
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.setTransform(dpr * this.zoom, 0, 0, dpr * this.zoom, dpr * this.offset[0], dpr * this.offset[1]);
     const [w, h] = this.displaySize();
+    if (!this.shown && w <= 1 && h <= 1) return; // nothing open yet
     ctx.fillStyle = "#111318";
     ctx.fillRect(0, 0, w, h);
     if (this.shown) {
