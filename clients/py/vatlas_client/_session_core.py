@@ -48,6 +48,7 @@ class SessionCore(Generic[W]):
         self.pending_controls: deque[tuple[str, W]] = deque()
         self.joins = 0  # how many snapshots were received (1 = first join, more = resumed)
         self._answered: set[str] = set()  # op ids already answered, so a duplicate answer is ignored
+        self._in_doubt: set[str] = set()  # ops pending when a connection dropped: a replay may answer them
 
     def join_message(self) -> sessions_pb2.ClientMessage:
         join = sessions_pb2.Join(session_id=self.session_id, join_token=self.join_token, name=self.name,
@@ -81,6 +82,7 @@ class SessionCore(Generic[W]):
 
     def on_disconnect(self) -> list[tuple[W, VatlasError]]:
         """Undo/redo cannot be safely repeated, so their waiters fail; ops wait to be re-sent."""
+        self._in_doubt.update(self.pending_ops)
         failed = [(w, Unavailable(f"connection lost before the server answered {kind}"))
                   for kind, w in self.pending_controls]
         self.pending_controls.clear()
@@ -96,6 +98,7 @@ class SessionCore(Generic[W]):
     def _answer(self, op_id: str, out: Outcome[W], seq: int | None, error: VatlasError | None) -> None:
         if op_id in self.pending_ops:
             _, waiter = self.pending_ops.pop(op_id)
+            self._in_doubt.discard(op_id)
         elif self.pending_controls and (not op_id or op_id not in self._answered):
             _, waiter = self.pending_controls.popleft()
         else:
@@ -131,7 +134,7 @@ class SessionCore(Generic[W]):
         elif kind == "applied":
             applied = event.applied
             mine = applied.participant_id == self.participant_id
-            if mine and applied.op.id in self.pending_ops:
+            if mine and applied.op.id in self.pending_ops and applied.op.id in self._in_doubt:
                 # A replay after resume: the op was logged before the connection dropped.
                 self._answer(applied.op.id, out, applied.seq, None)
             if applied.seq > self.seq:

@@ -398,29 +398,29 @@ class AsyncSession:
             self._queue.put_nowait(msg)
         return await self._wait(waiter, timeout, f"op {op.id!r}")
 
-    async def stroke(self, points: Iterable[ops.Point], **kwargs: Any) -> Ack:
-        return await self.send(ops.stroke(points, **kwargs))
+    async def stroke(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        return await self.send(ops.stroke(points, **kwargs), timeout=timeout)
 
-    async def texture(self, image: ImageSource, **kwargs: Any) -> Ack:
-        return await self.send(ops.texture(image, **kwargs))
+    async def texture(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        return await self.send(ops.texture(image, **kwargs), timeout=timeout)
 
-    async def adjustment(self, points: Iterable[ops.Point], **kwargs: Any) -> Ack:
-        return await self.send(ops.adjustment(points, **kwargs))
+    async def adjustment(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        return await self.send(ops.adjustment(points, **kwargs), timeout=timeout)
 
-    async def sticker(self, image: ImageSource, **kwargs: Any) -> Ack:
-        return await self.send(ops.sticker(image, **kwargs))
+    async def sticker(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        return await self.send(ops.sticker(image, **kwargs), timeout=timeout)
 
-    async def update(self, target: str, **properties: Any) -> Ack:
-        return await self.send(ops.update(target, **properties))
+    async def update(self, target: str, *, timeout: float | None = None, **properties: Any) -> Ack:
+        return await self.send(ops.update(target, **properties), timeout=timeout)
 
-    async def delete(self, target: str) -> Ack:
-        return await self.send(ops.delete(target))
+    async def delete(self, target: str, *, timeout: float | None = None) -> Ack:
+        return await self.send(ops.delete(target), timeout=timeout)
 
-    async def restore(self, target: str) -> Ack:
-        return await self.send(ops.restore(target))
+    async def restore(self, target: str, *, timeout: float | None = None) -> Ack:
+        return await self.send(ops.restore(target), timeout=timeout)
 
-    async def set_visible(self, target: str, visible: bool) -> Ack:
-        return await self.send(ops.set_visible(target, visible))
+    async def set_visible(self, target: str, visible: bool, *, timeout: float | None = None) -> Ack:
+        return await self.send(ops.set_visible(target, visible), timeout=timeout)
 
     async def _control(self, kind: str, timeout: float | None) -> Ack:
         self._check_open()

@@ -488,34 +488,34 @@ class Session:
                 self._queue.put(msg)
         return self._wait(waiter, timeout, f"op {op.id!r}")
 
-    def stroke(self, points: Iterable[ops.Point], **kwargs: Any) -> Ack:
+    def stroke(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """Paint (or erase) along a polyline; keywords as in `ops.stroke`."""
-        return self.send(ops.stroke(points, **kwargs))
+        return self.send(ops.stroke(points, **kwargs), timeout=timeout)
 
-    def texture(self, image: ImageSource, **kwargs: Any) -> Ack:
+    def texture(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """Paste an image (path, bytes, PIL image or numpy array); keywords as in `ops.texture`."""
-        return self.send(ops.texture(image, **kwargs))
+        return self.send(ops.texture(image, **kwargs), timeout=timeout)
 
-    def adjustment(self, points: Iterable[ops.Point], **kwargs: Any) -> Ack:
+    def adjustment(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """A colour adjustment region; keywords as in `ops.adjustment`."""
-        return self.send(ops.adjustment(points, **kwargs))
+        return self.send(ops.adjustment(points, **kwargs), timeout=timeout)
 
-    def sticker(self, image: ImageSource, **kwargs: Any) -> Ack:
+    def sticker(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """A tracked rigid sticker; keywords as in `ops.sticker`."""
-        return self.send(ops.sticker(image, **kwargs))
+        return self.send(ops.sticker(image, **kwargs), timeout=timeout)
 
-    def update(self, target: str, **properties: Any) -> Ack:
+    def update(self, target: str, *, timeout: float | None = None, **properties: Any) -> Ack:
         """Change properties of an existing object."""
-        return self.send(ops.update(target, **properties))
+        return self.send(ops.update(target, **properties), timeout=timeout)
 
-    def delete(self, target: str) -> Ack:
-        return self.send(ops.delete(target))
+    def delete(self, target: str, *, timeout: float | None = None) -> Ack:
+        return self.send(ops.delete(target), timeout=timeout)
 
-    def restore(self, target: str) -> Ack:
-        return self.send(ops.restore(target))
+    def restore(self, target: str, *, timeout: float | None = None) -> Ack:
+        return self.send(ops.restore(target), timeout=timeout)
 
-    def set_visible(self, target: str, visible: bool) -> Ack:
-        return self.send(ops.set_visible(target, visible))
+    def set_visible(self, target: str, visible: bool, *, timeout: float | None = None) -> Ack:
+        return self.send(ops.set_visible(target, visible), timeout=timeout)
 
     def _control(self, kind: str, timeout: float | None) -> Ack:
         waiter: Future[int] = Future()

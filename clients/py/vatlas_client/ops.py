@@ -162,7 +162,7 @@ def sticker(
     opacity: float | None = None,
     id: str | None = None,
 ) -> edits_pb2.EditOp:
-    """A rigid image tracked through the clip, anchored at `position` (its centre) on frame `frame`."""
+    """A rigid image tracked through the clip, anchored at point `position` of frame `frame`."""
     if len(size) != 2:
         raise ValueError(f"sticker size is [w, h], got {size!r}")
     op = _placed("sticker", id, "frame", frame)
