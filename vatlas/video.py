@@ -183,7 +183,9 @@ def _read_file(
                 if index >= start and (index - start) % stride == 0:
                     out.append(_resize(frame.to_ndarray(format="rgb24"), size))
         except (av.error.FFmpegError, ValueError) as exc:
-            raise VideoError(f"{path}: decoding failed after {decoded} frames ({_one_line(exc)})") from None
+            raise VideoError(
+                f"{path}: truncated or corrupted: decoding failed after {decoded} frames ({_one_line(exc)})"
+            ) from None
     if decoded == 0:
         raise VideoError(f"{path}: no frames could be decoded (empty or truncated video)")
     reached_end = stop is None or decoded < stop + 1

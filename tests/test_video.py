@@ -1,0 +1,306 @@
+"""vatlas.video: PyAV/folder reading, MP4 and PNG writing, content hashes, and every input error path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from vatlas.errors import VideoError
+from vatlas.metrics import psnr
+from vatlas.video import (
+    content_hash,
+    fps_fraction,
+    list_image_files,
+    read_video,
+    write_mp4,
+    write_png_sequence,
+)
+
+DATA = Path("/work/shared/data")
+
+
+def smooth_frames(count: int, width: int, height: int) -> np.ndarray:
+    """Smooth gradients whose brightness encodes the frame index (so order and stride are checkable)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    # Fixed fine (luma) detail makes the encoded file big enough to cut mid-stream.
+    detail = np.random.default_rng(0).uniform(-20, 20, size=(height, width)).astype(np.float32)
+    frames = []
+    for k in range(count):
+        r = 40 + 100 * xs / width + detail
+        g = 40 + 100 * ys / height + detail
+        b = 20.0 + 10.0 * k + detail
+        frames.append(np.stack([r, g, b], axis=-1))
+    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+
+
+def frame_index(frame: np.ndarray) -> int:
+    return int(round((float(frame[..., 2].mean()) - 20.0) / 10.0))
+
+
+def assert_one_line_naming(exc: pytest.ExceptionInfo, path: Path) -> None:
+    message = str(exc.value)
+    assert "\n" not in message
+    assert str(path) in message
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    frames = smooth_frames(12, 96, 64)
+    path = write_mp4(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, 30)
+    return path, frames
+
+
+def test_mp4_round_trip_keeps_count_size_fps_and_content(clip: tuple[Path, np.ndarray]) -> None:
+    path, frames = clip
+    video = read_video(path)
+    assert video.frames.shape == frames.shape and video.frames.dtype == np.uint8
+    assert video.fps == 30.0
+    assert video.source_size == (96, 64) and video.frame_range == (0, 12)
+    assert psnr(video.frames, frames) > 35
+    assert [frame_index(f) for f in video.frames] == list(range(12))
+
+
+@pytest.mark.parametrize(
+    ("fps", "rate"), [(29.97002997, Fraction(30000, 1001)), (16, Fraction(16)), (25.0, 25)]
+)
+def test_mp4_frame_rate_is_exact(tmp_path: Path, fps: float, rate: Fraction) -> None:
+    assert fps_fraction(fps) == rate
+    path = write_mp4(tmp_path / "rate.mp4", smooth_frames(5, 32, 32), fps)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == rate
+        assert stream.frames == 5
+    assert read_video(path).fps == pytest.approx(float(rate))
+
+
+def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
+    frames = smooth_frames(4, 63, 45)
+    video = read_video(write_mp4(tmp_path / "odd.mp4", frames, 30, progress=True))
+    assert video.frames.shape == (4, 46, 64, 3)
+    assert psnr(video.frames[:, :45, :63], frames) > 35
+    # The padding replicates the last column/row.
+    assert np.abs(video.frames[:, :45, 63].astype(int) - frames[:, :, 62].astype(int)).mean() < 3
+
+
+def test_frame_range_stride_and_resize(clip: tuple[Path, np.ndarray]) -> None:
+    path, _ = clip
+    video = read_video(path, frames=(2, 9), stride=3, size=(48, 30))
+    assert video.frames.shape == (3, 30, 48, 3)
+    assert [frame_index(f) for f in video.frames] == [2, 5, 8]
+    assert video.frame_range == (2, 9) and video.stride == 3 and video.source_size == (96, 64)
+    assert read_video(path, frames=(10, None)).num_frames == 2
+    assert read_video(path, fps=12.5).fps == 12.5
+
+
+def test_png_sequence_round_trip_is_lossless_and_numeric(tmp_path: Path) -> None:
+    frames = smooth_frames(12, 40, 24)
+    paths = write_png_sequence(tmp_path / "seq", frames)
+    assert [p.name for p in paths[:2]] == ["00000.png", "00001.png"]
+    video = read_video(tmp_path / "seq")
+    assert np.array_equal(video.frames, frames)
+    assert video.fps == 30.0
+    assert read_video(tmp_path / "seq", fps=24).fps == 24.0
+    sub = read_video(tmp_path / "seq", frames=(1, 12), stride=5, size=(20, 12))
+    assert sub.frames.shape == (3, 12, 20, 3)
+
+
+def test_folder_order_is_numeric_not_lexical(tmp_path: Path) -> None:
+    frames = smooth_frames(11, 16, 16)
+    folder = tmp_path / "unpadded"
+    folder.mkdir()
+    for k, frame in enumerate(frames):
+        ext = ".jpg" if k == 3 else ".png"  # mixed extensions are one sequence
+        cv2.imwrite(str(folder / f"frame_{k}{ext}"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("not a frame")
+    assert [p.stem for p in list_image_files(folder)][:3] == ["frame_0", "frame_1", "frame_2"]
+    video = read_video(folder)
+    assert [frame_index(f) for f in video.frames] == list(range(11))
+
+
+def test_real_clips_read(tmp_path: Path) -> None:
+    swan = read_video(DATA / "blackswan" / "frames", frames=(0, 3), size=(214, 120))
+    assert swan.frames.shape == (3, 120, 214, 3) and swan.source_size == (854, 480)
+    bear = read_video(DATA / "bear" / "clip.mp4", frames=(0, 4))
+    assert bear.frames.shape == (4, 480, 854, 3) and bear.fps == pytest.approx(30.0)
+    walk = read_video(DATA / "kite-walk" / "clip.mp4", stride=20)
+    assert walk.frames.shape == (4, 384, 640, 3) and walk.fps == pytest.approx(16.0)
+    manifest = {c["name"]: c for c in json.loads((DATA / "manifest.json").read_text())}
+    assert manifest["kite-walk"]["frames"] == 80
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    path = tmp_path / "nope.mp4"
+    with pytest.raises(VideoError, match="no such file") as exc:
+        read_video(path)
+    assert_one_line_naming(exc, path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    with pytest.raises(VideoError, match="empty") as exc:
+        read_video(path)
+    assert_one_line_naming(exc, path)
+
+
+def test_text_file_named_mp4(tmp_path: Path) -> None:
+    path = tmp_path / "fake.mp4"
+    path.write_text("this is not a video\n" * 20)
+    with pytest.raises(VideoError, match="not a readable video") as exc:
+        read_video(path)
+    assert_one_line_naming(exc, path)
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
+    path = tmp_path / "tone.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        samples = (np.sin(np.arange(8000) / 5.0) * 3000).astype(np.int16)[None, :]
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        container.mux(stream.encode(None))
+    with pytest.raises(VideoError, match="no video stream") as exc:
+        read_video(path)
+    assert_one_line_naming(exc, path)
+
+
+def test_mp4_cut_in_half_is_truncated(tmp_path: Path) -> None:
+    # Frame-to-frame changing noise makes every packet large, so the cut lands mid-stream.
+    noise = np.random.default_rng(1).normal(128, 30, size=(40, 64, 96, 3))
+    data = write_mp4(tmp_path / "full.mp4", np.clip(noise, 0, 255).astype(np.uint8), 30).read_bytes()
+    path = tmp_path / "half.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="truncated") as exc:
+        read_video(path)
+    assert_one_line_naming(exc, path)
+    # The frames before the cut are still readable when only they are asked for.
+    assert read_video(path, frames=(0, 5)).num_frames == 5
+
+
+def test_tiny_mp4_cut_in_half(clip: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    data = clip[0].read_bytes()
+    path = tmp_path / "half.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="truncated") as exc:
+        read_video(path)
+    assert_one_line_naming(exc, path)
+
+
+def test_mp4_with_index_at_end_cut_in_half(tmp_path: Path) -> None:
+    # Without faststart the index (moov) is at the end: half a file cannot even be opened.
+    full = tmp_path / "tail_index.mp4"
+    with av.open(str(full), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for k, frame in enumerate(smooth_frames(10, 32, 32)):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts = k
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode(None))
+    assert read_video(full).num_frames == 10
+    path = tmp_path / "tail_half.mp4"
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError) as exc:
+        read_video(path)
+    assert_one_line_naming(exc, path)
+
+
+def test_frame_range_beyond_the_clip(clip: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path = clip[0]
+    with pytest.raises(VideoError, match="beyond its 12 frames") as exc:
+        read_video(path, frames=(5, 40))
+    assert_one_line_naming(exc, path)
+    with pytest.raises(VideoError, match="starts at 30"):
+        read_video(path, frames=(30, None))
+    write_png_sequence(tmp_path / "seq", smooth_frames(3, 16, 16))
+    with pytest.raises(VideoError, match="beyond its 3 frames"):
+        read_video(tmp_path / "seq", frames=(1, 5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"stride": 0}, "stride"),
+        ({"size": (0, 10)}, "size"),
+        ({"frames": (5, 5)}, "frame range"),
+        ({"frames": (-1, 3)}, "frame range"),
+        ({"fps": 0}, "fps"),
+    ],
+)
+def test_bad_read_arguments(clip: tuple[Path, np.ndarray], kwargs: dict, pattern: str) -> None:
+    with pytest.raises(VideoError, match=pattern) as exc:
+        read_video(clip[0], **kwargs)
+    assert_one_line_naming(exc, clip[0])
+
+
+def test_folder_without_images(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("no frames here")
+    with pytest.raises(VideoError, match="no image files") as exc:
+        read_video(tmp_path)
+    assert_one_line_naming(exc, tmp_path)
+
+
+def test_folder_with_unreadable_image(tmp_path: Path) -> None:
+    write_png_sequence(tmp_path, smooth_frames(3, 16, 16))
+    bad = tmp_path / "00001.png"
+    bad.write_text("broken")
+    with pytest.raises(VideoError, match="not a readable image") as exc:
+        read_video(tmp_path)
+    assert_one_line_naming(exc, bad)
+
+
+def test_folder_with_mixed_frame_sizes(tmp_path: Path) -> None:
+    write_png_sequence(tmp_path, smooth_frames(2, 16, 16))
+    odd = tmp_path / "00002.png"
+    cv2.imwrite(str(odd), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(VideoError, match="differs") as exc:
+        read_video(tmp_path)
+    assert_one_line_naming(exc, odd)
+
+
+def test_write_rejects_bad_frames(tmp_path: Path) -> None:
+    with pytest.raises(VideoError, match="no frames"):
+        write_mp4(tmp_path / "x.mp4", [], 30)
+    with pytest.raises(VideoError, match="uint8"):
+        write_mp4(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), np.float32), 30)
+    with pytest.raises(VideoError, match="fps"):
+        write_mp4(tmp_path / "x.mp4", smooth_frames(2, 8, 8), 0)
+    with pytest.raises(VideoError, match="frame 1 has size"):
+        write_mp4(tmp_path / "x.mp4", [smooth_frames(1, 8, 8)[0], smooth_frames(1, 10, 8)[0]], 30)
+    with pytest.raises(VideoError, match=r"\(H, W, 3\)"):
+        write_png_sequence(tmp_path / "seq", np.zeros((2, 8, 8), np.uint8))
+    assert not (tmp_path / "x.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------------------- hashes
+
+
+def test_content_hash(tmp_path: Path, clip: tuple[Path, np.ndarray]) -> None:
+    frames = smooth_frames(3, 16, 16)
+    assert content_hash(frames) == content_hash(frames.copy())
+    changed = frames.copy()
+    changed[1, 2, 3, 0] ^= 1
+    assert content_hash(changed) != content_hash(frames)
+    assert content_hash(frames.reshape(3, 16, 48, 1)) != content_hash(frames)  # same bytes, other shape
+    assert content_hash(clip[0]) == hashlib.sha256(clip[0].read_bytes()).hexdigest()
+    folder = tmp_path / "seq"
+    write_png_sequence(folder, frames)
+    before = content_hash(folder)
+    assert len(before) == 64
+    write_png_sequence(folder, changed)
+    assert content_hash(folder) != before
+    with pytest.raises(VideoError, match="no such file"):
+        content_hash(tmp_path / "missing")
