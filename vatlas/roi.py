@@ -102,9 +102,10 @@ class Roi:
             if hi[0] <= 0 or hi[1] <= 0 or lo[0] >= width or lo[1] >= height:
                 raise RoiError(f"ROI polygon {k} lies outside the {width}x{height} frame")
         if self.raster is None:
+            for k, poly in enumerate(self.polygons):
+                if polygon_area(poly) < 1.0:
+                    raise RoiError(f"ROI polygon {k} has an area below one pixel")
             areas = [int(Roi(self.ref_frame, [poly]).mask(height, width).sum()) for poly in self.polygons]
-            if min(areas) == 0:
-                raise RoiError(f"ROI polygon {areas.index(0)} covers no pixel of the {width}x{height} frame")
             if sum(areas) != int(self.mask(height, width).sum()):
                 raise RoiError("ROI polygons overlap on the reference frame (several ROIs must be disjoint)")
         elif not self.mask(height, width).any():
@@ -122,6 +123,12 @@ class Roi:
         if not polygons:
             raise RoiError("ROI mask has no region of at least 3 pixels")
         return cls(ref_frame, polygons, binary)
+
+
+def polygon_area(polygon: np.ndarray) -> float:
+    """Area in square pixels (shoelace formula)."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def load_roi(path: str | Path, ref_frame: int | None = None) -> Roi:
