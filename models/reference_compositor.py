@@ -1,0 +1,85 @@
+"""A readable float64 reference of the compositor (RNA eq. 13), used to check the fast paths.
+
+Same conventions as the server: uv addresses the atlas like grid_sample(align_corners=False, border padding);
+illumination is upsampled bilinearly with align_corners=False (PyTorch's rule: negative source coordinates
+clamp to 0); the output is rounded half up and clamped to [0, 255].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from vatlas.models.bundle import Bundle, decode_uv
+
+
+def sample_atlas(atlas: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of atlas (S, S, C) at uv (..., 2) in [-1, 1], clamped at the border -> (..., C)."""
+    s = atlas.shape[0]
+    x = np.clip((uv[..., 0].astype(np.float64) + 1.0) * s / 2.0 - 0.5, 0.0, s - 1.0)
+    y = np.clip((uv[..., 1].astype(np.float64) + 1.0) * s / 2.0 - 0.5, 0.0, s - 1.0)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    x1 = np.minimum(x0 + 1, s - 1)
+    y1 = np.minimum(y0 + 1, s - 1)
+    fx = (x - x0)[..., None]
+    fy = (y - y0)[..., None]
+    a = atlas.astype(np.float64)
+    return ((a[y0, x0] * (1 - fx) + a[y0, x1] * fx) * (1 - fy)
+            + (a[y1, x0] * (1 - fx) + a[y1, x1] * fx) * fy)
+
+
+def upsample_bilinear(field: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, C) -> (height, width, C), bilinear, align_corners=False."""
+    h, w = field.shape[:2]
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    y0, y1, fy = axis(height, h)
+    x0, x1, fx = axis(width, w)
+    f = field.astype(np.float64)
+    fx = fx[None, :, None]
+    fy = fy[:, None, None]
+    top = f[y0][:, x0] * (1 - fx) + f[y0][:, x1] * fx
+    bottom = f[y1][:, x0] * (1 - fx) + f[y1][:, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def edited_atlas(bundle: Bundle, edit_rgba_atlas: np.ndarray | None) -> np.ndarray:
+    """A_edit in [0, 1]: a straight-alpha RGBA layer (uint8 or float in [0, 1]) composited over A."""
+    base = bundle.atlas.astype(np.float64) / 255.0
+    if edit_rgba_atlas is None:
+        return base
+    layer = edit_rgba_atlas.astype(np.float64)
+    if edit_rgba_atlas.dtype == np.uint8:
+        layer = layer / 255.0
+    alpha = layer[..., 3:4]
+    return base * (1.0 - alpha) + layer[..., :3] * alpha
+
+
+def reference_composite(bundle: Bundle, frame: int, edit_rgba_atlas: np.ndarray | None = None, *,
+                        atlas_edit: np.ndarray | None = None, mode: str = "delta") -> np.ndarray:
+    """Composite one frame in float64 -> (H, W, 3) float64 in [0, 255], before rounding.
+
+    The edited atlas is either `edit_rgba_atlas` over A or given directly as `atlas_edit` (S, S, 3) in [0, 1].
+    mode "delta": out = c + m * l * (A_edit(uv) - A(uv)) (equals l * A_edit(uv) where m = 1 and c = l * A(uv));
+    mode "reconstruct": out = c + m * (l * A_edit(uv) - c).
+    """
+    if mode not in ("delta", "reconstruct"):
+        raise ValueError("mode must be 'delta' or 'reconstruct'")
+    a_edit = atlas_edit.astype(np.float64) if atlas_edit is not None else edited_atlas(bundle, edit_rgba_atlas)
+    uv = decode_uv(bundle.uv[frame]).astype(np.float64)
+    c = bundle.frames[frame].astype(np.float64)
+    m = bundle.mask[frame].astype(np.float64)[..., None] / 255.0
+    light = upsample_bilinear(bundle.illumination[frame].astype(np.float64), bundle.height, bundle.width)
+    if mode == "delta":
+        delta = a_edit - bundle.atlas.astype(np.float64) / 255.0
+        return c + m * light * sample_atlas(delta, uv) * 255.0
+    return c + m * (light * sample_atlas(a_edit, uv) * 255.0 - c)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Round half up and clamp, as the compositor does."""
+    return np.clip(np.floor(image + 0.5), 0, 255).astype(np.uint8)
