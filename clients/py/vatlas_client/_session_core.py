@@ -18,6 +18,8 @@ from .records import OpEvent, Participant, PresenceEvent, SessionInfo
 W = TypeVar("W")  # a waiter: concurrent.futures.Future (sync) or asyncio.Future (async)
 
 Event = OpEvent | PresenceEvent
+# Stream errors after which reconnecting is wrong: another connection took over this participant.
+FATAL_STREAM_ERRORS = frozenset({"ALREADY_EXISTS"})
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Outcome(Generic[W]):
     events: list[Event] = field(default_factory=list)  # others' ops and presence, for the event iterator
     joined: bool = False  # a snapshot arrived: the (re)join is complete
     fatal: VatlasError | None = None  # a stream-level error: the session cannot go on
+    notices: list[VatlasError] = field(default_factory=list)  # non-fatal stream errors (bad presence, rate, ...)
 
 
 class SessionCore(Generic[W]):
@@ -151,10 +154,17 @@ class SessionCore(Generic[W]):
             if participant.participant_id != self.participant_id:
                 out.events.append(PresenceEvent(participant, pres.left))
         elif kind == "error":
-            err = from_error_message(event.error)
-            if event.error.op_id and (event.error.op_id in self.pending_ops):
-                self._answer(event.error.op_id, out, None,
-                             OpRejected(err.message, code=err.code, op_id=event.error.op_id))
-            else:
+            wire = event.error
+            err = from_error_message(wire)
+            control = self.pending_controls[0][0] if self.pending_controls else ""
+            if wire.op_id and wire.op_id in self.pending_ops:
+                self._answer(wire.op_id, out, None, OpRejected(err.message, code=err.code, op_id=wire.op_id))
+            elif control and control in wire.message:
+                # a refused undo/redo comes as a stream error naming it ("nothing to undo", "cannot redo: ...")
+                _, waiter = self.pending_controls.popleft()
+                out.failed.append((waiter, OpRejected(err.message, code=err.code)))
+            elif wire.code in FATAL_STREAM_ERRORS:
                 out.fatal = err
+            else:
+                out.notices.append(err)
         return out

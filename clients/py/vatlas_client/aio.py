@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import os
@@ -27,7 +28,7 @@ from vatlas.v1 import (
 
 from . import _common, ops
 from ._session_core import Event, Outcome, SessionCore
-from .client import _RECONNECTABLE, _document
+from .client import _RECONNECTABLE, MAX_NOTICES, _document, log
 from .errors import DeadlineExceeded, Unavailable, VatlasError, from_rpc_error
 from .images import ImageSource
 from .records import Ack, BundleInfo, ExportProgress, FitProgress, Frame, Participant, SessionInfo
@@ -247,6 +248,7 @@ class AsyncSession:
         self._stopped = asyncio.Event()
         self._closing = False
         self._error: VatlasError | None = None
+        self._notices: collections.deque[VatlasError] = collections.deque(maxlen=MAX_NOTICES)
         self._task: asyncio.Task[None] | None = None
 
     session_id = property(lambda self: self._core.session_id)
@@ -256,6 +258,7 @@ class AsyncSession:
     info = property(lambda self: self._core.info)
     reconnects = property(lambda self: max(0, self._core.joins - 1))
     closed = property(lambda self: self._stopped.is_set())
+    errors = property(lambda self: list(self._notices), doc="Recent non-fatal errors the server sent.")
 
     @property
     def document(self) -> list[edits_pb2.EditOp]:
@@ -363,6 +366,9 @@ class AsyncSession:
         for waiter, error in outcome.failed:
             if not waiter.done():
                 waiter.set_exception(error)
+        for notice in outcome.notices:
+            log.warning("session %s: server error: %s", self.session_id, notice)
+            self._notices.append(notice)
         for event in outcome.events:
             self._events.put_nowait(event)
         if outcome.joined:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -42,6 +44,8 @@ from .records import (
 )
 
 _RECONNECTABLE = ("UNAVAILABLE", "CANCELLED")
+MAX_NOTICES = 32
+log = logging.getLogger("vatlas_client")
 _CLOSED = object()  # end-of-events marker in a session's event queue
 
 
@@ -304,6 +308,7 @@ class Session:
         self._stopped = threading.Event()
         self._closing = False
         self._error: VatlasError | None = None
+        self._notices: collections.deque[VatlasError] = collections.deque(maxlen=MAX_NOTICES)
         self._thread = threading.Thread(target=self._run, name=f"vatlas-session-{core.session_id}", daemon=True)
 
     # ---- state ----
@@ -349,6 +354,11 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._stopped.is_set()
+
+    @property
+    def errors(self) -> list[VatlasError]:
+        """Recent non-fatal errors the server sent on the stream (e.g. a refused presence update)."""
+        return list(self._notices)
 
     # ---- lifecycle ----
 
@@ -448,6 +458,9 @@ class Session:
         for waiter, error in outcome.failed:
             if not waiter.done():
                 waiter.set_exception(error)
+        for notice in outcome.notices:
+            log.warning("session %s: server error: %s", self.session_id, notice)
+            self._notices.append(notice)
         for event in outcome.events:
             self._events.put(event)
         if outcome.joined:
