@@ -1,0 +1,245 @@
+"""The gRPC front door (grpc.aio): Bundles, Sessions and Render services over the session core.
+
+Every vatlas.v1 call needs `authorization: Bearer <token>` metadata when the server has a token; a
+`vatlas-protocol` metadata value, when sent, must be the current protocol version. Health checking
+(`grpc.health.v1.Health`) and reflection are on and need no token. Core errors become gRPC status codes with
+their message; op rejections travel in-band as `OpRejected` on the Connect stream.
+
+Render calls are coalesced per client: the client is named by `vatlas-client-id` metadata, else by its
+connection (peer address). A RenderFrame still waiting when the same client sends a newer one fails with
+ABORTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from vatlas.server.doors import wire
+from vatlas.server.doors.auth import bearer, check_protocol, check_token
+from vatlas.server.session.core import ServerCore
+from vatlas.server.session.errors import CoreError
+from vatlas.v1 import (
+    bundles_pb2,
+    bundles_pb2_grpc,
+    render_pb2,
+    render_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    bundles_pb2.DESCRIPTOR.services_by_name["Bundles"].full_name,
+    sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
+    render_pb2.DESCRIPTOR.services_by_name["Render"].full_name,
+)
+MAX_CLIENT_KEYS = 4096
+
+
+class _Door:
+    def __init__(self, core: ServerCore, token: str | None) -> None:
+        self.core = core
+        self.token = token
+
+    async def check(self, context: grpc.aio.ServicerContext) -> None:
+        """Token and protocol checks shared by every call."""
+        meta = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        try:
+            check_token(self.token, bearer(meta.get("authorization", "")))
+            if "vatlas-protocol" in meta:
+                try:
+                    version = int(meta["vatlas-protocol"])
+                except ValueError:
+                    version = -1
+                check_protocol(version)
+        except CoreError as exc:
+            await abort(context, exc)
+
+    @staticmethod
+    def client_key(context: grpc.aio.ServicerContext) -> str:
+        meta = dict(context.invocation_metadata() or ())
+        client = meta.get("vatlas-client-id")
+        return f"grpc:{client}" if isinstance(client, str) and client else f"grpc-peer:{context.peer()}"
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: CoreError) -> None:
+    await context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL), exc.message)
+
+
+class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
+    async def ListBundles(self, request: Any, context: Any) -> bundles_pb2.ListBundlesResponse:
+        await self.check(context)
+        return bundles_pb2.ListBundlesResponse(bundles=self.core.list_bundles())
+
+    async def LoadBundle(self, request: Any, context: Any) -> bundles_pb2.BundleInfo:
+        await self.check(context)
+        try:
+            return await self.core.load_bundle(request.name)
+        except CoreError as exc:
+            await abort(context, exc)
+            raise
+
+    async def GetBundleInfo(self, request: Any, context: Any) -> bundles_pb2.BundleInfo:
+        await self.check(context)
+        try:
+            return self.core.bundle_info(request.name)
+        except CoreError as exc:
+            await abort(context, exc)
+            raise
+
+    async def UploadVideo(self, request_iterator: Any, context: Any) -> bundles_pb2.UploadResult:
+        await self.check(context)
+        try:
+            return await self.core.jobs.upload(request_iterator)
+        except CoreError as exc:
+            await abort(context, exc)
+            raise
+
+    async def StartFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
+        await self.check(context)
+        try:
+            progress = await self.core.jobs.start_fit(request)
+            async for event in progress:
+                yield event
+        except CoreError as exc:
+            await abort(context, exc)
+
+
+class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
+    async def CreateSession(self, request: Any, context: Any) -> sessions_pb2.SessionInfo:
+        await self.check(context)
+        try:
+            return await self.core.create_session(request)
+        except CoreError as exc:
+            await abort(context, exc)
+            raise
+
+    async def ListSessions(self, request: Any, context: Any) -> sessions_pb2.ListSessionsResponse:
+        await self.check(context)
+        return sessions_pb2.ListSessionsResponse(sessions=self.core.list_sessions())
+
+    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[sessions_pb2.ServerEvent]:
+        await self.check(context)
+        requests = request_iterator.__aiter__()
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "join":
+            await abort(context, CoreError("INVALID_ARGUMENT", "the first message on Connect must be join"))
+        try:
+            participant = await self.core.join(first.join)
+        except CoreError as exc:
+            await abort(context, exc)
+            return
+
+        async def read() -> None:
+            async for message in requests:
+                if not await dispatch_session_message(self.core, participant, message):
+                    break
+            self.core.leave(participant)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                event = await participant.events.get()
+                if event is None:
+                    break
+                yield event
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError, Exception):
+                await reader
+            self.core.leave(participant)
+
+
+async def dispatch_session_message(core: ServerCore, participant: Any, message: sessions_pb2.ClientMessage) -> bool:
+    """Hand one ClientMessage after join to the core; False when the participant leaves."""
+    kind = message.WhichOneof("kind")
+    if kind == "op":
+        await core.submit(participant, wire.to_mirror(message.op))
+    elif kind == "undo":
+        await core.undo(participant)
+    elif kind == "redo":
+        await core.redo(participant)
+    elif kind == "presence":
+        core.presence(participant, message.presence)
+    elif kind == "leave":
+        return False
+    elif kind == "join":
+        participant.send(sessions_pb2.ServerEvent(error=_err("FAILED_PRECONDITION", "already joined")))
+    else:
+        participant.send(sessions_pb2.ServerEvent(error=_err("INVALID_ARGUMENT", "empty session message")))
+    return True
+
+
+def _err(code: str, message: str) -> Any:
+    from vatlas.v1 import common_pb2
+
+    return common_pb2.Error(code=code, message=message)
+
+
+class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
+    async def RenderFrame(self, request: Any, context: Any) -> render_pb2.RenderedFrame:
+        await self.check(context)
+        try:
+            return await self.core.render(self._key(context), request)
+        except CoreError as exc:
+            await abort(context, exc)
+            raise
+
+    async def Playback(self, request: Any, context: Any) -> AsyncIterator[render_pb2.RenderedFrame]:
+        await self.check(context)
+        try:
+            frames = await self.core.playback(self._key(context), request)
+            async for frame in frames:
+                yield frame
+        except CoreError as exc:
+            await abort(context, exc)
+
+    async def Export(self, request: Any, context: Any) -> AsyncIterator[render_pb2.ExportEvent]:
+        await self.check(context)
+        try:
+            events = await self.core.jobs.export(request)
+            async for event in events:
+                yield event
+        except CoreError as exc:
+            await abort(context, exc)
+
+    def _key(self, context: Any) -> str:
+        key = self.client_key(context)
+        buckets = self.core._render_buckets
+        if key not in buckets and len(buckets) >= MAX_CLIENT_KEYS:
+            self.core.forget_client(next(iter(buckets)))  # forget the oldest gRPC viewer's rate bucket
+        return key
+
+
+async def start_grpc(core: ServerCore, host: str, port: int, token: str | None) -> tuple[grpc.aio.Server, int, Any]:
+    """Start the gRPC server; returns (server, bound port, health servicer)."""
+    size = core.limits.max_message_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.so_reuseport", 0),
+    ])
+    bundles_pb2_grpc.add_BundlesServicer_to_server(BundlesDoor(core, token), server)
+    sessions_pb2_grpc.add_SessionsServicer_to_server(SessionsDoor(core, token), server)
+    render_pb2_grpc.add_RenderServicer_to_server(RenderDoor(core, token), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health_servicer

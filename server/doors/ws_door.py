@@ -1,0 +1,306 @@
+"""The WebSocket front door: the same vatlas.v1 messages as gRPC, multiplexed on one connection.
+
+Endpoint and framing
+    Connect to ``ws://HOST:PORT/ws`` (the HTTP port; the same port serves the web client at ``/``).
+    Every WebSocket message is a *binary* frame holding msgpack of one ``vatlas.v1.WsRequest`` (client ->
+    server) or ``vatlas.v1.WsResponse`` (server -> client) in the mirror form of ``server/doors/wire.py``:
+    maps keyed by proto field names, ``Vec2`` as ``[x, y]``, bytes as bin, a oneof as the single key of the
+    member that is set, unset fields left out, enums as integers. Text frames are refused with an error.
+    Frames larger than the server's max message size (64 MiB by default) close the connection (code 1009).
+
+Hello
+    The first request must be ``{"request_id": n, "hello": {"protocol_version": 1, "token": T}}``
+    (``token`` is the server's ``--token``, empty when it has none). The answer is
+    ``{"request_id": n, "welcome": {"protocol_version": 1, "server_version": "..."}}``. A wrong protocol version
+    is answered with ``error`` code FAILED_PRECONDITION, a wrong token with UNAUTHENTICATED, anything other
+    than hello first with FAILED_PRECONDITION; then the server closes the connection (code 1008).
+
+Request ids
+    ``request_id`` is chosen by the client and echoed on every response that belongs to the request:
+    ``list_bundles`` -> ``bundles``; ``load_bundle`` / ``bundle_info`` -> ``bundle_info``;
+    ``create_session`` -> ``session_info`` (with the join token); ``list_sessions`` -> ``sessions``;
+    ``render`` -> one ``frame``; ``playback`` -> a stream of ``frame`` until it ends, is replaced by a newer
+    ``playback`` or stopped by ``stop_playback`` (one playback per connection); ``export`` -> ``export``
+    events, the file in chunks, the last with ``done``.
+    ``session`` carries a ``ClientMessage``: first ``join`` (one session per connection), then ``op``,
+    ``undo``, ``redo``, ``presence``, ``leave``. All session events (snapshot, accepted, rejected, applied,
+    presence, error) come back as ``event`` with the request_id of the ``join``. Op outcomes are keyed by op
+    id (``accepted`` / ``rejected``); every accepted op also reaches every participant as ``applied`` in
+    sequence order. Rejoin with ``last_seq`` to resume after a disconnect.
+
+Rendering and access
+    ``render``/``playback``/``export`` need the session's ``join_token`` unless this connection created or
+    joined the session. Renders are coalesced per connection: a render still waiting when a newer one
+    arrives is answered with ``error`` code ABORTED (latest request wins). Playback paces frames by the wall
+    clock and skips frames a slow reader cannot take; it never queues them.
+
+Errors
+    ``{"request_id": n, "error": {"code": "INVALID_ARGUMENT", "message": "...", "op_id": ""}}`` where
+    ``code`` is a gRPC status name (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED,
+    RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, ...). A frame that cannot be decoded is answered with
+    ``request_id`` 0 (or the id, when it could be read) and the connection stays open; op problems come as
+    ``rejected`` events instead. Rate limits answer RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import msgpack
+from vatlas.server.doors import wire
+from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_token
+from vatlas.server.doors.grpc_door import dispatch_session_message
+from vatlas.server.doors.http import StaticFiles, webapp_root
+from vatlas.server.session.core import ServerCore
+from vatlas.server.session.errors import CoreError
+from vatlas.v1 import bundles_pb2, common_pb2, sessions_pb2
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+import vatlas
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS = 64  # concurrent requests of one connection (renders, exports, ...)
+CLOSE_POLICY = 1008
+
+
+class WsConnection:
+    """One WebSocket client: hello, then requests dispatched to the core."""
+
+    def __init__(self, ws: ServerConnection, core: ServerCore, token: str | None) -> None:
+        self.ws = ws
+        self.core = core
+        self.token = token
+        self.key = f"ws:{id(self)}"
+        self.authorized: set[str] = set()
+        self.participant: Any = None
+        self.session_request_id = 0
+        self.tasks: set[asyncio.Task] = set()
+        self.playback: asyncio.Task | None = None
+        self.session_inbox: asyncio.Queue[sessions_pb2.ClientMessage] = asyncio.Queue(maxsize=1024)
+        self.session_task: asyncio.Task | None = None
+        self.pump_task: asyncio.Task | None = None
+
+    async def send(self, request_id: int, **result: Any) -> None:
+        await self.ws.send(wire.pack(sessions_pb2.WsResponse(request_id=request_id, **result)))
+
+    async def send_error(self, request_id: int, code: str, message: str, op_id: str = "") -> None:
+        await self.send(request_id, error=common_pb2.Error(code=code, message=message, op_id=op_id))
+
+    async def run(self) -> None:
+        try:
+            if not await self._hello():
+                return
+            async for frame in self.ws:
+                await self._handle_frame(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._cleanup()
+
+    async def _hello(self) -> bool:
+        frame = await self.ws.recv()
+        request_id = _peek_request_id(frame)
+        try:
+            if isinstance(frame, str):
+                raise CoreError("INVALID_ARGUMENT", "frames must be binary msgpack")
+            request = wire.unpack(frame, sessions_pb2.WsRequest)
+            if request.WhichOneof("call") != "hello":
+                raise CoreError("FAILED_PRECONDITION", "the first request must be hello")
+            check_protocol(request.hello.protocol_version)
+            check_token(self.token, request.hello.token)
+        except (CoreError, wire.WireError) as exc:
+            code = exc.code if isinstance(exc, CoreError) else "INVALID_ARGUMENT"
+            await self.send_error(request_id, code, getattr(exc, "message", str(exc)))
+            await self.ws.close(CLOSE_POLICY, code)
+            return False
+        await self.send(request.request_id, welcome=sessions_pb2.Welcome(protocol_version=PROTOCOL_VERSION,
+                                                                          server_version=vatlas.__version__))
+        return True
+
+    async def _handle_frame(self, frame: Any) -> None:
+        request_id = _peek_request_id(frame)
+        if isinstance(frame, str):
+            await self.send_error(request_id, "INVALID_ARGUMENT", "frames must be binary msgpack, not text")
+            return
+        try:
+            request = wire.unpack(frame, sessions_pb2.WsRequest)
+        except wire.WireError as exc:
+            await self.send_error(request_id, "INVALID_ARGUMENT", str(exc))
+            return
+        call = request.WhichOneof("call")
+        rid = request.request_id
+        if call is None:
+            await self.send_error(rid, "INVALID_ARGUMENT", "empty request: set one of the calls")
+        elif call == "hello":
+            await self.send_error(rid, "FAILED_PRECONDITION", "hello was already done")
+        elif call == "session":
+            await self._session_message(rid, request.session)
+        elif call == "stop_playback":
+            self._stop_playback()
+        else:
+            if len(self.tasks) >= MAX_TASKS:
+                await self.send_error(rid, "RESOURCE_EXHAUSTED", f"more than {MAX_TASKS} requests in flight")
+                return
+            coroutine = getattr(self, f"_call_{call}")(rid, getattr(request, call))
+            task = asyncio.create_task(self._guard(rid, coroutine))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            if call == "playback":
+                self._stop_playback()
+                self.playback = task
+
+    async def _guard(self, request_id: int, coroutine: Any) -> None:
+        """Run one request; core errors become error frames, a closed socket ends it quietly."""
+        try:
+            await coroutine
+        except CoreError as exc:
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_error(request_id, exc.code, exc.message, exc.op_id)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failing request must not end the connection
+            log.exception("WebSocket request %s failed", request_id)
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_error(request_id, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    def _stop_playback(self) -> None:
+        if self.playback is not None:
+            self.playback.cancel()
+            self.playback = None
+
+    # ---------------------------------------------------------------- calls
+
+    async def _call_list_bundles(self, rid: int, _: Any) -> None:
+        await self.send(rid, bundles=bundles_pb2.ListBundlesResponse(bundles=self.core.list_bundles()))
+
+    async def _call_load_bundle(self, rid: int, request: Any) -> None:
+        await self.send(rid, bundle_info=await self.core.load_bundle(request.name))
+
+    async def _call_bundle_info(self, rid: int, request: Any) -> None:
+        await self.send(rid, bundle_info=self.core.bundle_info(request.name))
+
+    async def _call_create_session(self, rid: int, request: Any) -> None:
+        info = await self.core.create_session(request)
+        self.authorized.add(info.session_id)
+        await self.send(rid, session_info=info)
+
+    async def _call_list_sessions(self, rid: int, _: Any) -> None:
+        await self.send(rid, sessions=sessions_pb2.ListSessionsResponse(sessions=self.core.list_sessions()))
+
+    async def _call_render(self, rid: int, request: Any) -> None:
+        request.request_id = request.request_id or rid
+        frame = await self.core.render(self.key, request, self.authorized)
+        await self.send(rid, frame=frame)
+
+    async def _call_playback(self, rid: int, request: Any) -> None:
+        frames = await self.core.playback(self.key, request, self.authorized)
+        async for frame in frames:
+            frame.request_id = rid
+            await self.send(rid, frame=frame)
+
+    async def _call_export(self, rid: int, request: Any) -> None:
+        events = await self.core.jobs.export(request, self.authorized)
+        async for event in events:
+            await self.send(rid, export=event)
+
+    # ---------------------------------------------------------------- the session stream
+
+    async def _session_message(self, rid: int, message: sessions_pb2.ClientMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if self.participant is None:
+            if kind != "join":
+                await self.send_error(rid, "FAILED_PRECONDITION", "join a session first")
+                return
+            try:
+                participant = await self.core.join(message.join)
+            except CoreError as exc:
+                await self.send_error(rid, exc.code, exc.message)
+                return
+            self.participant = participant
+            self.session_request_id = rid
+            self.authorized.add(message.join.session_id)
+            self.pump_task = asyncio.create_task(self._pump_events(participant, rid))
+            self.session_task = asyncio.create_task(self._run_session(participant))
+            return
+        if self.participant.closed:
+            await self.send_error(rid, "FAILED_PRECONDITION", "the session stream has ended; join again")
+            return
+        try:
+            self.session_inbox.put_nowait(message)  # processed in order by _run_session
+        except asyncio.QueueFull:
+            op_id = message.op.id if kind == "op" else ""
+            await self.send_error(rid, "RESOURCE_EXHAUSTED", "too many session messages in flight", op_id)
+
+    async def _run_session(self, participant: Any) -> None:
+        while True:
+            message = await self.session_inbox.get()
+            if not await dispatch_session_message(self.core, participant, message):
+                self.core.leave(participant)
+                return
+
+    async def _pump_events(self, participant: Any, rid: int) -> None:
+        """Forward the participant's events; when its stream ends, the connection may join again."""
+        try:
+            while True:
+                event = await participant.events.get()
+                if event is None:
+                    break
+                await self.send(rid, event=event)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.participant is participant:
+                self.participant = None
+                if self.session_task is not None:
+                    self.session_task.cancel()
+                while not self.session_inbox.empty():
+                    self.session_inbox.get_nowait()
+
+    async def _cleanup(self) -> None:
+        for task in (*self.tasks, self.session_task, self.pump_task):
+            if task is not None:
+                task.cancel()
+        if self.participant is not None:
+            self.core.leave(self.participant)
+        self.core.forget_client(self.key)
+        for task in (*self.tasks, self.session_task, self.pump_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+def _peek_request_id(frame: Any) -> int:
+    """The request_id of a frame that may not decode as a whole (0 when it cannot be read)."""
+    if not isinstance(frame, (bytes, bytearray)):
+        return 0
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - any garbage: no id to echo
+        return 0
+    value = obj.get("request_id") if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64 else 0
+
+
+async def start_ws(core: ServerCore, host: str, port: int, token: str | None) -> tuple[Any, int]:
+    """Start the HTTP + WebSocket server; returns (server, bound port)."""
+    static = StaticFiles(webapp_root())
+
+    async def handler(ws: ServerConnection) -> None:
+        await WsConnection(ws, core, token).run()
+
+    def process_request(_: ServerConnection, request: Any) -> Any:
+        return static.respond(request)
+
+    server = await serve(handler, host, port, process_request=process_request,
+                         max_size=core.limits.max_message_bytes, compression=None, max_queue=64,
+                         ping_interval=20, ping_timeout=60)
+    bound = server.sockets[0].getsockname()[1] if server.sockets else port
+    return server, int(bound)
+

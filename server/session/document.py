@@ -1,0 +1,119 @@
+"""The session's edit document as the core sees it: live objects with last-writer-wins properties.
+
+The edit engine keeps its own (GPU) state; this light mirror lets the core check ops against the current
+state before they are sequenced (unknown target, duplicate id, delete of a deleted object), compute the
+inverse of an op for undo, and build snapshots for late joiners, without reaching into the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from vatlas.server.edits.ops import FIELDS_BY_TYPE, OBJECT_TYPES, OpError, check_object
+
+# Values that mean "no change" for properties an object may not have set; used to undo an update that set a
+# property the object did not carry before. Properties with no neutral value (width, colour, ...) are only
+# restored when the object had them.
+NEUTRAL_VALUES: dict[str, Any] = {
+    "opacity": 1.0, "scale": 1.0, "rotation": 0.0, "exposure": 0.0, "contrast": 0.0, "saturation": 0.0,
+    "hue": 0.0, "temperature": 0.0, "follow_scale": False, "follow_rotation": False, "visible": True,
+    "mode": "paint", "hardness": 1.0,
+}
+
+
+@dataclass
+class DocObject:
+    op: dict[str, Any]  # the create op with every update merged in
+    order: int  # creation order (document order)
+    deleted: bool = False
+    visible: bool = True
+
+
+class Document:
+    """Live objects keyed by op id, in creation order."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, DocObject] = {}
+
+    def check(self, op: dict[str, Any]) -> None:
+        """Raise OpError if a validated op cannot apply to the current state."""
+        op_id = op.get("id", "")
+        kind = op["type"]
+        if kind in OBJECT_TYPES:
+            if op_id in self.objects:
+                raise OpError("ALREADY_EXISTS", f"an object with id {op_id!r} already exists", op_id)
+            return
+        target = op["target"]
+        obj = self.objects.get(target)
+        if obj is None:
+            raise OpError("NOT_FOUND", f"{kind}: no object with id {target!r}", op_id)
+        if kind == "delete" and obj.deleted:
+            raise OpError("FAILED_PRECONDITION", f"object {target!r} is already deleted", op_id)
+        if kind == "restore" and not obj.deleted:
+            raise OpError("FAILED_PRECONDITION", f"object {target!r} is not deleted", op_id)
+        if kind in ("update", "set_visible") and obj.deleted:
+            raise OpError("FAILED_PRECONDITION", f"object {target!r} is deleted", op_id)
+        if kind == "update":
+            obj_type = obj.op["type"]
+            bad = sorted(set(op["set"]) - FIELDS_BY_TYPE[obj_type] - {"visible"})
+            if bad:
+                raise OpError("INVALID_ARGUMENT", f"a {obj_type} has no {', '.join(bad)}", op_id)
+            merged = {**obj.op, **{k: v for k, v in op["set"].items() if k != "visible"}}
+            check_object(merged, op_id)
+
+    def inverse(self, op: dict[str, Any]) -> dict[str, Any] | None:
+        """The op that undoes `op` in the current state (call before applying it); None if nothing to undo."""
+        kind = op["type"]
+        if kind in OBJECT_TYPES:
+            return {"type": "delete", "target": op["id"]}
+        target = op["target"]
+        obj = self.objects[target]
+        if kind == "delete":
+            return {"type": "restore", "target": target}
+        if kind == "restore":
+            return {"type": "delete", "target": target}
+        if kind == "set_visible":
+            return {"type": "set_visible", "target": target, "visible": obj.visible}
+        previous: dict[str, Any] = {}
+        for key in op["set"]:
+            if key == "visible":
+                previous[key] = obj.visible
+            elif key in obj.op:
+                previous[key] = copy.deepcopy(obj.op[key])
+            elif key in NEUTRAL_VALUES:
+                previous[key] = NEUTRAL_VALUES[key]
+        return {"type": "update", "target": target, "set": previous} if previous else None
+
+    def apply(self, op: dict[str, Any]) -> None:
+        """Apply a checked op."""
+        kind = op["type"]
+        if kind in OBJECT_TYPES:
+            self.objects[op["id"]] = DocObject(op=copy.deepcopy(op), order=len(self.objects))
+            return
+        obj = self.objects[op["target"]]
+        if kind == "delete":
+            obj.deleted = True
+        elif kind == "restore":
+            obj.deleted = False
+        elif kind == "set_visible":
+            obj.visible = bool(op["visible"])
+        else:
+            for key, value in op["set"].items():
+                if key == "visible":
+                    obj.visible = bool(value)
+                else:
+                    obj.op[key] = copy.deepcopy(value)
+
+    def live_ops(self) -> list[dict[str, Any]]:
+        """One op per live (not deleted) object in document order; hidden objects carry visible=False."""
+        out = []
+        for obj in sorted(self.objects.values(), key=lambda o: o.order):
+            if obj.deleted:
+                continue
+            op = dict(obj.op)
+            if not obj.visible:
+                op["visible"] = False
+            out.append(op)
+        return out

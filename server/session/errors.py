@@ -1,0 +1,21 @@
+"""The one error type the core raises; doors map `code` (a gRPC status name) onto their transport."""
+
+from __future__ import annotations
+
+CODES = frozenset({
+    "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "CANCELLED",
+})
+
+
+class CoreError(Exception):
+    """A request the core refuses; `code` is a gRPC status name, `op_id` set when it is about one op."""
+
+    def __init__(self, code: str, message: str, op_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code if code in CODES else "INTERNAL"
+        self.message = message
+        self.op_id = op_id
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"

@@ -1,0 +1,229 @@
+"""Long jobs next to the live sessions: video uploads, fits (when the fit module is present) and exports.
+
+Heavy work runs in threads; progress is handed to the event loop with `call_soon_threadsafe` and streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import re
+import secrets
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from vatlas.server.session.bundles import check_bundle_name
+from vatlas.server.session.errors import CoreError
+from vatlas.v1 import bundles_pb2, render_pb2
+
+CHUNK = 1024 * 1024
+FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
+EXPORT_FORMATS = ("mp4", "png_zip")
+PRESETS = ("", "draft", "standard", "best")
+
+
+class Jobs:
+    """Uploads, fits and exports for one ServerCore."""
+
+    def __init__(self, core: Any, work_dir: Path | None) -> None:
+        self.core = core
+        self._tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="vatlas-jobs-")
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.uploads: dict[str, Path] = {}
+        self._exports = asyncio.Semaphore(2)  # exports share the GPU with live rendering
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    # ---------------------------------------------------------------- uploads
+
+    async def upload(self, chunks: AsyncIterator[bundles_pb2.UploadChunk]) -> bundles_pb2.UploadResult:
+        """Store a streamed file; the first chunk names it. Larger than max_upload_bytes -> RESOURCE_EXHAUSTED."""
+        limit = self.core.limits.max_upload_bytes
+        upload_id = "u" + secrets.token_hex(8)
+        directory = self.work_dir / "uploads" / upload_id
+        path: Path | None = None
+        total = 0
+        handle = None
+        try:
+            async for chunk in chunks:
+                if path is None:
+                    name = FILENAME.sub("_", Path(chunk.filename).name)[:128].lstrip(".")
+                    if not name:
+                        raise CoreError("INVALID_ARGUMENT", "the first upload chunk must carry a file name")
+                    directory.mkdir(parents=True, exist_ok=True)
+                    path = directory / name
+                    handle = open(path, "wb")  # noqa: SIM115 - closed in finally
+                total += len(chunk.data)
+                if total > limit:
+                    raise CoreError("RESOURCE_EXHAUSTED", f"upload is larger than {limit} bytes")
+                handle.write(chunk.data)
+        except CoreError:
+            if handle is not None:
+                handle.close()
+                handle = None
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        finally:
+            if handle is not None:
+                handle.close()
+        if path is None:
+            raise CoreError("INVALID_ARGUMENT", "empty upload")
+        self.uploads[upload_id] = path
+        return bundles_pb2.UploadResult(upload_id=upload_id, bytes=total)
+
+    # ---------------------------------------------------------------- fits
+
+    async def start_fit(self, request: bundles_pb2.StartFitRequest) -> AsyncIterator[bundles_pb2.FitProgress]:
+        """Run models.fit in a worker thread and stream its progress; UNIMPLEMENTED without a fit module."""
+        fit = _fit_function()
+        path = self.uploads.get(request.upload_id)
+        if path is None:
+            raise CoreError("NOT_FOUND", f"no upload {request.upload_id!r}")
+        name = check_bundle_name(request.name)
+        out = self.core.bundles.path(name)
+        if out.exists():
+            raise CoreError("ALREADY_EXISTS", f"a bundle named {name!r} already exists")
+        if request.preset not in PRESETS:
+            raise CoreError("INVALID_ARGUMENT", f"preset {request.preset!r} is not one of draft, standard, best")
+        try:
+            roi = json.loads(request.roi_json) if request.roi_json else None
+        except json.JSONDecodeError as exc:
+            raise CoreError("INVALID_ARGUMENT", f"roi_json is not JSON: {exc}") from None
+        if request.width > 8192 or request.height > 8192 or request.iterations > 10_000_000:
+            raise CoreError("INVALID_ARGUMENT", "width/height must be <= 8192 and iterations <= 10^7")
+        options = {"roi": roi, "preset": request.preset or "standard", "iterations": request.iterations or None,
+                   "size": (request.width, request.height) if request.width and request.height else None}
+        return self._run_fit(fit, path, out, name, options)
+
+    async def _run_fit(self, fit: Callable[..., Any], video: Path, out: Path, name: str,
+                       options: dict[str, Any]) -> AsyncIterator[bundles_pb2.FitProgress]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        started = time.monotonic()
+
+        def progress(stage: str = "", fraction: float = 0.0, iteration: int = 0,
+                     losses: dict[str, float] | None = None, **_: Any) -> None:
+            elapsed = time.monotonic() - started
+            eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else 0.0
+            event = bundles_pb2.FitProgress(stage=str(stage), fraction=float(fraction), iteration=int(iteration),
+                                            losses={k: float(v) for k, v in (losses or {}).items()},
+                                            eta_seconds=eta)
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        def work() -> None:
+            try:
+                kwargs = {k: v for k, v in options.items() if k in inspect.signature(fit).parameters}
+                if "progress" in inspect.signature(fit).parameters:
+                    kwargs["progress"] = progress
+                fit(video, out, **kwargs)
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except Exception as exc:  # noqa: BLE001 - reported to the client as the fit's outcome
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, Exception):
+                    raise CoreError("INTERNAL", f"fit failed: {item}")
+                yield item
+            info = self.core.bundles.info(name)
+            yield bundles_pb2.FitProgress(stage="done", fraction=1.0, done=True, bundle=info, message="fit finished")
+        finally:
+            if not task.done():  # the client went away: a thread cannot be stopped, it finishes on its own
+                task.add_done_callback(lambda t: t.exception())
+
+    # ---------------------------------------------------------------- exports
+
+    async def export(self, request: render_pb2.ExportRequest,
+                     authorized: frozenset[str] | set[str] = frozenset()) -> AsyncIterator[render_pb2.ExportEvent]:
+        """Validate, then stream progress events and the file in chunks (the last one has done=True)."""
+        session = self.core._viewable(request.session_id, request.join_token, authorized)
+        engine = await self.core._ensure_engine(session)
+        fmt = request.format or "mp4"
+        if fmt not in EXPORT_FORMATS:
+            raise CoreError("INVALID_ARGUMENT", f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        n = session.bundle.num_frames
+        end = request.end_frame or n
+        if not request.start_frame < end <= n:
+            raise CoreError("INVALID_ARGUMENT", f"frame range [{request.start_frame}, {end}) is not inside the clip "
+                                                f"(0..{n})")
+        crf = request.crf or 18
+        if not 0 <= crf <= 51:
+            raise CoreError("INVALID_ARGUMENT", f"crf {crf} is out of range 0..51")
+        return self._run_export(engine, session.session_id, fmt, list(range(request.start_frame, end)), crf)
+
+    async def _run_export(self, engine: Any, session_id: str, fmt: str, frames: list[int],
+                          crf: int) -> AsyncIterator[render_pb2.ExportEvent]:
+        from vatlas.server.export import export_clip
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        directory = Path(tempfile.mkdtemp(prefix="export-", dir=self.work_dir))
+        filename = f"{session_id}.mp4" if fmt == "mp4" else f"{session_id}.zip"
+
+        def progress(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, done / max(total, 1))
+
+        def work() -> Path:
+            if fmt == "mp4":
+                return export_clip(engine, directory / filename, frames=frames, crf=crf, progress=progress)
+            pngs = export_clip(engine, directory / "frames", frames=frames, progress=progress)
+            archive = directory / filename
+            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+                for png in sorted(pngs.iterdir()):
+                    zf.write(png, png.name)
+            return archive
+
+        try:
+            async with self._exports:
+                task = asyncio.ensure_future(asyncio.to_thread(work))
+                task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    yield render_pb2.ExportEvent(fraction=float(item) * 0.99, stage="rendering")
+                try:
+                    path = task.result()
+                except (ValueError, OSError) as exc:
+                    raise CoreError("INTERNAL", f"export failed: {exc}") from None
+            total = path.stat().st_size
+            sent = 0
+            with open(path, "rb") as f:
+                while True:
+                    data = f.read(CHUNK)
+                    sent += len(data)
+                    last = sent >= total
+                    yield render_pb2.ExportEvent(fraction=1.0 if last else 0.99, stage="sending", chunk=data,
+                                                 done=last, filename=filename, total_bytes=total)
+                    if last:
+                        break
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _fit_function() -> Callable[..., Any]:
+    """models.fit's entry point `fit_to_bundle(video, out, *, roi, preset, iterations, size, progress)`."""
+    try:
+        module = importlib.import_module("vatlas.models.fit")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("vatlas.models.fit",):
+            raise
+        raise CoreError("UNIMPLEMENTED", "fitting is not available on this server (no vatlas.models.fit)") from None
+    fit = getattr(module, "fit_to_bundle", None)
+    if not callable(fit):
+        raise CoreError("UNIMPLEMENTED", "vatlas.models.fit has no fit_to_bundle(video, out, ...) entry point")
+    return fit
+
