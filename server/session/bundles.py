@@ -27,7 +27,8 @@ def check_bundle_name(name: str) -> str:
 def _npy_shape(zf: zipfile.ZipFile, member: str) -> tuple[int, ...]:
     with zf.open(member) as f:
         version = np.lib.format.read_magic(f)
-        shape, _, _ = np.lib.format._read_array_header(f, version)  # header only: no array data is read
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)  # the header only: no array data is read
     return tuple(int(s) for s in shape)
 
 
