@@ -51,9 +51,11 @@ class SessionCore(Generic[W]):
         self.pending_controls: deque[tuple[str, W]] = deque()
         self.joins = 0  # how many snapshots were received (1 = first join, more = resumed)
         self._answered: set[str] = set()  # op ids already answered, so a duplicate answer is ignored
+        self._resuming = False
         self._in_doubt: set[str] = set()  # ops pending when a connection dropped: a replay may answer them
 
     def join_message(self) -> sessions_pb2.ClientMessage:
+        self._resuming = self.seq > 0  # the server then replays ops after seq instead of sending the document
         join = sessions_pb2.Join(session_id=self.session_id, join_token=self.join_token, name=self.name,
                                  color=self.color, last_seq=self.seq, participant_id=self.participant_id)
         return sessions_pb2.ClientMessage(join=join)
@@ -124,12 +126,14 @@ class SessionCore(Generic[W]):
                 self.participant_id = snap.participant_id
             if snap.HasField("session"):
                 self.info = SessionInfo.from_proto(snap.session)
-                if self.joins == 1 or self.seq == 0:
-                    self.seq = snap.session.seq
-            if self.joins == 1 or snap.document.ops:
+            if not self._resuming:
+                self.seq = snap.session.seq
                 self.document = list(snap.document.ops)
             self.participants = {p.participant_id: Participant.from_proto(p) for p in snap.participants}
         elif kind == "accepted":
+            # Every op sequenced before this one was already delivered (one ordered queue per participant),
+            # so the resume point may move here, before the matching `applied` arrives.
+            self.seq = max(self.seq, event.accepted.seq)
             self._answer(event.accepted.op_id, out, event.accepted.seq, None)
         elif kind == "rejected":
             rej = event.rejected

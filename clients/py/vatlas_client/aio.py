@@ -139,12 +139,13 @@ class AsyncClient:
 
     async def join(
         self, session: SessionInfo | str, join_token: str | None = None, *, name: str = "python",
-        color: str = "#3b82f6", participant_id: str = "",
+        color: str = "#3b82f6", participant_id: str = "", last_seq: int = 0,
     ) -> AsyncSession:
         if isinstance(session, SessionInfo):
             join_token = join_token or session.join_token
         core: SessionCore[asyncio.Future[Ack]] = SessionCore(
             _common.session_id_of(session), join_token or "", name, color, participant_id)
+        core.seq = last_seq  # > 0: the server replays only the ops after it instead of sending the document
         live = AsyncSession(self, core)
         await live._start()
         return live

@@ -174,13 +174,14 @@ class Client:
 
     def join(
         self, session: SessionInfo | str, join_token: str | None = None, *, name: str = "python",
-        color: str = "#3b82f6", participant_id: str = "",
+        color: str = "#3b82f6", participant_id: str = "", last_seq: int = 0,
     ) -> Session:
         """Join a session (a SessionInfo, or its id plus `join_token`) and start receiving its events."""
         if isinstance(session, SessionInfo):
             join_token = join_token or session.join_token
         session_id = _common.session_id_of(session)
         core: SessionCore[Future[int]] = SessionCore(session_id, join_token or "", name, color, participant_id)
+        core.seq = last_seq  # > 0: the server replays only the ops after it instead of sending the document
         live = Session(self, core)
         live._start()
         return live
