@@ -22,7 +22,7 @@ SEGMENT_CHUNK = 64
 
 
 def bilinear_points(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Sample field (H, W, C) at continuous index coords xy (N, 2) = (col, row), edge-clamped; NaN propagates."""
+    """Sample field (H, W, C) at continuous index coords xy (N, 2) = (col, row), edge-clamped."""
     h, w = field.shape[:2]
     x = np.clip(xy[:, 0], 0.0, w - 1.0)
     y = np.clip(xy[:, 1], 0.0, h - 1.0)
@@ -30,12 +30,23 @@ def bilinear_points(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
     y0 = np.floor(y).astype(np.int64)
     x1 = np.minimum(x0 + 1, w - 1)
     y1 = np.minimum(y0 + 1, h - 1)
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
+    fx = x - x0
+    fy = y - y0
     f = field.astype(np.float64, copy=False)
-    top = f[y0, x0] * (1 - fx) + f[y0, x1] * fx
-    bottom = f[y1, x0] * (1 - fx) + f[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    corners = (f[y0, x0], f[y0, x1], f[y1, x0], f[y1, x1])
+    weights = ((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy)
+    # NaN-aware: unknown corners (B is NaN off-frame) drop out and the rest renormalise, so points near
+    # the edge of the known area still get a value; mostly-unknown neighbourhoods stay NaN.
+    total = np.zeros(len(x))
+    acc = np.zeros((len(x), f.shape[2]))
+    for value, w in zip(corners, weights, strict=True):
+        ok = np.isfinite(value).all(axis=1)
+        acc += np.where(ok[:, None], value, 0.0) * (w * ok)[:, None]
+        total += w * ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = acc / total[:, None]
+    out[total < 0.25] = np.nan
+    return out
 
 
 @dataclass

@@ -1,0 +1,119 @@
+"""The fast compositor against the float64 reference (CPU, fp32): within 1 level, bit-exact where untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_edits_fixtures import png_bytes, shifted_bundle, solid_rgba
+from vatlas.models.bundle import decode_uv
+from vatlas.models.reference_compositor import (
+    edited_atlas,
+    reference_composite,
+    sample_atlas,
+    to_uint8,
+    upsample_bilinear,
+)
+from vatlas.server.compositor import UV_OFFSET, UV_STEP, Compositor
+from vatlas.server.edits.engine import EditEngine
+
+ALL = [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def edited():
+    bundle = shifted_bundle(width=80, height=56, atlas=96)
+    engine = EditEngine(bundle, "cpu")
+    engine.apply({"id": "t", "type": "texture", "space": "atlas", "position": [40, 28], "rotation": 20,
+                  "image": png_bytes(solid_rgba(30, 20, (250, 240, 10, 200))), "scale": 1.3})
+    engine.apply({"id": "s", "type": "stroke", "space": "frame", "frame": 2, "points": [[5, 5], [70, 50]],
+                  "width": 7, "color": [0.1, 0.2, 0.9, 1.0], "hardness": 0.6})
+    engine.apply({"id": "a", "type": "adjustment", "space": "atlas", "exposure": -0.7, "saturation": 0.5,
+                  "points": [[0, 0], [60, 0], [0, 60]]})
+    return bundle, engine
+
+
+@pytest.mark.parametrize("mode", ["delta", "reconstruct"])
+def test_within_one_level_of_the_float64_reference(edited, mode: str) -> None:
+    bundle, engine = edited
+    out = engine.render(ALL, mode=mode).numpy().astype(int)
+    a_edit = engine.edited_atlas()
+    for t in ALL:
+        ref = reference_composite(bundle, t, atlas_edit=a_edit, mode=mode)
+        err = np.abs(out[t] - np.clip(ref, 0, 255))
+        assert err.max() <= 0.5 + 1e-3, (t, err.max())  # rounding only
+        assert (np.abs(out[t] - to_uint8(ref)) <= 1).all()
+    # The edits really changed the picture (so the comparison is not trivially of two copies of the input).
+    assert (np.abs(out - bundle.frames).max(-1) > 20).mean() > 0.1
+
+
+def test_bit_exact_where_mask_is_zero_and_where_no_edit_touches(edited) -> None:
+    bundle, engine = edited
+    out = engine.render(ALL).numpy()
+    zero = bundle.mask == 0
+    assert zero.any() and np.array_equal(out[zero], bundle.frames[zero])
+    delta = engine.layers.delta[0].permute(1, 2, 0).numpy().astype(np.float64)
+    for t in ALL:
+        untouched = np.abs(sample_atlas(delta, decode_uv(bundle.uv[t]))).max(-1) == 0
+        assert untouched.sum() > 100
+        assert np.array_equal(out[t][untouched], bundle.frames[t][untouched])
+
+
+def test_reconstruct_without_edits_is_the_model_inside_and_the_input_outside() -> None:
+    bundle = shifted_bundle(width=48, height=40, atlas=64, seed=3)
+    engine = EditEngine(bundle, "cpu")
+    out = engine.render(ALL, mode="reconstruct").numpy()
+    for t in ALL:
+        ref = reference_composite(bundle, t, mode="reconstruct")
+        full = bundle.mask[t] == 255
+        light = upsample_bilinear(bundle.illumination[t], bundle.height, bundle.width)
+        model = light * sample_atlas(bundle.atlas / 255.0, decode_uv(bundle.uv[t])) * 255.0
+        assert full.any() and np.allclose(ref[full], model[full])
+        assert np.abs(out[t].astype(int) - np.clip(ref, 0, 255)).max() <= 0.5 + 1e-3
+        assert np.array_equal(out[t][bundle.mask[t] == 0], bundle.frames[t][bundle.mask[t] == 0])
+
+
+def test_batched_equals_single_and_caches_are_compact(edited) -> None:
+    bundle, engine = edited
+    comp: Compositor = engine.compositor
+    tex = engine.layers.delta
+    batched = comp.composite([3, 1, 2], tex)
+    for n, t in enumerate([3, 1, 2]):
+        assert torch.equal(batched[n], comp.composite([t], tex)[0])
+    # uv int16 (4 B) + mask (1 B) + frames (3 B) + fp32 illumination at 1/16 of the pixels on CPU (0.75 B).
+    ih, iw = bundle.illumination.shape[1:3]
+    expected = 8 + 12 * (ih * iw) / (bundle.height * bundle.width)
+    assert comp.bytes_per_pixel_frame == pytest.approx(expected)
+    assert comp.uvq.dtype == torch.int16 and comp.mask.dtype == torch.uint8 and comp.frames.dtype == torch.uint8
+    decoded = comp.uvq.to(torch.float64) * UV_STEP + UV_OFFSET
+    assert np.abs(decoded.numpy() - decode_uv(bundle.uv)).max() < 1e-6
+
+
+def test_reference_rgba_layer_form(edited) -> None:
+    bundle, _ = edited
+    layer = np.zeros((96, 96, 4), np.uint8)
+    layer[40:50, 40:60] = (255, 0, 0, 255)
+    a_edit = edited_atlas(bundle, layer)
+    assert np.allclose(a_edit[45, 45], [1, 0, 0]) and np.allclose(a_edit[10, 10], bundle.atlas[10, 10] / 255)
+    with pytest.raises(ValueError):
+        reference_composite(bundle, 0, mode="other")
+
+
+def test_frame_index_errors(edited) -> None:
+    _, engine = edited
+    with pytest.raises(IndexError, match="out of range"):
+        engine.compositor.frame_index([0, 7])
+    with pytest.raises(ValueError):
+        engine.compositor.frame_index([])
+    with pytest.raises(ValueError):
+        engine.compositor.composite([0], engine.layers.delta, mode="bogus")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU check also runs in the bench)")
+def test_cuda_matches_cpu(edited) -> None:
+    bundle, engine = edited
+    gpu = EditEngine(bundle, "cuda")
+    for op in engine.document()["ops"]:
+        gpu.apply(op)
+    diff = np.abs(gpu.render(ALL).cpu().numpy().astype(int) - engine.render(ALL).numpy())
+    assert (diff <= 1).mean() >= 0.999
