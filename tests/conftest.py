@@ -58,6 +58,7 @@ READY_TIMEOUT = 90.0
 def make_tiny_models_dir(directory: Path) -> Path:
     """Write the tiny synthetic bundle into `directory` (created) and return it."""
     from vatlas.models.bundle import save_bundle
+
     from vatlas.synth import make_scene
 
     directory.mkdir(parents=True, exist_ok=True)

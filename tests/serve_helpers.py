@@ -8,8 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from websockets.asyncio.client import connect
-
 from vatlas.server.doors import wire
 from vatlas.v1 import (
     bundles_pb2_grpc,
@@ -18,6 +16,7 @@ from vatlas.v1 import (
     sessions_pb2,
     sessions_pb2_grpc,
 )
+from websockets.asyncio.client import connect
 
 
 def stroke_op(op_id: str, frame: int = 0, *, x: float = 10.0, color: tuple = (1.0, 0.0, 0.0, 1.0)) -> dict:

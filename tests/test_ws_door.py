@@ -10,12 +10,11 @@ import msgpack
 import pytest
 from conftest import TINY_BUNDLE, TINY_FRAMES, TINY_SIZE
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from vatlas.server.doors import wire
 from vatlas.server.encoders import decode
 from vatlas.v1 import bundles_pb2, edits_pb2, render_pb2, sessions_pb2
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 
 def run(coro):

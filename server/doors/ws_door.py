@@ -300,7 +300,7 @@ async def start_ws(core: ServerCore, host: str, port: int, token: str | None) ->
 
     server = await serve(handler, host, port, process_request=process_request,
                          max_size=core.limits.max_message_bytes, compression=None, max_queue=64,
-                         ping_interval=20, ping_timeout=60)
+                         ping_interval=20, ping_timeout=60, close_timeout=2)
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
     return server, int(bound)
 
