@@ -690,7 +690,14 @@ export class App {
     byId("participants").replaceChildren(
       ...people.map((p) => {
         const mine = p.participant_id === this.participantId;
-        return el("li", { "data-participant-id": p.participant_id ?? "", "data-testid": "participant", "data-me": String(mine) }, [
+        const attributes: Record<string, string> = {
+          "data-participant-id": p.participant_id ?? "",
+          "data-testid": "participant",
+          "data-me": String(mine),
+          "data-frame": String(p.frame ?? 0),
+        };
+        if (p.cursor) attributes["data-cursor"] = `${p.cursor[0]},${p.cursor[1]}`;
+        return el("li", attributes, [
           el("span", { class: "swatch", style: `background:${p.color || "#888"}` }),
           el("span", { class: "pname" }, [`${p.name || "guest"}${mine ? " (you)" : ""}`]),
           el("span", { class: "where" }, [`f${p.frame ?? 0}${p.tool ? ` · ${p.tool}` : ""}`]),
@@ -875,6 +882,8 @@ export class App {
     const target = e.target as HTMLElement;
     if (target instanceof HTMLInputElement && target.type !== "range" && target.type !== "checkbox") return;
     const key = e.key.toLowerCase();
+    // A focused slider handles its own arrow keys.
+    if (target instanceof HTMLInputElement && key.startsWith("arrow")) return;
     if ((e.ctrlKey || e.metaKey) && key === "z") {
       e.preventDefault();
       if (e.shiftKey) this.redo();
@@ -979,6 +988,17 @@ export class App {
         const sy = shown.bitmap.height / shown.height;
         ctx.drawImage(shown.bitmap, Math.floor(x * sx), Math.floor(y * sy), 1, 1, 0, 0, 1, 1);
         return [...ctx.getImageData(0, 0, 1, 1).data];
+      },
+      /** The server's last frame (or atlas) as RGBA at its delivered resolution, without previews or cursors. */
+      frameData(): { width: number; height: number; frame: number; seq: number; data: number[] } | null {
+        const shown = app.view.shown;
+        if (!shown) return null;
+        const { width, height } = shown.bitmap;
+        const canvas = new OffscreenCanvas(width, height);
+        const ctx = canvas.getContext("2d");
+        if (!ctx) return null;
+        ctx.drawImage(shown.bitmap, 0, 0);
+        return { width, height, frame: shown.frame, seq: shown.seq, data: [...ctx.getImageData(0, 0, width, height).data] };
       },
       /** Client position (CSS px) of frame pixel (x, y): lets a test draw at exact frame coordinates. */
       clientPoint(x: number, y: number): [number, number] {
