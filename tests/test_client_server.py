@@ -29,6 +29,7 @@ from vatlas_client import (
     PermissionDenied,
     PresenceEvent,
     Unauthenticated,
+    VatlasError,
     ops,
 )
 
@@ -334,3 +335,35 @@ def test_async_client_basic_flow(server: ServerProcess, tmp_path: Path) -> None:
             assert a.closed and b.closed
 
     asyncio.run(flow())
+
+
+# ---------------------------------------------------------------- bundles and lifecycle
+
+
+def test_bundles_list_load_info_and_upload(client: Client, tmp_path: Path) -> None:
+    listed = {b.name: b for b in client.list_bundles()}
+    assert BUNDLE in listed and (listed[BUNDLE].frames, listed[BUNDLE].width) == (FRAMES, WIDTH)
+    loaded = client.load_bundle(BUNDLE)
+    assert loaded.loaded and loaded.height == HEIGHT and loaded.file_bytes > 0
+    info = client.bundle_info(BUNDLE)
+    assert (info.frames, info.width, info.height, info.ref_frame) == (FRAMES, WIDTH, HEIGHT, 0)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # 4 chunks; the server only stores it
+    upload_id = client.upload_video(video)
+    assert upload_id
+    with pytest.raises(FileNotFoundError):
+        client.upload_video(tmp_path / "missing.mp4")
+
+
+def test_closing_the_client_leaves_its_sessions(server: ServerProcess) -> None:
+    with Client(server.address, token=TOKEN) as watcher_client:
+        info = watcher_client.create_session(BUNDLE)
+        watcher = watcher_client.join(info, name="watcher")
+        other_client = Client(server.address, token=TOKEN)
+        other = other_client.join(info, name="other")
+        other_client.close()
+        gone = watcher.wait_for(lambda e: isinstance(e, PresenceEvent) and e.left)
+        assert gone.participant.participant_id == other.participant_id and other.closed
+        with pytest.raises(VatlasError, match="closed"):
+            other.stroke([(1, 1), (2, 2)], frame=0)
+        watcher.leave()

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from os import PathLike
 from pathlib import Path
@@ -59,8 +60,12 @@ class AsyncClient:
         self._sessions = sessions_pb2_grpc.SessionsStub(self._channel)
         self._render = render_pb2_grpc.RenderStub(self._channel)
         self._request_ids = itertools.count(1)
+        self._live: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
 
     async def close(self) -> None:
+        """Leave every session still open on this client, then close the channel."""
+        for session in list(self._live):
+            await session.leave(timeout=2.0)
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -148,6 +153,7 @@ class AsyncClient:
         core.seq = last_seq  # > 0: the server replays only the ops after it instead of sending the document
         live = AsyncSession(self, core)
         await live._start()
+        self._live.add(live)
         return live
 
     async def open_session(
@@ -326,7 +332,11 @@ class AsyncSession:
         backoff = 0.1
         reason: VatlasError | None = None
         while not self._closing:
-            call = self._open()
+            try:
+                call = self._open()
+            except (ValueError, RuntimeError) as exc:  # the client's channel was closed under the session
+                self._finish(Unavailable(f"the client was closed: {exc}"))
+                return
             try:
                 async for event in call:
                     outcome = self._core.handle(event)

@@ -9,6 +9,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -85,9 +86,12 @@ class Client:
         self._sessions = sessions_pb2_grpc.SessionsStub(self._channel)
         self._render = render_pb2_grpc.RenderStub(self._channel)
         self._request_ids = itertools.count(1)
+        self._live: weakref.WeakSet[Session] = weakref.WeakSet()
 
     def close(self) -> None:
-        """Close the channel (open sessions end with it)."""
+        """Leave every session still open on this client, then close the channel."""
+        for session in list(self._live):
+            session.leave(timeout=2.0)
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -184,6 +188,7 @@ class Client:
         core.seq = last_seq  # > 0: the server replays only the ops after it instead of sending the document
         live = Session(self, core)
         live._start()
+        self._live.add(live)
         return live
 
     def open_session(
@@ -416,7 +421,11 @@ class Session:
         backoff = 0.1
         reason: VatlasError | None = None
         while not self._closing:
-            call = self._open()
+            try:
+                call = self._open()
+            except ValueError as exc:  # the client's channel was closed under the session
+                self._finish(Unavailable(f"the client was closed: {exc}"))
+                return
             try:
                 for event in call:
                     with self._lock:
