@@ -1,24 +1,22 @@
-"""vatlas_client against a real `vatlas serve` process on loopback: real gRPC, real session core, real renders.
+"""vatlas_client against the real server on loopback (tests/conftest.py fixtures): real gRPC, session core, renders.
 
-The server runs as a child process so that the reconnect test can stop and restart it on the same port.
+Most tests share the in-process `running_server`; the reconnect test runs `vatlas serve` as a child process
+(`server_process_factory`) pinned to one port, so that it can be killed and restarted where the client expects it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import subprocess
-import sys
+import socket
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from vatlas.models.bundle import save_bundle
+from conftest import TEST_TOKEN, TINY_BUNDLE, TINY_FRAMES, TINY_SIZE
 from vatlas_client import (
     AsyncClient,
     Client,
@@ -33,102 +31,34 @@ from vatlas_client import (
     ops,
 )
 
-from vatlas.synth import make_scene
-
-TOKEN = "client-test-token"
-BUNDLE = "tiny"
-FRAMES, WIDTH, HEIGHT = 8, 64, 48
-READY = "VATLAS_READY "
-
-
-def make_models(directory: Path, name: str = BUNDLE) -> Path:
-    """A models folder holding one small ground-truth bundle of a synthetic scene (perfect 'fit')."""
-    directory.mkdir(parents=True, exist_ok=True)
-    scene = make_scene(frames=FRAMES, size=(WIDTH, HEIGHT), seed=3)
-    save_bundle(scene.ground_truth_bundle(atlas_size=64), directory / f"{name}.vatlas")
-    return directory
-
-
-class ServerProcess:
-    """`vatlas serve` in a child process; `restart()` brings it back on the same port with the same data."""
-
-    def __init__(self, models: Path, data: Path | None, log: Path) -> None:
-        self.models, self.data, self.log_path = models, data, log
-        self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90.0) -> None:
-        cmd = [sys.executable, "-m", "vatlas.cli", "serve", "--models", str(self.models), "--grpc",
-               f"127.0.0.1:{self.port}", "--http", "127.0.0.1:0", "--token", TOKEN, "--device", "cpu",
-               "--log-level", "WARNING"]
-        if self.data is not None:
-            cmd += ["--data", str(self.data)]
-        env = {**os.environ, "OMP_NUM_THREADS": "2"}
-        log = self.log_path.open("a")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        log.close()
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith(READY):
-                self.port = int(json.loads(line[len(READY):])["grpc"].rpartition(":")[2])
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"vatlas serve did not start; log:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("client-server")
-    proc = ServerProcess(make_models(root / "models"), root / "data", root / "serve.log")
-    proc.start()
-    yield proc
-    proc.stop()
+TOKEN, BUNDLE, FRAMES = TEST_TOKEN, TINY_BUNDLE, TINY_FRAMES
+WIDTH, HEIGHT = TINY_SIZE
 
 
 @pytest.fixture()
-def client(server: ServerProcess) -> Iterator[Client]:
-    with Client(server.address, token=TOKEN, timeout=20) as c:
+def client(running_server: Any) -> Iterator[Client]:
+    with Client(running_server.grpc_target, token=TOKEN, timeout=20) as c:
         yield c
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------- errors
 
 
-def test_bad_token_is_unauthenticated(server: ServerProcess) -> None:
-    with Client(server.address, token="wrong") as bad:
+def test_bad_token_is_unauthenticated(running_server: Any) -> None:
+    with Client(running_server.grpc_target, token="wrong") as bad:
         with pytest.raises(Unauthenticated, match="token"):
             bad.create_session(BUNDLE)
         with pytest.raises(Unauthenticated):
             bad.list_sessions()
-    with Client(server.address, token=TOKEN) as good:
+    with Client(running_server.grpc_target, token=TOKEN) as good:
         info = good.create_session(BUNDLE)
-    with Client(server.address) as anonymous, pytest.raises(Unauthenticated):
+    with Client(running_server.grpc_target) as anonymous, pytest.raises(Unauthenticated):
         anonymous.join(info)
 
 
@@ -165,8 +95,8 @@ def test_bad_op_is_rejected_with_the_servers_message(client: Client) -> None:
 # ---------------------------------------------------------------- sessions
 
 
-def test_two_clients_see_each_others_ops_and_presence(server: ServerProcess) -> None:
-    with Client(server.address, token=TOKEN) as alice_client, Client(server.address, token=TOKEN) as bob_client:
+def test_two_clients_see_each_others_ops_and_presence(running_server: Any) -> None:
+    with Client(running_server.grpc_target, token=TOKEN) as alice_client, Client(running_server.grpc_target, token=TOKEN) as bob_client:
         info = alice_client.create_session(BUNDLE)
         alice = alice_client.join(info, name="alice", color="#ff0000")
         bob = bob_client.join(info.session_id, info.join_token, name="bob")
@@ -270,49 +200,49 @@ def test_render_frame_as_numpy_pil_bytes_playback_and_export(client: Client, tmp
 # ---------------------------------------------------------------- reconnect
 
 
-def test_session_resumes_after_server_restart(tmp_path: Path) -> None:
-    proc = ServerProcess(make_models(tmp_path / "models"), tmp_path / "data", tmp_path / "serve.log")
-    proc.start()
-    try:
-        with Client(proc.address, token=TOKEN, reconnect_timeout=60) as a_client, \
-                Client(proc.address, token=TOKEN, reconnect_timeout=60) as b_client:
-            info = a_client.create_session(BUNDLE)
-            alice = a_client.join(info, name="alice")
-            bob = b_client.join(info, name="bob")
-            before = alice.stroke([(1, 1), (20, 20)], frame=0)
-            bob.wait_for(lambda e: isinstance(e, OpEvent) and e.seq == before)
-            pid = alice.participant_id
+def test_session_resumes_after_server_restart(server_process_factory: Callable[..., Any]) -> None:
+    port = free_port()
+    proc = server_process_factory(extra_args=("--grpc", f"127.0.0.1:{port}"))  # the last --grpc wins
+    address = f"127.0.0.1:{port}"
+    assert proc.grpc_target == address
+    with Client(address, token=TOKEN, reconnect_timeout=60) as a_client, \
+            Client(address, token=TOKEN, reconnect_timeout=60) as b_client:
+        info = a_client.create_session(BUNDLE)
+        alice = a_client.join(info, name="alice")
+        bob = b_client.join(info, name="bob")
+        before = alice.stroke([(1, 1), (20, 20)], frame=0)
+        bob.wait_for(lambda e: isinstance(e, OpEvent) and e.seq == before)
+        pid = alice.participant_id
 
-            proc.stop()
-            # an op sent while the server is down is held, re-sent after the resume and acknowledged then
-            result: dict[str, object] = {}
-            sender = threading.Thread(target=lambda: result.update(
-                ack=alice.stroke([(5, 5), (9, 9)], frame=1, timeout=90)))
-            sender.start()
-            proc.start()
-            sender.join(100)
-            during = result["ack"]
-            assert during == before + 1
-            assert alice.reconnects >= 1 and alice.participant_id == pid
+        proc.kill()  # SIGKILL: only what the op log fsynced survives
+        # an op sent while the server is down is held, re-sent after the resume and acknowledged then
+        result: dict[str, Any] = {}
+        sender = threading.Thread(target=lambda: result.update(
+            ack=alice.stroke([(5, 5), (9, 9)], frame=1, timeout=90)))
+        sender.start()
+        proc.restart()
+        assert proc.grpc_target == address
+        sender.join(100)
+        during = result["ack"]
+        assert during == before + 1
+        assert alice.reconnects >= 1 and alice.participant_id == pid
 
-            seen = bob.wait_for(lambda e: isinstance(e, OpEvent) and e.op.id == during.op_id, 30)
-            assert seen.seq == during
-            after = bob.stroke([(3, 3), (4, 9)], frame=2)
-            got = alice.wait_for(lambda e: isinstance(e, OpEvent), 30)
-            assert (got.seq, got.op.id) == (after, after.op_id)
-            assert alice.seq == bob.seq == after
-            alice.leave()
-            bob.leave()
-    finally:
-        proc.stop()
+        seen = bob.wait_for(lambda e: isinstance(e, OpEvent) and e.op.id == during.op_id, 30)
+        assert seen.seq == during and bob.reconnects >= 1
+        after = bob.stroke([(3, 3), (4, 9)], frame=2)
+        got = alice.wait_for(lambda e: isinstance(e, OpEvent), 30)
+        assert (got.seq, got.op.id) == (after, after.op_id)
+        assert alice.seq == bob.seq == after
+        alice.leave()
+        bob.leave()
 
 
 # ---------------------------------------------------------------- asyncio
 
 
-def test_async_client_basic_flow(server: ServerProcess, tmp_path: Path) -> None:
+def test_async_client_basic_flow(running_server: Any, tmp_path: Path) -> None:
     async def flow() -> None:
-        async with AsyncClient(server.address, token=TOKEN) as client:
+        async with AsyncClient(running_server.grpc_target, token=TOKEN) as client:
             assert BUNDLE in {b.name for b in await client.list_bundles()}
             with pytest.raises(NotFound):
                 await client.create_session("no-such-bundle")
@@ -355,11 +285,11 @@ def test_bundles_list_load_info_and_upload(client: Client, tmp_path: Path) -> No
         client.upload_video(tmp_path / "missing.mp4")
 
 
-def test_closing_the_client_leaves_its_sessions(server: ServerProcess) -> None:
-    with Client(server.address, token=TOKEN) as watcher_client:
+def test_closing_the_client_leaves_its_sessions(running_server: Any) -> None:
+    with Client(running_server.grpc_target, token=TOKEN) as watcher_client:
         info = watcher_client.create_session(BUNDLE)
         watcher = watcher_client.join(info, name="watcher")
-        other_client = Client(server.address, token=TOKEN)
+        other_client = Client(running_server.grpc_target, token=TOKEN)
         other = other_client.join(info, name="other")
         other_client.close()
         gone = watcher.wait_for(lambda e: isinstance(e, PresenceEvent) and e.left)

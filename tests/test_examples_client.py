@@ -1,4 +1,4 @@
-"""Runs clients/py/examples/scripted_edit.py end to end against a real `vatlas serve` on loopback."""
+"""Runs clients/py/examples/scripted_edit.py end to end against the real server on loopback (conftest fixtures)."""
 
 from __future__ import annotations
 
@@ -6,28 +6,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import TEST_TOKEN, TINY_BUNDLE, TINY_FRAMES, TINY_SIZE
 from PIL import Image
-from test_client_server import BUNDLE, FRAMES, HEIGHT, TOKEN, WIDTH, ServerProcess, make_models
-from vatlas.models.bundle import load_bundle
 
 from vatlas.synth import make_scene
 from vatlas.video import read_video, write_mp4
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "clients" / "py" / "examples" / "scripted_edit.py"
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    root = tmp_path_factory.mktemp("examples")
-    proc = ServerProcess(make_models(root / "models"), root / "data", root / "serve.log")
-    proc.start()
-    yield proc, root
-    proc.stop()
+TOKEN, BUNDLE, FRAMES = TEST_TOKEN, TINY_BUNDLE, TINY_FRAMES
+WIDTH, HEIGHT = TINY_SIZE
 
 
 def run_example(*args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
@@ -36,13 +28,12 @@ def run_example(*args: str, timeout: float = 170) -> subprocess.CompletedProcess
                           env=env)
 
 
-def test_example_edits_an_existing_bundle(served: tuple[ServerProcess, Path], tmp_path: Path) -> None:
-    proc, root = served
-    bundle = load_bundle(root / "models" / f"{BUNDLE}.vatlas")
+def test_example_edits_an_existing_bundle(running_server: Any, tiny_bundle: Any, tmp_path: Path) -> None:
+    bundle = tiny_bundle
     roi = tmp_path / "roi.json"
     roi.write_text(json.dumps({"ref_frame": bundle.ref_frame, "polygons": bundle.roi_polygons}))
     out, preview = tmp_path / "edited.mp4", tmp_path / "frame0.png"
-    result = run_example("--address", proc.address, "--token", TOKEN, "--bundle", BUNDLE, "--roi", str(roi),
+    result = run_example("--address", running_server.grpc_target, "--token", TOKEN, "--bundle", BUNDLE, "--roi", str(roi),
                          "--out", str(out), "--preview", str(preview))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -65,15 +56,14 @@ def test_example_edits_an_existing_bundle(served: tuple[ServerProcess, Path], tm
     assert video.frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
 
 
-def test_example_fits_then_edits(served: tuple[ServerProcess, Path], tmp_path: Path) -> None:
-    proc, _ = served
+def test_example_fits_then_edits(running_server: Any, tmp_path: Path) -> None:
     scene = make_scene(frames=6, size=(96, 64), seed=5)
     video = tmp_path / "clip.mp4"
     write_mp4(video, scene.frames, scene.fps)
     roi = tmp_path / "roi.json"
     roi.write_text(json.dumps(scene.roi.to_json()))
     out = tmp_path / "fitted-edit.mp4"
-    result = run_example("--address", proc.address, "--token", TOKEN, "--video", str(video), "--roi", str(roi),
+    result = run_example("--address", running_server.grpc_target, "--token", TOKEN, "--video", str(video), "--roi", str(roi),
                          "--name", "fitted-clip", "--size", "64x48", "--iterations", "20", "--out", str(out))
     if result.returncode != 0 and "UNIMPLEMENTED" in result.stderr:
         pytest.skip(f"the server cannot fit yet: {result.stderr.strip().splitlines()[-1]}")
@@ -83,13 +73,12 @@ def test_example_fits_then_edits(served: tuple[ServerProcess, Path], tmp_path: P
     assert read_video(out).frames.shape[1:] == (48, 64, 3)
 
 
-def test_example_reports_server_errors_in_one_line(served: tuple[ServerProcess, Path], tmp_path: Path) -> None:
-    proc, _ = served
-    result = run_example("--address", proc.address, "--token", "wrong", "--bundle", BUNDLE, "--out",
+def test_example_reports_server_errors_in_one_line(running_server: Any, tmp_path: Path) -> None:
+    result = run_example("--address", running_server.grpc_target, "--token", "wrong", "--bundle", BUNDLE, "--out",
                          str(tmp_path / "x.mp4"))
     assert result.returncode == 1 and "UNAUTHENTICATED" in result.stderr
-    result = run_example("--address", proc.address, "--token", TOKEN, "--bundle", "missing", "--out",
+    result = run_example("--address", running_server.grpc_target, "--token", TOKEN, "--bundle", "missing", "--out",
                          str(tmp_path / "x.mp4"))
     assert result.returncode == 1 and "NOT_FOUND" in result.stderr and "missing" in result.stderr
-    result = run_example("--address", proc.address)
+    result = run_example("--address", running_server.grpc_target)
     assert result.returncode == 2 and "--bundle" in result.stderr
