@@ -297,3 +297,21 @@ def test_closing_the_client_leaves_its_sessions(running_server: Any) -> None:
         with pytest.raises(VatlasError, match="closed"):
             other.stroke([(1, 1), (2, 2)], frame=0)
         watcher.leave()
+
+
+def test_limits_and_deadlines_map_to_their_errors(tiny_models_dir: Path, tmp_path: Path) -> None:
+    from conftest import start_in_process_server
+    from vatlas.server.session.limits import ServerLimits
+    from vatlas_client import DeadlineExceeded, ResourceExhausted
+
+    small = start_in_process_server(tiny_models_dir, limits=ServerLimits(max_upload_bytes=1024 * 1024))
+    try:
+        with Client(small.grpc_target, token=TOKEN) as c:
+            video = tmp_path / "big.mp4"
+            video.write_bytes(os.urandom(2 * 1024 * 1024))
+            with pytest.raises(ResourceExhausted):
+                c.upload_video(video)
+        with Client(small.grpc_target, token=TOKEN, timeout=1e-6) as hurried, pytest.raises(DeadlineExceeded):
+            hurried.list_bundles()
+    finally:
+        small.stop()
