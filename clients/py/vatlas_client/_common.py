@@ -48,9 +48,8 @@ def channel_options(retries: int) -> list[tuple[str, Any]]:
         ("grpc.service_config", service_config(retries)),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        # Notice a dead server on an idle session stream within ~30 s rather than at the next write.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        # No client keepalive pings: a gRPC server by default answers pings more often than every 5 minutes
+        # on an idle stream with GOAWAY (too_many_pings), which would cut idle sessions.
     ]
 
 
