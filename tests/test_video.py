@@ -283,6 +283,7 @@ def test_write_rejects_bad_frames(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match=r"\(H, W, 3\)"):
         write_png_sequence(tmp_path / "seq", np.zeros((2, 8, 8), np.uint8))
     assert not (tmp_path / "x.mp4").exists()
+    assert not list(tmp_path.glob("*.part*"))  # the failed write left nothing behind
 
 
 # ---------------------------------------------------------------------------------------------- hashes

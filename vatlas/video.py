@@ -248,26 +248,46 @@ def write_mp4(
 
         items = tqdm(frames, desc=f"writing {path.name}", unit="frame")
     tmp = path.with_name(path.name + ".part.mp4")
+    try:
+        _encode_h264(tmp, items, width, height, rate, crf, preset, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        if isinstance(exc, av.error.FFmpegError):
+            raise VideoError(f"{path}: encoding failed ({_one_line(exc)})") from None
+        raise
+    tmp.replace(path)
+    return path
+
+
+def _encode_h264(
+    target: Path,
+    frames: Iterable[np.ndarray],
+    width: int,
+    height: int,
+    rate: Fraction,
+    crf: int,
+    preset: str,
+    name: Path,
+) -> None:
     # faststart puts the index first, so browsers can play the file while it downloads.
-    with av.open(str(tmp), mode="w", options={"movflags": "faststart"}) as container:
+    with av.open(str(target), mode="w", options={"movflags": "faststart"}) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width = width + width % 2
         stream.height = height + height % 2
         stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1) / rate
+        # The stream time base is left to the muxer: forcing 1/fps makes B-frame dts collide on long clips.
+        frame_time_base = Fraction(1) / rate
         stream.codec_context.options = {"crf": str(int(crf)), "preset": preset}
-        for index, frame in enumerate(items):
+        for index, frame in enumerate(frames):
             if frame.shape[:2] != (height, width):
                 raise VideoError(
-                    f"{path}: frame {index} has size {frame.shape[:2]}, expected {(height, width)}"
+                    f"{name}: frame {index} has size {frame.shape[:2]}, expected {(height, width)}"
                 )
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_even_pad(frame)), format="rgb24")
             video_frame.pts = index
-            video_frame.time_base = stream.time_base
+            video_frame.time_base = frame_time_base
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode(None))
-    tmp.replace(path)
-    return path
 
 
 def write_png_sequence(directory: str | Path, frames: np.ndarray | Sequence[np.ndarray]) -> list[Path]:
