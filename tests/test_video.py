@@ -68,16 +68,20 @@ def test_mp4_round_trip_keeps_count_size_fps_and_content(clip: tuple[Path, np.nd
 
 
 @pytest.mark.parametrize(
-    ("fps", "rate"), [(29.97002997, Fraction(30000, 1001)), (16, Fraction(16)), (25.0, 25)]
+    ("fps", "rate", "count"),
+    [(29.97002997, Fraction(30000, 1001), 5), (16, Fraction(16), 5), (25.0, 25, 5), (30, 30, 130)],
 )
-def test_mp4_frame_rate_is_exact(tmp_path: Path, fps: float, rate: Fraction) -> None:
+def test_mp4_frame_rate_and_count_are_exact(tmp_path: Path, fps: float, rate: Fraction, count: int) -> None:
     assert fps_fraction(fps) == rate
-    path = write_mp4(tmp_path / "rate.mp4", smooth_frames(5, 32, 32), fps)
+    # Noise makes the encoder use B-frames everywhere (a forced 1/fps time base once broke long clips).
+    frames = np.random.default_rng(count).integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    path = write_mp4(tmp_path / "rate.mp4", frames, fps)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         assert stream.average_rate == rate
-        assert stream.frames == 5
-    assert read_video(path).fps == pytest.approx(float(rate))
+        assert stream.frames == count
+    video = read_video(path)
+    assert video.fps == pytest.approx(float(rate)) and video.num_frames == count
 
 
 def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
