@@ -275,7 +275,8 @@ def _encode_h264(
         stream.width = width + width % 2
         stream.height = height + height % 2
         stream.pix_fmt = "yuv420p"
-        # The stream time base is left to the muxer: forcing 1/fps makes B-frame dts collide on long clips.
+        # Frames carry their own 1/fps time base: the muxer replaces the stream's when it writes the header,
+        # and frames stamped with that one collapse onto the same pts (dts errors on longer clips).
         frame_time_base = Fraction(1) / rate
         stream.codec_context.options = {"crf": str(int(crf)), "preset": preset}
         for index, frame in enumerate(frames):
