@@ -199,6 +199,8 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
                  "fps": f"{common['stroke_ms_p50']:.3f} / {common['stroke_ms_p95']:.3f}"})
     rows.append({"size": common["size"], "what": "resident bytes per pixel-frame", "batch": 0,
                  "fps": common["bytes_per_px_frame"]})
+    rows.append({"size": common["size"], "what": "compositor compiled (torch.compile)", "batch": 0,
+                 "fps": str(comp.compiled)})
     rows.append({"size": common["size"], "what": "pixels within 1 level of float64 ref", "batch": 0,
                  "fps": f"{common['within_1_level']:.6f} (max {worst})"})
     return rows

@@ -15,6 +15,7 @@ frames uint8 (3 B) and the illumination at its baked reduced resolution (fp16 on
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,4 +113,13 @@ class Compositor:
         if not self._use_compile:
             return composite_kernel(*args)
         with self._compile_lock:  # dynamo's first trace of a new shape is not thread-safe
-            return self._kernel(*args)
+            try:
+                return self._kernel(*args)
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not take rendering down
+                warnings.warn(f"torch.compile of the compositor failed, using eager mode: {exc}", stacklevel=2)
+                self._use_compile = False
+                return composite_kernel(*args)
+
+    @property
+    def compiled(self) -> bool:
+        return self._use_compile
