@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from vatlas.server.doors import wire
@@ -133,6 +134,8 @@ class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
             first = await requests.__anext__()
         except StopAsyncIteration:
             return
+        except CoreError as exc:
+            await abort(context, exc)
         if first.WhichOneof("kind") != "join":
             await abort(context, CoreError("INVALID_ARGUMENT", "the first message on Connect must be join"))
         try:
@@ -142,9 +145,12 @@ class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
             return
 
         async def read() -> None:
-            async for message in requests:
-                if not await dispatch_session_message(self.core, participant, message):
-                    break
+            try:
+                async for message in requests:
+                    if not await dispatch_session_message(self.core, participant, message):
+                        break
+            except CoreError as exc:  # an undecodable message: tell this client, end only its stream
+                participant.send(sessions_pb2.ServerEvent(error=_err(exc.code, exc.message)))
             self.core.leave(participant)
 
         reader = asyncio.create_task(read())
@@ -222,6 +228,78 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
         return key
 
 
+class Undecodable:
+    """Stands in for a request message whose bytes did not parse (answered with INVALID_ARGUMENT)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _safe_deserializer(cls: Any) -> Any:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
+            return Undecodable(f"cannot decode {cls.DESCRIPTOR.full_name}: {exc}")
+
+    return deserialize
+
+
+async def _checked_stream(requests: Any) -> AsyncIterator[Any]:
+    async for item in requests:
+        if isinstance(item, Undecodable):
+            raise CoreError("INVALID_ARGUMENT", item.error)
+        yield item
+
+
+def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool) -> Any:
+    """Turn undecodable requests into INVALID_ARGUMENT before the servicer sees them."""
+    if client_streaming:
+        if server_streaming:
+            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                async for item in behaviour(_checked_stream(requests), context):
+                    yield item
+            return stream_stream
+
+        async def stream_unary(requests: Any, context: Any) -> Any:
+            return await behaviour(_checked_stream(requests), context)
+        return stream_unary
+    if server_streaming:
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+            async for item in behaviour(request, context):
+                yield item
+        return unary_stream
+
+    async def unary_unary(request: Any, context: Any) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+        return await behaviour(request, context)
+    return unary_unary
+
+
+def checked_handler(servicer: Any, service: Any) -> grpc.GenericRpcHandler:
+    """Method handlers for a service built from its descriptor, with lenient decoding (see `_wrap`)."""
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for method in service.methods:
+        in_cls = message_factory.GetMessageClass(method.input_type)
+        out_cls = message_factory.GetMessageClass(method.output_type)
+        streaming = (bool(method.client_streaming), bool(method.server_streaming))
+        handlers[method.name] = factories[streaming](
+            _wrap(getattr(servicer, method.name), *streaming),
+            request_deserializer=_safe_deserializer(in_cls),
+            response_serializer=out_cls.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 async def start_grpc(core: ServerCore, host: str, port: int, token: str | None) -> tuple[grpc.aio.Server, int, Any]:
     """Start the gRPC server; returns (server, bound port, health servicer)."""
     size = core.limits.max_message_bytes
@@ -230,9 +308,11 @@ async def start_grpc(core: ServerCore, host: str, port: int, token: str | None) 
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),
     ])
-    bundles_pb2_grpc.add_BundlesServicer_to_server(BundlesDoor(core, token), server)
-    sessions_pb2_grpc.add_SessionsServicer_to_server(SessionsDoor(core, token), server)
-    render_pb2_grpc.add_RenderServicer_to_server(RenderDoor(core, token), server)
+    server.add_generic_rpc_handlers((
+        checked_handler(BundlesDoor(core, token), bundles_pb2.DESCRIPTOR.services_by_name["Bundles"]),
+        checked_handler(SessionsDoor(core, token), sessions_pb2.DESCRIPTOR.services_by_name["Sessions"]),
+        checked_handler(RenderDoor(core, token), render_pb2.DESCRIPTOR.services_by_name["Render"]),
+    ))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
