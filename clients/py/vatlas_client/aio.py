@@ -328,6 +328,13 @@ class AsyncSession:
         return self._call
 
     async def _run(self) -> None:
+        try:
+            await self._read_loop()
+        except Exception as exc:  # noqa: BLE001 - a bug here must close the session, not hang its callers
+            log.exception("session %s: reader task failed", self.session_id)
+            self._finish(VatlasError(f"session reader failed: {exc!r}", code="INTERNAL"))
+
+    async def _read_loop(self) -> None:
         down_since: float | None = None
         backoff = 0.1
         reason: VatlasError | None = None

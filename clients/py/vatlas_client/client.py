@@ -312,6 +312,7 @@ class Session:
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._joined = threading.Event()
         self._stopped = threading.Event()
+        self._wake = threading.Event()
         self._closing = False
         self._error: VatlasError | None = None
         self._notices: collections.deque[VatlasError] = collections.deque(maxlen=MAX_NOTICES)
@@ -381,6 +382,7 @@ class Session:
         """Leave the session and stop the reader thread."""
         with self._lock:
             self._closing = True
+            self._wake.set()
             if self._queue is not None:
                 self._queue.put(sessions_pb2.ClientMessage(leave=sessions_pb2.Leave()))
                 self._queue.put(None)
@@ -417,6 +419,13 @@ class Session:
         return self._call
 
     def _run(self) -> None:
+        try:
+            self._read_loop()
+        except Exception as exc:  # noqa: BLE001 - a bug here must close the session, not hang its callers
+            log.exception("session %s: reader thread failed", self.session_id)
+            self._finish(VatlasError(f"session reader failed: {exc!r}", code="INTERNAL"))
+
+    def _read_loop(self) -> None:
         down_since: float | None = None
         backoff = 0.1
         reason: VatlasError | None = None
@@ -450,14 +459,15 @@ class Session:
                     self._queue = None
                     failed = self._core.on_disconnect()
                 for waiter, error in failed:
-                    waiter.set_exception(error)
+                    if not waiter.done():
+                        waiter.set_exception(error)
             if self._closing:
                 break
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > self._client.reconnect_timeout:
                 self._finish(reason)
                 return
-            time.sleep(backoff)
+            self._wake.wait(backoff)  # leave() sets it, so leaving never waits out a backoff
             backoff = min(backoff * 2, 2.0)
         self._finish(None)
 
