@@ -89,27 +89,39 @@ class _Occluder:
     def bounding_radius(self) -> float:
         return float(np.linalg.norm(self.half_size))
 
-    def render(self, t: int, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Coverage (H, W) in [0, 1] and colour (H, W, 3) of this occluder in frame t."""
+    def render(
+        self, t: int, width: int, height: int
+    ) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]] | None:
+        """Coverage (h, w) in [0, 1] and colour (h, w, 3) in frame t, over the box (rows, cols) they fill.
+
+        None when the occluder is outside the frame. Only its bounding box is computed (speed).
+        """
+        centre = self.centre(t)
+        reach = self.bounding_radius() + 2.0
+        x0, x1 = max(int(np.floor(centre[0] - reach)), 0), min(int(np.ceil(centre[0] + reach)), width)
+        y0, y1 = max(int(np.floor(centre[1] - reach)), 0), min(int(np.ceil(centre[1] + reach)), height)
+        if x0 >= x1 or y0 >= y1:
+            return None
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + np.float32(0.5)
         angle = self.angle0 + self.spin * t
-        cos, sin = np.cos(angle), np.sin(angle)
-        d = pixels - self.centre(t)
-        local_x = (cos * d[..., 0] + sin * d[..., 1]).astype(np.float32)
-        local_y = (-sin * d[..., 0] + cos * d[..., 1]).astype(np.float32)
+        cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+        dx, dy = xs - np.float32(centre[0]), ys - np.float32(centre[1])
+        local_x = cos * dx + sin * dy
+        local_y = -sin * dx + cos * dy
         # Signed distance of a rounded box; 0.5 - sd is its pixel coverage to first order (anti-aliasing).
-        inner = self.half_size - self.radius
+        inner = (self.half_size - self.radius).astype(np.float32)
         qx, qy = np.abs(local_x) - inner[0], np.abs(local_y) - inner[1]
         outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
-        sd = outside + np.minimum(np.maximum(qx, qy), 0) - self.radius
+        sd = outside + np.minimum(np.maximum(qx, qy), 0) - np.float32(self.radius)
         coverage = np.clip(0.5 - sd, 0.0, 1.0).astype(np.float32)
         colour = cv2.remap(
             self.texture,
-            local_x + np.float32(self.half_size[0]) - 0.5,
-            local_y + np.float32(self.half_size[1]) - 0.5,
+            local_x + np.float32(self.half_size[0] - 0.5),
+            local_y + np.float32(self.half_size[1] - 0.5),
             cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REFLECT,
         )
-        return coverage, colour
+        return coverage, colour, (slice(y0, y1), slice(x0, x1))
 
 
 @dataclass
@@ -459,6 +471,9 @@ def make_scene(
 
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
     pixels = np.stack([xs, ys], axis=-1)
+    coarse_w, coarse_h = max(2, width // 4), max(2, height // 4)
+    cy, cx = np.mgrid[0:coarse_h, 0:coarse_w].astype(np.float64) + 0.5
+    coarse_pixels = np.stack([cx * (width / coarse_w), cy * (height / coarse_h)], axis=-1)
     out_frames = np.empty((frames, height, width, 3), np.uint8)
     gt_uv = np.empty((frames, height, width, 2), np.float32)
     gt_vis = np.empty((frames, height, width), np.float32)
@@ -475,10 +490,12 @@ def make_scene(
             borderMode=cv2.BORDER_REFLECT,
         )
         if lighting:
-            world = apply_homography(frame_to_world[t], pixels)
+            # The shadow is smooth: evaluate it on a 1/4 grid and upsample (same pixel-centre alignment).
+            world = apply_homography(frame_to_world[t], coarse_pixels)
             d2 = ((world - shadow_centres[t]) ** 2).sum(axis=-1)
-            shade = 1.0 - shadow_depth * np.exp(-d2 / (2.0 * shadow_sigma**2))
-            gt_illum[t] = (shade[..., None] * gains[t]).astype(np.float32)
+            shade = (1.0 - shadow_depth * np.exp(-d2 / (2.0 * shadow_sigma**2))).astype(np.float32)
+            shade = cv2.resize(shade, (width, height), interpolation=cv2.INTER_LINEAR)
+            gt_illum[t] = shade[..., None] * gains[t].astype(np.float32)
         colour = gt_illum[t] * background
         roi_t = cv2.warpPerspective(
             roi_ref,
@@ -490,9 +507,12 @@ def make_scene(
         )
         uncovered = np.ones((height, width), np.float32)
         for occ in occluder_list:
-            cover, occ_colour = occ.render(t, pixels)
-            colour = colour * (1.0 - cover[..., None]) + occ_colour * cover[..., None]
-            uncovered *= 1.0 - cover
+            drawn = occ.render(t, width, height)
+            if drawn is None:
+                continue
+            cover, occ_colour, box = drawn
+            colour[box] = colour[box] * (1.0 - cover[..., None]) + occ_colour * cover[..., None]
+            uncovered[box] *= 1.0 - cover
         gt_vis[t] = np.clip(roi_t * uncovered, 0.0, 1.0)
         out_frames[t] = np.clip(np.rint(colour), 0, 255).astype(np.uint8)
 
