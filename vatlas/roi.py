@@ -9,9 +9,14 @@ File formats read by ``load_roi``:
   ``ref_frame`` argument (default 0). Its outer contours become ``polygons``; ``Roi.mask`` uses the raster
   itself (resized with nearest neighbour), so holes and exact edges are kept.
 
+Rasterization: ``Roi.mask`` is ``cv2.fillPoly`` of the polygons shifted by -0.5 (continuous -> pixel index),
+which includes the outline: a rectangle from x=2 to x=6 covers pixel columns 2..6.
+
 Public API: ``Roi(ref_frame, polygons, raster=None)``, ``Roi.mask(height, width) -> bool (H, W)``,
-``Roi.scaled(sx, sy) -> Roi``, ``Roi.to_json() -> dict``, ``Roi.save(path)``, ``Roi.validate(width, height,
-num_frames)``, ``Roi.from_mask(mask, ref_frame)``, ``load_roi(path, ref_frame=None) -> Roi``.
+``Roi.label_mask(height, width) -> uint8`` (k + 1 inside polygon k), ``Roi.scaled(sx, sy) -> Roi``,
+``Roi.to_json() -> dict``, ``Roi.save(path)``, ``Roi.validate(width, height, num_frames)`` (ref frame in range,
+polygons inside the frame, at least one pixel of area, no overlap), ``Roi.from_mask(mask, ref_frame)``,
+``load_roi(path, ref_frame=None) -> Roi``, ``polygon_area(polygon) -> float``.
 All problems with ROI input raise ``vatlas.errors.RoiError`` with a one-line message.
 """
 
