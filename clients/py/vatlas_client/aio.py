@@ -22,6 +22,7 @@ from vatlas.v1 import (
     bundles_pb2,
     bundles_pb2_grpc,
     edits_pb2,
+    render_pb2,
     render_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
@@ -211,29 +212,40 @@ class AsyncClient:
             finally:
                 stream.cancel()
 
+    async def export_events(
+        self, session: Any, *, format: str = "mp4", start: int = 0, end: int = 0, crf: int = 0,
+        join_token: str | None = None,
+    ) -> AsyncIterator[render_pb2.ExportEvent]:
+        """The raw Export stream (progress events, then file chunks)."""
+        request = _common.export_request(session, join_token, format, start, end, crf)
+        try:
+            async for event in self._render.Export(request, metadata=self._metadata):
+                yield event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
     async def export(
         self, session: Any, path: str | PathLike, *, format: str = "mp4", start: int = 0, end: int = 0,
         crf: int = 0, progress: Callable[[ExportProgress], None] | None = None, join_token: str | None = None,
     ) -> Path:
         target = Path(path)
         partial = target.with_name(target.name + ".part")
-        request = _common.export_request(session, join_token, format, start, end, crf)
         received = 0
         done = False
         try:
             with partial.open("wb") as out:
-                try:
-                    async for event in self._render.Export(request, metadata=self._metadata):
-                        if event.chunk:
-                            out.write(event.chunk)
-                            received += len(event.chunk)
-                        if progress is not None:
-                            progress(ExportProgress(event.stage, event.fraction, received, event.total_bytes))
-                        if event.done:
-                            done = True
-                            break
-                except grpc.RpcError as exc:
-                    raise from_rpc_error(exc) from None
+                events = self.export_events(session, format=format, start=start, end=end, crf=crf,
+                                            join_token=join_token)
+                async for event in events:
+                    if event.chunk:
+                        out.write(event.chunk)
+                        received += len(event.chunk)
+                    if progress is not None:
+                        progress(ExportProgress(event.stage, event.fraction, received, event.total_bytes))
+                    if event.done:
+                        done = True
+                        break
+                await events.aclose()
             if not done:
                 raise Unavailable("export stream ended before the file was complete")
             os.replace(partial, target)

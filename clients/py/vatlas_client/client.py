@@ -277,8 +277,9 @@ class Client:
         try:
             with partial.open("wb") as out:
                 done = False
-                for event in self.export_events(session, format=format, start=start, end=end, crf=crf,
-                                                join_token=join_token):
+                events = self.export_events(session, format=format, start=start, end=end, crf=crf,
+                                            join_token=join_token)
+                for event in events:
                     if event.chunk:
                         out.write(event.chunk)
                         received += len(event.chunk)
@@ -287,6 +288,7 @@ class Client:
                     if event.done:
                         done = True
                         break
+                events.close()
             if not done:
                 raise Unavailable("export stream ended before the file was complete")
             os.replace(partial, target)
