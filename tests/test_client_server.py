@@ -316,3 +316,20 @@ def test_limits_and_deadlines_map_to_their_errors(tiny_models_dir: Path, tmp_pat
             hurried.list_bundles()
     finally:
         small.stop()
+
+
+def test_ops_from_several_threads_get_their_own_acks(client: Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with client.open_session(BUNDLE) as session:
+        start = session.seq
+
+        def draw(i: int) -> tuple[str, int]:
+            op = ops.stroke([(i % WIDTH, 1), (i % WIDTH, 20)], frame=i % FRAMES, id=f"thread-stroke-{i}")
+            ack = session.send(op)
+            return ack.op_id, int(ack)
+
+        with ThreadPoolExecutor(4) as pool:
+            acks = list(pool.map(draw, range(40)))
+        assert [op_id for op_id, _ in acks] == [f"thread-stroke-{i}" for i in range(40)]
+        assert sorted(seq for _, seq in acks) == list(range(start + 1, start + 41))
