@@ -10,6 +10,7 @@ Two modes, both one grid_sample of a 3-channel atlas-space texture plus a fused 
 Resident caches per pixel-frame: uv int16 fixed point (4 B; uint16 shifted by 32768 so every torch op
 supports it, decoded in-kernel; fp16 uv would lose up to 7 levels on a 1024^2 atlas), mask uint8 (1 B),
 frames uint8 (3 B) and the illumination at its baked reduced resolution (fp16 on CUDA), upsampled in-kernel.
+The atlas-space texture is one fp32 (3, S, S) array shared by all frames.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def composite_kernel(uvq: torch.Tensor, mask: torch.Tensor, illum: torch.Tensor,
     n = idx.shape[0]
     _, height, width, _ = uvq.shape
     grid = uvq.index_select(0, idx).to(torch.float32) * UV_STEP + UV_OFFSET
-    sampled = F.grid_sample(texture, grid.reshape(1, n * height, width, 2).to(texture.dtype), mode="bilinear",
+    sampled = F.grid_sample(texture, grid.reshape(1, n * height, width, 2), mode="bilinear",
                             padding_mode="border", align_corners=False)
     sampled = sampled.reshape(3, n, height, width).permute(1, 2, 3, 0).to(torch.float32)
     light = F.interpolate(illum.index_select(0, idx).to(torch.float32), size=(height, width), mode="bilinear",
@@ -67,8 +68,9 @@ class Compositor:
         self.device = resolve_device(device)
         self.num_frames, self.height, self.width = bundle.num_frames, bundle.height, bundle.width
         cuda = self.device.type == "cuda"
-        # fp16 is for GPU caches only: CPU fp16 grid_sample has crashed, so CPU stays fp32.
-        self.texture_dtype = torch.float16 if cuda else torch.float32
+        # The atlas-space texture stays fp32 (12 MB at 1024^2, L2-resident): grid_sample needs grid and input
+        # of one dtype, and an fp16 grid would throw away the uv precision the uint16 cache keeps.
+        self.texture_dtype = torch.float32
         uv_shifted = (bundle.uv.astype(np.int32) - 32768).astype(np.int16)
         self.uvq = torch.from_numpy(uv_shifted).to(self.device)
         self.mask = torch.from_numpy(np.ascontiguousarray(bundle.mask)).to(self.device)

@@ -164,12 +164,12 @@ def polyline_distance(centres: torch.Tensor, points: torch.Tensor) -> torch.Tens
     for s in range(0, a_all.shape[0], SEGMENT_CHUNK):
         a, b = a_all[s:s + SEGMENT_CHUNK], b_all[s:s + SEGMENT_CHUNK]
         ab = b - a
-        denom = (ab * ab).sum(-1).clamp_min(1e-12)
-        t = (((p - a) * ab).sum(-1) / denom).clamp(0.0, 1.0)
-        d = (p - (a + t.unsqueeze(-1) * ab)).norm(dim=-1)
-        best = torch.minimum(best, d.min(dim=1).values)
-    return best.reshape(centres.shape[:2])
-
+        inv_len2 = 1.0 / (ab * ab).sum(-1).clamp_min(1e-12)
+        ap = p - a
+        t = ((ap * ab).sum(-1) * inv_len2).clamp_(0.0, 1.0)
+        diff = ap - t.unsqueeze(-1) * ab
+        best = torch.minimum(best, (diff * diff).sum(-1).amin(dim=1))
+    return best.sqrt().reshape(centres.shape[:2])
 
 def falloff(signed_inside: torch.Tensor, feather: float, texel: float) -> torch.Tensor:
     """Coverage from a signed distance (positive inside): 1-texel anti-aliasing plus a smooth feather."""
