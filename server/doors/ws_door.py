@@ -146,18 +146,17 @@ class WsConnection:
             if len(self.tasks) >= MAX_TASKS:
                 await self.send_error(rid, "RESOURCE_EXHAUSTED", f"more than {MAX_TASKS} requests in flight")
                 return
-            coroutine = getattr(self, f"_call_{call}")(rid, getattr(request, call))
-            task = asyncio.create_task(self._guard(rid, coroutine))
+            task = asyncio.create_task(self._guard(rid, call, getattr(request, call)))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             if call == "playback":
                 self._stop_playback()
                 self.playback = task
 
-    async def _guard(self, request_id: int, coroutine: Any) -> None:
+    async def _guard(self, request_id: int, call: str, request: Any) -> None:
         """Run one request; core errors become error frames, a closed socket ends it quietly."""
         try:
-            await coroutine
+            await getattr(self, f"_call_{call}")(request_id, request)
         except CoreError as exc:
             with contextlib.suppress(ConnectionClosed):
                 await self.send_error(request_id, exc.code, exc.message, exc.op_id)
