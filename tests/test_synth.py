@@ -11,6 +11,7 @@ from vatlas.models.bundle import Bundle, decode_uv, load_bundle, save_bundle
 
 from vatlas.metrics import point_drift, psnr
 from vatlas.synth import SynthScene, apply_homography, make_scene
+from vatlas.video import content_hash
 
 SIZE = (160, 96)
 
@@ -231,6 +232,7 @@ def test_bundle_save_load_round_trip(bundle: Bundle, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.inverse_map, bundle.inverse_map)  # NaN == NaN here
     assert loaded.roi_polygons == bundle.roi_polygons and loaded.atlas_span_px == bundle.atlas_span_px
     assert loaded.source["synthetic"]["seed"] == 5
+    assert loaded.source["sha256"] == content_hash(bundle.frames)
     assert loaded.info()["atlas_size"] == 512
 
 

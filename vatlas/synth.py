@@ -45,6 +45,7 @@ import numpy as np
 
 from vatlas.models.bundle import Bundle, encode_uv
 from vatlas.roi import Roi
+from vatlas.video import content_hash
 
 SPAN_FACTOR = 1.25
 INVERSE_MAP_GRID = 64
@@ -241,6 +242,8 @@ class SynthScene:
             atlas_span_px=float(self.atlas_span_px),
             source={
                 "path": "synthetic",
+                "sha256": content_hash(self.frames),
+                "stride": 1,
                 "synthetic": dict(self.params),
                 "size": [w, h],
                 "frame_range": [0, t],
