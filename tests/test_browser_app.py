@@ -334,7 +334,10 @@ def test_export_progress_and_download(running_server: Any, tiny_bundle: Any, new
     page = new_page()
     open_bundle(page, running_server.http_url)
     page.click("[data-testid=export]")
-    page.wait_for_selector("[data-testid=export-download]:not([hidden])", timeout=120_000)
+    page.wait_for_function(
+        "!document.querySelector('#export-download').hidden"
+        " || document.querySelector('#export-stage').textContent.startsWith('failed')", timeout=120_000)
+    assert page.text_content("#export-stage") == "done", page.text_content("#export-stage")
     assert float(page.get_attribute("#export-progress", "value") or page.evaluate(
         "document.querySelector('#export-progress').value")) == 1.0
     with page.expect_download() as info:
@@ -396,3 +399,50 @@ def test_wrong_server_token_is_reported(running_server: Any, new_page: Any) -> N
     page.goto(f"{running_server.http_url}/?bundle={TINY_BUNDLE}&token=wrong")
     page.wait_for_selector("#conn-status[data-state=closed]")
     assert "UNAUTHENTICATED" in (page.get_attribute("#conn-status", "title") or "")
+
+
+def test_scrubbing_asks_for_drafts_then_refines(running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
+    page = new_page()
+    open_bundle(page, running_server.http_url)
+    for frame in (1, 2, 3, 4, 5, 6):
+        set_range(page, "#scrubber", frame)
+    wait_frame(page, frame=6, min_seq=0)
+    assert int(page.get_attribute("#view-canvas", "data-drafts")) >= 1  # low-resolution renders while moving
+    data = page.evaluate("window.vatlas.frameData()")
+    assert (data["width"], data["height"]) == (tiny_bundle.width, tiny_bundle.height)  # refined at full size
+
+
+def test_edits_made_offline_and_by_others_meanwhile_survive_a_dropped_connection(
+        running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
+    alice = new_page()
+    open_bundle(alice, running_server.http_url, "Alice")
+    bob = new_page()
+    bob.goto(alice.url + "&name=Bob")
+    wait_ready(bob)
+    x, y = inside_roi(tiny_bundle, 0)
+
+    alice.evaluate("window.vatlas.dropConnection(2500)")
+    alice.wait_for_selector("#conn-status[data-state=reconnecting]")
+    draw_stroke(alice, (x, y - 3), width=3)  # offline: previewed now, sent after the rejoin
+    draw_stroke(bob, (x, y + 3), width=3, hex_colour="#0040ff")
+    wait_frame(bob, frame=0, min_seq=1)
+
+    alice.wait_for_selector("#conn-status[data-state=open]")
+    for page in (alice, bob):
+        page.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 2")
+        wait_frame(page, frame=0, min_seq=2)
+        rgb = frame_rgb(page)
+        assert is_colour(rgb[y - 3, x], GREEN) and is_colour(rgb[y + 3, x], BLUE)
+
+
+def test_display_name_can_be_changed(running_server: Any, new_page: Any) -> None:
+    alice = new_page()
+    open_bundle(alice, running_server.http_url, "Alice")
+    bob = new_page()
+    bob.goto(alice.url + "&name=Bob")
+    wait_ready(bob)
+    alice.fill("#my-name", "Alice Liddell")
+    alice.press("#my-name", "Enter")
+    alice.mouse.move(*alice.evaluate("window.vatlas.clientPoint(10, 10)"))
+    bob.wait_for_function("document.querySelector('#participants').textContent.includes('Alice Liddell')")
+    assert "Alice Liddell (you)" in alice.text_content("#participants")

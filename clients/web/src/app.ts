@@ -42,7 +42,7 @@ export class App {
   private bundle: BundleInfo | null = null;
   private participantId = "";
   private resuming = false;
-  private readonly name: string;
+  private name: string;
   private readonly color: string;
   private tool: Tool = "brush";
   private frame = 0;
@@ -57,6 +57,7 @@ export class App {
   private shownDraft = false;
   private idleTimer: number | undefined;
   private renders = 0;
+  private drafts = 0;
   // Playback.
   private playing = false;
   private playbackId: number | null = null;
@@ -69,6 +70,8 @@ export class App {
   private presenceTimer: number | undefined;
   private pendingPresence: Vec2 | null = null;
   private exportId: number | null = null;
+  /** Ops sent but not yet accepted or rejected: resent after a reconnect so no edit is lost. */
+  private readonly unacked = new Map<string, EditOp>();
   private exportUrl: string | null = null;
 
   constructor() {
@@ -80,7 +83,8 @@ export class App {
       token: query.get("token") ?? "",
       name: query.get("name") ?? "",
     };
-    this.name = this.params.name || `Guest ${Math.floor(100 + Math.random() * 900)}`;
+    this.name = (this.params.name || storedName() || `Guest ${Math.floor(100 + Math.random() * 900)}`).slice(0, 40);
+    byId<HTMLInputElement>("my-name").value = this.name;
     this.color = PALETTE[Math.floor(Math.random() * PALETTE.length)] ?? "#4da3ff";
     this.view = new View(byId<HTMLCanvasElement>("view-canvas"));
     this.view.onTransform = () => this.updateZoomLabel();
@@ -202,6 +206,7 @@ export class App {
     });
     if (!snapshot.snapshot && !this.session) throw new Error("join did not return a snapshot");
     byId("open-dialog").hidden = true;
+    for (const op of this.unacked.values()) this.conn.send({ session: { op } });
     this.renderNow();
   }
 
@@ -258,12 +263,17 @@ export class App {
         this.renderNow();
       }
     } else if (event.accepted) {
+      this.unacked.delete(event.accepted.op_id ?? "");
       const preview = this.view.previews.find((p) => p.opId === event.accepted?.op_id);
       if (preview) preview.seq = event.accepted.seq ?? 0;
     } else if (event.rejected) {
-      this.view.previews = this.view.previews.filter((p) => p.opId !== event.rejected?.op_id);
+      const opId = event.rejected.op_id ?? "";
+      this.unacked.delete(opId);
+      this.view.previews = this.view.previews.filter((p) => p.opId !== opId);
       this.view.invalidate();
-      this.toast(`Edit rejected: ${event.rejected.error?.message ?? "unknown reason"}`);
+      // A resent op that did reach the server before the drop comes back as a duplicate: it is not lost.
+      const duplicate = event.rejected.error?.code === "ALREADY_EXISTS" && this.doc.get(opId) !== undefined;
+      if (!duplicate) this.toast(`Edit rejected: ${event.rejected.error?.message ?? "unknown reason"}`);
     } else if (event.presence?.participant) {
       const p = event.presence.participant;
       const id = p.participant_id ?? "";
@@ -355,11 +365,13 @@ export class App {
     this.view.show({ bitmap, frame: frame.frame ?? 0, atlas, seq: frame.seq ?? 0, width: full[0], height: full[1] });
     this.shownDraft = draft;
     this.renders++;
+    if (draft) this.drafts++;
     const canvas = this.view.canvas;
     canvas.dataset.frame = String(frame.frame ?? 0);
     canvas.dataset.seq = String(frame.seq ?? 0);
     canvas.dataset.renders = String(this.renders);
     canvas.dataset.draft = String(draft);
+    canvas.dataset.drafts = String(this.drafts);
     canvas.dataset.atlas = String(atlas);
     canvas.dataset.renderMs = String(frame.render_ms ?? 0);
     if (this.playing) this.setFrame(frame.frame ?? 0, false);
@@ -461,10 +473,9 @@ export class App {
       this.view.previews.push(preview);
       this.view.invalidate();
     }
-    if (this.conn.send({ session: { op } }) === null) {
-      this.view.previews = this.view.previews.filter((p) => p !== preview);
-      this.toast("Not connected: the edit was not sent");
-    }
+    this.unacked.set(op.id ?? "", op);
+    // While disconnected the op waits in `unacked` (its preview stays) and goes out after the rejoin.
+    if (this.conn.send({ session: { op } }) === null) this.toast("Offline: the edit will be sent on reconnect", false);
   }
 
   private finishPath(preview: Preview): void {
@@ -853,6 +864,20 @@ export class App {
     byId<HTMLInputElement>("image-file").addEventListener("change", (e) => void this.loadImage(e.target as HTMLInputElement, "image"));
     byId<HTMLInputElement>("sticker-file").addEventListener("change", (e) => void this.loadImage(e.target as HTMLInputElement, "sticker"));
     window.addEventListener("keydown", (e) => this.onKey(e));
+    byId<HTMLInputElement>("my-name").addEventListener("change", (e) => {
+      const name = (e.target as HTMLInputElement).value.trim().slice(0, 40);
+      if (!name) return;
+      this.name = name;
+      try {
+        localStorage.setItem("vatlas.name", name);
+      } catch {
+        // storage can be disabled; the name then lasts for this page only
+      }
+      const me = this.doc.participants.get(this.participantId);
+      if (me) me.name = name;
+      this.refreshParticipants();
+      this.sendPresence(this.pendingPresence);
+    });
   }
 
   private async loadImage(input: HTMLInputElement, purpose: "image" | "sticker"): Promise<void> {
@@ -1005,8 +1030,8 @@ export class App {
         const rect = app.view.canvas.getBoundingClientRect();
         return [rect.left + app.view.offset[0] + x * app.view.zoom, rect.top + app.view.offset[1] + y * app.view.zoom];
       },
-      dropConnection(): void {
-        app.conn.dropForTest();
+      dropConnection(outageMs = 0): void {
+        app.conn.dropForTest(outageMs);
       },
     };
   }
@@ -1030,6 +1055,14 @@ function describe(op: EditOp): string {
 function layerColor(op: EditOp): string {
   const [r, g, b] = op.color ?? [0.5, 0.5, 0.5];
   return `rgb(${Math.round((r ?? 0) * 255)},${Math.round((g ?? 0) * 255)},${Math.round((b ?? 0) * 255)})`;
+}
+
+function storedName(): string {
+  try {
+    return localStorage.getItem("vatlas.name") ?? "";
+  } catch {
+    return "";
+  }
 }
 
 function messageOf(error: unknown): string {

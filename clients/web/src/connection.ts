@@ -35,6 +35,7 @@ export class Connection {
   private everOpened = false;
   private stopped = false;
   private retryTimer: number | undefined;
+  private outageUntil = 0;
   state: ConnectionState = "connecting";
 
   constructor(private readonly options: ConnectionOptions) {}
@@ -52,8 +53,9 @@ export class Connection {
     this.setState("closed", "closed");
   }
 
-  /** Drop the socket as if the network failed; the reconnect logic takes over (used by tests and the UI). */
-  dropForTest(): void {
+  /** Drop the socket as if the network failed for `outageMs`; then the reconnect logic takes over (tests). */
+  dropForTest(outageMs = 0): void {
+    this.outageUntil = performance.now() + outageMs;
     this.socket?.close();
   }
 
@@ -166,7 +168,8 @@ export class Connection {
 
   private scheduleRetry(reason: string): void {
     // Exponential backoff with jitter, capped at 5 s so a restarted server is found quickly.
-    const delay = Math.min(5000, 250 * 2 ** this.attempts) * (0.75 + Math.random() * 0.5);
+    const backoff = Math.min(5000, 250 * 2 ** this.attempts) * (0.75 + Math.random() * 0.5);
+    const delay = Math.max(backoff, this.outageUntil - performance.now());
     this.attempts++;
     this.setState(this.everOpened ? "reconnecting" : "connecting", `${reason}; retrying in ${(delay / 1000).toFixed(1)} s`);
     this.retryTimer = window.setTimeout(() => this.open(), delay);
