@@ -86,14 +86,14 @@ def test_optical_flow_agrees_with_ground_truth_motion(scene: SynthScene) -> None
         usable = (scene.gt_visibility[0] > 0.99) & (scene.gt_visibility[t] > 0.99)
         error = np.linalg.norm(flow - truth, axis=-1)[usable]
         motion = np.linalg.norm(truth, axis=-1)[usable]
-        assert np.median(motion) > 0.2 * t  # the camera really moves
+        assert np.median(motion) > 0.1 * t  # the camera really moves
         assert np.median(error) < 0.15
 
 
 def test_visibility_semantics(scene: SynthScene) -> None:
     h, w = scene.height, scene.width
     roi = scene.roi.mask(h, w)
-    interior = cv2.erode(roi.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    interior = cv2.erode(roi.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     assert scene.gt_visibility[0][interior].min() == 1.0  # frame 0 shows the whole ROI
     around = cv2.dilate(roi.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     assert scene.gt_visibility[0][~around].max() == 0.0
@@ -158,7 +158,7 @@ def test_no_lighting_and_no_occluders() -> None:
 def test_every_seed_crosses_the_roi_after_a_clean_reference(seed: int) -> None:
     s = make_scene(frames=16, size=(96, 64), seed=seed, occluders=1)
     roi = s.roi.mask(64, 96)
-    interior = cv2.erode(roi.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    interior = cv2.erode(roi.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     assert s.gt_visibility[0][interior].min() == 1.0
     assert (s.gt_visibility.sum(axis=(1, 2)) / s.gt_visibility[0].sum()).min() < 0.9
 

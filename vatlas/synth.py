@@ -276,7 +276,7 @@ def _camera_path(rng: np.random.Generator, frames: int, width: int, height: int)
     tau = np.linspace(0.0, 1.0, frames)
     scale = float(max(width, height))
     direction = rng.uniform(0, 2 * np.pi)
-    pan_length = rng.uniform(0.12, 0.25) * width
+    pan_fraction = rng.uniform(0.1, 0.2)  # of the frame size along each axis, so the ROI stays mostly in view
     wobble_amp = rng.uniform(0.01, 0.03, size=2) * scale
     wobble_freq = rng.uniform(0.5, 1.2, size=2)
     wobble_phase = rng.uniform(0, 2 * np.pi, size=2)
@@ -288,7 +288,7 @@ def _camera_path(rng: np.random.Generator, frames: int, width: int, height: int)
     out = np.empty((frames, 3, 3))
     for k, s in enumerate(tau):
         wobble = wobble_amp * (np.sin(2 * np.pi * wobble_freq * s + wobble_phase) - np.sin(wobble_phase))
-        pan = pan_length * s * np.array([np.cos(direction), np.sin(direction)]) + wobble
+        pan = pan_fraction * s * np.array([np.cos(direction) * width, np.sin(direction) * height]) + wobble
         zoom = np.exp(zoom_rate * s + 0.03 * np.sin(2 * np.pi * wobble_freq[0] * s))
         angle = spin * s
         rotation_scale = np.array(
