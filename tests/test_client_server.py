@@ -333,3 +333,24 @@ def test_ops_from_several_threads_get_their_own_acks(client: Client) -> None:
             acks = list(pool.map(draw, range(40)))
         assert [op_id for op_id, _ in acks] == [f"thread-stroke-{i}" for i in range(40)]
         assert sorted(seq for _, seq in acks) == list(range(start + 1, start + 41))
+
+
+def test_async_session_resumes_after_server_restart(server_process_factory: Callable[..., Any]) -> None:
+    port = free_port()
+    proc = server_process_factory(extra_args=("--grpc", f"127.0.0.1:{port}"))
+    address = f"127.0.0.1:{port}"
+
+    async def flow() -> None:
+        async with AsyncClient(address, token=TOKEN, reconnect_timeout=60) as client:
+            info = await client.create_session(BUNDLE)
+            async with await client.join(info, name="a") as a, await client.join(info, name="b") as b:
+                first = await a.stroke([(1, 1), (9, 9)], frame=0)
+                await asyncio.to_thread(proc.kill)
+                pending = asyncio.ensure_future(a.stroke([(2, 2), (8, 8)], frame=1, timeout=90))
+                await asyncio.to_thread(proc.restart)
+                second = await pending
+                assert second == first + 1 and a.reconnects >= 1
+                seen = await b.wait_for(lambda e: isinstance(e, OpEvent) and e.op.id == second.op_id, 30)
+                assert seen.seq == second and b.seq == second
+
+    asyncio.run(flow())

@@ -48,6 +48,10 @@ def channel_options(retries: int) -> list[tuple[str, Any]]:
         ("grpc.service_config", service_config(retries)),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Reconnect to a restarted server within ~2 s (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
         # No client keepalive pings: a gRPC server by default answers pings more often than every 5 minutes
         # on an idle stream with GOAWAY (too_many_pings), which would cut idle sessions.
     ]

@@ -270,14 +270,39 @@ class AsyncSession:
         self._notices: collections.deque[VatlasError] = collections.deque(maxlen=MAX_NOTICES)
         self._task: asyncio.Task[None] | None = None
 
-    session_id = property(lambda self: self._core.session_id)
-    join_token = property(lambda self: self._core.join_token)
-    participant_id = property(lambda self: self._core.participant_id)
-    seq = property(lambda self: self._core.seq, doc="Sequence number of the last op seen: the resume point.")
-    info = property(lambda self: self._core.info)
-    reconnects = property(lambda self: max(0, self._core.joins - 1))
-    closed = property(lambda self: self._stopped.is_set())
-    errors = property(lambda self: list(self._notices), doc="Recent non-fatal errors the server sent.")
+    @property
+    def session_id(self) -> str:
+        return self._core.session_id
+
+    @property
+    def join_token(self) -> str:
+        return self._core.join_token
+
+    @property
+    def participant_id(self) -> str:
+        return self._core.participant_id
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last op seen: the resume point."""
+        return self._core.seq
+
+    @property
+    def info(self) -> SessionInfo | None:
+        return self._core.info
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self._core.joins - 1)
+
+    @property
+    def closed(self) -> bool:
+        return self._stopped.is_set()
+
+    @property
+    def errors(self) -> list[VatlasError]:
+        """Recent non-fatal errors the server sent on the stream."""
+        return list(self._notices)
 
     @property
     def document(self) -> list[edits_pb2.EditOp]:
