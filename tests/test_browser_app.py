@@ -446,3 +446,45 @@ def test_display_name_can_be_changed(running_server: Any, new_page: Any) -> None
     alice.mouse.move(*alice.evaluate("window.vatlas.clientPoint(10, 10)"))
     bob.wait_for_function("document.querySelector('#participants').textContent.includes('Alice Liddell')")
     assert "Alice Liddell (you)" in alice.text_content("#participants")
+
+
+def test_eraser_removes_paint(running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
+    page = new_page()
+    open_bundle(page, running_server.http_url)
+    x, y = inside_roi(tiny_bundle, 0)
+    original = frame_rgb(page)[y, x].astype(int)
+    draw_stroke(page, (x, y))
+    wait_frame(page, frame=0, min_seq=1)
+    assert is_colour(frame_rgb(page)[y, x], GREEN)
+    page.keyboard.press("e")  # eraser shortcut
+    assert page.get_attribute("[data-testid=tool-eraser]", "class").split().count("active") == 1
+    set_range(page, "#brush-width", 10)
+    drag(page, [(x - 5, y), (x, y), (x + 5, y)])
+    wait_frame(page, frame=0, min_seq=2)
+    erased = frame_rgb(page)[y, x].astype(int)
+    assert not is_colour(erased, GREEN)
+    assert np.abs(erased - original).max() < 40, (original, erased)
+    assert page.get_attribute("[data-testid=layer]", "data-layer-type") == "stroke"  # the erase stroke is a layer
+
+
+def test_a_server_that_lost_the_session_gets_it_back_from_the_page(server_process_factory: Any, tiny_bundle: Any,
+                                                                   new_page: Any, tmp_path: Path) -> None:
+    port = _free_port()
+    server = server_process_factory(data_dir=tmp_path / "first", extra_args=("--http", f"127.0.0.1:{port}"))
+    page = new_page()
+    open_bundle(page, server.http_url)
+    first_session = page.evaluate("window.vatlas.session.session_id")
+    x, y = inside_roi(tiny_bundle, 0)
+    draw_stroke(page, (x, y))
+    wait_frame(page, frame=0, min_seq=1)
+
+    server.kill()
+    page.wait_for_selector("#conn-status:not([data-state=open])")
+    # A new server with an empty data dir: the session is unknown there (NOT_FOUND on rejoin).
+    server_process_factory(data_dir=tmp_path / "second", extra_args=("--http", f"127.0.0.1:{port}"))
+    page.wait_for_function("(old) => window.vatlas.session && window.vatlas.session.session_id !== old",
+                           arg=first_session, timeout=60_000)
+    assert "session=" + page.evaluate("window.vatlas.session.session_id") in page.url
+    page.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 1")
+    wait_frame(page, frame=0, min_seq=1)
+    assert is_colour(frame_rgb(page)[y, x], GREEN)

@@ -864,6 +864,10 @@ export class App {
     byId<HTMLInputElement>("image-file").addEventListener("change", (e) => void this.loadImage(e.target as HTMLInputElement, "image"));
     byId<HTMLInputElement>("sticker-file").addEventListener("change", (e) => void this.loadImage(e.target as HTMLInputElement, "sticker"));
     window.addEventListener("keydown", (e) => this.onKey(e));
+    // Clicked buttons keep no focus, so Space stays play/pause instead of re-pressing the last button.
+    document.addEventListener("mousedown", (e) => {
+      if (e.target instanceof HTMLElement && e.target.closest("button")) e.preventDefault();
+    });
     byId<HTMLInputElement>("my-name").addEventListener("change", (e) => {
       const name = (e.target as HTMLInputElement).value.trim().slice(0, 40);
       if (!name) return;
