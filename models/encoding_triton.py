@@ -179,9 +179,11 @@ def _hash_bwd_kernel(x_ptr, table_ptr, gout_ptr, gtable_ptr, gx_ptr, scales_ptr,
 
 
 _META_CACHE: dict[tuple[LevelLayout, str], tuple[torch.Tensor, ...]] = {}
+# Launch shapes (module attributes so the benchmark can sweep them).
 FWD_BLOCK = 128
 BWD_BLOCK = 128
-NUM_WARPS = 4
+FWD_WARPS = 2
+BWD_WARPS = 4
 
 
 def _level_meta(layout: LevelLayout, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -207,7 +209,7 @@ class _HashEncodeFunction(torch.autograd.Function):
         if n:
             _hash_fwd_kernel[(triton.cdiv(n, FWD_BLOCK),)](
                 x, table, out, *meta, n, D=cfg.n_input_dims, L=cfg.n_levels, F=cfg.n_features_per_level,
-                HASH_MASK=cfg.hashmap_size - 1, BLOCK=FWD_BLOCK, num_warps=NUM_WARPS)
+                HASH_MASK=cfg.hashmap_size - 1, BLOCK=FWD_BLOCK, num_warps=FWD_WARPS)
         ctx.save_for_backward(x, table)
         ctx.layout, ctx.cfg = layout, cfg
         return out
@@ -226,7 +228,7 @@ class _HashEncodeFunction(torch.autograd.Function):
             _hash_bwd_kernel[(triton.cdiv(n, BWD_BLOCK),)](
                 x, table, grad_out, gtable if need_table else table, gx if need_x else x, *meta, n,
                 D=cfg.n_input_dims, L=cfg.n_levels, F=cfg.n_features_per_level, HASH_MASK=cfg.hashmap_size - 1,
-                NEED_TABLE_GRAD=need_table, NEED_INPUT_GRAD=need_x, BLOCK=BWD_BLOCK, num_warps=NUM_WARPS)
+                NEED_TABLE_GRAD=need_table, NEED_INPUT_GRAD=need_x, BLOCK=BWD_BLOCK, num_warps=BWD_WARPS)
         return gx, gtable, None, None
 
 
