@@ -5,9 +5,9 @@ Every vatlas.v1 call needs `authorization: Bearer <token>` metadata when the ser
 (`grpc.health.v1.Health`) and reflection are on and need no token. Core errors become gRPC status codes with
 their message; op rejections travel in-band as `OpRejected` on the Connect stream.
 
-Render calls are coalesced per client: the client is named by `vatlas-client-id` metadata, else by its
-connection (peer address). A RenderFrame still waiting when the same client sends a newer one fails with
-ABORTED.
+Render calls are coalesced per client when the client names itself with `vatlas-client-id` metadata: a
+RenderFrame still waiting when the same client sends a newer one fails with ABORTED (latest request wins).
+Calls without that metadata are never coalesced with each other. Every Playback call is its own viewer.
 """
 
 from __future__ import annotations
@@ -66,9 +66,11 @@ class _Door:
 
     @staticmethod
     def client_key(context: grpc.aio.ServicerContext) -> str:
+        # channels of one process may share a connection, so the peer address does not name a client:
+        # without a client id each call is its own client (nothing to coalesce with)
         meta = dict(context.invocation_metadata() or ())
         client = meta.get("vatlas-client-id")
-        return f"grpc:{client}" if isinstance(client, str) and client else f"grpc-peer:{context.peer()}"
+        return f"grpc:{client}" if isinstance(client, str) and client else f"grpc-call:{id(context)}"
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: CoreError) -> None:
@@ -197,7 +199,7 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
     async def RenderFrame(self, request: Any, context: Any) -> render_pb2.RenderedFrame:
         await self.check(context)
         try:
-            return await self.core.render(self._key(context), request)
+            return await self.core.render(self.client_key(context), request, rate_key=self._rate_key(context))
         except CoreError as exc:
             await abort(context, exc)
             raise
@@ -205,7 +207,8 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
     async def Playback(self, request: Any, context: Any) -> AsyncIterator[render_pb2.RenderedFrame]:
         await self.check(context)
         try:
-            frames = await self.core.playback(self._key(context), request)
+            frames = await self.core.playback(f"grpc-playback:{id(context)}", request,
+                                              rate_key=self._rate_key(context))
             async for frame in frames:
                 yield frame
         except CoreError as exc:
@@ -220,8 +223,11 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
         except CoreError as exc:
             await abort(context, exc)
 
-    def _key(self, context: Any) -> str:
-        key = self.client_key(context)
+    def _rate_key(self, context: Any) -> str:
+        """Rate limits are per client id, else per connection."""
+        meta = dict(context.invocation_metadata() or ())
+        client = meta.get("vatlas-client-id")
+        key = f"grpc:{client}" if isinstance(client, str) and client else f"grpc-peer:{context.peer()}"
         buckets = self.core._render_buckets
         if key not in buckets and len(buckets) >= MAX_CLIENT_KEYS:
             self.core.forget_client(next(iter(buckets)))  # forget the oldest gRPC viewer's rate bucket

@@ -472,10 +472,14 @@ class ServerCore:
             self.worker.cancel((client_key, "playback"))
 
     async def render(self, client_key: Any, request: render_pb2.RenderRequest,
-                     authorized: frozenset[str] | set[str] = frozenset()) -> render_pb2.RenderedFrame:
-        """One frame (or the atlas), coalesced per client: a newer request aborts a waiting older one."""
+                     authorized: frozenset[str] | set[str] = frozenset(),
+                     rate_key: Any = None) -> render_pb2.RenderedFrame:
+        """One frame (or the atlas), coalesced per client: a newer request aborts a waiting older one.
+
+        `rate_key` names the rate bucket when it differs from the coalescing key.
+        """
         session = self._viewable(request.session_id, request.join_token, authorized)
-        self._take_render_token(client_key)
+        self._take_render_token(client_key if rate_key is None else rate_key)
         await self._ensure_engine(session)
         bundle = session.bundle
         params = check_render_request(request, bundle.num_frames, bundle.width, bundle.height, bundle.atlas_size,
@@ -495,14 +499,15 @@ class ServerCore:
                 future.cancel()
 
     async def playback(self, client_key: Any, request: render_pb2.PlaybackRequest,
-                       authorized: frozenset[str] | set[str] = frozenset()) -> AsyncIterator[render_pb2.RenderedFrame]:
+                       authorized: frozenset[str] | set[str] = frozenset(),
+                       rate_key: Any = None) -> AsyncIterator[render_pb2.RenderedFrame]:
         """Frames at the requested fps, paced by the wall clock: a slow reader skips frames, nothing queues.
 
         One render is in flight and at most one finished frame waits for the reader; a newer frame replaces
         a waiting one.
         """
         session = self._viewable(request.session_id, request.join_token, authorized)
-        self._take_render_token(client_key)
+        self._take_render_token(client_key if rate_key is None else rate_key)
         await self._ensure_engine(session)
         bundle = session.bundle
         fmt, quality, scale = check_format(request.format, request.quality, request.scale, self.limits.min_scale)

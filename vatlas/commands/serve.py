@@ -55,12 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vatlas.cli import CliError
+    from vatlas.errors import VatlasError
     from vatlas.server.app import ServerConfig, serve_forever
     from vatlas.server.session.limits import ServerLimits
 
     if not args.models.is_dir():
-        raise CliError(f"--models {args.models}: no such folder")
+        raise VatlasError(f"--models {args.models}: no such folder")
     if args.data is not None:
         args.data.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

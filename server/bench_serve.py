@@ -1,0 +1,482 @@
+"""Serve benchmark: edit->pixels latency, playback fps per client, server memory, with real clients on loopback.
+
+Starts `vatlas serve` as a child process over a synthetic bundle (default 1920x1080, 16 frames, atlas 1024)
+and drives it with real gRPC (grpc.aio) and WebSocket clients:
+
+* edit->pixels: a participant sends a stroke on its session stream; when the OpAccepted arrives it asks for the
+  frame the stroke is on and stops the clock at the first RenderedFrame whose `seq` includes the stroke (JPEG
+  q85, full size). p50/p95 over `--edits` strokes, over gRPC and over WebSocket.
+* playback: K clients each stream `Playback` at `--fps` for `--phase-seconds`, all in one session and each in
+  its own session; reports frames per second per client (mean and slowest). Clients run in several worker
+  processes so the Python client side is not the bottleneck.
+* memory: the server's RSS (from /proc) and GPU memory (nvidia-smi, when present) sampled over the whole run;
+  a soak phase (playback clients plus a steady editor) fills `--duration` seconds; the slope says whether
+  memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+READY_PREFIX = "VATLAS_READY "
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", default="1920x1080", help="frame size WxH (default 1920x1080)")
+    parser.add_argument("--frames", type=int, default=16, help="frames in the synthetic bundle (default 16)")
+    parser.add_argument("--atlas", type=int, default=1024, help="atlas size (default 1024)")
+    parser.add_argument("--device", default="auto", help="server device: auto, cpu, cuda")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="whole run in seconds, soak included (default 600 on GPU, 30 on CPU)")
+    parser.add_argument("--clients", default="1,4,16", help="playback client counts (default 1,4,16)")
+    parser.add_argument("--fps", type=float, default=60.0, help="playback fps each client asks for (default 60)")
+    parser.add_argument("--phase-seconds", type=float, default=None,
+                        help="seconds per playback measurement (default 10 on GPU, 2 on CPU)")
+    parser.add_argument("--edits", type=int, default=None, help="strokes per transport for latency (default 200)")
+    parser.add_argument("--quality", type=int, default=85, help="JPEG quality (default 85)")
+    parser.add_argument("--data", action="store_true", help="persist sessions (fsync per op) during the run")
+    parser.add_argument("--quick", action="store_true", help="tiny CPU run for tests (128x72, short phases)")
+
+
+# ---------------------------------------------------------------- server process and memory
+
+
+class ServerUnderTest:
+    """`vatlas serve` in a child process, on free loopback ports."""
+
+    def __init__(self, models: Path, device: str, data: Path | None) -> None:
+        cmd = [sys.executable, "-m", "vatlas.cli", "serve", "--models", str(models), "--grpc", "127.0.0.1:0",
+               "--http", "127.0.0.1:0", "--device", device, "--log-level", "WARNING"]
+        if data is not None:
+            cmd += ["--data", str(data)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.stderr: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 300
+        info = None
+        for line in self.proc.stdout:
+            if line.startswith(READY_PREFIX):
+                info = json.loads(line[len(READY_PREFIX):])
+                break
+            if time.monotonic() > deadline:
+                break
+        if info is None:
+            self.stop()
+            raise RuntimeError("vatlas serve did not start:\n" + "".join(self.stderr[-20:]))
+        self.grpc = info["grpc"]
+        self.ws = info["ws"]
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class MemorySampler(threading.Thread):
+    """RSS every second and GPU memory every 5 s of one process."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.rss: list[tuple[float, float]] = []  # (t, MiB)
+        self.gpu: list[tuple[float, float]] = []
+        self.marks: dict[str, float] = {}
+        self._halt = threading.Event()
+        self._nvidia = shutil.which("nvidia-smi")
+
+    def run(self) -> None:
+        start = time.monotonic()
+        n = 0
+        while not self._halt.wait(1.0):
+            t = time.monotonic() - start
+            rss = _rss_mib(self.pid)
+            if rss is not None:
+                self.rss.append((t, rss))
+            if self._nvidia and n % 5 == 0:
+                gpu = _gpu_mib(self._nvidia, self.pid)
+                if gpu is not None:
+                    self.gpu.append((t, gpu))
+            n += 1
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = self.rss[-1][0] if self.rss else 0.0
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _gpu_mib(nvidia_smi: str, pid: int) -> float | None:
+    try:
+        out = subprocess.run([nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid):
+            return float(parts[1])
+    return None
+
+
+def _slope_per_min(samples: list[tuple[float, float]]) -> float | None:
+    if len(samples) < 3:
+        return None
+    xs = [t for t, _ in samples]
+    ys = [v for _, v in samples]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return 60.0 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else None
+
+
+# ---------------------------------------------------------------- clients (run in worker processes too)
+
+
+def _stroke(op_id: str, frame: int, rng: random.Random, width: int, height: int) -> dict:
+    x, y = rng.uniform(0.1, 0.8) * width, rng.uniform(0.1, 0.8) * height
+    return {"id": op_id, "type": "stroke", "space": "frame", "frame": frame,
+            "points": [[x, y], [x + 0.05 * width, y + 0.03 * height], [x + 0.1 * width, y]],
+            "width": max(2.0, width / 200), "color": [rng.random(), rng.random(), rng.random(), 1.0]}
+
+
+async def _create_session(target: str, bundle: str) -> Any:
+    import grpc
+    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = sessions_pb2_grpc.SessionsStub(channel)
+        return await stub.CreateSession(sessions_pb2.CreateSessionRequest(bundle=bundle))
+
+
+async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: tuple[int, int],
+                        quality: int) -> list[float]:
+    import grpc
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
+
+    rng = random.Random(1)
+    out: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        sessions = sessions_pb2_grpc.SessionsStub(channel)
+        render = render_pb2_grpc.RenderStub(channel)
+        outbox: asyncio.Queue = asyncio.Queue()
+
+        async def requests() -> Any:
+            while True:
+                item = await outbox.get()
+                if item is None:
+                    return
+                yield item
+
+        call = sessions.Connect(requests())
+        outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+            session_id=info.session_id, join_token=info.join_token, name="bench-grpc")))
+        while (await call.read()).WhichOneof("kind") != "snapshot":
+            pass
+        for n in range(edits):
+            frame = n % frames
+            op = wire.from_mirror(_stroke(f"g{n}", frame, rng, *size), edits_pb2.EditOp)
+            start = time.perf_counter()
+            outbox.put_nowait(sessions_pb2.ClientMessage(op=op))
+            while True:
+                event = await call.read()
+                if event.WhichOneof("kind") == "accepted":
+                    seq = event.accepted.seq
+                    break
+                if event.WhichOneof("kind") == "rejected":
+                    raise RuntimeError(f"stroke rejected: {event.rejected.error.message}")
+            while True:
+                shown = await render.RenderFrame(render_pb2.RenderRequest(
+                    session_id=info.session_id, join_token=info.join_token, frame=frame, format="jpeg",
+                    quality=quality, request_id=n))
+                if shown.seq >= seq:
+                    break
+            out.append((time.perf_counter() - start) * 1000.0)
+        outbox.put_nowait(None)
+        call.cancel()
+    return out
+
+
+async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[int, int],
+                      quality: int) -> list[float]:
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, render_pb2, sessions_pb2
+    from websockets.asyncio.client import connect
+
+    rng = random.Random(2)
+    out: list[float] = []
+    async with connect(url, max_size=None, compression=None) as ws:
+        rid = 0
+
+        async def send(**call: Any) -> int:
+            nonlocal rid
+            rid += 1
+            await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
+            return rid
+
+        async def recv() -> Any:
+            return wire.unpack(await ws.recv(), sessions_pb2.WsResponse)
+
+        await send(hello=sessions_pb2.Hello(protocol_version=1))
+        await recv()
+        await send(session=sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+            session_id=info.session_id, join_token=info.join_token, name="bench-ws")))
+        for n in range(edits):
+            frame = n % frames
+            op = wire.from_mirror(_stroke(f"w{n}", frame, rng, *size), edits_pb2.EditOp)
+            start = time.perf_counter()
+            await send(session=sessions_pb2.ClientMessage(op=op))
+            seq = None
+            while seq is None:
+                resp = await recv()
+                if resp.WhichOneof("result") == "event":
+                    kind = resp.event.WhichOneof("kind")
+                    if kind == "accepted" and resp.event.accepted.op_id == f"w{n}":
+                        seq = resp.event.accepted.seq
+                    elif kind == "rejected":
+                        raise RuntimeError(f"stroke rejected: {resp.event.rejected.error.message}")
+            while True:
+                want = await send(render=render_pb2.RenderRequest(session_id=info.session_id, frame=frame,
+                                                                  format="jpeg", quality=quality))
+                resp = await recv()
+                while resp.request_id != want:
+                    resp = await recv()
+                if resp.WhichOneof("result") == "frame" and resp.frame.seq >= seq:
+                    break
+            out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+async def _playback_client(transport: str, grpc_target: str, ws_url: str, session_id: str, token: str,
+                           fps: float, seconds: float, quality: int) -> dict[str, float]:
+    """Stream playback for `seconds` after the first frame; returns frames/s and bytes/s."""
+    from vatlas.v1 import render_pb2
+
+    request = render_pb2.PlaybackRequest(session_id=session_id, join_token=token, fps=fps, loop=True,
+                                         format="jpeg", quality=quality)
+    count = 0
+    size = 0
+    t0 = None
+    if transport == "grpc":
+        import grpc
+        from vatlas.v1 import render_pb2_grpc
+
+        async with grpc.aio.insecure_channel(grpc_target) as channel:
+            call = render_pb2_grpc.RenderStub(channel).Playback(request)
+            async for frame in call:
+                now = time.perf_counter()
+                if t0 is None:
+                    t0 = now
+                    continue
+                count += 1
+                size += len(frame.data)
+                if now - t0 >= seconds:
+                    break
+            call.cancel()
+    else:
+        from vatlas.server.doors import wire
+        from vatlas.v1 import sessions_pb2
+        from websockets.asyncio.client import connect
+
+        async with connect(ws_url, max_size=None, compression=None) as ws:
+            await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=1, hello=sessions_pb2.Hello(
+                protocol_version=1))))
+            await ws.recv()
+            await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=2, playback=request)))
+            while True:
+                resp = wire.unpack(await ws.recv(), sessions_pb2.WsResponse)
+                now = time.perf_counter()
+                if resp.WhichOneof("result") != "frame":
+                    raise RuntimeError(f"playback failed: {resp}")
+                if t0 is None:
+                    t0 = now
+                    continue
+                count += 1
+                size += len(resp.frame.data)
+                if now - t0 >= seconds:
+                    break
+    elapsed = max(time.perf_counter() - (t0 or time.perf_counter()), 1e-9)
+    return {"fps": count / elapsed, "mbps": size / elapsed / 1e6}
+
+
+def _worker(args: tuple) -> list[dict[str, float]]:
+    """One process's share of playback clients (run with asyncio)."""
+    transport, grpc_target, ws_url, sessions, fps, seconds, quality = args
+
+    async def main() -> list[dict[str, float]]:
+        return list(await asyncio.gather(*(_playback_client(transport, grpc_target, ws_url, sid, token, fps,
+                                                            seconds, quality) for sid, token in sessions)))
+
+    return asyncio.run(main())
+
+
+def _run_playback(pool: Any, transport: str, server: ServerUnderTest, sessions: list[tuple[str, str]],
+                  fps: float, seconds: float, quality: int, workers: int) -> list[dict[str, float]]:
+    shares = [sessions[i::workers] for i in range(workers)]
+    jobs = [(transport, server.grpc, server.ws, share, fps, seconds, quality) for share in shares if share]
+    if pool is None:
+        return [r for job in jobs for r in _worker(job)]
+    return [r for part in pool.map(_worker, jobs) for r in part]
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from vatlas.models.bundle import save_bundle
+    from vatlas.server.bench_render import synthetic_bundle
+    from vatlas.server.compositor import resolve_device
+
+    from vatlas.commands.synth import parse_size
+
+    device = str(resolve_device(args.device))
+    on_gpu = device.startswith("cuda")
+    if args.quick:
+        args.size, args.frames, args.atlas = "128x72", 8, 128
+        args.clients = args.clients if args.clients != "1,4,16" else "1,2"
+    width, height = parse_size(args.size)
+    duration = args.duration if args.duration is not None else (600.0 if on_gpu else 30.0)
+    if args.quick and args.duration is None:
+        duration = 6.0
+    phase = args.phase_seconds if args.phase_seconds is not None else (10.0 if on_gpu else (1.0 if args.quick
+                                                                                              else 2.0))
+    edits = args.edits if args.edits is not None else (10 if args.quick else 200)
+    client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vatlas-bench-serve-") as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        bundle = synthetic_bundle(width, height, args.frames, args.atlas, seed=0)
+        save_bundle(bundle, models / "bench.vatlas")
+        del bundle
+        server = ServerUnderTest(models, device, Path(tmp) / "data" if args.data else None)
+        sampler = MemorySampler(server.proc.pid)
+        sampler.start()
+        workers = 1 if args.quick else max(1, min(max(client_counts), (os.cpu_count() or 2) // 2, 8))
+        pool = None if workers == 1 else multiprocessing.get_context("spawn").Pool(workers)
+        try:
+            info = asyncio.run(_create_session(server.grpc, "bench"))
+            for transport, fn, target in (("grpc", _latency_grpc, server.grpc), ("websocket", _latency_ws,
+                                                                                   server.ws)):
+                latency = asyncio.run(fn(target, info, edits, args.frames, (width, height), args.quality))
+                latency = latency[min(5, len(latency) // 4):]  # warm-up strokes out
+                rows.append({"measure": "edit->pixels p50", "setting": f"{transport} {width}x{height}",
+                             "value": _percentile(latency, 0.5), "unit": "ms", "target": ""})
+                rows.append({"measure": "edit->pixels p95", "setting": f"{transport} {width}x{height}",
+                             "value": _percentile(latency, 0.95), "unit": "ms", "target": "<= 15"})
+            sampler.mark("playback")
+            for count in client_counts:
+                layouts = [("one session", [(info.session_id, info.join_token)] * count)]
+                if count > 1:
+                    separate = [asyncio.run(_create_session(server.grpc, "bench")) for _ in range(count)]
+                    layouts.append(("separate sessions", [(s.session_id, s.join_token) for s in separate]))
+                for layout, sessions in layouts:
+                    results = _run_playback(pool, "grpc", server, sessions, args.fps, phase, args.quality,
+                                            min(workers, count))
+                    fps = [r["fps"] for r in results]
+                    rows.append({"measure": "playback fps/client mean", "setting": f"grpc {count} x {layout}",
+                                 "value": statistics.fmean(fps), "unit": "fps", "target": ""})
+                    rows.append({"measure": "playback fps/client min", "setting": f"grpc {count} x {layout}",
+                                 "value": min(fps), "unit": "fps",
+                                 "target": ">= 60" if count == 16 else ""})
+            ws_count = max(client_counts)
+            results = _run_playback(pool, "websocket", server, [(info.session_id, info.join_token)] * ws_count,
+                                    args.fps, phase, args.quality, min(workers, ws_count))
+            rows.append({"measure": "playback fps/client min", "setting": f"websocket {ws_count} x one session",
+                         "value": min(r["fps"] for r in results), "unit": "fps", "target": ""})
+            # soak: playback clients and a steady editor until the duration is spent
+            sampler.mark("soak")
+            remaining = duration - (time.monotonic() - started)
+            if remaining > 1.0:
+                soak_clients = min(4, max(client_counts))
+
+                async def editor(seconds: float) -> None:
+                    end = time.monotonic() + seconds
+                    n = 0
+                    while time.monotonic() < end:
+                        await _latency_grpc(server.grpc, info, 20, args.frames, (width, height), args.quality)
+                        n += 1
+                        await asyncio.sleep(0.05)
+
+                thread = threading.Thread(target=lambda: asyncio.run(editor(remaining)), daemon=True)
+                thread.start()
+                _run_playback(pool, "grpc", server, [(info.session_id, info.join_token)] * soak_clients, args.fps,
+                              remaining, args.quality, min(workers, soak_clients))
+                thread.join(timeout=60)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+            sampler.stop()
+            server.stop()
+    soak_start = sampler.marks.get("soak", 0.0)
+    soak = [s for s in sampler.rss if s[0] >= soak_start]
+    if sampler.rss:
+        rows.append({"measure": "server RSS start/peak", "setting": "MiB",
+                     "value": f"{sampler.rss[0][1]:.0f}/{max(v for _, v in sampler.rss):.0f}", "unit": "MiB",
+                     "target": ""})
+    slope = _slope_per_min(soak)
+    if slope is not None:
+        rows.append({"measure": "server RSS slope in soak", "setting": f"{soak[-1][0] - soak[0][0]:.0f} s",
+                     "value": slope, "unit": "MiB/min", "target": "flat"})
+    if sampler.gpu:
+        gpu_soak = [s for s in sampler.gpu if s[0] >= soak_start]
+        rows.append({"measure": "server GPU memory start/peak", "setting": "MiB",
+                     "value": f"{sampler.gpu[0][1]:.0f}/{max(v for _, v in sampler.gpu):.0f}", "unit": "MiB",
+                     "target": ""})
+        gslope = _slope_per_min(gpu_soak)
+        if gslope is not None:
+            rows.append({"measure": "server GPU memory slope in soak", "setting": "", "value": gslope,
+                         "unit": "MiB/min", "target": "flat"})
+    meta = {
+        "device": device, "gpu": torch.cuda.get_device_name(0) if on_gpu else None, "size": [width, height],
+        "frames": args.frames, "atlas": args.atlas, "fps_requested": args.fps, "phase_seconds": phase,
+        "edits": edits, "duration_s": duration, "persisted": bool(args.data), "client_workers": workers,
+        "rss_samples": sampler.rss[:: max(1, len(sampler.rss) // 60)], "gpu_samples": sampler.gpu,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return {"rows": rows, "meta": meta}

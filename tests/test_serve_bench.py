@@ -1,0 +1,30 @@
+"""`vatlas bench serve --quick` runs end to end on CPU with real clients and reports every figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_serve_quick_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vatlas.cli", "bench", "serve", "--quick", "--device", "cpu", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    measures = {(row["measure"], row["setting"]): row["value"] for row in result["rows"]}
+    for transport in ("grpc", "websocket"):
+        p50 = measures[("edit->pixels p50", f"{transport} 128x72")]
+        p95 = measures[("edit->pixels p95", f"{transport} 128x72")]
+        assert 0 < p50 <= p95
+    fps = [v for (m, _), v in measures.items() if m.startswith("playback fps/client")]
+    assert len(fps) >= 5 and all(v > 0 for v in fps)
+    assert ("playback fps/client min", "grpc 2 x separate sessions") in measures
+    assert any(m == "server RSS start/peak" for m, _ in measures)
+    assert result["meta"]["device"] == "cpu" and result["meta"]["rss_samples"]
+    assert "edit->pixels p95" in proc.stdout  # the table is printed too
