@@ -2,7 +2,8 @@
 
 One step = draw a batch of random points and their targets, hash encoding -> MLP -> MSE, backward,
 Adam (fused on CUDA). Backends: ``torch`` (eager built-in), ``torch-compile`` (the same module under
-torch.compile), ``triton`` (fused kernels), ``tcnn`` (tinycudann, when installed).
+torch.compile), ``triton`` (Triton hash kernels + fused Triton MLP), ``triton-enc`` (Triton hash kernels,
+torch MLP), ``tcnn`` (tinycudann encoding + torch MLP, when installed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .encoding import (
     triton_available,
 )
 
-ALL_BACKENDS = ("torch", "torch-compile", "triton", "tcnn")
+ALL_BACKENDS = ("torch", "torch-compile", "triton", "triton-enc", "tcnn")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlp-width", type=int, default=64)
     parser.add_argument("--mlp-hidden", type=int, default=2)
     parser.add_argument("--mlp-precision", default="fp32", choices=("fp32", "tf32", "bf16"),
-                        help="MLP math on CUDA: fp32, tf32 matmuls, or bf16 autocast (encoding stays fp32)")
+                        help="torch MLP math on CUDA: fp32, tf32 matmuls, or bf16 autocast (encoding stays fp32; "
+                             "the fused Triton MLP always uses tf32 dots and does not run under autocast)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -69,7 +71,7 @@ def available_backends(device: torch.device) -> list[str]:
         return ["torch"]
     names = ["torch", "torch-compile"]
     if triton_available():
-        names.append("triton")
+        names += ["triton", "triton-enc"]
     if tcnn_available():
         names.append("tcnn")
     return names
@@ -84,23 +86,26 @@ def _target(x: torch.Tensor, out_dim: int) -> torch.Tensor:
 class Field(nn.Module):
     """Hash encoding followed by a bias-free ReLU MLP (the benchmark's model)."""
 
-    def __init__(self, cfg: HashGridConfig, out_dim: int, width: int, hidden: int, seed: int) -> None:
+    def __init__(self, cfg: HashGridConfig, out_dim: int, width: int, hidden: int, seed: int,
+                 fused_mlp: bool = False) -> None:
         super().__init__()
         self.encoding = make_hash_encoding(cfg, seed=seed)
-        self.mlp = make_mlp(cfg.n_output_dims, out_dim, width, hidden, "relu", bias=False)
+        self.mlp = make_mlp(cfg.n_output_dims, out_dim, width, hidden, "relu", bias=False, fused=fused_mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.encoding(x))
 
 
 def _build(backend: str, dims: int, args: argparse.Namespace, device: torch.device) -> Field:
-    enc_backend = {"torch": "torch", "torch-compile": "torch", "triton": "triton", "tcnn": "tcnn"}[backend]
+    enc_backend = {"torch": "torch", "torch-compile": "torch", "triton": "triton", "triton-enc": "triton",
+                   "tcnn": "tcnn"}[backend]
     cfg = HashGridConfig(n_input_dims=dims, n_levels=args.levels, n_features_per_level=args.features,
                          log2_hashmap_size=args.log2_hashmap_size, base_resolution=args.base_resolution,
                          per_level_scale=args.per_level_scale, backend=enc_backend)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        field = Field(cfg, out_dim=dims + 1, width=args.mlp_width, hidden=args.mlp_hidden, seed=args.seed)
+        field = Field(cfg, out_dim=dims + 1, width=args.mlp_width, hidden=args.mlp_hidden, seed=args.seed,
+                      fused_mlp=backend == "triton")
     return field.to(device)
 
 

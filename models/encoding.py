@@ -269,9 +269,40 @@ def make_hash_encoding(cfg: HashGridConfig, *, seed: int | None = None) -> nn.Mo
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
 
+class FusedReluMLP(nn.Sequential):
+    """A ``make_mlp`` ReLU MLP (same layers, same state dict) that runs as fused Triton kernels on CUDA.
+
+    Used where the shape suits the kernels (width 16/32/64, 1-3 hidden layers, <= 64 inputs,
+    <= 16 outputs); anywhere else (CPU, autocast, other shapes) it runs as the plain nn.Sequential.
+    The fused path computes its matrix products in tf32 with fp32 accumulation.
+    """
+
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self if isinstance(m, nn.Linear)]
+
+    def fused_ok(self, x: torch.Tensor) -> bool:
+        if not (x.is_cuda and triton_available()) or torch.is_autocast_enabled("cuda"):
+            return False
+        linears = self.linears()
+        from .encoding_triton import fused_mlp_supported
+
+        return fused_mlp_supported(linears[0].in_features, linears[0].out_features, len(linears) - 1,
+                                   linears[-1].out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_ok(x):
+            from .encoding_triton import fused_mlp
+
+            return fused_mlp(x, self.linears())
+        return super().forward(x)
+
+
 def make_mlp(in_dim: int, out_dim: int, width: int = 64, hidden_layers: int = 2, activation: str = "relu",
-             *, bias: bool = True) -> nn.Sequential:
-    """Plain torch MLP: ``hidden_layers`` hidden layers of ``width``, no output activation."""
+             *, bias: bool = True, fused: bool = False) -> nn.Sequential:
+    """Plain torch MLP: ``hidden_layers`` hidden layers of ``width``, no output activation.
+
+    ``fused=True`` (ReLU only) returns a ``FusedReluMLP``: same layers, fused Triton kernels on CUDA.
+    """
     if in_dim < 1 or out_dim < 1 or width < 1 or hidden_layers < 0:
         raise ValueError(f"bad MLP size in={in_dim} out={out_dim} width={width} hidden={hidden_layers}")
     if activation not in ACTIVATIONS:
@@ -281,4 +312,6 @@ def make_mlp(in_dim: int, out_dim: int, width: int = 64, hidden_layers: int = 2,
     for a, b in zip(dims[:-1], dims[1:], strict=True):
         layers += [nn.Linear(a, b, bias=bias), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(dims[-1], out_dim, bias=bias))
+    if fused and activation == "relu":
+        return FusedReluMLP(*layers)
     return nn.Sequential(*layers)

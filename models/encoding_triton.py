@@ -239,3 +239,223 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, layout: LevelLayout, cfg: 
     if table.numel() >= 2**31:
         raise ValueError("hash table too large for 32-bit indexing")
     return _HashEncodeFunction.apply(x, table, layout, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fused ReLU MLP (the small 32 -> 64 -> 64 -> k heads behind hash grids)
+#
+# Forward: one program per block of points keeps every activation in registers and runs the layers as
+# tensor-core dots (tf32), so only the input and the output touch device memory. Backward: persistent
+# programs recompute the forward for their blocks, backpropagate in registers, write the input gradient
+# and accumulate the weight/bias gradients in registers, flushed with one atomic add per element at the end.
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_wt(w_ptr, K: tl.constexpr, K_P: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr):
+    """nn.Linear weight (N, K) row-major, loaded transposed and zero-padded as (K_P, N_P)."""
+    k = tl.arange(0, K_P)
+    n = tl.arange(0, N_P)
+    return tl.load(w_ptr + n[None, :] * K + k[:, None], mask=(k[:, None] < K) & (n[None, :] < N), other=0.0)
+
+
+@triton.jit
+def _load_w(w_ptr, K: tl.constexpr, K_P: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr):
+    """nn.Linear weight (N, K), zero-padded as (N_P, K_P)."""
+    k = tl.arange(0, K_P)
+    n = tl.arange(0, N_P)
+    return tl.load(w_ptr + n[:, None] * K + k[None, :], mask=(n[:, None] < N) & (k[None, :] < K), other=0.0)
+
+
+@triton.jit
+def _linear(h, w_ptr, b_ptr, K: tl.constexpr, K_P: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
+            HAS_BIAS: tl.constexpr):
+    z = tl.dot(h, _load_wt(w_ptr, K, K_P, N, N_P))
+    if HAS_BIAS:
+        n = tl.arange(0, N_P)
+        z += tl.load(b_ptr + n, mask=n < N, other=0.0)[None, :]
+    return z
+
+
+@triton.jit
+def _mlp_forward(x_ptr, pts64, mask, w0, b0, w1, b1, w2, b2, wo, bo,
+                 IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
+                 H: tl.constexpr, HAS_BIAS: tl.constexpr):
+    cin = tl.arange(0, IN_P)
+    h0 = tl.load(x_ptr + pts64[:, None] * IN + cin[None, :], mask=mask[:, None] & (cin[None, :] < IN), other=0.0)
+    h1 = tl.maximum(_linear(h0, w0, b0, IN, IN_P, W, W, HAS_BIAS), 0.0)
+    h2 = h1
+    h3 = h1
+    if H >= 2:
+        h2 = tl.maximum(_linear(h1, w1, b1, W, W, W, W, HAS_BIAS), 0.0)
+        h3 = h2
+    if H >= 3:
+        h3 = tl.maximum(_linear(h2, w2, b2, W, W, W, W, HAS_BIAS), 0.0)
+    out = _linear(h3, wo, bo, W, W, OUT, OUT_P, HAS_BIAS)
+    return h0, h1, h2, h3, out
+
+
+@triton.jit
+def _mlp_fwd_kernel(x_ptr, out_ptr, w0, b0, w1, b1, w2, b2, wo, bo, n_points,
+                    IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
+                    H: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    pts = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = pts < n_points
+    pts64 = pts.to(tl.int64)
+    _, _, _, _, out = _mlp_forward(x_ptr, pts64, mask, w0, b0, w1, b1, w2, b2, wo, bo,
+                                   IN, IN_P, W, OUT, OUT_P, H, HAS_BIAS)
+    cout = tl.arange(0, OUT_P)
+    tl.store(out_ptr + pts64[:, None] * OUT + cout[None, :], out, mask=mask[:, None] & (cout[None, :] < OUT))
+
+
+@triton.jit
+def _flush(acc, ptr, R: tl.constexpr, R_P: tl.constexpr, C: tl.constexpr, C_P: tl.constexpr):
+    r = tl.arange(0, R_P)
+    c = tl.arange(0, C_P)
+    tl.atomic_add(ptr + r[:, None] * C + c[None, :], acc, mask=(r[:, None] < R) & (c[None, :] < C), sem="relaxed")
+
+
+@triton.jit
+def _flush_vec(acc, ptr, R: tl.constexpr, R_P: tl.constexpr):
+    r = tl.arange(0, R_P)
+    tl.atomic_add(ptr + r, acc, mask=r < R, sem="relaxed")
+
+
+@triton.jit
+def _mlp_bwd_kernel(x_ptr, gout_ptr, gx_ptr, w0, b0, w1, b1, w2, b2, wo, bo,
+                    gw0, gb0, gw1, gb1, gw2, gb2, gwo, gbo, n_points,
+                    IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
+                    H: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_DX: tl.constexpr, BLOCK: tl.constexpr,
+                    BLOCKS_PER_PROGRAM: tl.constexpr):
+    acc_w0 = tl.zeros((W, IN_P), dtype=tl.float32)
+    acc_w1 = tl.zeros((W, W), dtype=tl.float32)
+    acc_w2 = tl.zeros((W, W), dtype=tl.float32)
+    acc_wo = tl.zeros((OUT_P, W), dtype=tl.float32)
+    acc_b0 = tl.zeros((W,), dtype=tl.float32)
+    acc_b1 = tl.zeros((W,), dtype=tl.float32)
+    acc_b2 = tl.zeros((W,), dtype=tl.float32)
+    acc_bo = tl.zeros((OUT_P,), dtype=tl.float32)
+    cout = tl.arange(0, OUT_P)
+    cin = tl.arange(0, IN_P)
+    for i in range(0, BLOCKS_PER_PROGRAM):
+        # each program owns a run of blocks; blocks past the end are fully masked
+        pts = (tl.program_id(0) * BLOCKS_PER_PROGRAM + i) * BLOCK + tl.arange(0, BLOCK)
+        mask = pts < n_points
+        pts64 = pts.to(tl.int64)
+        h0, h1, h2, h3, _ = _mlp_forward(x_ptr, pts64, mask, w0, b0, w1, b1, w2, b2, wo, bo,
+                                         IN, IN_P, W, OUT, OUT_P, H, HAS_BIAS)
+        go = tl.load(gout_ptr + pts64[:, None] * OUT + cout[None, :], mask=mask[:, None] & (cout[None, :] < OUT),
+                     other=0.0)
+        acc_wo += tl.dot(tl.trans(go), h3)
+        acc_bo += tl.sum(go, axis=0)
+        d = tl.dot(go, _load_w(wo, W, W, OUT, OUT_P))
+        d = tl.where(h3 > 0.0, d, 0.0)
+        if H >= 3:
+            acc_w2 += tl.dot(tl.trans(d), h2)
+            acc_b2 += tl.sum(d, axis=0)
+            d = tl.where(h2 > 0.0, tl.dot(d, _load_w(w2, W, W, W, W)), 0.0)
+        if H >= 2:
+            acc_w1 += tl.dot(tl.trans(d), h1)
+            acc_b1 += tl.sum(d, axis=0)
+            d = tl.where(h1 > 0.0, tl.dot(d, _load_w(w1, W, W, W, W)), 0.0)
+        acc_w0 += tl.dot(tl.trans(d), h0)
+        acc_b0 += tl.sum(d, axis=0)
+        if NEED_DX:
+            dx = tl.dot(d, _load_w(w0, IN, IN_P, W, W))
+            tl.store(gx_ptr + pts64[:, None] * IN + cin[None, :], dx, mask=mask[:, None] & (cin[None, :] < IN))
+    _flush(acc_w0, gw0, W, W, IN, IN_P)
+    _flush(acc_wo, gwo, OUT, OUT_P, W, W)
+    if H >= 2:
+        _flush(acc_w1, gw1, W, W, W, W)
+    if H >= 3:
+        _flush(acc_w2, gw2, W, W, W, W)
+    if HAS_BIAS:
+        _flush_vec(acc_b0, gb0, W, W)
+        _flush_vec(acc_bo, gbo, OUT, OUT_P)
+        if H >= 2:
+            _flush_vec(acc_b1, gb1, W, W)
+        if H >= 3:
+            _flush_vec(acc_b2, gb2, W, W)
+
+
+MLP_FWD_BLOCK = 128
+MLP_BWD_BLOCK = 64
+MLP_WARPS = 4
+# Each backward program handles this many blocks, then flushes its weight gradients once.
+MLP_BLOCKS_PER_PROGRAM = 8
+
+
+def fused_mlp_supported(in_dim: int, width: int, hidden_layers: int, out_dim: int) -> bool:
+    """Shapes the fused kernels handle (register budget and tl.dot's 16-minimum)."""
+    return (width in (16, 32, 64) and 1 <= hidden_layers <= 3 and 1 <= in_dim <= 64 and 1 <= out_dim <= 16)
+
+
+def _pad(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+class _FusedMlpFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, hidden_layers: int, *params: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous().float()
+        weights = [p.contiguous() for p in params[0::2]]
+        biases = [b.contiguous() if b is not None else None for b in params[1::2]]
+        has_bias = biases[0] is not None
+        n, in_dim = x.shape
+        width, out_dim = weights[0].shape[0], weights[-1].shape[0]
+        out = torch.empty(n, out_dim, device=x.device, dtype=torch.float32)
+        slots = _slots(weights, biases, hidden_layers, x)
+        if n:
+            _mlp_fwd_kernel[(triton.cdiv(n, MLP_FWD_BLOCK),)](
+                x, out, *slots, n, IN=in_dim, IN_P=_pad(in_dim), W=width, OUT=out_dim, OUT_P=_pad(out_dim),
+                H=hidden_layers, HAS_BIAS=has_bias, BLOCK=MLP_FWD_BLOCK, num_warps=MLP_WARPS)
+        ctx.save_for_backward(x, *weights, *[b for b in biases if b is not None])
+        ctx.hidden_layers, ctx.has_bias = hidden_layers, has_bias
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        saved = ctx.saved_tensors
+        hidden_layers, has_bias = ctx.hidden_layers, ctx.has_bias
+        x = saved[0]
+        weights = list(saved[1:hidden_layers + 2])
+        biases = list(saved[hidden_layers + 2:]) if has_bias else [None] * len(weights)
+        grad_out = grad_out.contiguous().float()
+        n, in_dim = x.shape
+        width, out_dim = weights[0].shape[0], weights[-1].shape[0]
+        gweights = [torch.zeros_like(w) for w in weights]
+        gbiases = [torch.zeros_like(b) if b is not None else None for b in biases]
+        need_dx = ctx.needs_input_grad[0]
+        gx = torch.empty_like(x) if need_dx else None
+        if n:
+            programs = triton.cdiv(n, MLP_BWD_BLOCK * MLP_BLOCKS_PER_PROGRAM)
+            _mlp_bwd_kernel[(programs,)](
+                x, grad_out, gx if need_dx else x, *_slots(weights, biases, hidden_layers, x),
+                *_slots(gweights, gbiases, hidden_layers, x), n, IN=in_dim, IN_P=_pad(in_dim), W=width, OUT=out_dim,
+                OUT_P=_pad(out_dim), H=hidden_layers, HAS_BIAS=has_bias, NEED_DX=need_dx, BLOCK=MLP_BWD_BLOCK,
+                BLOCKS_PER_PROGRAM=MLP_BLOCKS_PER_PROGRAM, num_warps=MLP_WARPS)
+        grads: list[torch.Tensor | None] = []
+        for gw, gb in zip(gweights, gbiases, strict=True):
+            grads += [gw, gb]
+        return (gx, None, *grads)
+
+
+def _slots(weights: list, biases: list, hidden_layers: int, dummy: torch.Tensor) -> list[torch.Tensor]:
+    """Kernel argument order w0, b0, w1, b1, w2, b2, wo, bo; unused slots get a dummy tensor."""
+    layers = list(zip(weights, biases, strict=True))
+    first, hidden, last = layers[0], layers[1:-1], layers[-1]
+    hidden = hidden + [(None, None)] * (2 - len(hidden))
+    out: list[torch.Tensor] = []
+    for w, b in [first, *hidden, last]:
+        out += [w if w is not None else dummy, b if b is not None else dummy]
+    return out
+
+
+def fused_mlp(x: torch.Tensor, linears: list[torch.nn.Linear]) -> torch.Tensor:
+    """ReLU MLP of ``linears`` (ReLU between them, none after the last) as fused Triton kernels."""
+    params: list[torch.Tensor | None] = []
+    for lin in linears:
+        if lin.weight.dtype != torch.float32:
+            raise ValueError("the fused MLP needs float32 weights")
+        params += [lin.weight, lin.bias]
+    return _FusedMlpFunction.apply(x, len(linears) - 1, *params)

@@ -52,6 +52,25 @@ CHECK = textwrap.dedent("""
             enc.params.grad = None
             (hash_encode(x, enc.params, enc.layout, cfg) * g).sum().backward()
             assert rel(enc.params.grad, gt_ref) < tol
+
+    from vatlas.models.encoding import make_mlp
+    from vatlas.models.encoding_triton import fused_mlp
+
+    mlp_tol = 5e-3 if device == "cuda" else 1e-5  # tf32 dots on GPUs
+    for in_dim, width, hidden, out_dim, bias in [(32, 64, 2, 3, False), (32, 32, 3, 1, True), (3, 16, 1, 2, True)]:
+        mlp = make_mlp(in_dim, out_dim, width, hidden, bias=bias, fused=True).to(device)
+        x = torch.randn(333, in_dim, device=device)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ref = torch.nn.Sequential.forward(mlp, xa)
+        g = torch.randn_like(ref)
+        (ref * g).sum().backward()
+        grads_ref = [p.grad.clone() for p in mlp.parameters()]
+        mlp.zero_grad()
+        out = fused_mlp(xb, mlp.linears())
+        (out * g).sum().backward()
+        errs = [rel(out, ref), rel(xb.grad, xa.grad)] + [rel(p.grad, q) for p, q in zip(mlp.parameters(), grads_ref)]
+        print("mlp", in_dim, width, hidden, out_dim, bias, max(errs))
+        assert max(errs) < mlp_tol, errs
     print("OK")
 """)
 
@@ -70,7 +89,7 @@ def test_triton_kernels_match_torch_path() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and triton")
 def test_module_uses_triton_on_cuda() -> None:
-    from vatlas.models.encoding import HashGridConfig, make_hash_encoding
+    from vatlas.models.encoding import HashGridConfig, make_hash_encoding, make_mlp
 
     cfg = HashGridConfig(n_input_dims=3, backend="triton")
     enc = make_hash_encoding(cfg, seed=0).cuda()
@@ -79,3 +98,7 @@ def test_module_uses_triton_on_cuda() -> None:
     out = enc(x)
     ref = enc.forward_torch(x)
     assert ((out - ref).norm() / ref.norm()).item() < 1e-3
+    mlp = make_mlp(32, 3, 64, 2, fused=True).cuda()
+    assert mlp.fused_ok(out)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert not mlp.fused_ok(out)
