@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +28,16 @@ UV_STEP = 2.0 / UV_SCALE
 # int16 storage q_s = q - 32768, so uv = q_s * step + (32768 * step - 1).
 UV_OFFSET = 32768.0 * UV_STEP - 1.0
 MODES = ("delta", "reconstruct")
+# Compiled kernels are specialised per batch size: batches are padded to a power of two up to this bound (and
+# split above it), so a server with varying batch sizes compiles at most a handful of shapes.
+MAX_BUCKET = 32
+
+
+def pad_to_bucket(idx: torch.Tensor) -> torch.Tensor:
+    """Pad a frame index to the next power of two by repeating its last entry."""
+    n = int(idx.shape[0])
+    bucket = 1 << (n - 1).bit_length()
+    return idx if bucket == n else torch.cat([idx, idx[-1:].expand(bucket - n)])
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -111,16 +120,28 @@ class Compositor:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         idx = frames if isinstance(frames, torch.Tensor) and frames.device == self.device else self.frame_index(frames)
-        args: tuple[Any, ...] = (self.uvq, self.mask, self.illum, self.frames, idx, texture, mode == "reconstruct")
+        reconstruct = mode == "reconstruct"
         if not self._use_compile:
-            return composite_kernel(*args)
+            return composite_kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
+        n = int(idx.shape[0])
+        if n > MAX_BUCKET:
+            return torch.cat([self.composite(idx[s:s + MAX_BUCKET], texture, mode) for s in range(0, n, MAX_BUCKET)])
+        padded = pad_to_bucket(idx)
         with self._compile_lock:  # dynamo's first trace of a new shape is not thread-safe
             try:
-                return self._kernel(*args)
+                out = self._kernel(self.uvq, self.mask, self.illum, self.frames, padded, texture, reconstruct)
             except Exception as exc:  # noqa: BLE001 - a compiler failure must not take rendering down
                 warnings.warn(f"torch.compile of the compositor failed, using eager mode: {exc}", stacklevel=2)
                 self._use_compile = False
-                return composite_kernel(*args)
+                return composite_kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
+        return out[:n]
+
+    def warmup(self, texture: torch.Tensor, batch_sizes: Sequence[int] = (1, 8)) -> None:
+        """Compile the kernels for these batch sizes now (seconds each) rather than on the first request."""
+        for n in batch_sizes:
+            idx = torch.zeros(int(n), dtype=torch.int64, device=self.device)
+            for mode in MODES:
+                self.composite(idx, texture, mode)
 
     @property
     def compiled(self) -> bool:

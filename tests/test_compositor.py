@@ -14,7 +14,7 @@ from vatlas.models.reference_compositor import (
     to_uint8,
     upsample_bilinear,
 )
-from vatlas.server.compositor import UV_OFFSET, UV_STEP, Compositor
+from vatlas.server.compositor import UV_OFFSET, UV_STEP, Compositor, pad_to_bucket
 from vatlas.server.edits.engine import EditEngine
 
 ALL = [0, 1, 2, 3]
@@ -117,3 +117,10 @@ def test_cuda_matches_cpu(edited) -> None:
         gpu.apply(op)
     diff = np.abs(gpu.render(ALL).cpu().numpy().astype(int) - engine.render(ALL).numpy())
     assert (diff <= 1).mean() >= 0.999
+
+
+def test_batches_pad_to_power_of_two_buckets() -> None:
+    assert pad_to_bucket(torch.tensor([4])).tolist() == [4]
+    assert pad_to_bucket(torch.tensor([1, 2, 3])).tolist() == [1, 2, 3, 3]
+    assert pad_to_bucket(torch.arange(5)).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+    assert pad_to_bucket(torch.arange(8)).tolist() == list(range(8))

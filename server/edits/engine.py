@@ -169,6 +169,12 @@ class EditEngine:
         self.layers.rebuild(rect, self._live("paint"), self._live("adjust"))
 
     # ---- rendering ---------------------------------------------------------------------------------------
+    def warmup(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
+        """Compile the GPU compositor for these batch sizes now (a few seconds each; no-op when eager)."""
+        if self.compositor.compiled:
+            with self._lock:
+                self.compositor.warmup(self.layers.delta, batch_sizes)
+
     def render(self, frames: Sequence[int] | int, *, scale: float = 1.0,
                region: Sequence[float] | None = None, mode: str = "delta") -> torch.Tensor:
         """Edited frames -> uint8 (N, H', W', 3) on the engine's device.
