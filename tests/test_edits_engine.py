@@ -229,3 +229,14 @@ def test_concurrent_apply_and_render(bundle) -> None:
     for op in engine.document()["ops"]:
         replay.apply(op)
     assert torch.allclose(engine.layers.delta, replay.layers.delta, atol=1e-5)
+
+
+def test_sticker_outside_the_mapped_surface_is_refused(bundle) -> None:
+    unknown = shifted_bundle()
+    unknown.inverse_map[:] = np.nan
+    engine = EditEngine(unknown, "cpu")
+    with pytest.raises(OpError) as info:
+        engine.apply({"id": "k", "type": "sticker", "frame": 0, "position": [30, 20],
+                      "image": png_bytes(solid_rgba(4, 4))})
+    assert info.value.code == "INVALID_ARGUMENT" and "outside the mapped surface" in info.value.message
+    assert engine.objects() == []

@@ -48,6 +48,9 @@ def track_sticker(geom: AtlasGeometry, op: dict[str, Any], device: torch.device)
     b = geom.inverse_at(frames, probes)  # (T, 5, 2)
     jac = np.stack([(b[:, 1] - b[:, 2]) / (2 * step), (b[:, 3] - b[:, 4]) / (2 * step)], axis=-1)  # (T, 2, 2)
     centre = b[:, 0].copy()
+    if not np.isfinite(centre[frame]).all():
+        raise ValueError(f"the anchor {anchor.tolist()} on frame {frame} is outside the mapped surface "
+                         "(the inverse map is unknown there)")
     j_ref = jac[frame]
     rgba = decode_image(op["image"], op_id=op.get("id", ""))
     h, w = rgba.shape[:2]
