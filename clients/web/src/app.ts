@@ -23,6 +23,7 @@ const PALETTE = ["#ff6b6b", "#4da3ff", "#34c759", "#ffb020", "#bf5af2", "#5ac8fa
 const DRAFT = { scale: 0.5, quality: 60 };
 const FINAL = { scale: 1, quality: 90 };
 const IDLE_MS = 250;
+const MIN_SCALE = 0.25;
 const MAX_POINTS = 4000;
 
 interface Params {
@@ -57,6 +58,7 @@ export class App {
   private shownDraft = false;
   private idleTimer: number | undefined;
   private renders = 0;
+  private readonly editLatencies: number[] = [];
   private drafts = 0;
   // Playback.
   private playing = false;
@@ -87,7 +89,11 @@ export class App {
     byId<HTMLInputElement>("my-name").value = this.name;
     this.color = PALETTE[Math.floor(Math.random() * PALETTE.length)] ?? "#4da3ff";
     this.view = new View(byId<HTMLCanvasElement>("view-canvas"));
-    this.view.onTransform = () => this.updateZoomLabel();
+    this.view.onTransform = () => this.onTransform();
+    this.view.onEditShown = (ms) => {
+      this.editLatencies.push(ms);
+      this.view.canvas.dataset.editLatencyMs = ms.toFixed(1);
+    };
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     this.conn = new Connection({
       url: `${scheme}//${location.host}/ws`,
@@ -306,9 +312,9 @@ export class App {
     this.renderInFlight = true;
     this.renderWanted = false;
     const draft = this.interactive();
-    const quality = draft ? DRAFT : FINAL;
     const frame = this.frame;
     const atlas = this.atlas;
+    const quality = draft ? DRAFT : { scale: atlas ? 1 : this.finalScale(), quality: FINAL.quality };
     const counter = ++this.renderCounter;
     try {
       const response = await this.conn.request({
@@ -322,7 +328,7 @@ export class App {
           request_id: counter,
         },
       });
-      if (response.frame) await this.display(response.frame, atlas, draft);
+      if (response.frame) await this.display(response.frame, atlas, draft, quality.scale);
     } catch (error) {
       if (this.conn.isOpen) this.toast(`Render failed: ${messageOf(error)}`);
     } finally {
@@ -330,6 +336,19 @@ export class App {
     }
     if (this.renderWanted || frame !== this.frame || atlas !== this.atlas) this.renderNow();
     else if (draft) this.scheduleRefine();
+  }
+
+  /** Full resolution unless the frame is shown smaller: then only the pixels the screen can show. */
+  private finalScale(): number {
+    const onScreen = this.view.zoom * (window.devicePixelRatio || 1);
+    return Math.min(FINAL.scale, Math.max(MIN_SCALE, Math.ceil(onScreen * 8) / 8));
+  }
+
+  private onTransform(): void {
+    this.updateZoomLabel();
+    // Zoomed in past what the last render resolved: ask again at the sharper scale.
+    const shown = this.view.shown;
+    if (shown && !shown.atlas && !this.playing && shown.scale < this.finalScale()) this.renderNow();
   }
 
   private scheduleRefine(): void {
@@ -341,7 +360,7 @@ export class App {
   }
 
   /** Decode off the main thread (createImageBitmap) and show it. */
-  private async display(frame: RenderedFrame, atlas: boolean, draft: boolean): Promise<void> {
+  private async display(frame: RenderedFrame, atlas: boolean, draft: boolean, scale: number): Promise<void> {
     const data = frame.data ?? new Uint8Array();
     const format = frame.format || "jpeg";
     let bitmap: ImageBitmap;
@@ -360,9 +379,9 @@ export class App {
       bitmap = await createImageBitmap(new Blob([data as BlobPart], { type: `image/${format}` }));
     }
     const full: [number, number] = atlas
-      ? [bitmap.width / (draft ? DRAFT.scale : 1), bitmap.height / (draft ? DRAFT.scale : 1)]
+      ? [Math.round(bitmap.width / scale), Math.round(bitmap.height / scale)]
       : [this.bundle?.width ?? bitmap.width, this.bundle?.height ?? bitmap.height];
-    this.view.show({ bitmap, frame: frame.frame ?? 0, atlas, seq: frame.seq ?? 0, width: full[0], height: full[1] });
+    this.view.show({ bitmap, frame: frame.frame ?? 0, atlas, seq: frame.seq ?? 0, scale, width: full[0], height: full[1] });
     this.shownDraft = draft;
     this.renders++;
     if (draft) this.drafts++;
@@ -404,6 +423,7 @@ export class App {
     byId("play-btn").dataset.playing = "true";
     const frames = this.bundle?.frames ?? 1;
     const start = this.frame >= frames - 1 ? 0 : this.frame;
+    const playScale = this.finalScale();
     this.playbackId = this.conn.stream(
       {
         playback: {
@@ -412,11 +432,11 @@ export class App {
           loop: true,
           format: "jpeg",
           quality: 80,
-          scale: 1,
+          scale: playScale,
         },
       },
       (response) => {
-        if (response.frame) void this.display(response.frame, false, false);
+        if (response.frame) void this.display(response.frame, false, false, playScale);
         else if (response.error) {
           // The server would not stream: pace requests here instead, still at the clip's fps.
           this.endServerPlayback();
@@ -470,6 +490,7 @@ export class App {
   private sendOp(op: EditOp, preview?: Preview): void {
     if (!this.session) return;
     if (preview) {
+      preview.sentAt = performance.now();
       this.view.previews.push(preview);
       this.view.invalidate();
     }
@@ -1005,6 +1026,10 @@ export class App {
       },
       get pendingPreviews() {
         return app.view.previews.length;
+      },
+      /** Milliseconds from sending each op to showing the first server frame that includes it. */
+      get editLatencies() {
+        return [...app.editLatencies];
       },
       /** RGBA of the server's last frame at full-resolution pixel (x, y), without previews or cursors. */
       framePixel(x: number, y: number): number[] {

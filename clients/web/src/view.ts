@@ -11,6 +11,8 @@ export interface Preview {
   opacity: number;
   /** Server sequence number once accepted; the preview goes away when a frame at or past it is shown. */
   seq: number | null;
+  /** performance.now() when the op was sent (for the edit-to-pixels latency). */
+  sentAt?: number;
 }
 
 export interface ShownFrame {
@@ -18,6 +20,8 @@ export interface ShownFrame {
   frame: number;
   atlas: boolean;
   seq: number;
+  /** The render's scale (1 = full resolution). */
+  scale: number;
   /** Size in full-resolution pixels the bitmap covers (it may be a lower-resolution render). */
   width: number;
   height: number;
@@ -36,6 +40,8 @@ export class View {
   private dirty = true;
   /** Called after zoom or pan changes (the toolbar shows the zoom). */
   onTransform: () => void = () => undefined;
+  /** Called with the milliseconds from sending an op to showing a server frame that includes it. */
+  onEditShown: (ms: number) => void = () => undefined;
   private fitted = false;
   /** Frame size in full-resolution pixels (the bundle's), used before the first frame arrives. */
   size: Vec2 = [1, 1];
@@ -61,7 +67,12 @@ export class View {
     this.shown?.bitmap.close();
     this.shown = frame;
     // Previews are only placeholders until the server's own pixels include the op.
-    this.previews = this.previews.filter((p) => p.seq === null || p.seq > frame.seq);
+    const now = performance.now();
+    this.previews = this.previews.filter((p) => {
+      const done = p.seq !== null && p.seq <= frame.seq;
+      if (done && p.sentAt !== undefined && !frame.atlas) this.onEditShown(now - p.sentAt);
+      return !done;
+    });
     if (!this.fitted) this.fit();
     this.invalidate();
   }
@@ -97,6 +108,7 @@ export class View {
     this.zoom = next;
     this.offset = [clientX - rect.left - fx * next, clientY - rect.top - fy * next];
     this.invalidate();
+    this.onTransform();
   }
 
   zoomCentre(factor: number): void {
