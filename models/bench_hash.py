@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlp-precision", default="fp32", choices=("fp32", "tf32", "bf16"),
                         help="torch MLP math on CUDA: fp32, tf32 matmuls, or bf16 autocast (encoding stays fp32; "
                              "the fused Triton MLP always uses tf32 dots and does not run under autocast)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture the whole step in a CUDA graph (removes per-step Python/launch cost; "
+                             "not for torch-compile)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -112,7 +115,9 @@ def _build(backend: str, dims: int, args: argparse.Namespace, device: torch.devi
 def _make_step(field: Field, backend: str, args: argparse.Namespace, device: torch.device, dims: int
                ) -> tuple[Callable[[], torch.Tensor], torch.optim.Optimizer]:
     fused = device.type == "cuda"
-    opt = torch.optim.Adam(field.parameters(), lr=1e-2, fused=fused, foreach=None if fused else False)
+    graph = fused and args.cuda_graph and backend != "torch-compile"
+    opt = torch.optim.Adam(field.parameters(), lr=1e-2, fused=fused, foreach=None if fused else False,
+                           capturable=graph)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.mlp_precision == "bf16"
                 else contextlib.nullcontext())
 
@@ -126,14 +131,31 @@ def _make_step(field: Field, backend: str, args: argparse.Namespace, device: tor
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
     def step() -> torch.Tensor:
-        x = torch.rand(args.batch, dims, device=device, generator=generator)
+        # a graph replays the default generator's Philox stream; eager steps use their own generator
+        x = torch.rand(args.batch, dims, device=device, generator=None if graph else generator)
         loss = compiled(x, _target(x, dims + 1))
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not graph)
         loss.backward()
         opt.step()
         return loss.detach()
 
-    return step, opt
+    if not graph:
+        return step, opt
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up outside the graph: compiles kernels, allocates grads and Adam state
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        static_loss = step()
+
+    def replay() -> torch.Tensor:
+        cuda_graph.replay()
+        return static_loss
+
+    return replay, opt
 
 
 def _time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -> float:
@@ -167,8 +189,9 @@ def bench_one(backend: str, dims: int, args: argparse.Namespace, device: torch.d
     times = [_time_steps(step, args.steps, device) for _ in range(args.reps)]
     last_loss = float(step())
     ms = statistics.median(times)
+    graphed = device.type == "cuda" and args.cuda_graph and backend != "torch-compile"
     row: dict[str, Any] = {
-        "backend": backend,
+        "backend": backend + ("+graph" if graphed else ""),
         "dims": dims,
         "batch": args.batch,
         "ms_per_step": ms,
@@ -212,7 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "config": {k: getattr(args, k) for k in ("batch", "levels", "features", "log2_hashmap_size",
                                                  "base_resolution", "per_level_scale", "mlp_width",
-                                                 "mlp_hidden", "mlp_precision", "steps", "reps", "warmup")},
+                                                 "mlp_hidden", "mlp_precision", "cuda_graph", "steps", "reps",
+                                                 "warmup")},
     }
     with contextlib.suppress(ImportError):
         import triton

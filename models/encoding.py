@@ -17,6 +17,7 @@ table is indexed densely (no collisions); larger levels use the instant-NGP XOR-
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from dataclasses import asdict, dataclass
@@ -127,10 +128,12 @@ def level_layout(cfg: HashGridConfig) -> LevelLayout:
     return LevelLayout(tuple(scales), tuple(resolutions), tuple(sizes), tuple(offsets), tuple(dense))
 
 
+@functools.cache
 def tcnn_available() -> bool:
     return importlib.util.find_spec("tinycudann") is not None
 
 
+@functools.cache  # called on every forward of a fused MLP: keep it off the per-step Python cost
 def triton_available() -> bool:
     """Triton kernels can run here: triton installed, our kernel module present, a CUDA device."""
     return (importlib.util.find_spec("triton") is not None

@@ -378,7 +378,7 @@ def _mlp_bwd_kernel(x_ptr, gout_ptr, gx_ptr, w0, b0, w1, b1, w2, b2, wo, bo,
             _flush_vec(acc_b2, gb2, W, W)
 
 
-MLP_FWD_BLOCK = 128
+MLP_FWD_BLOCK = 64
 MLP_BWD_BLOCK = 64
 MLP_WARPS = 4
 # Each backward program handles this many blocks, then flushes its weight gradients once.
