@@ -76,7 +76,21 @@ def stroke(page: Any, points: list[tuple[float, float]], colour: str, width: int
     page.mouse.up()
 
 
-def take(out: Path) -> None:
+def report_latency(page: Any, cx: float, cy: float, strokes: int) -> None:
+    """Draw `strokes` short strokes and print the edit-to-pixels latency the page measured (ms)."""
+    import statistics
+
+    start = len(page.evaluate("window.vatlas.editLatencies"))
+    for i in range(strokes):
+        y = cy - 40 + 80 * i / max(1, strokes - 1)
+        stroke(page, [(cx - 30, y), (cx + 30, y)], "#30d158", 4)
+        page.wait_for_function("(n) => window.vatlas.editLatencies.length > n", arg=start + i)
+    values = page.evaluate("window.vatlas.editLatencies")[start:]
+    print(f"edit-to-pixels latency over {strokes} strokes (pointer up -> server frame shown): "
+          f"median {statistics.median(values):.1f} ms, max {max(values):.1f} ms")
+
+
+def take(out: Path, measure: int = 0) -> None:
     from playwright.sync_api import sync_playwright
     from vatlas.models.bundle import save_bundle
 
@@ -119,6 +133,8 @@ def take(out: Path) -> None:
                 alice.wait_for_timeout(500)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 alice.screenshot(path=str(out))
+                if measure:
+                    report_latency(alice, cx, cy, measure)
                 browser.close()
         finally:
             proc.terminate()
@@ -128,11 +144,13 @@ def take(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
+    parser.add_argument("--measure", type=int, default=0, metavar="N",
+                        help="after the screenshot, draw N strokes and print the edit-to-pixels latency")
     args = parser.parse_args(argv)
     if not Path("/usr/bin/chromium").exists():
         print("web_screenshot: /usr/bin/chromium is missing", file=sys.stderr)
         return 2
-    take(args.out)
+    take(args.out, args.measure)
     print(f"wrote {args.out}")
     return 0
 
