@@ -74,10 +74,36 @@ def test_bundles_list_info_load(stubs) -> None:
         assert _code(info) == code
 
 
-def test_fit_without_upload_or_module_is_a_clean_error(stubs) -> None:
+def test_fit_requests_are_validated_before_any_work(stubs) -> None:
+    upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename="c.mp4", data=b"x" * 10)]),
+                                       metadata=stubs.metadata)
+    roi = '{"ref_frame": 0, "polygons": [[[1, 1], [20, 1], [20, 20]]]}'
+    cases = [
+        (dict(upload_id="u0", name="x", roi_json=roi), {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED}),
+        (dict(upload_id=upload.upload_id, name=TINY_BUNDLE, roi_json=roi), {grpc.StatusCode.ALREADY_EXISTS}),
+        (dict(upload_id=upload.upload_id, name="new", roi_json="{nope"), {grpc.StatusCode.INVALID_ARGUMENT}),
+        (dict(upload_id=upload.upload_id, name="new", roi_json=roi, preset="ultra"),
+         {grpc.StatusCode.INVALID_ARGUMENT}),
+        (dict(upload_id=upload.upload_id, name="../x", roi_json=roi), {grpc.StatusCode.INVALID_ARGUMENT}),
+        (dict(upload_id=upload.upload_id, name="new", roi_json=roi, width=64), {grpc.StatusCode.INVALID_ARGUMENT}),
+    ]
+    for fields, codes in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stubs.bundles.StartFit(bundles_pb2.StartFitRequest(**fields), metadata=stubs.metadata))
+        assert _code(info) in codes, (fields, info.value.details())
+
+
+def test_a_failing_fit_reports_its_error_in_the_stream(stubs) -> None:
+    upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename="c.mp4", data=b"not a video")]),
+                                       metadata=stubs.metadata)
+    roi = '{"ref_frame": 0, "polygons": [[[1, 1], [20, 1], [20, 20]]]}'
+    events = []
     with pytest.raises(grpc.RpcError) as info:
-        list(stubs.bundles.StartFit(bundles_pb2.StartFitRequest(upload_id="u0", name="x"), metadata=stubs.metadata))
-    assert _code(info) in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND)
+        for event in stubs.bundles.StartFit(bundles_pb2.StartFitRequest(upload_id=upload.upload_id, name="broken",
+                                                                        roi_json=roi), metadata=stubs.metadata):
+            events.append(event)
+    assert events and events[0].stage == "fitting"
+    assert _code(info) == grpc.StatusCode.FAILED_PRECONDITION and "fit failed" in info.value.details()
 
 
 def test_upload_is_stored(stubs) -> None:

@@ -128,11 +128,16 @@ def test_sigkill_loses_no_acknowledged_op(server_process_factory, tmp_path: Path
     # one object everybody toggles, created before the storm
     asyncio.run(_seed(server.grpc_target, server.token, info, acked))
     for round_no in range(3):
-        delay = rng.uniform(0.3, 1.2)
+        delay = rng.uniform(0.05, 0.8)
 
         async def storm(target: str = server.grpc_target, ws_url: str = server.ws_url, r: int = round_no,
                         d: float = delay) -> None:
+            before = len(acked)
             editors = asyncio.create_task(_edit_until_killed(target, ws_url, server.token, info, r, acked))
+            for _ in range(600):  # a loaded machine may be slow: start the clock at the round's first ack
+                if len(acked) > before or editors.done():
+                    break
+                await asyncio.sleep(0.05)
             await asyncio.sleep(d)
             server.kill()  # SIGKILL at a random moment, ops in flight
             await asyncio.wait_for(editors, 60)

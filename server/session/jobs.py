@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import json
 import re
 import secrets
@@ -15,7 +14,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ class Jobs:
         self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.uploads: dict[str, Path] = {}
         self._exports = asyncio.Semaphore(2)  # exports share the GPU with live rendering
+        self._fitting: set[str] = set()
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -83,66 +83,76 @@ class Jobs:
     # ---------------------------------------------------------------- fits
 
     async def start_fit(self, request: bundles_pb2.StartFitRequest) -> AsyncIterator[bundles_pb2.FitProgress]:
-        """Run models.fit in a worker thread and stream its progress; UNIMPLEMENTED without a fit module."""
-        fit = _fit_function()
+        """Validate, then run `vatlas fit` (models.fit) in a worker thread and stream progress.
+
+        UNIMPLEMENTED when this build has no fit module. The fit reports no per-iteration progress to callers,
+        so the stream carries a heartbeat (stage "fitting", elapsed seconds in `message`) until it is done.
+        """
+        _require_fit_module()
         path = self.uploads.get(request.upload_id)
         if path is None:
             raise CoreError("NOT_FOUND", f"no upload {request.upload_id!r}")
         name = check_bundle_name(request.name)
         out = self.core.bundles.path(name)
-        if out.exists():
+        if out.exists() or name in self._fitting:
             raise CoreError("ALREADY_EXISTS", f"a bundle named {name!r} already exists")
         if request.preset not in PRESETS:
             raise CoreError("INVALID_ARGUMENT", f"preset {request.preset!r} is not one of draft, standard, best")
         try:
-            roi = json.loads(request.roi_json) if request.roi_json else None
+            roi = json.loads(request.roi_json)
         except json.JSONDecodeError as exc:
             raise CoreError("INVALID_ARGUMENT", f"roi_json is not JSON: {exc}") from None
+        if not isinstance(roi, dict) or not isinstance(roi.get("polygons"), list):
+            raise CoreError("INVALID_ARGUMENT", 'roi_json must look like {"ref_frame": 0, "polygons": [[[x, y], ...]]}')
         if request.width > 8192 or request.height > 8192 or request.iterations > 10_000_000:
             raise CoreError("INVALID_ARGUMENT", "width/height must be <= 8192 and iterations <= 10^7")
-        options = {"roi": roi, "preset": request.preset or "standard", "iterations": request.iterations or None,
-                   "size": (request.width, request.height) if request.width and request.height else None}
-        return self._run_fit(fit, path, out, name, options)
+        if bool(request.width) != bool(request.height):
+            raise CoreError("INVALID_ARGUMENT", "give both width and height, or neither")
+        roi_path = path.with_name(f"{name}.roi.json")
+        roi_path.write_text(json.dumps(roi))
+        device = str(self.core.config.device)
+        argv = ["fit", str(path), "--roi", str(roi_path), "--out", str(out), "--quiet",
+                "--preset", request.preset or "standard",
+                "--device", "cuda" if device.startswith("cuda") else device]
+        if request.iterations:
+            argv += ["--iters", str(request.iterations)]
+        if request.width:
+            argv += ["--size", f"{request.width}x{request.height}"]
+        return self._run_fit(argv, name)
 
-    async def _run_fit(self, fit: Callable[..., Any], video: Path, out: Path, name: str,
-                       options: dict[str, Any]) -> AsyncIterator[bundles_pb2.FitProgress]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        started = time.monotonic()
-
-        def progress(stage: str = "", fraction: float = 0.0, iteration: int = 0,
-                     losses: dict[str, float] | None = None, **_: Any) -> None:
-            elapsed = time.monotonic() - started
-            eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else 0.0
-            event = bundles_pb2.FitProgress(stage=str(stage), fraction=float(fraction), iteration=int(iteration),
-                                            losses={k: float(v) for k, v in (losses or {}).items()},
-                                            eta_seconds=eta)
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+    async def _run_fit(self, argv: list[str], name: str) -> AsyncIterator[bundles_pb2.FitProgress]:
+        from vatlas.cli import build_parser
 
         def work() -> None:
             try:
-                kwargs = {k: v for k, v in options.items() if k in inspect.signature(fit).parameters}
-                if "progress" in inspect.signature(fit).parameters:
-                    kwargs["progress"] = progress
-                fit(video, out, **kwargs)
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-            except Exception as exc:  # noqa: BLE001 - reported to the client as the fit's outcome
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                args = build_parser().parse_args(argv)
+            except SystemExit:
+                raise CoreError("INVALID_ARGUMENT", f"bad fit options: {' '.join(argv[5:])}") from None
+            try:
+                args.func(args)
+            except Exception as exc:  # noqa: BLE001 - every failure of the fit is reported to the client
+                raise CoreError("FAILED_PRECONDITION" if type(exc).__name__ in _USER_ERRORS else "INTERNAL",
+                                f"fit failed: {exc}") from None
 
+        self._fitting.add(name)
+        started = time.monotonic()
         task = asyncio.ensure_future(asyncio.to_thread(work))
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, Exception):
-                    raise CoreError("INTERNAL", f"fit failed: {item}")
-                yield item
+            yield bundles_pb2.FitProgress(stage="fitting", fraction=0.0, message="started")
+            while not task.done():
+                await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+                if not task.done():
+                    yield bundles_pb2.FitProgress(stage="fitting", fraction=0.0,
+                                                  message=f"{time.monotonic() - started:.0f} s elapsed")
+            task.result()
             info = self.core.bundles.info(name)
-            yield bundles_pb2.FitProgress(stage="done", fraction=1.0, done=True, bundle=info, message="fit finished")
+            yield bundles_pb2.FitProgress(stage="done", fraction=1.0, done=True, bundle=info,
+                                          message=f"fit finished in {time.monotonic() - started:.1f} s")
         finally:
-            if not task.done():  # the client went away: a thread cannot be stopped, it finishes on its own
-                task.add_done_callback(lambda t: t.exception())
+            if task.done():
+                self._fitting.discard(name)
+            else:  # the client went away: a thread cannot be stopped; it finishes and writes the bundle
+                task.add_done_callback(lambda t: (self._fitting.discard(name), t.exception()))
 
     # ---------------------------------------------------------------- exports
 
@@ -214,16 +224,14 @@ class Jobs:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _fit_function() -> Callable[..., Any]:
-    """models.fit's entry point `fit_to_bundle(video, out, *, roi, preset, iterations, size, progress)`."""
+_USER_ERRORS = ("CliError", "VatlasError", "VideoError", "RoiError", "FitError", "BundleError", "ValueError")
+HEARTBEAT_SECONDS = 2.0
+
+
+def _require_fit_module() -> None:
     try:
-        module = importlib.import_module("vatlas.models.fit")
+        importlib.import_module("vatlas.models.fit")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("vatlas.models.fit",):
+        if exc.name != "vatlas.models.fit":
             raise
         raise CoreError("UNIMPLEMENTED", "fitting is not available on this server (no vatlas.models.fit)") from None
-    fit = getattr(module, "fit_to_bundle", None)
-    if not callable(fit):
-        raise CoreError("UNIMPLEMENTED", "vatlas.models.fit has no fit_to_bundle(video, out, ...) entry point")
-    return fit
-
