@@ -64,7 +64,11 @@ export class View {
   }
 
   show(frame: ShownFrame): void {
-    this.shown?.bitmap.close();
+    const previous = this.shown;
+    const [w, h] = previous ? [previous.width, previous.height] : this.size;
+    // A different picture size (frame <-> atlas) needs a new fit; same size keeps the user's zoom and pan.
+    if (frame.width !== w || frame.height !== h) this.fitted = false;
+    previous?.bitmap.close();
     this.shown = frame;
     // Previews are only placeholders until the server's own pixels include the op.
     const now = performance.now();
