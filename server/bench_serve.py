@@ -10,7 +10,8 @@ and drives it with real gRPC (grpc.aio) and WebSocket clients:
   its own session; reports frames per second per client (mean and slowest). Clients run in several worker
   processes so the Python client side is not the bottleneck.
 * memory: the server's RSS (from /proc) and GPU memory (nvidia-smi, when present) sampled over the whole run;
-  a soak phase (playback clients plus a steady editor) fills `--duration` seconds; the slope says whether
+  a soak phase (4 playback clients plus an editor updating, toggling, undoing and redoing a fixed set of
+  strokes and rendering after each op) fills `--duration` seconds; the slope over the soak says whether
   memory stays flat.
 """
 
@@ -232,6 +233,62 @@ async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: t
     return out
 
 
+async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size: tuple[int, int],
+                       quality: int) -> None:
+    """One participant editing a fixed set of strokes (updates, visibility toggles, undo/redo) at ~20 ops/s
+    and rendering after each, so the document stays the same size and memory should stay flat."""
+    import grpc
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
+
+    rng = random.Random(3)
+    async with grpc.aio.insecure_channel(target) as channel:
+        render = render_pb2_grpc.RenderStub(channel)
+        outbox: asyncio.Queue = asyncio.Queue()
+
+        async def requests() -> Any:
+            while True:
+                item = await outbox.get()
+                if item is None:
+                    return
+                yield item
+
+        async def drain() -> None:
+            async for _ in call:
+                pass
+
+        call = sessions_pb2_grpc.SessionsStub(channel).Connect(requests())
+        reader = asyncio.create_task(drain())
+        outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+            session_id=info.session_id, join_token=info.join_token, name="bench-soak", participant_id="soak")))
+        for k in range(8):
+            op = _stroke(f"soak{k}", k % frames, rng, *size)
+            outbox.put_nowait(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            target_id = f"soak{rng.randrange(8)}"
+            roll = rng.randrange(4)
+            if roll == 0:
+                message = sessions_pb2.ClientMessage(op=edits_pb2.EditOp(
+                    id=f"su{n}", type="update", target=target_id, set=edits_pb2.EditOp(opacity=rng.uniform(0.2, 1))))
+            elif roll == 1:
+                message = sessions_pb2.ClientMessage(op=edits_pb2.EditOp(
+                    id=f"sv{n}", type="set_visible", target=target_id, visible=bool(n % 2)))
+            elif roll == 2:
+                message = sessions_pb2.ClientMessage(undo=sessions_pb2.Undo())
+            else:
+                message = sessions_pb2.ClientMessage(redo=sessions_pb2.Redo())
+            outbox.put_nowait(message)
+            await render.RenderFrame(render_pb2.RenderRequest(
+                session_id=info.session_id, join_token=info.join_token, frame=n % frames, quality=quality))
+            await asyncio.sleep(0.05)
+        outbox.put_nowait(None)
+        call.cancel()
+        reader.cancel()
+
+
 async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                       quality: int) -> list[float]:
     from vatlas.server.doors import wire
@@ -434,15 +491,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if remaining > 1.0:
                 soak_clients = min(4, max(client_counts))
 
-                async def editor(seconds: float) -> None:
-                    end = time.monotonic() + seconds
-                    n = 0
-                    while time.monotonic() < end:
-                        await _latency_grpc(server.grpc, info, 20, args.frames, (width, height), args.quality)
-                        n += 1
-                        await asyncio.sleep(0.05)
-
-                thread = threading.Thread(target=lambda: asyncio.run(editor(remaining)), daemon=True)
+                thread = threading.Thread(target=lambda: asyncio.run(_soak_editor(
+                    server.grpc, info, remaining, args.frames, (width, height), args.quality)), daemon=True)
                 thread.start()
                 _run_playback(pool, "grpc", server, [(info.session_id, info.join_token)] * soak_clients, args.fps,
                               remaining, args.quality, min(workers, soak_clients))

@@ -232,8 +232,8 @@ def test_connect_join_ops_undo_redo_and_resume(running_server) -> None:
             redo2 = await alice.event("applied", where=lambda a: a.op.type == "update" and a.seq > redo.seq)
             assert redo2.op.set.width == 9.0
             alice.send(redo=sessions_pb2.Redo())
-            err = await alice.event("error")
-            assert err.code == "FAILED_PRECONDITION" and "redo" in err.message
+            err = await alice.event("rejected", where=lambda r: r.op_id == "")
+            assert err.error.code == "FAILED_PRECONDITION" and "redo" in err.error.message
             # a late joiner resuming after seq 1 gets the tail only; a fresh one the snapshot with a1 at width 9
             bob = GrpcSession(stubs)
             bob.send(join=sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token, name="bob",

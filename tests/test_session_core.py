@@ -123,11 +123,12 @@ def test_undo_after_someone_else_deleted_reports_and_moves_on(tiny_models_dir: P
             drain(alice)
             await core.undo(alice)  # undo the update: the object is gone -> an error, the step is dropped
             events = drain(alice)
-            assert kinds(events) == ["error"] and "cannot undo" in events[0].error.message
+            assert kinds(events) == ["rejected"] and "cannot undo" in events[0].rejected.error.message
+            assert events[0].rejected.op_id == "" and events[0].rejected.error.code == "FAILED_PRECONDITION"
             await core.undo(alice)  # the next step (delete the stroke) is also impossible: already deleted
-            assert kinds(drain(alice)) == ["error"]
+            assert kinds(drain(alice)) == ["rejected"]
             await core.undo(alice)
-            assert drain(alice)[0].error.message == "nothing to undo"
+            assert drain(alice)[0].rejected.error.message == "nothing to undo"
             # bob's own undo restores it, and everyone sees the restore
             await core.undo(bob)
             restored = [e.applied.op for e in drain(alice) if e.WhichOneof("kind") == "applied"]

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 MAX_TASKS = 64  # concurrent requests of one connection (renders, exports, ...)
 CLOSE_POLICY = 1008
+HELLO_TIMEOUT = 30.0
 
 
 class WsConnection:
@@ -103,7 +104,12 @@ class WsConnection:
             await self._cleanup()
 
     async def _hello(self) -> bool:
-        frame = await self.ws.recv()
+        try:
+            frame = await asyncio.wait_for(self.ws.recv(), HELLO_TIMEOUT)
+        except TimeoutError:
+            await self.send_error(0, "DEADLINE_EXCEEDED", f"no hello within {HELLO_TIMEOUT:g} s")
+            await self.ws.close(CLOSE_POLICY, "no hello")
+            return False
         request_id = _peek_request_id(frame)
         try:
             if isinstance(frame, str):

@@ -11,7 +11,9 @@ Op path (per session, under the session's lock, so sequence order = log order = 
 
 Undo/redo are per participant (history kept in memory across reconnects of one participant id, not across
 server restarts): the inverse of each accepted op is computed against the state it replaced and submitted as
-a new op when the participant undoes, so everyone sees undo as an ordinary op in the log.
+a new op when the participant undoes, so everyone sees undo as an ordinary op in the log. Every undo/redo
+gets exactly one answer: OpAccepted (op_id "undo:..."/"redo:...") or OpRejected with op_id "" (nothing to
+undo, or someone else's edit made the step impossible: that step is dropped).
 """
 
 from __future__ import annotations
@@ -395,14 +397,14 @@ class ServerCore:
         session: Session = participant.session
         word = "redo" if redo else "undo"
         if not participant.ops_bucket.take():
-            participant.send(_event(error=_error("RESOURCE_EXHAUSTED", f"too many {word}s: slow down")))
+            self._reject(participant, "RESOURCE_EXHAUSTED", f"too many {word}s: slow down", "")
             return
         await self._ensure_engine(session)
         async with session.lock:
             history = session.history.setdefault(participant.participant_id, History())
             source, sink = (history.redo, history.undo) if redo else (history.undo, history.redo)
             if not source:
-                participant.send(_event(error=_error("FAILED_PRECONDITION", f"nothing to {word}")))
+                self._reject(participant, "FAILED_PRECONDITION", f"nothing to {word}", "")
                 return
             op = {**source.pop(), "id": f"{word}:{secrets.token_hex(10)}"}
             try:
@@ -412,7 +414,7 @@ class ServerCore:
                 seq = await self._commit(session, participant.participant_id, op, word)
             except (OpError, CoreError) as exc:
                 # someone else's edit made this step impossible (e.g. the object was deleted): drop it
-                participant.send(_event(error=_error(exc.code, f"cannot {word}: {exc.message}")))
+                self._reject(participant, exc.code, f"cannot {word}: {exc.message}", "")
                 return
             if inverse is not None:
                 sink.append(inverse)
