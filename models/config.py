@@ -20,14 +20,14 @@ class FitConfig:
     iters_main: int = 6000
     iters_refine: int = 1500
     iters_inverse: int = 2000
-    iters_mapping_init: int = 300  # pretrain T toward uv = normalized xy before the main stage
+    iters_mapping_init: int = 500  # pretrain T toward the reference correspondences
     batch_size: int = 20000
     eval_every: int = 500  # ROI PSNR on the reference frame, best checkpoint kept (as RNA does)
     seed: int = 0
     # learning rates (RNA: hash grids 5e-2, MLPs 5e-4); decayed exponentially to lr * lr_final_factor
     lr_grid: float = 5e-2
     lr_mlp: float = 5e-4
-    lr_mapping: float = 1e-3
+    lr_mapping: float = 1e-3  # T in the init and main stages
     lr_inverse: float = 2e-3
     lr_final_factor: float = 0.1
     # loss weights (RNA eq. 2-10)
@@ -42,7 +42,7 @@ class FitConfig:
     ref_mask: float = 0.4
     flow_alpha: float = 0.8  # |M(p) - M(p_a)| along adjacent flow
     ref_flow_alpha: float = 0.8  # |M(p) - M(p_r)| along the reference correspondence
-    illumination_reg: float = 0.8
+    illumination_reg: float = 0.05  # RNA's 0.8 held L at 1 against real lighting changes here
     # mask refinement (RNA 3.3)
     refine: float = 0.01
     refine_flow_alpha: float = 0.1
@@ -60,6 +60,10 @@ class FitConfig:
     ref_fb_px: float = 5.0
     ref_hops: int = 6  # intermediate frames chained toward the reference (RNA uses 9)
     ref_ncc_min: float = 0.5  # final check: local normalized cross-correlation (illumination invariant)
+    # network sizes (RNA: hash grids with 16 levels and log2 T = 15, mapping MLP 256 wide)
+    hash_levels: int = 16
+    hash_log2_size: int = 15
+    mapping_width: int = 256
     # bake
     atlas_size: int = 1024
     atlas_span: float = 1.25  # atlas_span_px = atlas_span * max(W, H)

@@ -1,0 +1,511 @@
+"""Fit an RNA atlas to a video and an ROI, then bake a bundle.
+
+Stages: flow (correspondences) -> init (T toward identity) -> main (T, A, M, L jointly, RNA eq. 2-8) ->
+refine (only M, RNA eq. 9-10) -> inverse (only B, INVE 3.3) -> bake (soft mask by matting, dense fields, metrics).
+Ctrl-C during a training stage writes a resumable checkpoint next to the output; `resume=True` continues it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vatlas.roi import Roi
+
+from . import losses
+from .bake import bake_bundle
+from .bundle import Bundle, save_bundle
+from .config import FitConfig
+from .correspondence import Correspondences, compute_correspondences, get_flow_backend
+from .encoding import HashGridConfig
+from .inverse_map import inverse_loss
+from .networks import NetworkConfig, RnaModel
+
+STAGES = ("flow", "init", "main", "refine", "inverse", "bake")
+TRAIN_STAGES = ("init", "main", "refine", "inverse")
+CHECKPOINT_VERSION = 1
+POTENTIAL_MASK_SIZE = 512
+
+
+class FitError(Exception):
+    """A fit cannot start or resume (bad checkpoint, inputs that do not match it)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FitError("--device cuda requested but CUDA is not available")
+    if device not in ("cpu", "cuda"):
+        raise FitError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def checkpoint_path(out: Path | str) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, span: float) -> NetworkConfig:
+    """Networks sized from the fit config (RNA: log2 T = 15 hash tables)."""
+    log2, levels = cfg.hash_log2_size, cfg.hash_levels
+    atlas_finest = float(cfg.extra.get("atlas_finest_resolution", max(cfg.atlas_size, 512)))
+
+    def grid(dims: int, finest: float) -> HashGridConfig:
+        return HashGridConfig(n_input_dims=dims, n_levels=levels, log2_hashmap_size=log2, base_resolution=16,
+                              finest_resolution=finest)
+
+    return NetworkConfig(
+        width=width, height=height, num_frames=num_frames, atlas_span_px=span,
+        atlas_grid=grid(2, atlas_finest), mask_grid=grid(3, float(max(width, height))),
+        inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, seed=cfg.seed,
+    )
+
+
+@dataclass
+class FitData:
+    """Inputs of a fit, on the compute device."""
+
+    frames_np: np.ndarray  # (T, H, W, 3) uint8
+    roi: Roi  # at working resolution
+    roi_mask: np.ndarray  # (H, W) bool
+    fps: float
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref_frame(self) -> int:
+        return self.roi.ref_frame
+
+
+class Fitter:
+    """Runs the stages; holds model, optimizer and progress so a checkpoint can capture all of it."""
+
+    def __init__(self, data: FitData, cfg: FitConfig, device: torch.device, *, show_progress: bool = True,
+                 log: Callable[[str], None] | None = None,
+                 callback: Callable[[str, int], None] | None = None) -> None:
+        self.data, self.cfg, self.device = data, cfg, device
+        self.show_progress = show_progress
+        self.callback = callback  # called as callback(stage, iteration) after every training step
+        self.resumed_from: dict[str, Any] | None = None
+        self.log = log or (lambda msg: tqdm.write(msg) if show_progress else None)
+        t, h, w = data.frames_np.shape[:3]
+        self.num_frames, self.height, self.width = t, h, w
+        self.span = cfg.atlas_span * max(w, h)
+        self.net_cfg = network_config(cfg, w, h, t, self.span)
+        torch.manual_seed(cfg.seed)
+        self.model = RnaModel(self.net_cfg).to(device)
+        self.stage = "flow"
+        self.iteration = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_psnr = -math.inf
+        self.stage_times: dict[str, float] = {}
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.corr: Correspondences | None = None
+        self.potential: torch.Tensor | None = None
+        self.tau = cfg.refine_tau
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "shape": [self.num_frames, self.height, self.width],
+            "ref_frame": self.data.ref_frame,
+            "stage": self.stage,
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "best_state": self.best_state,
+            "best_psnr": self.best_psnr,
+            "stage_times": self.stage_times,
+            "generator": self.generator.get_state(),
+        }
+
+    def save_checkpoint(self, path: Path) -> Path:
+        tmp = path.with_name(path.name + ".part")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise FitError(f"{path}: unreadable checkpoint ({exc})") from None
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise FitError(f"{path}: checkpoint version {state.get('version')} not supported")
+        if list(state["shape"]) != [self.num_frames, self.height, self.width] or \
+                state["ref_frame"] != self.data.ref_frame:
+            raise FitError(f"{path}: checkpoint was made for another video size, frame range or reference frame")
+        self.model.load_state_dict(state["model"])
+        self.stage, self.iteration = state["stage"], int(state["iteration"])
+        self.best_state, self.best_psnr = state["best_state"], float(state["best_psnr"])
+        self.stage_times = dict(state["stage_times"])
+        self.generator.set_state(state["generator"])
+        self._pending_optimizer = state["optimizer"]
+
+    # ---------------------------------------------------------------- tensors
+    def _prepare_tensors(self) -> None:
+        dev, corr = self.device, self.corr
+        assert corr is not None
+        self.frames = torch.from_numpy(self.data.frames_np).to(dev).float().div_(255.0)
+        self.ref_flow = torch.from_numpy(corr.ref_flow).to(dev)
+        self.ref_valid = torch.from_numpy(corr.ref_valid).to(dev)
+        self.init_mask = torch.from_numpy(corr.init_mask).to(dev)
+        if self.num_frames > 1:
+            self.adj_fwd = torch.from_numpy(corr.adj_fwd).to(dev)
+            self.adj_bwd = torch.from_numpy(corr.adj_bwd).to(dev)
+            self.adj_fwd_valid = torch.from_numpy(corr.adj_fwd_valid).to(dev)
+            self.adj_bwd_valid = torch.from_numpy(corr.adj_bwd_valid).to(dev)
+        self.roi_mask_t = torch.from_numpy(self.data.roi_mask).to(dev).float()
+        ys, xs = np.nonzero(self.data.roi_mask)
+        self.roi_pixels = torch.from_numpy(np.stack([xs, ys], 1)).to(dev)
+        self.ref_t_n = self.net_cfg.normalize_t(torch.tensor(float(self.data.ref_frame))).item()
+
+    def _xyt(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Continuous pixel coords + frame index -> normalized (N, 3)."""
+        return self.net_cfg.normalize_xyt(x, y, t.float())
+
+    def _rand(self, n: int, high: int) -> torch.Tensor:
+        return torch.randint(0, high, (n,), generator=self.generator).to(self.device)
+
+    def _sample(self, n: int) -> dict[str, torch.Tensor]:
+        """n random pixels over all frames and their correspondences."""
+        t = self._rand(n, self.num_frames)
+        y = self._rand(n, self.height)
+        x = self._rand(n, self.width)
+        batch = {"t": t, "x": x.float() + 0.5, "y": y.float() + 0.5, "rgb": self.frames[t, y, x]}
+        flow = self.ref_flow[t, y, x]
+        batch["ref_x"], batch["ref_y"] = batch["x"] + flow[:, 0], batch["y"] + flow[:, 1]
+        batch["ref_valid"] = self.ref_valid[t, y, x].float()
+        batch["init_mask"] = self.init_mask[t, y, x]
+        if self.num_frames > 1:
+            fwd = t < self.num_frames - 1
+            tf = t.clamp(max=self.num_frames - 2)
+            tb = (t - 1).clamp(min=0)
+            adj = torch.where(fwd[:, None], self.adj_fwd[tf, y, x], self.adj_bwd[tb, y, x])
+            valid = torch.where(fwd, self.adj_fwd_valid[tf, y, x], self.adj_bwd_valid[tb, y, x])
+            batch["adj_t"] = torch.where(fwd, t + 1, t - 1)
+            batch["adj_x"], batch["adj_y"] = batch["x"] + adj[:, 0], batch["y"] + adj[:, 1]
+            batch["adj_valid"] = valid.float()
+        return batch
+
+    def _sample_reference(self, n: int) -> dict[str, torch.Tensor]:
+        """Reference-frame samples: half inside the ROI (position + BCE), half uniform (BCE)."""
+        k = self._rand(n // 2, self.roi_pixels.shape[0])
+        inside = self.roi_pixels[k]
+        x = torch.cat([inside[:, 0], self._rand(n - n // 2, self.width)])
+        y = torch.cat([inside[:, 1], self._rand(n - n // 2, self.height)])
+        t = torch.full_like(x, self.data.ref_frame)
+        return {"x": x.float() + 0.5, "y": y.float() + 0.5, "t": t, "roi": self.roi_mask_t[y, x],
+                "inside": torch.arange(n, device=self.device) < n // 2}
+
+    # ---------------------------------------------------------------- stages
+    def run(self, out: Path | None, *, resume: bool = False) -> tuple[Bundle, dict[str, Any]]:
+        ckpt = checkpoint_path(out) if out is not None else None
+        self._pending_optimizer = None
+        if resume:
+            if ckpt is None or not ckpt.exists():
+                raise FitError(f"nothing to resume: {ckpt} does not exist")
+            self.load_checkpoint(ckpt)
+            self.resumed_from = {"stage": self.stage, "iteration": self.iteration}
+            self.log(f"resuming at stage {self.stage!r}, iteration {self.iteration}")
+        start_stage = self.stage
+        try:
+            for stage in STAGES[STAGES.index(start_stage):]:
+                if stage != self.stage:
+                    self.stage, self.iteration = stage, 0
+                    self._pending_optimizer = None
+                began = time.perf_counter()
+                if stage == "flow":
+                    self._stage_flow()
+                elif stage in TRAIN_STAGES:
+                    if self.corr is None:
+                        self._stage_flow(timed=False)
+                    self._train(stage)
+                else:
+                    if self.corr is None:
+                        self._stage_flow(timed=False)
+                    bundle = self._stage_bake()
+                self.stage_times[stage] = self.stage_times.get(stage, 0.0) + time.perf_counter() - began
+        except KeyboardInterrupt:
+            if ckpt is not None and self.stage != "flow":
+                self.save_checkpoint(ckpt)
+                self.log(f"interrupted: checkpoint written to {ckpt} (continue with --resume)")
+            raise
+        bundle.metrics["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_times.items()}
+        bundle.metrics["total_seconds"] = round(sum(self.stage_times.values()), 3)
+        if self.resumed_from is not None:
+            bundle.metrics["resumed_from"] = self.resumed_from
+        if self.device.type == "cuda":
+            bundle.metrics["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        if out is not None:
+            save_bundle(bundle, out)
+            if ckpt is not None and ckpt.exists():
+                ckpt.unlink()
+        return bundle, bundle.metrics
+
+    def _stage_flow(self, timed: bool = True) -> None:
+        cfg = self.cfg
+        backend = get_flow_backend(cfg.flow_backend, **({"preset": cfg.flow_preset} if cfg.flow_backend == "dis"
+                                                        else {}))
+        pbar = tqdm(desc="flow", unit="pair", disable=not self.show_progress, leave=False)
+        self.corr = compute_correspondences(
+            self.data.frames_np, self.data.roi_mask, self.data.ref_frame, backend=backend,
+            cache_dir=cfg.extra.get("cache_dir", "default"), adj_fb_px=cfg.adj_fb_px, ref_fb_px=cfg.ref_fb_px,
+            hops=cfg.ref_hops, ncc_min=cfg.ref_ncc_min, threads=cfg.flow_threads, progress=pbar.update,
+        )
+        pbar.close()
+        self.log(f"flow: {self.corr.stats['flow_pairs']} pairs, adjacent valid {self.corr.stats['adj_valid']:.2f},"
+                 f" reference valid {self.corr.stats['ref_valid']:.2f}")
+        self._prepare_tensors()
+
+    def _optimizer_for(self, stage: str) -> tuple[torch.optim.Optimizer, int]:
+        cfg, model = self.cfg, self.model
+        if stage == "init":
+            groups = [{"params": list(model.mapping_mlp.parameters()), "lr": cfg.lr_mapping}]
+            iters = cfg.iters_mapping_init
+        elif stage == "main":
+            groups = model.param_groups(cfg.lr_grid, cfg.lr_mlp, nets=("atlas", "mask", "illumination"))
+            groups.append({"params": list(model.mapping_mlp.parameters()), "lr": cfg.lr_mapping, "name": "mapping"})
+            iters = cfg.iters_main
+        elif stage == "refine":
+            groups = model.param_groups(cfg.lr_grid, cfg.lr_mlp, nets=("mask",))
+            iters = cfg.iters_refine
+        else:
+            groups = model.param_groups(cfg.lr_grid * 0.2, cfg.lr_inverse, nets=("inverse",))
+            iters = cfg.iters_inverse
+        opt = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15 if self.device.type == "cuda" else 1e-8)
+        if self._pending_optimizer is not None:
+            opt.load_state_dict(self._pending_optimizer)
+            self._pending_optimizer = None
+        return opt, iters
+
+    def _train(self, stage: str) -> None:
+        cfg = self.cfg
+        self.optimizer, iters = self._optimizer_for(stage)
+        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if stage == "refine":
+            if self.best_state is not None:  # RNA refines from the best-ROI-PSNR checkpoint
+                self.model.load_state_dict(self.best_state)
+            self.potential = self._potential_mask()
+            self.tau = max(cfg.refine_tau, 2.0 * self._reference_error_median())
+            self.log(f"refine: non-occlusion threshold tau = {self.tau:.4f}")
+        if stage == "inverse" and self.potential is None:
+            self.potential = self._potential_mask()
+        step_fn = {"init": self._step_init, "main": self._step_main, "refine": self._step_refine,
+                   "inverse": self._step_inverse}[stage]
+        pbar = tqdm(total=iters, initial=self.iteration, desc=stage, disable=not self.show_progress,
+                    dynamic_ncols=True)
+        while self.iteration < iters:
+            decay = cfg.lr_final_factor ** (self.iteration / max(iters, 1))
+            for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * decay
+            terms = step_fn()
+            loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.iteration += 1
+            if self.iteration % 50 == 0 or self.iteration == iters:
+                pbar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()}, refresh=False)
+            if stage == "main" and (self.iteration % max(cfg.eval_every, 1) == 0 or self.iteration == iters):
+                self._evaluate_best()
+            pbar.update(1)
+            if self.callback is not None:
+                self.callback(stage, self.iteration)
+        pbar.close()
+        if stage == "main" and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def _step_init(self) -> dict[str, torch.Tensor]:
+        """T toward the reference correspondences (identity where there are none): a warm start that already
+        knows the camera motion, which the main stage then refines."""
+        b = self._sample(max(self.cfg.batch_size // 2, 256))
+        xyt = self._xyt(b["x"], b["y"], b["t"])
+        target = self._xyt(b["ref_x"], b["ref_y"], b["t"])[:, :2]
+        valid = b["ref_valid"][:, None]
+        target = valid * target + (1.0 - valid) * xyt[:, :2]
+        weight = 0.05 + 0.95 * b["ref_valid"]
+        uv = self.model.mapping(xyt)
+        return {"init": (((uv - target) ** 2).sum(-1) * weight).mean() * 100.0}
+
+    def _step_main(self) -> dict[str, torch.Tensor]:
+        cfg, model = self.cfg, self.model
+        n = cfg.batch_size
+        b = self._sample(n)
+        r = self._sample_reference(max(n // 4, 2))
+        step = cfg.rigidity_delta_px / (self.span / 2.0)
+        xyt = self._xyt(b["x"], b["y"], b["t"])
+        xyt_ref = self._xyt(r["x"], r["y"], r["t"])
+        xyt_r = self._xyt(b["ref_x"], b["ref_y"], torch.full_like(b["t"], self.data.ref_frame))
+        dx = xyt.new_tensor([step, 0.0, 0.0])
+        dy = xyt.new_tensor([0.0, step, 0.0])
+        parts = [xyt, xyt + dx, xyt + dy, xyt_r, xyt_ref]
+        if self.num_frames > 1:
+            parts.append(self._xyt(b["adj_x"], b["adj_y"], b["adj_t"]))
+        uv_all = model.mapping(torch.cat(parts))
+        uv, uv_dx, uv_dy, uv_r, uv_ref = uv_all[:n], uv_all[n:2 * n], uv_all[2 * n:3 * n], \
+            uv_all[3 * n:4 * n], uv_all[4 * n:4 * n + xyt_ref.shape[0]]
+        m_parts = [xyt, xyt_r, xyt_ref] + ([parts[-1]] if self.num_frames > 1 else [])
+        logits = model.mask_logit(torch.cat(m_parts))
+        logit, logit_r = logits[:n], logits[n:2 * n]
+        logit_ref = logits[2 * n:2 * n + xyt_ref.shape[0]]
+        alpha, alpha_r = torch.sigmoid(logit), torch.sigmoid(logit_r)
+        t_n = xyt[:, 2:3]
+        rgb_atlas = model.atlas(uv)
+        light = model.illumination(uv, t_n)
+        a = alpha[:, None]
+        pred = a * light * rgb_atlas + (1.0 - a) * b["rgb"]
+        a_detached = alpha.detach()
+        ref_w = a_detached * b["ref_valid"]
+        terms = {
+            "recon": cfg.reconstruction * losses.reconstruction(pred, b["rgb"]),
+            "rigid": cfg.rigidity * losses.rigidity(losses.finite_difference_jacobian(uv, uv_dx, uv_dy, step)),
+            "pos": cfg.position * losses.position(uv_ref[r["inside"]], xyt_ref[r["inside"], :2]),
+            "corr_ref": cfg.corr_ref * losses.weighted_correspondence(uv, uv_r, ref_w),
+            "ref_mask": cfg.ref_mask * losses.mask_bce(logit_ref, r["roi"]),
+            "ref_alpha": cfg.ref_flow_alpha * losses.alpha_consistency(alpha, alpha_r, b["ref_valid"]),
+            "illum": cfg.illumination_reg * losses.illumination(light, a_detached),
+        }
+        if self.iteration < cfg.mask_bootstrap_until:
+            terms["boot"] = cfg.mask_bootstrap * losses.mask_bce(logit, b["init_mask"], b["ref_valid"])
+        if self.num_frames > 1:
+            uv_a = uv_all[4 * n + xyt_ref.shape[0]:]
+            alpha_a = torch.sigmoid(logits[2 * n + xyt_ref.shape[0]:])
+            terms["corr_adj"] = cfg.corr_adj * losses.weighted_correspondence(uv, uv_a, a_detached * b["adj_valid"])
+            terms["flow_alpha"] = cfg.flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
+        return terms
+
+    def _step_refine(self) -> dict[str, torch.Tensor]:
+        cfg, model = self.cfg, self.model
+        n = cfg.batch_size
+        b = self._sample(n)
+        r = self._sample_reference(max(n // 4, 2))
+        xyt = self._xyt(b["x"], b["y"], b["t"])
+        with torch.no_grad():
+            uv = model.mapping(xyt)
+            shown = model.illumination(uv, xyt[:, 2:3]) * model.atlas(uv)
+            error = (shown - b["rgb"]).abs().mean(-1)
+            target = (self._lookup_potential(uv) & (error < self.tau)).float()
+        parts = [xyt, self._xyt(r["x"], r["y"], r["t"])]
+        if self.num_frames > 1:
+            parts.append(self._xyt(b["adj_x"], b["adj_y"], b["adj_t"]))
+        logits = model.mask_logit(torch.cat(parts))
+        logit = logits[:n]
+        alpha = torch.sigmoid(logit)
+        a = alpha[:, None]
+        pred = a * shown + (1.0 - a) * b["rgb"]
+        terms = {
+            "recon": cfg.reconstruction * losses.reconstruction(pred, b["rgb"]),
+            "no": cfg.refine * losses.non_occluded(alpha, target),
+            "ref_mask": cfg.ref_mask * losses.mask_bce(logits[n:n + r["x"].shape[0]], r["roi"]),
+        }
+        if self.num_frames > 1:
+            alpha_a = torch.sigmoid(logits[n + r["x"].shape[0]:])
+            terms["flow_alpha"] = cfg.refine_flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
+        return terms
+
+    def _step_inverse(self) -> dict[str, torch.Tensor]:
+        b = self._sample(self.cfg.batch_size)
+        xyt = self._xyt(b["x"], b["y"], b["t"])
+        with torch.no_grad():
+            uv = self.model.mapping(xyt)
+            # B is trained where T is meaningful: visible ROI pixels and the atlas footprint around it
+            weight = ((torch.sigmoid(self.model.mask_logit(xyt)) > 0.5) | self._lookup_potential(uv)).float()
+        return {"inverse": inverse_loss(self.model, uv, xyt[:, 2:3], xyt[:, :2], 0.05 + weight)}
+
+    # ---------------------------------------------------------------- helpers
+    @torch.no_grad()
+    def _evaluate_best(self) -> None:
+        """ROI PSNR of L*A(T(p)) on the reference frame; keep the best weights (as RNA does)."""
+        xy = self.roi_pixels.float() + 0.5
+        t = torch.full((xy.shape[0],), self.data.ref_frame, device=self.device)
+        xyt = self._xyt(xy[:, 0], xy[:, 1], t)
+        uv = self.model.mapping(xyt)
+        shown = self.model.illumination(uv, xyt[:, 2:3]) * self.model.atlas(uv)
+        rgb = self.frames[self.data.ref_frame, self.roi_pixels[:, 1], self.roi_pixels[:, 0]]
+        mse = ((shown.clamp(0, 1) - rgb) ** 2).mean().item()
+        psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
+        if psnr > self.best_psnr:
+            self.best_psnr = psnr
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+    @torch.no_grad()
+    def _reference_error_median(self) -> float:
+        """Median mean-abs error of L*A(T(p)) on the reference ROI: the fit's own noise floor.
+
+        tau is raised to twice this when the fit is less exact than RNA's 0.025 (short schedules, noisy
+        real footage); otherwise almost no pixel would qualify as non-occluded and refinement would do nothing.
+        """
+        xy = self.roi_pixels.float() + 0.5
+        t = torch.full((xy.shape[0],), self.data.ref_frame, device=self.device)
+        xyt = self._xyt(xy[:, 0], xy[:, 1], t)
+        uv = self.model.mapping(xyt)
+        shown = self.model.illumination(uv, xyt[:, 2:3]) * self.model.atlas(uv)
+        rgb = self.frames[self.data.ref_frame, self.roi_pixels[:, 1], self.roi_pixels[:, 0]]
+        return float((shown - rgb).abs().mean(-1).median().item())
+
+    @torch.no_grad()
+    def _potential_mask(self) -> torch.Tensor:
+        """RNA's potential mask: reference ROI pixels splatted (2x2) into an atlas-space mask via T."""
+        size = POTENTIAL_MASK_SIZE
+        xy = self.roi_pixels.float() + 0.5
+        t = torch.full((xy.shape[0],), self.data.ref_frame, device=self.device)
+        uv = self.model.mapping(self._xyt(xy[:, 0], xy[:, 1], t))
+        pix = ((uv + 1.0) * 0.5 * size - 0.5).clamp(0, size - 1)
+        mask = torch.zeros(size, size, device=self.device)
+        for ox in (0, 1):
+            for oy in (0, 1):
+                ix = (pix[:, 0].floor().long() + ox).clamp(max=size - 1)
+                iy = (pix[:, 1].floor().long() + oy).clamp(max=size - 1)
+                mask[iy, ix] = 1.0
+        # close pinholes left where the ROI's pixels are sparser than the mask's texels
+        mask = torch.nn.functional.max_pool2d(mask[None, None], 3, 1, 1)
+        mask = -torch.nn.functional.max_pool2d(-mask, 3, 1, 1)
+        return mask[0, 0] > 0.5
+
+    def _lookup_potential(self, uv: torch.Tensor) -> torch.Tensor:
+        assert self.potential is not None
+        size = self.potential.shape[0]
+        ij = ((uv + 1.0) * 0.5 * size).floor().long().clamp(0, size - 1)
+        return self.potential[ij[:, 1], ij[:, 0]]
+
+    def _stage_bake(self) -> Bundle:
+        assert self.corr is not None
+        if self.potential is None:
+            self.potential = self._potential_mask()
+        return bake_bundle(self.model, self.data, self.cfg, self.potential.cpu().numpy(), self.corr,
+                           show_progress=self.show_progress, best_psnr=self.best_psnr)
+
+
+def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: float = 30.0,
+        device: str = "auto", out: Path | str | None = None, resume: bool = False, show_progress: bool = True,
+        source: dict[str, Any] | None = None, callback: Callable[[str, int], None] | None = None
+        ) -> tuple[Bundle, dict[str, Any]]:
+    """Fit (T, H, W, 3) uint8 frames with an ROI at the same resolution; returns the bundle and its metrics.
+
+    With `out`, the bundle is written there and Ctrl-C leaves a checkpoint `<out>.ckpt` for `resume=True`.
+    `callback(stage, iteration)` runs after every training step (progress hooks; raising KeyboardInterrupt
+    there behaves like Ctrl-C).
+    """
+    cfg = config or FitConfig()
+    frames = np.ascontiguousarray(frames)
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        raise FitError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w = frames.shape[:3]
+    roi.validate(w, h, t)
+    roi_mask = roi.mask(h, w)
+    data = FitData(frames, roi, roi_mask, float(fps), dict(source or {}))
+    fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback)
+    return fitter.run(Path(out) if out is not None else None, resume=resume)
