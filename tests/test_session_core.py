@@ -294,3 +294,33 @@ def test_sessions_replay_from_the_data_dir(tiny_models_dir: Path, tmp_path: Path
     session_id, before = asyncio.run(first_run())
     seq, after = asyncio.run(second_run(session_id))
     assert seq == 2 and after == before  # the replayed session renders the same pixels
+
+
+def test_concurrent_renders_of_several_sessions_stay_apart(tiny_models_dir: Path, tiny_bundle) -> None:
+    import numpy as np
+
+    ys, xs = np.nonzero(tiny_bundle.mask[0] > 200)
+    cx, cy = float(xs.mean()), float(ys.mean())
+
+    async def scenario() -> None:
+        core = await make_core(tiny_models_dir)
+        try:
+            (info_a, (alice,)), (info_b, _) = await session_with(core, "alice"), await session_with(core)
+            await core.submit(alice, {**stroke_op("a"), "points": [[cx - 6, cy], [cx + 6, cy]]})
+
+            def req(info, fmt: str) -> render_pb2.RenderRequest:
+                return render_pb2.RenderRequest(session_id=info.session_id, join_token=info.join_token, frame=0,
+                                                format=fmt)
+
+            alone_a = await core.render("x", req(info_a, "png"))
+            alone_b = await core.render("x", req(info_b, "png"))
+            assert alone_a.data != alone_b.data and (alone_a.seq, alone_b.seq) == (1, 0)
+            together = await asyncio.gather(*(core.render(f"v{i}", req(info, fmt)) for i, (info, fmt) in
+                                              enumerate([(info_a, "png"), (info_b, "png"), (info_a, "jpeg"),
+                                                         (info_b, "png")])))
+            assert together[0].data == alone_a.data and together[1].data == alone_b.data
+            assert together[3].data == alone_b.data and together[2].data[:2] == b"\xff\xd8"
+        finally:
+            await core.close()
+
+    asyncio.run(scenario())

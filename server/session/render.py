@@ -153,24 +153,51 @@ class RenderWorker:
                     _resolve(job, error=CoreError("INTERNAL", f"render failed: {exc}"))
 
     def _render_batch(self, jobs: list[RenderJob]) -> None:
+        """Render each (session, geometry) group once, then encode across groups in as few calls as possible."""
         groups: dict[tuple, list[RenderJob]] = {}
         for job in jobs:
             if job.future.done():  # the caller gave up (client gone, superseded on the loop side)
                 continue
             p = job.params
             groups.setdefault((id(job.session), p.atlas, p.scale, p.region), []).append(job)
+        rendered: list[_Rendered] = []
         for group in groups.values():
             try:
-                self._render_group(group)
-            except CoreError as exc:
-                for job in group:
-                    _resolve(job, error=exc)
+                rendered.append(self._render_group(group))
             except Exception as exc:  # noqa: BLE001 - reported to the clients of this group only
-                log.exception("render failed")
-                for job in group:
-                    _resolve(job, error=CoreError("INTERNAL", f"render failed: {type(exc).__name__}: {exc}"))
+                _fail_all(group, exc)
+        # one encode call per (format, quality, size): nvJPEG encodes a batch faster than frame by frame
+        batches: dict[tuple[str, int, int, int], list[tuple[_Rendered, int]]] = {}
+        for item in rendered:
+            height, width = int(item.images.shape[1]), int(item.images.shape[2])
+            for key in item.wanted:
+                fmt, quality = key[1], key[2]
+                batches.setdefault((fmt, quality, height, width), []).append((item, key[0]))
+        for (fmt, quality, _, _), members in batches.items():
+            try:
+                stack = _stack([item.images[item.index[frame]] for item, frame in members])
+                blobs = encode_frames(self._encode, stack, fmt, quality)
+            except Exception as exc:  # noqa: BLE001 - fail only the jobs waiting for this batch
+                for item, frame in members:
+                    _fail_all([j for j in item.jobs if (j.params.frame, j.params.fmt, j.params.quality)
+                               == (frame, fmt, quality)], exc)
+                continue
+            for (item, frame), blob in zip(members, blobs, strict=True):
+                item.encoded[(frame, fmt, quality)] = blob
+        for item in rendered:
+            height, width = int(item.images.shape[1]), int(item.images.shape[2])
+            render_ms = (time.perf_counter() - item.start) * 1000.0
+            for job in item.jobs:
+                p = job.params
+                data = item.encoded.get((p.frame, p.fmt, p.quality))
+                if data is None:
+                    continue  # its encode batch failed and was answered above
+                _resolve(job, result=render_pb2.RenderedFrame(
+                    frame=max(p.frame, 0), format=p.fmt, width=width, height=height, data=data, seq=item.seq,
+                    request_id=job.request_id, render_ms=render_ms))
+                self.rendered += 1
 
-    def _render_group(self, group: list[RenderJob]) -> None:
+    def _render_group(self, group: list[RenderJob]) -> _Rendered:
         session = group[0].session
         params = group[0].params
         engine = session.engine
@@ -183,27 +210,35 @@ class RenderWorker:
             frames = sorted({job.params.frame for job in group})
             images = engine.render(frames, scale=params.scale, region=params.region)
             index = {f: i for i, f in enumerate(frames)}
-        height, width = int(images.shape[1]), int(images.shape[2])
-        encoded: dict[tuple[int, str, int], bytes] = {}
-        by_codec: dict[tuple[str, int], list[int]] = {}
-        for job in group:
-            by_codec.setdefault((job.params.fmt, job.params.quality), [])
-            if job.params.frame not in by_codec[(job.params.fmt, job.params.quality)]:
-                by_codec[(job.params.fmt, job.params.quality)].append(job.params.frame)
-        for (fmt, quality), frame_list in by_codec.items():
-            batch = images[[index[f] for f in frame_list]]
-            blobs = encode_frames(self._encode, batch, fmt, quality)
-            for f, blob in zip(frame_list, blobs, strict=True):
-                encoded[(f, fmt, quality)] = blob
-        render_ms = (time.perf_counter() - start) * 1000.0
-        for job in group:
-            p = job.params
-            result = render_pb2.RenderedFrame(
-                frame=max(p.frame, 0), format=p.fmt, width=width, height=height,
-                data=encoded[(p.frame, p.fmt, p.quality)], seq=seq, request_id=job.request_id, render_ms=render_ms,
-            )
-            _resolve(job, result=result)
-        self.rendered += len(group)
+        wanted = list(dict.fromkeys((j.params.frame, j.params.fmt, j.params.quality) for j in group))
+        return _Rendered(group, images, index, wanted, seq, start)
+
+
+@dataclass
+class _Rendered:
+    jobs: list[RenderJob]
+    images: Any  # (N, H, W, 3) uint8 tensor
+    index: dict[int, int]  # frame -> row of images
+    wanted: list[tuple[int, str, int]]  # distinct (frame, format, quality)
+    seq: int
+    start: float
+    encoded: dict[tuple[int, str, int], bytes] = field(default_factory=dict)
+
+
+def _stack(images: list[Any]) -> Any:
+    import torch
+
+    return torch.stack(images) if len(images) > 1 else images[0][None]
+
+
+def _fail_all(jobs: list[RenderJob], exc: BaseException) -> None:
+    if isinstance(exc, CoreError):
+        error = exc
+    else:
+        log.error("render failed: %s: %s", type(exc).__name__, exc)
+        error = CoreError("INTERNAL", f"render failed: {type(exc).__name__}: {exc}")
+    for job in jobs:
+        _resolve(job, error=error)
 
 
 def render_atlas(engine: Any, scale: float, region: tuple[int, int, int, int] | None) -> Any:
