@@ -466,6 +466,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append({"measure": "edit->pixels p95", "setting": f"{transport} {width}x{height}",
                              "value": _percentile(latency, 0.95), "unit": "ms", "target": "<= 15"})
             sampler.mark("playback")
+            if not args.quick:  # compiled kernels specialise per batch size: compile them before measuring
+                _run_playback(pool, "grpc", server, [(info.session_id, info.join_token)] * max(client_counts),
+                              args.fps, min(phase, 5.0), args.quality, min(workers, max(client_counts)))
             for count in client_counts:
                 layouts = [("one session", [(info.session_id, info.join_token)] * count)]
                 if count > 1:
