@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edits", type=int, default=None, help="strokes per transport for latency (default 200)")
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality (default 85)")
     parser.add_argument("--data", action="store_true", help="persist sessions (fsync per op) during the run")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="client processes for playback (default: half the CPUs, at most 8; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny CPU run for tests (128x72, short phases)")
 
 
@@ -453,7 +455,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = ServerUnderTest(models, device, Path(tmp) / "data" if args.data else None)
         sampler = MemorySampler(server.proc.pid)
         sampler.start()
-        workers = 1 if args.quick else max(1, min(max(client_counts), (os.cpu_count() or 2) // 2, 8))
+        workers = args.workers or (1 if args.quick else max(1, min(max(client_counts), (os.cpu_count() or 2) // 2,
+                                                                    8)))
         pool = None if workers == 1 else multiprocessing.get_context("spawn").Pool(workers)
         try:
             info = asyncio.run(_create_session(server.grpc, "bench"))

@@ -26,13 +26,15 @@ from vatlas.server.session.limits import ServerLimits
 from vatlas.v1 import bundles_pb2, render_pb2, sessions_pb2
 
 MAX_MESSAGE = 1024 * 1024
+MAX_UPLOAD = 256 * 1024
 TYPED_CODES = {"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED",
                "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "ALREADY_EXISTS"}
 
 
 @pytest.fixture(scope="module")
 def small_server(tiny_models_dir: Path):
-    server = start_in_process_server(tiny_models_dir, limits=ServerLimits(max_message_bytes=MAX_MESSAGE))
+    server = start_in_process_server(tiny_models_dir, limits=ServerLimits(max_message_bytes=MAX_MESSAGE,
+                                                                          max_upload_bytes=MAX_UPLOAD))
     yield server
     server.stop()
 
@@ -266,3 +268,20 @@ def test_wire_never_raises_anything_but_wire_error() -> None:
         obj = random_value(rng)
         with contextlib.suppress(wire.WireError):  # anything else escaping fails the test
             wire.from_mirror(obj if isinstance(obj, dict) else {"request_id": obj}, sessions_pb2.WsRequest)
+
+
+def test_upload_over_the_limit_is_refused_and_removed(small_server) -> None:
+    from serve_helpers import GrpcStubs
+
+    stubs = GrpcStubs(small_server.grpc_target, small_server.token)
+    try:
+        chunks = [bundles_pb2.UploadChunk(filename="big.mp4", data=b"x" * (100 * 1024)) for _ in range(4)]
+        with pytest.raises(grpc.RpcError) as info:
+            stubs.bundles.UploadVideo(iter(chunks), metadata=stubs.metadata)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        uploads = small_server.core.jobs.work_dir / "uploads"
+        assert not any(uploads.glob("*/big.mp4"))
+        ok = stubs.bundles.UploadVideo(iter(chunks[:2]), metadata=stubs.metadata)
+        assert ok.bytes == 200 * 1024
+    finally:
+        stubs.close()
