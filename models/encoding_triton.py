@@ -269,8 +269,8 @@ def _load_w(w_ptr, K: tl.constexpr, K_P: tl.constexpr, N: tl.constexpr, N_P: tl.
 
 @triton.jit
 def _linear(h, w_ptr, b_ptr, K: tl.constexpr, K_P: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
-            HAS_BIAS: tl.constexpr):
-    z = tl.dot(h, _load_wt(w_ptr, K, K_P, N, N_P))
+            HAS_BIAS: tl.constexpr, DOT: tl.constexpr):
+    z = tl.dot(h, _load_wt(w_ptr, K, K_P, N, N_P), input_precision=DOT)
     if HAS_BIAS:
         n = tl.arange(0, N_P)
         z += tl.load(b_ptr + n, mask=n < N, other=0.0)[None, :]
@@ -280,30 +280,30 @@ def _linear(h, w_ptr, b_ptr, K: tl.constexpr, K_P: tl.constexpr, N: tl.constexpr
 @triton.jit
 def _mlp_forward(x_ptr, pts64, mask, w0, b0, w1, b1, w2, b2, wo, bo,
                  IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
-                 H: tl.constexpr, HAS_BIAS: tl.constexpr):
+                 H: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr):
     cin = tl.arange(0, IN_P)
     h0 = tl.load(x_ptr + pts64[:, None] * IN + cin[None, :], mask=mask[:, None] & (cin[None, :] < IN), other=0.0)
-    h1 = tl.maximum(_linear(h0, w0, b0, IN, IN_P, W, W, HAS_BIAS), 0.0)
+    h1 = tl.maximum(_linear(h0, w0, b0, IN, IN_P, W, W, HAS_BIAS, DOT), 0.0)
     h2 = h1
     h3 = h1
     if H >= 2:
-        h2 = tl.maximum(_linear(h1, w1, b1, W, W, W, W, HAS_BIAS), 0.0)
+        h2 = tl.maximum(_linear(h1, w1, b1, W, W, W, W, HAS_BIAS, DOT), 0.0)
         h3 = h2
     if H >= 3:
-        h3 = tl.maximum(_linear(h2, w2, b2, W, W, W, W, HAS_BIAS), 0.0)
-    out = _linear(h3, wo, bo, W, W, OUT, OUT_P, HAS_BIAS)
+        h3 = tl.maximum(_linear(h2, w2, b2, W, W, W, W, HAS_BIAS, DOT), 0.0)
+    out = _linear(h3, wo, bo, W, W, OUT, OUT_P, HAS_BIAS, DOT)
     return h0, h1, h2, h3, out
 
 
 @triton.jit
 def _mlp_fwd_kernel(x_ptr, out_ptr, w0, b0, w1, b1, w2, b2, wo, bo, n_points,
                     IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
-                    H: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+                    H: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr, BLOCK: tl.constexpr):
     pts = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = pts < n_points
     pts64 = pts.to(tl.int64)
     _, _, _, _, out = _mlp_forward(x_ptr, pts64, mask, w0, b0, w1, b1, w2, b2, wo, bo,
-                                   IN, IN_P, W, OUT, OUT_P, H, HAS_BIAS)
+                                   IN, IN_P, W, OUT, OUT_P, H, HAS_BIAS, DOT)
     cout = tl.arange(0, OUT_P)
     tl.store(out_ptr + pts64[:, None] * OUT + cout[None, :], out, mask=mask[:, None] & (cout[None, :] < OUT))
 
@@ -325,8 +325,8 @@ def _flush_vec(acc, ptr, R: tl.constexpr, R_P: tl.constexpr):
 def _mlp_bwd_kernel(x_ptr, gout_ptr, gx_ptr, w0, b0, w1, b1, w2, b2, wo, bo,
                     gw0, gb0, gw1, gb1, gw2, gb2, gwo, gbo, n_points,
                     IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
-                    H: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_DX: tl.constexpr, BLOCK: tl.constexpr,
-                    BLOCKS_PER_PROGRAM: tl.constexpr):
+                    H: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_DX: tl.constexpr, DOT: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr):
     acc_w0 = tl.zeros((W, IN_P), dtype=tl.float32)
     acc_w1 = tl.zeros((W, W), dtype=tl.float32)
     acc_w2 = tl.zeros((W, W), dtype=tl.float32)
@@ -343,25 +343,25 @@ def _mlp_bwd_kernel(x_ptr, gout_ptr, gx_ptr, w0, b0, w1, b1, w2, b2, wo, bo,
         mask = pts < n_points
         pts64 = pts.to(tl.int64)
         h0, h1, h2, h3, _ = _mlp_forward(x_ptr, pts64, mask, w0, b0, w1, b1, w2, b2, wo, bo,
-                                         IN, IN_P, W, OUT, OUT_P, H, HAS_BIAS)
+                                         IN, IN_P, W, OUT, OUT_P, H, HAS_BIAS, DOT)
         go = tl.load(gout_ptr + pts64[:, None] * OUT + cout[None, :], mask=mask[:, None] & (cout[None, :] < OUT),
                      other=0.0)
-        acc_wo += tl.dot(tl.trans(go), h3)
+        acc_wo += tl.dot(tl.trans(go), h3, input_precision=DOT)
         acc_bo += tl.sum(go, axis=0)
-        d = tl.dot(go, _load_w(wo, W, W, OUT, OUT_P))
+        d = tl.dot(go, _load_w(wo, W, W, OUT, OUT_P), input_precision=DOT)
         d = tl.where(h3 > 0.0, d, 0.0)
         if H >= 3:
-            acc_w2 += tl.dot(tl.trans(d), h2)
+            acc_w2 += tl.dot(tl.trans(d), h2, input_precision=DOT)
             acc_b2 += tl.sum(d, axis=0)
-            d = tl.where(h2 > 0.0, tl.dot(d, _load_w(w2, W, W, W, W)), 0.0)
+            d = tl.where(h2 > 0.0, tl.dot(d, _load_w(w2, W, W, W, W), input_precision=DOT), 0.0)
         if H >= 2:
-            acc_w1 += tl.dot(tl.trans(d), h1)
+            acc_w1 += tl.dot(tl.trans(d), h1, input_precision=DOT)
             acc_b1 += tl.sum(d, axis=0)
-            d = tl.where(h1 > 0.0, tl.dot(d, _load_w(w1, W, W, W, W)), 0.0)
-        acc_w0 += tl.dot(tl.trans(d), h0)
+            d = tl.where(h1 > 0.0, tl.dot(d, _load_w(w1, W, W, W, W), input_precision=DOT), 0.0)
+        acc_w0 += tl.dot(tl.trans(d), h0, input_precision=DOT)
         acc_b0 += tl.sum(d, axis=0)
         if NEED_DX:
-            dx = tl.dot(d, _load_w(w0, IN, IN_P, W, W))
+            dx = tl.dot(d, _load_w(w0, IN, IN_P, W, W), input_precision=DOT)
             tl.store(gx_ptr + pts64[:, None] * IN + cin[None, :], dx, mask=mask[:, None] & (cin[None, :] < IN))
     _flush(acc_w0, gw0, W, W, IN, IN_P)
     _flush(acc_wo, gwo, OUT, OUT_P, W, W)
@@ -381,6 +381,9 @@ def _mlp_bwd_kernel(x_ptr, gout_ptr, gx_ptr, w0, b0, w1, b1, w2, b2, wo, bo,
 MLP_FWD_BLOCK = 64
 MLP_BWD_BLOCK = 64
 MLP_WARPS = 4
+# tl.dot input precision: "tf32" (tensor cores, ~1e-3 relative per product, like tcnn's fp16), or
+# "ieee" (exact fp32 FMA, several times slower; used by the GPU correctness test).
+MLP_DOT_PRECISION = "tf32"
 # Each backward program handles this many blocks, then flushes its weight gradients once.
 MLP_BLOCKS_PER_PROGRAM = 8
 
@@ -408,7 +411,7 @@ class _FusedMlpFunction(torch.autograd.Function):
         if n:
             _mlp_fwd_kernel[(triton.cdiv(n, MLP_FWD_BLOCK),)](
                 x, out, *slots, n, IN=in_dim, IN_P=_pad(in_dim), W=width, OUT=out_dim, OUT_P=_pad(out_dim),
-                H=hidden_layers, HAS_BIAS=has_bias, BLOCK=MLP_FWD_BLOCK, num_warps=MLP_WARPS)
+                H=hidden_layers, HAS_BIAS=has_bias, DOT=MLP_DOT_PRECISION, BLOCK=MLP_FWD_BLOCK, num_warps=MLP_WARPS)
         ctx.save_for_backward(x, *weights, *[b for b in biases if b is not None])
         ctx.hidden_layers, ctx.has_bias = hidden_layers, has_bias
         return out
@@ -432,7 +435,7 @@ class _FusedMlpFunction(torch.autograd.Function):
             _mlp_bwd_kernel[(programs,)](
                 x, grad_out, gx if need_dx else x, *_slots(weights, biases, hidden_layers, x),
                 *_slots(gweights, gbiases, hidden_layers, x), n, IN=in_dim, IN_P=_pad(in_dim), W=width, OUT=out_dim,
-                OUT_P=_pad(out_dim), H=hidden_layers, HAS_BIAS=has_bias, NEED_DX=need_dx, BLOCK=MLP_BWD_BLOCK,
+                OUT_P=_pad(out_dim), H=hidden_layers, HAS_BIAS=has_bias, NEED_DX=need_dx, DOT=MLP_DOT_PRECISION, BLOCK=MLP_BWD_BLOCK,
                 BLOCKS_PER_PROGRAM=MLP_BLOCKS_PER_PROGRAM, num_warps=MLP_WARPS)
         grads: list[torch.Tensor | None] = []
         for gw, gb in zip(gweights, gbiases, strict=True):

@@ -53,12 +53,11 @@ CHECK = textwrap.dedent("""
             (hash_encode(x, enc.params, enc.layout, cfg) * g).sum().backward()
             assert rel(enc.params.grad, gt_ref) < tol
 
+    from vatlas.models import encoding_triton
     from vatlas.models.encoding import make_mlp
     from vatlas.models.encoding_triton import fused_mlp
 
-    # GPUs run the dots in tf32 (10-bit mantissa): measured ~1.5e-2 relative on input/weight gradients
-    mlp_tol = 4e-2 if device == "cuda" else 1e-5
-    for in_dim, width, hidden, out_dim, bias in [(32, 64, 2, 3, False), (32, 32, 3, 1, True), (3, 16, 1, 2, True)]:
+    def mlp_errors(in_dim, width, hidden, out_dim, bias):
         mlp = make_mlp(in_dim, out_dim, width, hidden, bias=bias, fused=True).to(device)
         x = torch.randn(333, in_dim, device=device)
         xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
@@ -69,9 +68,24 @@ CHECK = textwrap.dedent("""
         mlp.zero_grad()
         out = fused_mlp(xb, mlp.linears())
         (out * g).sum().backward()
-        errs = [rel(out, ref), rel(xb.grad, xa.grad)] + [rel(p.grad, q) for p, q in zip(mlp.parameters(), grads_ref)]
-        print("mlp", in_dim, width, hidden, out_dim, bias, max(errs))
-        assert max(errs) < mlp_tol, errs
+        grads = [rel(xb.grad, xa.grad)] + [rel(p.grad, q) for p, q in zip(mlp.parameters(), grads_ref)]
+        return rel(out, ref), max(grads)
+
+    shapes = [(32, 64, 2, 3, False), (32, 32, 3, 1, True), (3, 16, 1, 2, True)]
+    # Exact-fp32 dots: the kernels' indexing, masking and backprop must match PyTorch tightly.
+    encoding_triton.MLP_DOT_PRECISION = "ieee"
+    for shape in shapes:
+        errs = mlp_errors(*shape)
+        print("mlp ieee", shape, errs)
+        assert max(errs) < 1e-4, errs
+    if device == "cuda":
+        # The production setting, tf32 (10-bit mantissa, like tcnn's fp16): a CPU emulation with tf32
+        # rounding gives up to ~4e-2 relative on gradients through 3 ReLU layers into 1 output.
+        encoding_triton.MLP_DOT_PRECISION = "tf32"
+        for shape in shapes:
+            errs = mlp_errors(*shape)
+            print("mlp tf32", shape, errs)
+            assert errs[0] < 1e-2 and errs[1] < 0.25, errs
     print("OK")
 """)
 
