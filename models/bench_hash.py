@@ -175,12 +175,13 @@ def _time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) 
 
 
 def bench_one(backend: str, dims: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    field = _build(backend, dims, args, device)
-    step, _ = _make_step(field, backend, args, device, dims)
     if device.type == "cuda":
+        # reset before building so a CUDA graph's capture-time allocations count too
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    field = _build(backend, dims, args, device)
+    step, _ = _make_step(field, backend, args, device, dims)
     t0 = time.perf_counter()
     first_loss = float(step())
     warm_s = time.perf_counter() - t0
