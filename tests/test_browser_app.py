@@ -120,6 +120,20 @@ def inside_roi(bundle: Any, frame: int, margin: int = 3) -> tuple[int, int]:
     return int(xs[i]), int(ys[i])
 
 
+def moved_and_visible(bundle: Any, point: tuple[int, int], margin: int = 2) -> tuple[int, tuple[int, int]]:
+    """The last frame where the surface point under `point` on frame 0 has moved >= 3 px and is unoccluded,
+    with its pixel there (nearest uv of the bundle's own mapping)."""
+    x, y = point
+    target = np.asarray(bundle.uv_float(0))[y, x]
+    for t in range(bundle.num_frames - 1, 0, -1):
+        distance = np.linalg.norm(np.asarray(bundle.uv_float(t)) - target, axis=2)
+        ty, tx = np.unravel_index(int(np.argmin(distance)), distance.shape)
+        around = np.asarray(bundle.mask[t])[max(0, ty - margin):ty + margin + 1, max(0, tx - margin):tx + margin + 1]
+        if np.hypot(tx - x, ty - y) >= 3 and (around >= 250).all():
+            return t, (int(tx), int(ty))
+    raise AssertionError("the tiny bundle has no frame where the point moved and stays visible")
+
+
 def is_colour(rgb: np.ndarray, colour: tuple[int, int, int], tolerance: float = 70.0) -> bool:
     """Close to `colour` up to illumination (the server shades edits by the clip's lighting)."""
     rgb = rgb.astype(np.float64)
@@ -188,19 +202,14 @@ def test_scrub_shows_the_stroke_tracked_on_another_frame(running_server: Any, ti
     wait_frame(page, frame=0, min_seq=1)
     seq = page.evaluate("window.vatlas.seq")
 
-    # Where the stroke's atlas point lands on frame 3, from the bundle's own uv field.
-    uv, uv0 = np.asarray(tiny_bundle.uv_float(3)), np.asarray(tiny_bundle.uv_float(0))
-    visible = np.asarray(tiny_bundle.mask[3]) >= 250
-    distance = np.linalg.norm(uv - uv0[y, x], axis=2) + np.where(visible, 0.0, 1e9)
-    ty, tx = np.unravel_index(int(np.argmin(distance)), distance.shape)
-
-    set_range(page, "#scrubber", 3)
-    wait_frame(page, frame=3, min_seq=seq)
-    assert page.text_content("#frame-label").startswith("3 /")
-    assert is_colour(frame_rgb(page)[ty, tx], GREEN), (tx, ty)
+    t, (tx, ty) = moved_and_visible(tiny_bundle, (x, y))
+    set_range(page, "#scrubber", t)
+    wait_frame(page, frame=t, min_seq=seq)
+    assert page.text_content("#frame-label").startswith(f"{t} /")
+    assert is_colour(frame_rgb(page)[ty, tx], GREEN), (t, tx, ty)
 
     page.keyboard.press("ArrowLeft")
-    wait_frame(page, frame=2, min_seq=seq)
+    wait_frame(page, frame=t - 1, min_seq=seq)
 
 
 def test_upload_an_image_placed_by_dragging(running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
@@ -293,14 +302,24 @@ def test_adjustment_brush_and_sticker(running_server: Any, tiny_bundle: Any, new
     brighter = frame_rgb(page)[y, x].astype(int)
     assert brighter.sum() > before.sum() + 60, (before, brighter)
 
-    page.set_input_files("#sticker-file", files=[{"name": "blue.png", "mimeType": "image/png",
-                                                   "buffer": png_bytes(BLUE)}])
-    page.wait_for_selector("[data-testid=tool-sticker].active")
+    # Sticker: pick the point first; the app then asks for the image and places it there.
+    page.click("[data-testid=tool-sticker]")
     set_range(page, "#sticker-size", 8)
-    page.mouse.click(*page.evaluate("([x, y]) => window.vatlas.clientPoint(x, y)", [x, y]))
+    with page.expect_file_chooser() as chooser:
+        page.mouse.click(*page.evaluate("([x, y]) => window.vatlas.clientPoint(x, y)", [x, y]))
+    chooser.value.set_files(files=[{"name": "blue.png", "mimeType": "image/png", "buffer": png_bytes(BLUE)}])
     wait_frame(page, frame=0, min_seq=2)
     assert is_colour(frame_rgb(page)[y, x], BLUE)
     assert page.locator("[data-testid=layer][data-layer-type=sticker]").count() == 1
+    assert "blue.png" in page.text_content("#sticker-name")
+
+    # The sticker follows the surface: on another frame it sits where the surface point moved to.
+    t, (tx, ty) = moved_and_visible(tiny_bundle, (x, y))
+    set_range(page, "#scrubber", t)
+    wait_frame(page, frame=t, min_seq=2)
+    assert is_colour(frame_rgb(page)[ty, tx], BLUE), (t, tx, ty)
+    page.click("[data-testid=layer][data-layer-type=sticker] .name")  # a layer click jumps to its frame
+    wait_frame(page, frame=0, min_seq=2)
 
 
 def test_play_pause_zoom_and_atlas_toggle(running_server: Any, new_page: Any) -> None:

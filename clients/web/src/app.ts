@@ -69,6 +69,7 @@ export class App {
   private imageBytes: Uint8Array | null = null;
   private stickerBytes: Uint8Array | null = null;
   private stickerAspect = 1;
+  private pendingStickerAt: { at: Vec2; frame: number } | null = null;
   private presenceTimer: number | undefined;
   private pendingPresence: Vec2 | null = null;
   private exportId: number | null = null;
@@ -110,6 +111,16 @@ export class App {
   // ------------------------------------------------------------------ session lifecycle
 
   private async onOpen(reconnected: boolean): Promise<void> {
+    // Streams of the old socket are gone: reset what was waiting on them.
+    if (this.playing) {
+      this.playbackId = null;
+      this.stopPlayback();
+    }
+    if (this.exportId !== null) {
+      this.exportId = null;
+      byId("export-stage").textContent = "failed: connection lost";
+      byId<HTMLButtonElement>("export-btn").disabled = false;
+    }
     try {
       if (this.session) {
         await this.rejoin(reconnected);
@@ -317,17 +328,16 @@ export class App {
     const quality = draft ? DRAFT : { scale: atlas ? 1 : this.finalScale(), quality: FINAL.quality };
     const counter = ++this.renderCounter;
     try {
-      const response = await this.conn.request({
-        render: {
-          session_id: this.session.session_id ?? "",
-          frame,
-          format: "jpeg",
-          quality: quality.quality,
-          scale: quality.scale,
-          atlas,
-          request_id: counter,
-        },
-      });
+      const render = {
+        session_id: this.session.session_id ?? "",
+        frame,
+        format: "jpeg",
+        quality: quality.quality,
+        scale: quality.scale,
+        atlas,
+        request_id: counter,
+      };
+      const response = await this.conn.request({ render }, 15_000);
       if (response.frame) await this.display(response.frame, atlas, draft, quality.scale);
     } catch (error) {
       if (this.conn.isOpen) this.toast(`Render failed: ${messageOf(error)}`);
@@ -393,6 +403,7 @@ export class App {
     canvas.dataset.drafts = String(this.drafts);
     canvas.dataset.atlas = String(atlas);
     canvas.dataset.renderMs = String(frame.render_ms ?? 0);
+    byId("render-label").textContent = `${draft ? "draft" : `${Math.round(scale * 100)}%`} · ${(frame.render_ms ?? 0).toFixed(1)} ms`;
     if (this.playing) this.setFrame(frame.frame ?? 0, false);
   }
 
@@ -567,7 +578,9 @@ export class App {
 
   private placeSticker(at: Vec2): void {
     if (!this.stickerBytes) {
-      this.toast("Pick a sticker image first");
+      // Point first, image second: remember the point and place the sticker once an image is picked.
+      this.pendingStickerAt = { at, frame: this.frame };
+      this.toast("Now pick the sticker image", false);
       byId<HTMLInputElement>("sticker-file").click();
       return;
     }
@@ -764,13 +777,23 @@ export class App {
         },
         [
           el("span", { class: "swatch", style: `background:${author?.color || layerColor(layer.op)}` }),
-          el("span", { class: "name", title: layer.id }, [label]),
+          this.layerName(layer.id, label, layer.op.frame, author?.name),
           visible,
           remove,
         ],
       );
     });
     byId("layers").replaceChildren(...(items.length ? items : [el("li", { class: "empty" }, ["No edits yet"])]));
+  }
+
+  private layerName(id: string, label: string, frame: number | undefined, author: string | undefined): HTMLElement {
+    const name = el("span", { class: "name", title: `${id}${author ? ` by ${author}` : ""} (click: go to its frame)` }, [label]);
+    name.addEventListener("click", () => {
+      if (frame === undefined || this.atlas) return;
+      this.stopPlayback();
+      this.setFrame(frame);
+    });
+    return name;
   }
 
   // ------------------------------------------------------------------ export
@@ -923,7 +946,11 @@ export class App {
       this.stickerBytes = bytes;
       this.stickerAspect = bitmap.width / Math.max(1, bitmap.height);
       this.setTool("sticker");
+      const pending = this.pendingStickerAt;
+      this.pendingStickerAt = null;
+      if (pending && pending.frame === this.frame) this.placeSticker(pending.at);
     }
+    byId(`${purpose}-name`).textContent = `${file.name} · ${bitmap.width}×${bitmap.height}`;
     bitmap.close();
     input.dataset.loaded = "true";
   }

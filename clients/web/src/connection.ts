@@ -60,14 +60,27 @@ export class Connection {
   }
 
   /** Send a call and resolve with its first response (rejects on an `error` response). */
-  request(call: Call): Promise<WsResponse> {
+  request(call: Call, timeoutMs = 60_000): Promise<WsResponse> {
     return new Promise((resolve, reject) => {
       const id = this.send(call);
       if (id === null) {
         reject(new Error("not connected"));
         return;
       }
-      this.pending.set(id, { resolve, reject });
+      // A lost answer must not wedge the caller (e.g. the one-render-in-flight loop).
+      const timer = window.setTimeout(() => {
+        if (this.pending.delete(id)) reject(new Error(`no answer within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+      this.pending.set(id, {
+        resolve: (r) => {
+          window.clearTimeout(timer);
+          resolve(r);
+        },
+        reject: (e) => {
+          window.clearTimeout(timer);
+          reject(e);
+        },
+      });
     });
   }
 
