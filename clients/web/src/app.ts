@@ -248,6 +248,7 @@ export class App {
       this.view.setSize(this.bundle?.width ?? 1, this.bundle?.height ?? 1);
       byId("fps-label").textContent = `${(this.bundle?.fps ?? 0).toFixed(2)} fps`;
       this.setFrame(Math.min(this.frame, frames - 1), false);
+      this.refreshMarks();
       this.renderNow();
     }
   }
@@ -710,6 +711,13 @@ export class App {
 
   private sendPresence(at: Vec2 | null): void {
     if (!this.session) return;
+    // The server does not echo our own presence: keep our row in the people list current here.
+    const me = this.doc.participants.get(this.participantId);
+    if (me && (me.frame !== this.frame || me.tool !== this.tool)) {
+      me.frame = this.frame;
+      me.tool = this.tool;
+      this.refreshParticipants();
+    }
     this.conn.send({
       session: {
         presence: {
@@ -753,7 +761,22 @@ export class App {
     this.view.invalidate();
   }
 
+  private refreshMarks(): void {
+    const last = Math.max(1, (this.bundle?.frames ?? 1) - 1);
+    const frames = new Map<number, string>();
+    for (const layer of this.doc.live()) {
+      if (layer.op.frame === undefined || layer.op.space === "atlas") continue;
+      frames.set(layer.op.frame, this.doc.participants.get(layer.author)?.color || "");
+    }
+    byId("marks").replaceChildren(
+      ...[...frames].map(([frame, colour]) =>
+        el("span", { "data-frame": String(frame), style: `left:${(frame / last) * 100}%${colour ? `;background:${colour}` : ""}` }),
+      ),
+    );
+  }
+
   private refreshLayers(): void {
+    this.refreshMarks();
     const layers = this.doc.live().reverse(); // topmost first, as in every editor
     const items = layers.map((layer) => {
       const author = this.doc.participants.get(layer.author);
