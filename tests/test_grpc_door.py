@@ -59,6 +59,9 @@ def test_reflection_lists_the_services(stubs) -> None:
     replies = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"vatlas.v1.Bundles", "vatlas.v1.Sessions", "vatlas.v1.Render", "grpc.health.v1.Health"} <= names
+    files = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="vatlas.v1.Sessions")])))
+    assert files[0].file_descriptor_response.file_descriptor_proto  # grpcurl can describe the API
 
 
 def test_bundles_list_info_load(stubs) -> None:
