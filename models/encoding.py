@@ -205,7 +205,7 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if self.use_triton and x.is_cuda:
+        if self.use_triton and x.is_cuda and self.params.dtype == torch.float32:
             from .encoding_triton import hash_encode
 
             return hash_encode(x, self.params, self.layout, self.cfg)
@@ -287,6 +287,8 @@ class FusedReluMLP(nn.Sequential):
         if not (x.is_cuda and triton_available()) or torch.is_autocast_enabled("cuda"):
             return False
         linears = self.linears()
+        if x.dtype != torch.float32 or any(m.weight.dtype != torch.float32 for m in linears):
+            return False
         from .encoding_triton import fused_mlp_supported
 
         return fused_mlp_supported(linears[0].in_features, linears[0].out_features, len(linears) - 1,

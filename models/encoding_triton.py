@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .encoding import HashGridConfig, LevelLayout
 
@@ -215,6 +216,7 @@ class _HashEncodeFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         x, table = ctx.saved_tensors
         cfg: HashGridConfig = ctx.cfg
@@ -417,6 +419,7 @@ class _FusedMlpFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         saved = ctx.saved_tensors
         hidden_layers, has_bias = ctx.hidden_layers, ctx.has_bias
