@@ -110,8 +110,9 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
         await self.check(context)
         try:
             progress = await self.core.jobs.start_fit(request)
-            async for event in progress:
-                yield event
+            async with contextlib.aclosing(progress):  # a cancelled call ends the job's stream at once
+                async for event in progress:
+                    yield event
         except CoreError as exc:
             await abort(context, exc)
 
@@ -209,8 +210,9 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
         try:
             frames = await self.core.playback(f"grpc-playback:{id(context)}", request,
                                               rate_key=self._rate_key(context))
-            async for frame in frames:
-                yield frame
+            async with contextlib.aclosing(frames):
+                async for frame in frames:
+                    yield frame
         except CoreError as exc:
             await abort(context, exc)
 
@@ -218,8 +220,9 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
         await self.check(context)
         try:
             events = await self.core.jobs.export(request)
-            async for event in events:
-                yield event
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
         except CoreError as exc:
             await abort(context, exc)
 

@@ -206,14 +206,16 @@ class WsConnection:
 
     async def _call_playback(self, rid: int, request: Any) -> None:
         frames = await self.core.playback(self.key, request, self.authorized)
-        async for frame in frames:
-            frame.request_id = rid
-            await self.send(rid, frame=frame)
+        async with contextlib.aclosing(frames):  # stop_playback ends the producer at once
+            async for frame in frames:
+                frame.request_id = rid
+                await self.send(rid, frame=frame)
 
     async def _call_export(self, rid: int, request: Any) -> None:
         events = await self.core.jobs.export(request, self.authorized)
-        async for event in events:
-            await self.send(rid, export=event)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                await self.send(rid, export=event)
 
     # ---------------------------------------------------------------- the session stream
 
