@@ -170,3 +170,16 @@ def test_hash_backend_override() -> None:
     assert cfg.grid("atlas_grid").backend == "torch"
     with pytest.raises(ValueError, match="backend"):
         RnaModel(small_cfg(hash_backend="opencl"))
+
+
+def test_hash_fields_use_fused_capable_mlp_with_plain_state_dict() -> None:
+    from vatlas.models.encoding import FusedReluMLP, make_mlp
+
+    model = RnaModel(small_cfg())
+    assert isinstance(model.atlas_field.mlp, FusedReluMLP)
+    plain = make_mlp(model.atlas_field.encoding.n_output_dims, 3, 64, 3)
+    assert list(plain.state_dict()) == list(model.atlas_field.mlp.state_dict())  # checkpoints interchange
+    plain.load_state_dict(model.atlas_field.mlp.state_dict())
+    feats = torch.rand(7, plain[0].in_features)
+    assert not model.atlas_field.mlp.fused_ok(feats)  # CPU: the plain nn.Sequential path runs
+    torch.testing.assert_close(model.atlas_field.mlp(feats), plain(feats))
