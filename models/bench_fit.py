@@ -11,6 +11,7 @@ import datetime
 import json
 import math
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     rows: list[dict[str, Any]] = []
 
-    def one(name: str, frames: np.ndarray, roi: Any, fps: float, quality: Any) -> None:
+    def one(name: str, frames: np.ndarray, roi: Any, fps: float, quality: Any, read_s: float = 0.0) -> None:
         cfg = FitConfig.preset(args.preset)
         if args.iters:
             cfg = cfg.scaled_iters(args.iters)
@@ -204,8 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bundle, m = fit(frames, roi, config=cfg, fps=fps, device=str(device.type), out=out, show_progress=True)
         q = quality(bundle)
         row = {"clip": name, "frames": int(frames.shape[0]), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
+        row["t_read"] = round(read_s, 3)
         row.update({f"t_{k}": v for k, v in m["stage_seconds"].items()})
-        row.update({"total_s": m["total_seconds"], "peak_gpu_mb": m.get("peak_gpu_mb", 0.0),
+        row.update({"total_s": round(m["total_seconds"] + read_s, 3), "peak_gpu_mb": m.get("peak_gpu_mb", 0.0),
                     "ref_valid": m["flow"]["ref_valid"], **{k: round(v, 3) for k, v in q.items()}})
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -215,8 +217,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            lighting=True)
         one(f"synth{k}", scene.frames, scene.roi, scene.fps, lambda b, s=scene: synth_quality(b, s))
     for name in args.clips:
+        began = time.perf_counter()
         frames, roi, fps, masks = load_clip(name, args.data, _size(args.size), args.max_frames)
-        one(name, frames, roi, fps, lambda b, gt=masks: real_quality(b, gt))
+        one(name, frames, roi, fps, lambda b, gt=masks: real_quality(b, gt), time.perf_counter() - began)
     keys = sorted({k for r in rows for k in r}, key=lambda k: [list(r) for r in rows][0].index(k)
                   if rows and k in rows[0] else 99)
     rows = [{k: r.get(k, "") for k in keys} for r in rows]

@@ -153,18 +153,27 @@ def _base_grid(h: int, w: int) -> np.ndarray:
 
 
 def sample(field_: np.ndarray, flow: np.ndarray, *, nearest: bool = False, fill: float = np.nan) -> np.ndarray:
-    """field_ sampled at x + flow(x) (bilinear by default); `fill` outside the frame."""
+    """field_ sampled at x + flow(x) (bilinear by default); `fill` where the target leaves the frame."""
     h, w = flow.shape[:2]
     coords = _base_grid(h, w) + flow
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     src = np.ascontiguousarray(field_.astype(np.float32, copy=False))
-    return cv2.remap(src, coords[..., 0], coords[..., 1], interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    # replicate, then fill by an explicit bounds test: a constant NaN border would leak into the last row and
+    # column through bilinear taps of weight zero
+    out = cv2.remap(src, coords[..., 0], coords[..., 1], interp, borderMode=cv2.BORDER_REPLICATE)
+    outside = ~_inside(coords, h, w)
+    out[outside] = fill
+    return out
+
+
+def _inside(coords: np.ndarray, h: int, w: int) -> np.ndarray:
+    x, y = coords[..., 0], coords[..., 1]
+    return (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
 
 
 def in_frame(flow: np.ndarray) -> np.ndarray:
     h, w = flow.shape[:2]
-    target = _base_grid(h, w) + flow
-    return (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
+    return _inside(_base_grid(h, w) + flow, h, w)
 
 
 def fb_valid(fwd: np.ndarray, bwd: np.ndarray, threshold_px: float) -> np.ndarray:

@@ -6,7 +6,9 @@ can be registered with `register_matting` and selected by FitConfig.matting.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -78,8 +80,13 @@ def soft_masks(frames: np.ndarray, masks: np.ndarray, *, method: str = "guided",
         raise ValueError(f"unknown matting method {method!r} (registered: {', '.join(sorted(_MATTING))})")
     fn = _MATTING[method]
     out = np.empty(masks.shape, np.float32)
-    for t in range(masks.shape[0]):
+
+    def one(t: int) -> None:
         hard = (masks[t] >= 0.5).astype(np.float32)
         tri = trimap(hard, erode_iters=erode_iters, dilate_iters=dilate_iters)
         out[t] = fn(frames[t], tri, hard, **kwargs) if method == "guided" else fn(frames[t], tri, hard)
+
+    # frames are independent and OpenCV/LAPACK release the GIL
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+        list(pool.map(one, range(masks.shape[0])))
     return out

@@ -1,0 +1,163 @@
+"""End-to-end fit on a small synthetic scene: quality floors, bundle contents, resume, CLI errors, real clip."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vatlas.models import bench_fit
+from vatlas.models.bundle import load_bundle
+from vatlas.models.config import FitConfig
+from vatlas.models.fit import FitError, checkpoint_path, fit
+
+from vatlas.synth import make_scene
+
+DATA = Path("/work/shared/data")
+
+
+def tiny_config(**overrides) -> FitConfig:
+    """Small networks and short stages: a CPU fit of a 64x48 clip in well under a minute."""
+    base = dict(iters_mapping_init=150, iters_main=250, iters_refine=60, iters_inverse=150, batch_size=1024,
+                mask_bootstrap_until=150, eval_every=50, hash_levels=8, hash_log2_size=14, mapping_width=64,
+                inverse_grid=64, lr_mapping=2e-3)
+    base.update(overrides)
+    return FitConfig.preset("draft", **base)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene(frames=8, size=(64, 48), seed=2, occluders=1, lighting=True)
+
+
+@pytest.fixture(scope="module")
+def fitted(scene, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit") / "scene.vatlas"
+    cache = tmp_path_factory.mktemp("cache")
+    bundle, metrics = fit(scene.frames, scene.roi, config=tiny_config(extra={"cache_dir": str(cache)}),
+                          fps=scene.fps, device="cpu", out=out, show_progress=False)
+    return bundle, metrics, out
+
+
+def test_bundle_is_written_and_loads_with_consistent_fields(fitted, scene):
+    bundle, metrics, out = fitted
+    loaded = load_bundle(out)
+    assert loaded.uv.shape == (8, 48, 64, 2) and loaded.atlas.shape == (1024, 1024, 3)
+    assert loaded.illumination.shape == (8, 12, 16, 3) and loaded.illumination.dtype == np.float16
+    assert loaded.inverse_map.shape == (8, 64, 64, 2)
+    assert loaded.atlas_span_px == pytest.approx(1.25 * 64)
+    assert loaded.source["sha256"] and loaded.config["atlas_size"] == 1024
+    assert set(metrics["stage_seconds"]) == {"flow", "init", "main", "refine", "inverse", "bake"}
+    assert not checkpoint_path(out).exists()
+    # the coverage mask is where the visible ROI maps: around the reference ROI in atlas space
+    ys, xs = np.nonzero(loaded.atlas_coverage)
+    cov_xy = loaded.uv_to_atlas(np.stack([(xs + 0.5) / 1024 * 2 - 1, (ys + 0.5) / 1024 * 2 - 1], 1))
+    roi = scene.roi.polygons[0]
+    assert cov_xy.min(0)[0] > roi.min(0)[0] - 4 and cov_xy.max(0)[0] < roi.max(0)[0] + 4
+    # the inverse map is NaN only for part of the grid, and finite entries lie in the frame
+    finite = np.isfinite(loaded.inverse_map[..., 0])
+    assert 0.02 < finite.mean() < 1.0
+    assert (loaded.inverse_map[finite] >= -0.5).all() and (loaded.inverse_map[finite][:, 0] <= 64.5).all()
+
+
+def test_quality_floors_on_the_synthetic_scene(fitted, scene):
+    bundle, metrics, _ = fitted
+    q = bench_fit.synth_quality(bundle, scene)
+    print(json.dumps(q))
+    assert q["roi_psnr"] > 24.0
+    assert q["mask_iou"] > 0.6
+    assert q["drift_px"] < 3.0
+    assert q["edit_psnr"] > 20.0
+    # reference frame: T is anchored to the identity on the ROI (position loss)
+    uv = bundle.uv_float(0)
+    roi_mask = scene.roi.mask(48, 64)
+    err = np.linalg.norm(uv - scene.gt_uv[0], axis=-1)[roi_mask] * bundle.atlas_span_px / 2
+    assert np.median(err) < 1.0
+
+
+def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
+    out = tmp_path / "r.vatlas"
+    cfg = tiny_config(iters_mapping_init=20, iters_main=40, iters_refine=10, iters_inverse=10,
+                      extra={"cache_dir": str(tmp_path / "cache")})
+
+    def interrupt(stage: str, iteration: int) -> None:
+        if stage == "main" and iteration == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, show_progress=False, callback=interrupt)
+    ckpt = checkpoint_path(out)
+    assert ckpt.exists() and not out.exists()
+    steps = []
+    bundle, metrics = fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, resume=True,
+                          show_progress=False, callback=lambda s, i: steps.append((s, i)))
+    assert metrics["resumed_from"] == {"stage": "main", "iteration": 25}
+    assert steps[0] == ("main", 26) and steps.count(("main", 26)) == 1
+    assert out.exists() and not ckpt.exists()
+    # a checkpoint from another clip geometry is refused
+    with pytest.raises(KeyboardInterrupt):
+        fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, show_progress=False, callback=interrupt)
+    with pytest.raises(FitError, match="another video"):
+        fit(scene.frames[:6], scene.roi, config=cfg, device="cpu", out=out, resume=True, show_progress=False)
+    with pytest.raises(FitError, match="nothing to resume"):
+        fit(scene.frames, scene.roi, config=cfg, device="cpu", out=tmp_path / "none.vatlas", resume=True)
+
+
+def test_config_round_trips_and_rejects_bad_values():
+    cfg = FitConfig.preset("best")
+    assert FitConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.atlas_size >= 1024 and cfg.atlas_span == 1.25 and cfg.refine_tau == 0.025
+    with pytest.raises(ValueError, match="atlas_size"):
+        FitConfig(atlas_size=512)
+    with pytest.raises(ValueError, match="unknown FitConfig keys"):
+        FitConfig.from_dict({"atlas_sise": 1024})
+    with pytest.raises(ValueError, match="unknown preset"):
+        FitConfig.preset("fastest")
+    scaled = FitConfig.preset("standard").scaled_iters(600)
+    assert scaled.iters_main == 600 and scaled.iters_refine < FitConfig().iters_refine
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vatlas.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/clip.mp4", "--roi", "{roi}"], "no such video"),
+    (["{video}", "--roi", "/nonexistent/roi.json"], "no such ROI file"),
+    (["{video}", "--roi", "{roi}", "--size", "big"], "--size must look like WxH"),
+    (["{video}", "--roi", "{roi}", "--frames", "3-9"], "--frames must look like START:STOP"),
+    (["{video}", "--roi", "{far_roi}"], "outside"),
+    (["{video}", "--roi", "{roi}", "--frames", "0:4", "--ref-frame", "9"], "beyond"),
+])
+def test_cli_bad_inputs_fail_with_one_line(tmp_path, args, message):
+    roi = tmp_path / "roi.json"
+    roi.write_text(json.dumps({"ref_frame": 0, "polygons": [[[10, 10], [60, 10], [60, 40], [10, 40]]]}))
+    far = tmp_path / "far.json"
+    far.write_text(json.dumps({"ref_frame": 0, "polygons": [[[2000, 2000], [2100, 2000], [2100, 2100]]]}))
+    fill = {"roi": str(roi), "far_roi": str(far), "video": str(DATA / "libby" / "frames")}
+    res = _cli("fit", *[a.format(**fill) for a in args], "--out", str(tmp_path / "x.vatlas"))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+
+
+def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):
+    out = tmp_path / "libby.vatlas"
+    res = _cli("fit", str(DATA / "libby" / "frames"), "--roi", str(DATA / "libby" / "roi.json"), "--out", str(out),
+               "--frames", "0:4", "--size", "96x54", "--preset", "draft", "--iters", "20", "--batch-size", "256",
+               "--device", "cpu", "--quiet")
+    assert res.returncode == 0, res.stderr
+    bundle = load_bundle(out)
+    assert bundle.frames.shape == (4, 54, 96, 3) and bundle.source["frame_range"] == [0, 4]
+    assert math.isfinite(bundle.metrics["roi_psnr"])
+    info = _cli("info", str(out), "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["frames"] == 4
+    text = _cli("info", str(out))
+    assert "atlas_size: 1024" in text.stdout
+    bad = _cli("info", str(tmp_path / "missing.vatlas"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
