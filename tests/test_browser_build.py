@@ -64,7 +64,7 @@ def test_dist_is_packaged_as_vatlas_webapp() -> None:
     for asset in re.findall(r'(?:src|href)="([^"]+)"', html):
         assert files.joinpath(asset).is_file(), f"index.html references missing {asset}"
     script = files.joinpath("app.js").read_text(encoding="utf-8")
-    assert "/ws" in script and "hello" in script, "app.js does not look like the built client"
+    assert "protocol_version" in script and "list_bundles" in script, "app.js does not look like the built client"
 
 
 def test_lockfile_pins_every_dependency() -> None:

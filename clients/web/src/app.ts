@@ -95,9 +95,13 @@ export class App {
       this.editLatencies.push(ms);
       this.view.canvas.dataset.editLatencyMs = ms.toFixed(1);
     };
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    // Relative to the page, so the app also works behind a reverse proxy under a path prefix.
+    const wsUrl = new URL("ws", location.href);
+    wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    wsUrl.search = "";
+    wsUrl.hash = "";
     this.conn = new Connection({
-      url: `${scheme}//${location.host}/ws`,
+      url: wsUrl.toString(),
       token: this.params.token,
       onState: (state, detail) => this.showConnection(state, detail),
       onOpen: (reconnected) => void this.onOpen(reconnected),
@@ -152,7 +156,15 @@ export class App {
               el("span", { class: "muted" }, [`${info.width ?? 0}×${info.height ?? 0} · ${info.frames ?? 0} frames`]),
             ]);
             button.addEventListener("click", () => {
-              this.openBundle(info.name ?? "").catch((e: unknown) => (byId("open-error").textContent = messageOf(e)));
+              for (const b of list.querySelectorAll("button")) b.disabled = true;
+              byId("open-error").textContent = "";
+              button.dataset.opening = "true";
+              this.openBundle(info.name ?? "")
+                .catch((e: unknown) => (byId("open-error").textContent = messageOf(e)))
+                .finally(() => {
+                  for (const b of list.querySelectorAll("button")) b.disabled = false;
+                  delete button.dataset.opening;
+                });
             });
             return el("li", {}, [button]);
           })
