@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -320,6 +321,32 @@ def test_concurrent_renders_of_several_sessions_stay_apart(tiny_models_dir: Path
                                                          (info_b, "png")])))
             assert together[0].data == alone_a.data and together[1].data == alone_b.data
             assert together[3].data == alone_b.data and together[2].data[:2] == b"\xff\xd8"
+        finally:
+            await core.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_vanishing_mid_commit_never_reuses_a_sequence_number(tiny_models_dir: Path, tmp_path: Path) -> None:
+    from vatlas.server.session.oplog import read_records
+
+    async def scenario() -> None:
+        core = await make_core(tiny_models_dir, tmp_path)
+        try:
+            info, (alice,) = await session_with(core, "alice")
+            session = core.sessions[info.session_id]
+            for k in range(40):  # cancel the submitting task at every point of the commit in turn
+                task = asyncio.create_task(core.submit(alice, stroke_op(f"c{k}", k % TINY_FRAMES)))
+                await asyncio.sleep(0.0004 * k)  # 0..16 ms: inside engine.apply, the log append, or after
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):  # it may also have finished already
+                    await task
+                await core.submit(alice, stroke_op(f"n{k}", k % TINY_FRAMES))
+            records, _ = read_records(tmp_path / "sessions" / info.session_id / "ops.log")
+            assert [r["seq"] for r in records] == list(range(1, len(records) + 1)) == [r["seq"] for r in
+                                                                                      session.records]
+            assert session.seq == len(records) and len(session.doc.objects) == len(records)
+            assert len(session.engine.objects()) == len(records)  # the engine holds exactly the logged ops
         finally:
             await core.close()
 

@@ -109,6 +109,21 @@ def _error(code: str, message: str, op_id: str = "") -> common_pb2.Error:
     return common_pb2.Error(code=code, message=message, op_id=op_id)
 
 
+async def _uncancellable(coroutine: Any) -> None:
+    """Run a commit to its end even if the caller is cancelled (its client went away mid-op).
+
+    A commit cut between the log append and the state update would leave a record on disk the session does not
+    count, and the next op would reuse its sequence number.
+    """
+    task = asyncio.ensure_future(coroutine)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task})  # finish first; the cancellation still reaches the caller
+        raise
+
+
 def op_to_proto(op: dict[str, Any]) -> edits_pb2.EditOp:
     return wire.from_mirror(op, edits_pb2.EditOp)  # type: ignore[return-value]
 
@@ -255,9 +270,13 @@ class ServerCore:
             await asyncio.to_thread(self.store.save_meta, session_id, meta)
             session.oplog, _ = await asyncio.to_thread(self.store.open_log, session_id)
         self.sessions[session_id] = session
-        for op in ops:
+
+        async def sequence() -> None:
             async with session.lock:
-                await self._commit(session, "", op, "document")
+                for op in ops:
+                    await self._commit(session, "", op, "document")
+
+        await _uncancellable(sequence())
         await self._ensure_engine(session)
         return session.info(with_token=True)
 
@@ -372,20 +391,27 @@ class ServerCore:
         try:
             op = validate_op(raw_op, session.op_limits)
             await self._ensure_engine(session)
+        except (OpError, CoreError) as exc:
+            self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
+            return
+
+        async def sequence() -> None:
             async with session.lock:
-                session.doc.check(op)
-                inverse = session.doc.inverse(op)
-                seq = await self._commit(session, participant.participant_id, op, "op")
+                try:
+                    session.doc.check(op)
+                    inverse = session.doc.inverse(op)
+                    seq = await self._commit(session, participant.participant_id, op, "op")
+                except (OpError, CoreError) as exc:
+                    self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
+                    return
                 history = session.history.setdefault(participant.participant_id, History())
                 if inverse is not None:
                     history.undo.append(inverse)
                     del history.undo[:-MAX_HISTORY]
                 history.redo.clear()
                 self._announce(session, participant, op, seq)
-        except OpError as exc:
-            self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
-        except CoreError as exc:
-            self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
+
+        await _uncancellable(sequence())
 
     async def undo(self, participant: Participant) -> None:
         await self._replay_history(participant, redo=False)
@@ -400,25 +426,29 @@ class ServerCore:
             self._reject(participant, "RESOURCE_EXHAUSTED", f"too many {word}s: slow down", "")
             return
         await self._ensure_engine(session)
-        async with session.lock:
-            history = session.history.setdefault(participant.participant_id, History())
-            source, sink = (history.redo, history.undo) if redo else (history.undo, history.redo)
-            if not source:
-                self._reject(participant, "FAILED_PRECONDITION", f"nothing to {word}", "")
-                return
-            op = {**source.pop(), "id": f"{word}:{secrets.token_hex(10)}"}
-            try:
-                op = validate_op(op, session.op_limits)
-                session.doc.check(op)
-                inverse = session.doc.inverse(op)
-                seq = await self._commit(session, participant.participant_id, op, word)
-            except (OpError, CoreError) as exc:
-                # someone else's edit made this step impossible (e.g. the object was deleted): drop it
-                self._reject(participant, exc.code, f"cannot {word}: {exc.message}", "")
-                return
-            if inverse is not None:
-                sink.append(inverse)
-            self._announce(session, participant, op, seq)
+
+        async def sequence() -> None:
+            async with session.lock:
+                history = session.history.setdefault(participant.participant_id, History())
+                source, sink = (history.redo, history.undo) if redo else (history.undo, history.redo)
+                if not source:
+                    self._reject(participant, "FAILED_PRECONDITION", f"nothing to {word}", "")
+                    return
+                op = {**source.pop(), "id": f"{word}:{secrets.token_hex(10)}"}
+                try:
+                    op = validate_op(op, session.op_limits)
+                    session.doc.check(op)
+                    inverse = session.doc.inverse(op)
+                    seq = await self._commit(session, participant.participant_id, op, word)
+                except (OpError, CoreError) as exc:
+                    # someone else's edit made this step impossible (e.g. the object was deleted): drop it
+                    self._reject(participant, exc.code, f"cannot {word}: {exc.message}", "")
+                    return
+                if inverse is not None:
+                    sink.append(inverse)
+                self._announce(session, participant, op, seq)
+
+        await _uncancellable(sequence())
 
     def presence(self, participant: Participant, update: sessions_pb2.PresenceUpdate) -> None:
         """Update and broadcast a participant's presence (cursor, frame, tool, name, colour)."""
