@@ -24,9 +24,11 @@ Request ids
     events, the file in chunks, the last with ``done``.
     ``session`` carries a ``ClientMessage``: first ``join`` (one session per connection), then ``op``,
     ``undo``, ``redo``, ``presence``, ``leave``. All session events (snapshot, accepted, rejected, applied,
-    presence, error) come back as ``event`` with the request_id of the ``join``. Op outcomes are keyed by op
-    id (``accepted`` / ``rejected``); every accepted op also reaches every participant as ``applied`` in
-    sequence order. Rejoin with ``last_seq`` to resume after a disconnect.
+    presence, error) come back as ``event`` with the request_id of the ``join``. Every op gets exactly one
+    ``accepted`` (with its sequence number) or ``rejected`` (with an Error), keyed by op id; every undo/redo
+    one ``accepted`` (op id ``undo:...``/``redo:...``) or ``rejected`` with op id "". Every accepted op also
+    reaches every participant as ``applied`` in sequence order. Rejoin with ``last_seq`` to resume after a
+    disconnect: a ``snapshot`` without ``document``, then ``applied`` for each later op.
 
 Rendering and access
     ``render``/``playback``/``export`` need the session's ``join_token`` unless this connection created or
