@@ -154,7 +154,14 @@ def _gpu_mib(nvidia_smi: str, pid: int) -> float | None:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 2 and parts[0] == str(pid):
             return float(parts[1])
-    return None
+    # inside a container the process list may be hidden: the server is the only GPU user here, so take the
+    # device's total
+    try:
+        total = subprocess.run([nvidia_smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return float(total.splitlines()[0]) if total else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
 
 
 def _slope_per_min(samples: list[tuple[float, float]]) -> float | None:
