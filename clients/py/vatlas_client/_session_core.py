@@ -164,7 +164,7 @@ class SessionCore(Generic[W]):
             if wire.op_id and wire.op_id in self.pending_ops:
                 self._answer(wire.op_id, out, None, OpRejected(err.message, code=err.code, op_id=wire.op_id))
             elif control and control in wire.message:
-                # a refused undo/redo comes as a stream error naming it ("nothing to undo", "cannot redo: ...")
+                # older servers refused undo/redo with a stream error naming it rather than `rejected`
                 _, waiter = self.pending_controls.popleft()
                 out.failed.append((waiter, OpRejected(err.message, code=err.code)))
             elif wire.code in FATAL_STREAM_ERRORS:
