@@ -312,7 +312,7 @@ def checked_handler(servicer: Any, service: Any) -> grpc.GenericRpcHandler:
 async def start_grpc(core: ServerCore, host: str, port: int, token: str | None) -> tuple[grpc.aio.Server, int, Any]:
     """Start the gRPC server; returns (server, bound port, health servicer)."""
     size = core.limits.max_message_bytes
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(maximum_concurrent_rpcs=core.limits.max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),

@@ -96,6 +96,8 @@ class Jobs:
         out = self.core.bundles.path(name)
         if out.exists() or name in self._fitting:
             raise CoreError("ALREADY_EXISTS", f"a bundle named {name!r} already exists")
+        if len(self._fitting) >= MAX_CONCURRENT_FITS:  # a fit takes the GPU for minutes: one at a time
+            raise CoreError("RESOURCE_EXHAUSTED", f"a fit is already running ({', '.join(sorted(self._fitting))})")
         if request.preset not in PRESETS:
             raise CoreError("INVALID_ARGUMENT", f"preset {request.preset!r} is not one of draft, standard, best")
         try:
@@ -226,6 +228,7 @@ class Jobs:
 
 _USER_ERRORS = ("CliError", "VatlasError", "VideoError", "RoiError", "FitError", "BundleError", "ValueError")
 HEARTBEAT_SECONDS = 2.0
+MAX_CONCURRENT_FITS = 1
 
 
 def _require_fit_module() -> None:

@@ -19,6 +19,7 @@ class ServerLimits:
     presence_per_second: float = 120.0
     presence_burst: float = 240.0
     max_participants: int = 64
+    max_concurrent_rpcs: int = 4096  # beyond this gRPC answers RESOURCE_EXHAUSTED
     max_sessions: int = 1024
     max_event_backlog: int = 10_000  # queued events for one participant before it is cut off as too slow
     min_scale: float = 1.0 / 16.0
