@@ -477,7 +477,9 @@ def test_eraser_removes_paint(running_server: Any, tiny_bundle: Any, new_page: A
     assert is_colour(frame_rgb(page)[y, x], GREEN)
     page.keyboard.press("e")  # eraser shortcut
     assert page.get_attribute("[data-testid=tool-eraser]", "class").split().count("active") == 1
-    set_range(page, "#brush-width", 10)
+    set_range(page, "#brush-width", 8)
+    page.keyboard.press("]")  # brush size shortcut
+    assert int(page.input_value("#brush-width")) == 10
     drag(page, [(x - 5, y), (x, y), (x + 5, y)])
     wait_frame(page, frame=0, min_seq=2)
     erased = frame_rgb(page)[y, x].astype(int)

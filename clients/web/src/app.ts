@@ -657,6 +657,7 @@ export class App {
       width: readNumber(kind === "adjust" ? "adj-width" : "brush-width"),
       color: byId<HTMLInputElement>("brush-color").value,
       opacity: readNumber("brush-opacity"),
+      hardness: readNumber("brush-hardness"),
       seq: null,
     };
     this.drag = { kind: "draw", last, pointerId: event.pointerId };
@@ -666,6 +667,7 @@ export class App {
   private onPointerMove(event: PointerEvent): void {
     const at = this.view.toFrame(event.clientX, event.clientY);
     this.queuePresence(at);
+    this.updateBrushOutline(at);
     if (!this.drag || this.drag.pointerId !== event.pointerId) return;
     if (this.drag.kind === "pan") {
       this.view.pan(event.clientX - this.drag.last[0], event.clientY - this.drag.last[1]);
@@ -707,6 +709,28 @@ export class App {
       this.finishPath(live);
     }
     this.view.invalidate();
+  }
+
+  private brushWidthInput(): HTMLInputElement | null {
+    if (this.tool === "brush" || this.tool === "eraser") return byId<HTMLInputElement>("brush-width");
+    if (this.tool === "adjust") return byId<HTMLInputElement>("adj-width");
+    return null;
+  }
+
+  private updateBrushOutline(at: Vec2 | null): void {
+    const input = this.brushWidthInput();
+    this.view.brush = at && input && !this.atlas ? { at, width: Number(input.value) } : null;
+    this.view.invalidate();
+  }
+
+  /** [ and ] resize the brush, as in most painting tools. */
+  private resizeBrush(factor: number): void {
+    const input = this.brushWidthInput();
+    if (!input) return;
+    const next = Math.round(Math.min(Number(input.max), Math.max(Number(input.min), Number(input.value) * factor)));
+    input.value = String(next === Number(input.value) ? next + Math.sign(factor - 1) : next);
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+    if (this.view.brush) this.updateBrushOutline(this.view.brush.at);
   }
 
   // ------------------------------------------------------------------ presence
@@ -901,7 +925,10 @@ export class App {
     canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
     canvas.addEventListener("pointerup", (e) => this.onPointerUp(e));
     canvas.addEventListener("pointercancel", (e) => this.onPointerUp(e));
-    canvas.addEventListener("pointerleave", () => this.sendPresence(null));
+    canvas.addEventListener("pointerleave", () => {
+      this.sendPresence(null);
+      this.updateBrushOutline(null);
+    });
     canvas.addEventListener(
       "wheel",
       (e) => {
@@ -1016,6 +1043,8 @@ export class App {
       this.zoomBy(1.25);
     } else if (key === "-") {
       this.zoomBy(0.8);
+    } else if (key === "[" || key === "]") {
+      this.resizeBrush(key === "]" ? 1.25 : 0.8);
     } else if (key === "0") {
       this.view.fit();
       this.updateZoomLabel();
@@ -1047,6 +1076,7 @@ export class App {
       }
     }
     this.view.canvas.dataset.tool = tool;
+    this.updateBrushOutline(this.view.brush?.at ?? null);
     this.sendPresence(this.pendingPresence);
   }
 

@@ -9,6 +9,7 @@ export interface Preview {
   width: number;
   color: string;
   opacity: number;
+  hardness?: number;
   /** Server sequence number once accepted; the preview goes away when a frame at or past it is shown. */
   seq: number | null;
   /** performance.now() when the op was sent (for the edit-to-pixels latency). */
@@ -36,6 +37,8 @@ export class View {
   /** Preview being drawn right now (not yet sent). */
   live: Preview | null = null;
   cursors: Participant[] = [];
+  /** Outline of the brush under the pointer (frame pixels), or null. */
+  brush: { at: Vec2; width: number } | null = null;
   currentFrame = 0;
   private dirty = true;
   /** Called after zoom or pan changes (the toolbar shows the zoom). */
@@ -159,6 +162,19 @@ export class View {
         if (preview.frame === this.currentFrame) this.drawPreview(preview);
       }
       for (const participant of this.cursors) this.drawCursor(participant);
+      if (this.brush) {
+        ctx.save();
+        ctx.lineWidth = 1 / this.zoom;
+        ctx.strokeStyle = "rgba(255,255,255,0.85)";
+        ctx.beginPath();
+        ctx.arc(this.brush.at[0], this.brush.at[1], Math.max(0.5, this.brush.width / 2), 0, Math.PI * 2);
+        ctx.stroke();
+        ctx.strokeStyle = "rgba(0,0,0,0.6)";
+        ctx.beginPath();
+        ctx.arc(this.brush.at[0], this.brush.at[1], Math.max(0.5, this.brush.width / 2) + 1 / this.zoom, 0, Math.PI * 2);
+        ctx.stroke();
+        ctx.restore();
+      }
     }
   }
 
@@ -180,6 +196,9 @@ export class View {
       ctx.lineCap = "round";
       ctx.lineJoin = "round";
       ctx.lineWidth = p.width;
+      // A soft brush previews with a blurred edge (the server's falloff is the real thing).
+      const softness = (1 - (p.hardness ?? 1)) * p.width * 0.25 * this.zoom * (window.devicePixelRatio || 1);
+      if (softness > 0.5) ctx.filter = `blur(${softness.toFixed(1)}px)`;
       ctx.globalAlpha = p.kind === "stroke" ? p.opacity : 0.35;
       ctx.strokeStyle = p.kind === "stroke" ? p.color : p.kind === "erase" ? "#ffffff" : "#ffd24d";
       ctx.beginPath();
