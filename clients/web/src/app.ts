@@ -4,14 +4,16 @@ import { SessionDocument } from "./document";
 import type {
   BundleInfo,
   EditOp,
-  ExportEvent,
   RenderedFrame,
   ServerEvent,
   SessionInfo,
   Vec2,
   WsResponse,
 } from "./generated/messages";
+import { Exporter } from "./export";
 import { hexToRgb, rounded, simplify } from "./geometry";
+import { adjustmentOp, stickerOp, strokeOp, textureOp } from "./ops";
+import { renderLayers, renderMarks, renderParticipants } from "./panels";
 import { $, byId, el, readNumber } from "./dom";
 import { View, type Preview } from "./view";
 
@@ -72,10 +74,9 @@ export class App {
   private pendingStickerAt: { at: Vec2; frame: number } | null = null;
   private presenceTimer: number | undefined;
   private pendingPresence: Vec2 | null = null;
-  private exportId: number | null = null;
+  private readonly exporter: Exporter;
   /** Ops sent but not yet accepted or rejected: resent after a reconnect so no edit is lost. */
   private readonly unacked = new Map<string, EditOp>();
-  private exportUrl: string | null = null;
 
   constructor() {
     const query = new URLSearchParams(location.search);
@@ -107,6 +108,7 @@ export class App {
       onOpen: (reconnected) => void this.onOpen(reconnected),
       onUnsolicited: (response) => this.onUnsolicited(response),
     });
+    this.exporter = new Exporter(this.conn);
     this.bindUi();
     this.exposeForTests();
     this.conn.start();
@@ -120,11 +122,7 @@ export class App {
       this.playbackId = null;
       this.stopPlayback();
     }
-    if (this.exportId !== null) {
-      this.exportId = null;
-      byId("export-stage").textContent = "failed: connection lost";
-      byId<HTMLButtonElement>("export-btn").disabled = false;
-    }
+    this.exporter.abandon();
     try {
       if (this.session) {
         await this.rejoin(reconnected);
@@ -528,65 +526,39 @@ export class App {
     const id = this.newOpId(preview.kind);
     preview.opId = id;
     preview.points = points;
-    let op: EditOp;
-    if (preview.kind === "adjust") {
-      op = {
-        id,
-        type: "adjustment",
-        space: "frame",
-        frame: this.frame,
-        region: "path",
-        points,
-        width: preview.width,
-        hardness: readNumber("brush-hardness"),
-        exposure: readNumber("adj-exposure"),
-        contrast: readNumber("adj-contrast"),
-        saturation: readNumber("adj-saturation"),
-        hue: readNumber("adj-hue"),
-        temperature: readNumber("adj-temperature"),
-      };
-    } else {
-      const [r, g, b] = hexToRgb(byId<HTMLInputElement>("brush-color").value);
-      op = {
-        id,
-        type: "stroke",
-        space: "frame",
-        frame: this.frame,
-        points,
-        width: preview.width,
-        color: [r, g, b, 1],
-        opacity: preview.kind === "erase" ? 1 : preview.opacity,
-        hardness: readNumber("brush-hardness"),
-        mode: preview.kind === "erase" ? "erase" : "paint",
-      };
-    }
+    const hardness = readNumber("brush-hardness");
+    const op =
+      preview.kind === "adjust"
+        ? adjustmentOp(id, this.frame, points, preview.width, hardness, {
+            exposure: readNumber("adj-exposure"),
+            contrast: readNumber("adj-contrast"),
+            saturation: readNumber("adj-saturation"),
+            hue: readNumber("adj-hue"),
+            temperature: readNumber("adj-temperature"),
+          })
+        : strokeOp({
+            id,
+            frame: this.frame,
+            points,
+            width: preview.width,
+            rgb: hexToRgb(byId<HTMLInputElement>("brush-color").value),
+            opacity: preview.opacity,
+            hardness,
+            erase: preview.kind === "erase",
+          });
     this.sendOp(op, preview);
   }
 
   private placeImage(a: Vec2, b: Vec2, preview: Preview): void {
     if (!this.imageBytes) return;
-    const x = Math.min(a[0], b[0]);
-    const y = Math.min(a[1], b[1]);
-    const w = Math.abs(b[0] - a[0]);
-    const h = Math.abs(b[1] - a[1]);
-    if (w < 2 || h < 2) {
+    const id = this.newOpId("texture");
+    const op = textureOp(id, this.frame, this.imageBytes, a, b, readNumber("image-opacity"));
+    if (!op) {
       this.toast("Drag a rectangle to place the image");
       return;
     }
-    const id = this.newOpId("texture");
     preview.opId = id;
-    this.sendOp(
-      {
-        id,
-        type: "texture",
-        space: "frame",
-        frame: this.frame,
-        image: this.imageBytes,
-        rect: [x, y, w, h].map((v) => Math.round(v * 100) / 100),
-        opacity: readNumber("image-opacity"),
-      },
-      preview,
-    );
+    this.sendOp(op, preview);
   }
 
   private placeSticker(at: Vec2): void {
@@ -600,20 +572,16 @@ export class App {
     const size = readNumber("sticker-size");
     const id = this.newOpId("sticker");
     const position = rounded([at])[0] as Vec2;
-    this.sendOp(
-      {
-        id,
-        type: "sticker",
-        space: "frame",
-        frame: this.frame,
-        image: this.stickerBytes,
-        position,
-        size: [size, Math.round(size / this.stickerAspect)],
-        follow_scale: true,
-        follow_rotation: true,
-      },
-      { opId: id, frame: this.frame, kind: "sticker", points: [position], width: size, color: "", opacity: 1, seq: null },
-    );
+    this.sendOp(stickerOp(id, this.frame, this.stickerBytes, position, [size, Math.round(size / this.stickerAspect)]), {
+      opId: id,
+      frame: this.frame,
+      kind: "sticker",
+      points: [position],
+      width: size,
+      color: "",
+      opacity: 1,
+      seq: null,
+    });
   }
 
   private undo(): void {
@@ -776,133 +744,27 @@ export class App {
 
   private refreshParticipants(): void {
     const people = [...this.doc.participants.values()];
-    byId("participants").replaceChildren(
-      ...people.map((p) => {
-        const mine = p.participant_id === this.participantId;
-        const attributes: Record<string, string> = {
-          "data-participant-id": p.participant_id ?? "",
-          "data-testid": "participant",
-          "data-me": String(mine),
-          "data-frame": String(p.frame ?? 0),
-        };
-        if (p.cursor) attributes["data-cursor"] = `${p.cursor[0]},${p.cursor[1]}`;
-        return el("li", attributes, [
-          el("span", { class: "swatch", style: `background:${p.color || "#888"}` }),
-          el("span", { class: "pname" }, [`${p.name || "guest"}${mine ? " (you)" : ""}`]),
-          el("span", { class: "where" }, [`f${p.frame ?? 0}${p.tool ? ` · ${p.tool}` : ""}`]),
-        ]);
-      }),
-    );
+    renderParticipants(byId("participants"), people, this.participantId);
     this.view.cursors = people.filter((p) => p.participant_id !== this.participantId && p.cursor);
     this.view.invalidate();
   }
 
   private refreshMarks(): void {
-    const last = Math.max(1, (this.bundle?.frames ?? 1) - 1);
-    const frames = new Map<number, string>();
-    for (const layer of this.doc.live()) {
-      if (layer.op.frame === undefined || layer.op.space === "atlas") continue;
-      frames.set(layer.op.frame, this.doc.participants.get(layer.author)?.color || "");
-    }
-    byId("marks").replaceChildren(
-      ...[...frames].map(([frame, colour]) =>
-        el("span", { "data-frame": String(frame), style: `left:${(frame / last) * 100}%${colour ? `;background:${colour}` : ""}` }),
-      ),
-    );
+    renderMarks(byId("marks"), this.doc.live(), this.doc.participants, this.bundle?.frames ?? 1);
   }
 
   private refreshLayers(): void {
     this.refreshMarks();
-    const layers = this.doc.live().reverse(); // topmost first, as in every editor
-    const items = layers.map((layer) => {
-      const author = this.doc.participants.get(layer.author);
-      const visible = el("button", { class: "layer-visible", "data-testid": "layer-visible", title: "Show / hide" }, [
-        layer.visible ? "Hide" : "Show",
-      ]);
-      visible.addEventListener("click", () =>
+    renderLayers(byId("layers"), this.doc.live(), this.doc.participants, {
+      toggleVisible: (layer) =>
         this.sendOp({ id: this.newOpId("vis"), type: "set_visible", target: layer.id, visible: !layer.visible }),
-      );
-      const remove = el("button", { class: "layer-delete", "data-testid": "layer-delete", title: "Delete" }, ["✕"]);
-      remove.addEventListener("click", () => this.sendOp({ id: this.newOpId("del"), type: "delete", target: layer.id }));
-      const label = describe(layer.op);
-      return el(
-        "li",
-        {
-          "data-layer-id": layer.id,
-          "data-layer-type": layer.op.type ?? "",
-          "data-visible": String(layer.visible),
-          "data-testid": "layer",
-          class: layer.visible ? "" : "hidden-layer",
-        },
-        [
-          el("span", { class: "swatch", style: `background:${author?.color || layerColor(layer.op)}` }),
-          this.layerName(layer.id, label, layer.op.frame, author?.name),
-          visible,
-          remove,
-        ],
-      );
+      remove: (layer) => this.sendOp({ id: this.newOpId("del"), type: "delete", target: layer.id }),
+      goTo: (layer) => {
+        if (layer.op.frame === undefined || this.atlas) return;
+        this.stopPlayback();
+        this.setFrame(layer.op.frame);
+      },
     });
-    byId("layers").replaceChildren(...(items.length ? items : [el("li", { class: "empty" }, ["No edits yet"])]));
-  }
-
-  private layerName(id: string, label: string, frame: number | undefined, author: string | undefined): HTMLElement {
-    const name = el("span", { class: "name", title: `${id}${author ? ` by ${author}` : ""} (click: go to its frame)` }, [label]);
-    name.addEventListener("click", () => {
-      if (frame === undefined || this.atlas) return;
-      this.stopPlayback();
-      this.setFrame(frame);
-    });
-    return name;
-  }
-
-  // ------------------------------------------------------------------ export
-
-  private startExport(): void {
-    if (!this.session || this.exportId !== null) return;
-    const box = byId("export-box");
-    const progress = byId<HTMLProgressElement>("export-progress");
-    const stage = byId("export-stage");
-    const link = byId<HTMLAnchorElement>("export-download");
-    box.hidden = false;
-    link.hidden = true;
-    progress.value = 0;
-    stage.textContent = "starting…";
-    const chunks: Uint8Array[] = [];
-    byId<HTMLButtonElement>("export-btn").disabled = true;
-    const finish = (): void => {
-      if (this.exportId !== null) this.conn.endStream(this.exportId);
-      this.exportId = null;
-      byId<HTMLButtonElement>("export-btn").disabled = false;
-    };
-    this.exportId = this.conn.stream({ export: { session_id: this.session.session_id ?? "", format: "mp4" } }, (response) => {
-      if (response.error) {
-        stage.textContent = `failed: ${response.error.message ?? ""}`;
-        finish();
-        return;
-      }
-      const event: ExportEvent | undefined = response.export;
-      if (!event) return;
-      if (event.fraction !== undefined) progress.value = event.fraction;
-      if (event.stage) stage.textContent = event.stage;
-      if (event.chunk?.length) chunks.push(event.chunk);
-      if (event.done) {
-        if (this.exportUrl) URL.revokeObjectURL(this.exportUrl);
-        this.exportUrl = URL.createObjectURL(new Blob(chunks as BlobPart[], { type: "video/mp4" }));
-        link.href = this.exportUrl;
-        link.download = event.filename || `${this.session?.bundle ?? "vatlas"}-edited.mp4`;
-        const bytes = chunks.reduce((n, c) => n + c.length, 0);
-        link.textContent = `Download (${(bytes / 1e6).toFixed(1)} MB)`;
-        link.dataset.bytes = String(bytes);
-        link.hidden = false;
-        progress.value = 1;
-        stage.textContent = "done";
-        finish();
-      }
-    });
-    if (this.exportId === null) {
-      stage.textContent = "not connected";
-      byId<HTMLButtonElement>("export-btn").disabled = false;
-    }
   }
 
   // ------------------------------------------------------------------ UI wiring
@@ -960,7 +822,9 @@ export class App {
     byId("play-btn").addEventListener("click", () => this.togglePlay());
     byId("undo-btn").addEventListener("click", () => this.undo());
     byId("redo-btn").addEventListener("click", () => this.redo());
-    byId("export-btn").addEventListener("click", () => this.startExport());
+    byId("export-btn").addEventListener("click", () => {
+      if (this.session) this.exporter.start(this.session.session_id ?? "", this.session.bundle || "vatlas");
+    });
     byId("share-btn").addEventListener("click", () => {
       void navigator.clipboard?.writeText(location.href).then(
         () => this.toast("Link copied: anyone with it can join this session", false),
@@ -1156,26 +1020,6 @@ export class App {
       },
     };
   }
-}
-
-function describe(op: EditOp): string {
-  switch (op.type) {
-    case "stroke":
-      return `${op.mode === "erase" ? "Erase" : "Stroke"} · f${op.frame ?? 0} · ${op.points?.length ?? 0} pts`;
-    case "texture":
-      return `Image · f${op.frame ?? 0}`;
-    case "adjustment":
-      return `Adjustment · f${op.frame ?? 0}`;
-    case "sticker":
-      return `Sticker · f${op.frame ?? 0}`;
-    default:
-      return op.type ?? "edit";
-  }
-}
-
-function layerColor(op: EditOp): string {
-  const [r, g, b] = op.color ?? [0.5, 0.5, 0.5];
-  return `rgb(${Math.round((r ?? 0) * 255)},${Math.round((g ?? 0) * 255)},${Math.round((b ?? 0) * 255)})`;
 }
 
 function storedName(): string {

@@ -1,0 +1,76 @@
+// The right-hand panels (people, layers) and the timeline marks, rendered from the session document.
+import type { Layer } from "./document";
+import { el } from "./dom";
+import type { Participant } from "./generated/messages";
+import { describeOp, opColour } from "./ops";
+
+export function renderParticipants(list: HTMLElement, people: Participant[], myId: string): void {
+  list.replaceChildren(
+    ...people.map((p) => {
+      const mine = p.participant_id === myId;
+      const attributes: Record<string, string> = {
+        "data-participant-id": p.participant_id ?? "",
+        "data-testid": "participant",
+        "data-me": String(mine),
+        "data-frame": String(p.frame ?? 0),
+      };
+      if (p.cursor) attributes["data-cursor"] = `${p.cursor[0]},${p.cursor[1]}`;
+      return el("li", attributes, [
+        el("span", { class: "swatch", style: `background:${p.color || "#888"}` }),
+        el("span", { class: "pname" }, [`${p.name || "guest"}${mine ? " (you)" : ""}`]),
+        el("span", { class: "where" }, [`f${p.frame ?? 0}${p.tool ? ` · ${p.tool}` : ""}`]),
+      ]);
+    }),
+  );
+}
+
+export interface LayerActions {
+  toggleVisible: (layer: Layer) => void;
+  remove: (layer: Layer) => void;
+  goTo: (layer: Layer) => void;
+}
+
+/** Layers topmost first, as in every editor, each with its author's colour, Hide/Show and delete. */
+export function renderLayers(list: HTMLElement, layers: Layer[], people: Map<string, Participant>, actions: LayerActions): void {
+  const items = [...layers].reverse().map((layer) => {
+    const author = people.get(layer.author);
+    const visible = el("button", { class: "layer-visible", "data-testid": "layer-visible", title: "Show / hide" }, [
+      layer.visible ? "Hide" : "Show",
+    ]);
+    visible.addEventListener("click", () => actions.toggleVisible(layer));
+    const remove = el("button", { class: "layer-delete", "data-testid": "layer-delete", title: "Delete" }, ["✕"]);
+    remove.addEventListener("click", () => actions.remove(layer));
+    const title = `${layer.id}${author?.name ? ` by ${author.name}` : ""} (click: go to its frame)`;
+    const name = el("span", { class: "name", title }, [describeOp(layer.op)]);
+    name.addEventListener("click", () => actions.goTo(layer));
+    const attributes = {
+      "data-layer-id": layer.id,
+      "data-layer-type": layer.op.type ?? "",
+      "data-visible": String(layer.visible),
+      "data-testid": "layer",
+      class: layer.visible ? "" : "hidden-layer",
+    };
+    return el("li", attributes, [
+      el("span", { class: "swatch", style: `background:${author?.color || opColour(layer.op)}` }),
+      name,
+      visible,
+      remove,
+    ]);
+  });
+  list.replaceChildren(...(items.length ? items : [el("li", { class: "empty" }, ["No edits yet"])]));
+}
+
+/** Ticks under the timeline at the frames where edits were drawn, in their author's colour. */
+export function renderMarks(track: HTMLElement, layers: Layer[], people: Map<string, Participant>, frames: number): void {
+  const last = Math.max(1, frames - 1);
+  const marked = new Map<number, string>();
+  for (const layer of layers) {
+    if (layer.op.frame === undefined || layer.op.space === "atlas") continue;
+    marked.set(layer.op.frame, people.get(layer.author)?.color || "");
+  }
+  track.replaceChildren(
+    ...[...marked].map(([frame, colour]) =>
+      el("span", { "data-frame": String(frame), style: `left:${(frame / last) * 100}%${colour ? `;background:${colour}` : ""}` }),
+    ),
+  );
+}
