@@ -52,8 +52,9 @@ def new_page(browser: Any) -> Iterator[Any]:
     contexts: list[Any] = []
     errors: list[str] = []
 
-    def make() -> Any:
-        context = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
+    def make(scale: float = 1.0) -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True,
+                                      device_scale_factor=scale)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
@@ -158,11 +159,13 @@ def pick_brush_colour(page: Any, hex_colour: str) -> None:
     )
 
 
-def draw_stroke(page: Any, at: tuple[int, int], *, width: int = 6, hex_colour: str = "#00ff00") -> None:
+def draw_stroke(page: Any, at: tuple[int, int], *, width: int = 6, hex_colour: str = "#00ff00",
+                opacity: float = 1.0) -> None:
     page.click("[data-testid=tool-brush]")
     pick_brush_colour(page, hex_colour)
     set_range(page, "#brush-width", width)
     set_range(page, "#brush-hardness", 1)
+    set_range(page, "#brush-opacity", opacity)
     x, y = at
     drag(page, [(x - 4, y), (x, y), (x + 4, y)])
 
@@ -509,3 +512,16 @@ def test_a_server_that_lost_the_session_gets_it_back_from_the_page(server_proces
     page.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 1")
     wait_frame(page, frame=0, min_seq=1)
     assert is_colour(frame_rgb(page)[y, x], GREEN)
+
+
+def test_half_opacity_stroke_on_a_hidpi_screen(running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
+    page = new_page(scale=2.0)  # device pixels != CSS pixels: frame coordinates must still be exact
+    open_bundle(page, running_server.http_url)
+    x, y = inside_roi(tiny_bundle, 0)
+    before = frame_rgb(page)[y, x].astype(int)
+    draw_stroke(page, (x, y), opacity=0.5)
+    wait_frame(page, frame=0, min_seq=1)
+    after = frame_rgb(page)[y, x].astype(int)
+    # Half-way to green (the clip's lighting is close to 1 here): before / 2 + green / 2.
+    expected = before / 2 + np.array([0.0, 127.5, 0.0])
+    assert np.abs(after - expected).max() < 25, (before, after, expected)
