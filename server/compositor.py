@@ -11,10 +11,15 @@ Resident caches per pixel-frame: uv int16 fixed point (4 B; uint16 shifted by 32
 supports it, decoded in-kernel; fp16 uv would lose up to 7 levels on a 1024^2 atlas), mask uint8 (1 B),
 frames uint8 (3 B) and the illumination at its baked reduced resolution (fp16 on CUDA), upsampled in-kernel.
 The atlas-space texture is one fp32 (3, S, S) array shared by all frames.
+
+Backends: on CUDA the fused Triton kernel of compositor_triton (one launch per batch, any batch size);
+``composite_kernel`` below is the same arithmetic in torch, run eagerly on CPU and under torch.compile on CUDA
+when Triton is missing or fails to build.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,6 +33,7 @@ UV_STEP = 2.0 / UV_SCALE
 # int16 storage q_s = q - 32768, so uv = q_s * step + (32768 * step - 1).
 UV_OFFSET = 32768.0 * UV_STEP - 1.0
 MODES = ("delta", "reconstruct")
+BACKENDS = ("auto", "triton", "compile", "eager")
 # Compiled kernels are specialised per batch size: batches are padded to a power of two up to this bound (and
 # split above it), so a server with varying batch sizes compiles at most a handful of shapes.
 MAX_BUCKET = 32
@@ -71,10 +77,19 @@ def composite_kernel(uvq: torch.Tensor, mask: torch.Tensor, illum: torch.Tensor,
 
 
 class Compositor:
-    """Holds a bundle's per-frame fields on the device and composites batches of frames."""
+    """Holds a bundle's per-frame fields on the device and composites batches of frames.
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "auto", *, compile: bool | None = None) -> None:
+    backend: "triton" (the fused kernel of compositor_triton; the default on CUDA when Triton imports),
+    "compile" (torch.compile of composite_kernel; the CUDA default without Triton), "eager" (plain torch;
+    the CPU default) or "auto". `compile` is the older switch: True asks for "compile", False for "eager".
+    """
+
+    def __init__(self, bundle: Bundle, device: str | torch.device = "auto", *, compile: bool | None = None,
+                 backend: str = "auto") -> None:
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # "cuda" and "cuda:0" compare unequal: pin the index so device checks on the hot path hold.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.num_frames, self.height, self.width = bundle.num_frames, bundle.height, bundle.width
         cuda = self.device.type == "cuda"
         # The atlas-space texture stays fp32 (12 MB at 1024^2, L2-resident): grid_sample needs grid and input
@@ -86,11 +101,18 @@ class Compositor:
         illum = np.ascontiguousarray(bundle.illumination.transpose(0, 3, 1, 2))
         self.illum = torch.from_numpy(illum).to(self.device, torch.float16 if cuda else torch.float32)
         self.frames = torch.from_numpy(np.ascontiguousarray(bundle.frames)).to(self.device)
-        self._use_compile = cuda if compile is None else compile
+        # Every frame number, resident: a run of consecutive frames is a view of it (no host-to-device copy).
+        self._frame_ids = torch.arange(self.num_frames, dtype=torch.int64, device=self.device)
+        self.backend = _choose_backend(backend, compile, cuda)
         self._kernel: Callable[..., torch.Tensor] = composite_kernel
         self._compile_lock = threading.Lock()
-        if self._use_compile:
+        self._ready: set[bool] = set()  # modes (reconstruct flag) whose Triton kernel has been built
+        if self.backend == "compile":
             self._kernel = torch.compile(composite_kernel, dynamic=False)
+        elif self.backend == "triton":
+            from vatlas.server.compositor_triton import composite_triton
+
+            self._kernel = composite_triton
 
     @property
     def resident_bytes(self) -> int:
@@ -105,23 +127,41 @@ class Compositor:
         return atlas_chw.to(self.device, self.texture_dtype).unsqueeze(0).contiguous()
 
     def frame_index(self, frames: Sequence[int] | torch.Tensor | int) -> torch.Tensor:
-        """Validate frame numbers -> int64 index tensor on the device."""
+        """Validate frame numbers -> int64 index tensor on the device.
+
+        Validation runs on the host; consecutive frames come back as a view of a resident index and other
+        lists through pinned memory, so neither waits for the GPU.
+        """
         idx = torch.as_tensor([frames] if isinstance(frames, int) else frames, dtype=torch.int64)
         if idx.ndim != 1 or idx.numel() == 0:
             raise ValueError("frames must be a non-empty list of frame numbers")
-        lo, hi = int(idx.min()), int(idx.max())
+        values = idx.tolist()
+        lo, hi = min(values), max(values)
         if lo < 0 or hi >= self.num_frames:
             raise IndexError(f"frame {lo if lo < 0 else hi} is out of range (the clip has frames 0..{self.num_frames - 1})")
+        first, n = values[0], len(values)
+        if values == list(range(first, first + n)):
+            return self._frame_ids[first:first + n]
+        if self.device.type == "cuda":
+            host = torch.tensor(values, dtype=torch.int64).pin_memory()
+            return host.to(self.device, non_blocking=True)
         return idx.to(self.device)
 
     def composite(self, frames: Sequence[int] | torch.Tensor | int, texture: torch.Tensor,
                   mode: str = "delta") -> torch.Tensor:
-        """Composite frames with a prepared texture (see prepare_texture) -> uint8 (N, H, W, 3) on the device."""
+        """Composite frames with a prepared texture (see prepare_texture) -> uint8 (N, H, W, 3) on the device.
+
+        `frames` as an int64 tensor already on this device is trusted (the Triton kernel clamps it into range);
+        anything else goes through frame_index.
+        """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        idx = frames if isinstance(frames, torch.Tensor) and frames.device == self.device else self.frame_index(frames)
+        trusted = isinstance(frames, torch.Tensor) and frames.device == self.device and frames.dtype == torch.int64
+        idx = frames if trusted else self.frame_index(frames)
         reconstruct = mode == "reconstruct"
-        if not self._use_compile:
+        if self.backend == "triton":
+            return self._composite_triton(idx, texture, reconstruct)
+        if self.backend == "eager":
             return composite_kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
         n = int(idx.shape[0])
         if n > MAX_BUCKET:
@@ -132,17 +172,54 @@ class Compositor:
                 out = self._kernel(self.uvq, self.mask, self.illum, self.frames, padded, texture, reconstruct)
             except Exception as exc:  # noqa: BLE001 - a compiler failure must not take rendering down
                 warnings.warn(f"torch.compile of the compositor failed, using eager mode: {exc}", stacklevel=2)
-                self._use_compile = False
+                self.backend = "eager"
                 return composite_kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
         return out[:n]
 
+    def _composite_triton(self, idx: torch.Tensor, texture: torch.Tensor, reconstruct: bool) -> torch.Tensor:
+        if texture.dtype != torch.float32 or not texture.is_contiguous():
+            texture = texture.to(torch.float32).contiguous()
+        if reconstruct in self._ready:  # the hot path: no lock, no try
+            return self._kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
+        with self._compile_lock:  # build each mode's kernel once, even under concurrent first requests
+            try:
+                out = self._kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not take rendering down
+                warnings.warn(f"the Triton compositor failed, using torch.compile instead: {exc}", stacklevel=3)
+                self.backend = "compile"
+                self._kernel = torch.compile(composite_kernel, dynamic=False)
+                return self.composite(idx, texture, "reconstruct" if reconstruct else "delta")
+            self._ready.add(reconstruct)
+        return out
+
     def warmup(self, texture: torch.Tensor, batch_sizes: Sequence[int] = (1, 8)) -> None:
-        """Compile the kernels for these batch sizes now (seconds each) rather than on the first request."""
-        for n in batch_sizes:
+        """Build the kernels now (Triton: once per mode; torch.compile: per batch size, seconds each)."""
+        sizes = batch_sizes[:1] if self.backend == "triton" else batch_sizes
+        for n in sizes:
             idx = torch.zeros(int(n), dtype=torch.int64, device=self.device)
             for mode in MODES:
                 self.composite(idx, texture, mode)
 
     @property
     def compiled(self) -> bool:
-        return self._use_compile
+        """True when a compiled kernel (Triton or torch.compile) renders, i.e. warmup() is worth calling."""
+        return self.backend in ("triton", "compile")
+
+
+def triton_available() -> bool:
+    """Triton imports (CUDA builds of torch ship it; CPU-only installs usually do not)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _choose_backend(backend: str, compile: bool | None, cuda: bool) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        if backend == "triton" and not triton_available():
+            raise ValueError("backend 'triton' needs the triton package")
+        return backend
+    if compile is not None:
+        return "compile" if compile else "eager"
+    if not cuda:
+        return "eager"
+    return "triton" if triton_available() else "compile"

@@ -124,3 +124,24 @@ def test_batches_pad_to_power_of_two_buckets() -> None:
     assert pad_to_bucket(torch.tensor([1, 2, 3])).tolist() == [1, 2, 3, 3]
     assert pad_to_bucket(torch.arange(5)).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
     assert pad_to_bucket(torch.arange(8)).tolist() == list(range(8))
+
+
+def test_frame_index_runs_are_views_and_lists_keep_their_order(edited) -> None:
+    _, engine = edited
+    comp: Compositor = engine.compositor
+    run = comp.frame_index([1, 2, 3])
+    assert run.tolist() == [1, 2, 3] and run.data_ptr() == comp._frame_ids[1:].data_ptr()
+    assert comp.frame_index(2).tolist() == [2]
+    assert comp.frame_index([3, 1, 1]).tolist() == [3, 1, 1]
+    assert comp.frame_index(torch.tensor([0, 2])).tolist() == [0, 2]
+
+
+def test_backend_choice() -> None:
+    from vatlas.server.compositor import _choose_backend
+
+    assert _choose_backend("auto", None, cuda=False) == "eager"
+    assert _choose_backend("auto", True, cuda=False) == "compile"
+    assert _choose_backend("auto", False, cuda=True) == "eager"
+    assert _choose_backend("eager", True, cuda=True) == "eager"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _choose_backend("vulkan", None, cuda=False)

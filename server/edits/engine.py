@@ -191,7 +191,8 @@ class EditEngine:
             stickers = [o.sticker for o in self._objects.values()
                         if o.sticker is not None and o.visible and not o.deleted]
             if stickers:
-                for n, t in enumerate(idx.tolist()):
+                host_frames = [frames] if isinstance(frames, int) else [int(f) for f in frames]  # no device sync
+                for n, t in enumerate(host_frames):
                     for track in stickers:
                         draw_sticker(out[n], self.compositor.mask[t], track, t)
         if region is not None:
