@@ -176,6 +176,11 @@ export class App {
     try {
       await this.join(session.session_id ?? "", session.join_token ?? "", reconnected);
     } catch (error) {
+      if (error instanceof WireRequestError && error.wire.code === "OUT_OF_RANGE") {
+        // The server is behind what we saw (it lost a tail of its log): take its full state instead.
+        await this.join(session.session_id ?? "", session.join_token ?? "", false);
+        return;
+      }
       if (!(error instanceof WireRequestError) || error.wire.code !== "NOT_FOUND" || !session.bundle) throw error;
       const ops = this.doc.live().map((layer) => layer.op);
       await this.conn.request({ load_bundle: { name: session.bundle } });
