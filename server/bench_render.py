@@ -3,7 +3,8 @@
 Builds a synthetic bundle in memory at each size (a smooth warp of a random atlas, a moving soft occluder in
 the mask, half-resolution illumination), applies a texture and strokes, then times:
 
-* composite only (frames resident on the device, output left there), single frames and batches;
+* composite only (frames resident on the device, output left there), single frames and batches, with the
+  default backend (the fused Triton kernel on CUDA) and, on CUDA, also the torch.compile backend it replaced;
 * composite + JPEG + bytes on the host (nvJPEG on CUDA, OpenCV on CPU);
 * a new stroke op until its atlas layer is ready (ms, p50/p95);
 * resident bytes per pixel-frame; and the fraction of pixels within 1 level of the float64 reference.
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from vatlas.models.bundle import Bundle, encode_uv
 from vatlas.models.reference_compositor import reference_composite, to_uint8
-from vatlas.server.compositor import resolve_device
+from vatlas.server.compositor import Compositor, resolve_device, triton_available
 from vatlas.server.edits.engine import EditEngine
 from vatlas.server.encoders import encode, nvjpeg_available
 
@@ -34,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=1.5, help="timing budget per row (default 1.5)")
     parser.add_argument("--strokes", type=int, default=60, help="strokes for the latency figure (default 60)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--backend", default="auto", choices=("auto", "triton", "compile", "eager"),
+                        help="compositor backend under test (default: Triton on CUDA, eager on CPU)")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the torch.compile comparison rows (CUDA with the Triton backend only)")
     parser.add_argument("--quick", action="store_true", help="tiny CPU-sized run (tests)")
 
 
@@ -132,6 +137,8 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
     bundle = synthetic_bundle(width, height, args.frames, args.atlas)
     build_s = time.perf_counter() - t0
     engine = EditEngine(bundle, device)
+    if args.backend != "auto":
+        engine.compositor = Compositor(bundle, engine.device, backend=args.backend)
     comp = engine.compositor
     _edits(engine, width, height)
     # Stroke latency: op in -> atlas layer ready (synchronised).
@@ -151,13 +158,13 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
     batches = [comp.frame_index([(b * n + i) % args.frames for i in range(n)]) for b in range(4)]
     counter = {"k": 0}
 
-    def one() -> torch.Tensor:
+    def one(c: Compositor = comp) -> torch.Tensor:
         counter["k"] += 1
-        return comp.composite(singles[counter["k"] % len(singles)], tex)
+        return c.composite(singles[counter["k"] % len(singles)], tex)
 
-    def many() -> torch.Tensor:
+    def many(c: Compositor = comp) -> torch.Tensor:
         counter["k"] += 1
-        return comp.composite(batches[counter["k"] % len(batches)], tex)
+        return c.composite(batches[counter["k"] % len(batches)], tex)
 
     def one_jpeg() -> list[bytes]:
         return encode(one(), "jpeg", 85)
@@ -173,6 +180,17 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
         "composite+jpeg+host_1": _rate(one_jpeg, 1, secs, device, warmup=2),
         f"composite+jpeg+host_{n}": _rate(many_jpeg, n, secs, device, warmup=2),
     }
+    if device.type == "cuda" and comp.backend == "triton" and not args.no_compare:
+        # The backend the Triton kernel replaced, on the same caches and texture, for the before/after table.
+        old = Compositor(bundle, engine.device, backend="compile")
+        old.warmup(tex, (1, n))
+        fps["composite (torch.compile)_1"] = _rate(lambda: one(old), 1, secs, device)
+        fps[f"composite (torch.compile)_{n}"] = _rate(lambda: many(old), n, secs, device)
+        agree = (old.composite(batches[0], tex).int() - comp.composite(batches[0], tex).int()).abs()
+        common_cmp = f"{(agree <= 1).float().mean().item():.6f} (max {int(agree.max())})"
+        del old
+    else:
+        common_cmp = ""
     # Accuracy against the float64 reference on a few frames.
     atlas_edit = engine.edited_atlas()
     within, total, worst = 0, 0, 0
@@ -199,8 +217,10 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
                  "fps": f"{common['stroke_ms_p50']:.3f} / {common['stroke_ms_p95']:.3f}"})
     rows.append({"size": common["size"], "what": "resident bytes per pixel-frame", "batch": 0,
                  "fps": common["bytes_per_px_frame"]})
-    rows.append({"size": common["size"], "what": "compositor compiled (torch.compile)", "batch": 0,
-                 "fps": str(comp.compiled)})
+    rows.append({"size": common["size"], "what": "compositor backend", "batch": 0, "fps": comp.backend})
+    if common_cmp:
+        rows.append({"size": common["size"], "what": "pixels within 1 level of torch.compile path", "batch": n,
+                     "fps": common_cmp})
     rows.append({"size": common["size"], "what": "pixels within 1 level of float64 ref", "batch": 0,
                  "fps": f"{common['within_1_level']:.6f} (max {worst})"})
     return rows
@@ -225,7 +245,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "triton": _triton_version(),
         "jpeg": "nvJPEG (torchvision)" if device.type == "cuda" and nvjpeg_available() else "OpenCV",
         "frames": args.frames, "atlas": args.atlas, "batch": args.batch,
     }
     return {"rows": rows, "meta": meta}
+
+
+def _triton_version() -> str:
+    if not triton_available():
+        return "absent"
+    import triton
+
+    return str(triton.__version__)

@@ -9,6 +9,7 @@ overlapping the affected rectangle from A, in order.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ from vatlas.server.edits.raster import (
 DEFAULT_STROKE_WIDTH = 8.0
 DEFAULT_HARDNESS = 0.8
 DEFAULT_COLOR = (1.0, 0.0, 0.0, 1.0)
+# Adjustment weights (coverage x opacity) are cached per op over its rectangle, up to this many texels in all
+# (64 MB of fp32): a stroke under an adjustment then re-applies it without recomputing the polygon coverage.
+WEIGHT_CACHE_TEXELS = 16 * 1024 * 1024
 
 
 @dataclass
@@ -73,6 +77,9 @@ class AtlasLayers:
         s = self.base.shape[0]
         self.delta = torch.zeros((1, 3, s, s), device=device, dtype=texture_dtype)
         self.version = 0
+        # Atlas points of every texel centre: rectangles slice it instead of rebuilding a grid per op.
+        self._centres = geometry.texel_centres((0, s, 0, s), device)
+        self._weight_owners: weakref.WeakValueDictionary[int, AtlasOp] = weakref.WeakValueDictionary()
 
     # ---- preparation -------------------------------------------------------------------------------------
     def _to_atlas(self, op: dict[str, Any], pts: np.ndarray, *, closed: bool = False) -> np.ndarray:
@@ -105,7 +112,9 @@ class AtlasLayers:
         atlas_pts = self._to_atlas(op, pts)
         width = self._width_to_atlas(op, float(op.get("width", DEFAULT_STROKE_WIDTH)), pts.mean(axis=0))
         rect = self.geom.rect_around(atlas_pts, width / 2.0)
-        return AtlasOp("paint", rect, op, points=self._tensor(atlas_pts), width=width)
+        color = op.get("color", DEFAULT_COLOR)
+        return AtlasOp("paint", rect, op, points=self._tensor(atlas_pts), width=width,
+                       extra={"rgb": self._tensor(np.asarray(color[:3]))})
 
     def _prepare_texture(self, op: dict[str, Any]) -> AtlasOp:
         rgba = decode_image(op["image"], op_id=op.get("id", ""))
@@ -142,13 +151,20 @@ class AtlasLayers:
         return AtlasOp("adjust", rect, op, points=self._tensor(atlas_pts), width=width)
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(arr, dtype=np.float32), device=self.device)
+        """Host array -> float32 tensor on the device, without waiting for the GPU (pinned, non-blocking)."""
+        host = torch.from_numpy(np.array(arr, dtype=np.float32))
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
+
+    def _centres_of(self, rect: Rect) -> torch.Tensor:
+        return self._view(self._centres, rect)
 
     # ---- rasterisation -----------------------------------------------------------------------------------
     def _paint_into(self, target: torch.Tensor, base: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
         """Blend one paint op into target (the E_paint view of `sub`); base is A over `sub`."""
         op = aop.op
-        centres = self.geom.texel_centres(sub, self.device)
+        centres = self._centres_of(sub)
         opacity = float(op.get("opacity", 1.0))
         if op["type"] == "stroke":
             assert aop.points is not None
@@ -159,8 +175,7 @@ class AtlasLayers:
             if op.get("mode", "paint") == "erase":
                 target.add_(alpha * (base - target))
             else:
-                rgb = torch.tensor(color[:3], device=self.device, dtype=torch.float32)
-                target.mul_(1.0 - alpha).add_(alpha * rgb)
+                target.mul_(1.0 - alpha).add_(alpha * aop.extra["rgb"])
             return
         assert aop.image is not None
         if "inv" in aop.extra:
@@ -171,23 +186,40 @@ class AtlasLayers:
                                                        padding_mode="border", align_corners=False)[0]
             frame_xy = frame_xy.permute(1, 2, 0)
             x, y, rw, rh = op["rect"]
-            coords = (frame_xy - torch.tensor([x, y], device=self.device)) / torch.tensor([rw, rh],
-                                                                                          device=self.device)
+            coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
             coords = torch.nan_to_num(coords, nan=-10.0)  # unknown B: outside the image
         src = sample_image(aop.image, coords) * opacity
         target.mul_(1.0 - src[..., 3:4]).add_(src[..., :3])
 
-    def _adjust_into(self, target: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
+    def _adjust_weight(self, aop: AtlasOp, sub: Rect) -> torch.Tensor:
+        """Coverage x opacity of an adjustment over sub (h, w, 1); cached over its whole rect when it fits."""
+        cached = aop.extra.get("weight")
+        if cached is None and aop.rect is not None:
+            r0, r1, c0, c1 = aop.rect
+            # Ops dropped by updates free their caches with them; deleted ones stay (they can be restored).
+            in_use = sum(o.extra["weight"].numel() for o in self._weight_owners.values())
+            if in_use + (r1 - r0) * (c1 - c0) <= WEIGHT_CACHE_TEXELS:
+                cached = aop.extra["weight"] = self._coverage_weight(aop, aop.rect)
+                self._weight_owners[id(aop)] = aop
+        if cached is None:
+            return self._coverage_weight(aop, sub)
+        r0, r1, c0, c1 = sub
+        return cached[r0 - aop.rect[0]:r1 - aop.rect[0], c0 - aop.rect[2]:c1 - aop.rect[2]]
+
+    def _coverage_weight(self, aop: AtlasOp, rect: Rect) -> torch.Tensor:
         op = aop.op
         assert aop.points is not None
-        centres = self.geom.texel_centres(sub, self.device)
+        centres = self._centres_of(rect)
         hardness = float(op.get("hardness", DEFAULT_HARDNESS))
         if op.get("region", "polygon") == "path":
             cov = brush_coverage(centres, aop.points, aop.width, hardness, self.geom.texel_px)
         else:
             cov = polygon_coverage(centres, aop.points, (1.0 - hardness) * aop.width, self.geom.texel_px)
-        weight = (cov * float(op.get("opacity", 1.0))).unsqueeze(-1)
-        target.add_(weight * (apply_adjustment(target, op) - target))
+        return (cov * float(op.get("opacity", 1.0))).unsqueeze(-1)
+
+    def _adjust_into(self, target: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
+        weight = self._adjust_weight(aop, sub)
+        target.add_(weight * (apply_adjustment(target, aop.op) - target))
 
     @staticmethod
     def _view(t: torch.Tensor, rect: Rect) -> torch.Tensor:

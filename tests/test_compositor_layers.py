@@ -1,0 +1,48 @@
+"""The atlas layers the compositor samples: cached adjustment weights give exactly the uncached result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_edits_fixtures import shifted_bundle
+from vatlas.server.edits import layers as layers_module
+from vatlas.server.edits.engine import EditEngine
+
+ADJUST = {"id": "a", "type": "adjustment", "space": "atlas", "exposure": 0.6, "temperature": 0.5,
+          "hardness": 0.3, "points": [[4, 4], [60, 8], [20, 50]]}
+
+
+def _strokes(engine: EditEngine) -> None:
+    for k, (p, q) in enumerate((([2, 2], [60, 40]), ([10, 44], [50, 6]), ([30, 30], [31, 31]))):
+        engine.apply({"id": f"s{k}", "type": "stroke", "space": "frame", "frame": k, "points": [p, q],
+                      "width": 5, "color": [0.9, 0.1, 0.2, 0.8], "hardness": 0.5})
+
+
+def test_cached_adjustment_weights_match_direct_coverage(monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = shifted_bundle(width=64, height=48, atlas=64)
+    cached = EditEngine(bundle, "cpu")
+    cached.apply(ADJUST)
+    _strokes(cached)  # each stroke re-applies the adjustment over its own rectangle from the cache
+    aop = cached._objects["a"].atlas_op
+    assert "weight" in aop.extra
+    r0, r1, c0, c1 = aop.rect
+    sub = (r0 + 3, r1 - 2, c0 + 1, c1 - 4)
+    assert torch.equal(cached.layers._adjust_weight(aop, sub), cached.layers._coverage_weight(aop, sub))
+
+    monkeypatch.setattr(layers_module, "WEIGHT_CACHE_TEXELS", 0)  # nothing fits: computed per rectangle
+    direct = EditEngine(bundle, "cpu")
+    direct.apply(ADJUST)
+    _strokes(direct)
+    assert "weight" not in direct._objects["a"].atlas_op.extra
+    monkeypatch.undo()
+    assert torch.equal(cached.layers.delta, direct.layers.delta)
+    assert float(direct.layers.delta.abs().max()) > 0.1
+
+    # An update replaces the op (and its cache); undoing the strokes leaves only the adjustment.
+    cached.apply({"type": "update", "target": "a", "set": {"exposure": -0.4}})
+    assert "weight" in cached._objects["a"].atlas_op.extra and cached._objects["a"].atlas_op is not aop
+    for k in range(3):
+        cached.apply({"type": "delete", "target": f"s{k}"})
+    only = EditEngine(bundle, "cpu")
+    only.apply({**ADJUST, "exposure": -0.4})
+    assert torch.allclose(cached.layers.delta, only.layers.delta, atol=1e-6)
