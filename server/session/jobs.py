@@ -6,12 +6,14 @@ Heavy work runs in threads; progress is handed to the event loop with `call_soon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import AsyncIterator
@@ -138,7 +140,7 @@ class Jobs:
 
         self._fitting.add(name)
         started = time.monotonic()
-        task = asyncio.ensure_future(asyncio.to_thread(work))
+        task = _in_daemon_thread(work, f"vatlas-fit-{name}")
         try:
             yield bundles_pb2.FitProgress(stage="fitting", fraction=0.0, message="started")
             while not task.done():
@@ -224,6 +226,31 @@ class Jobs:
                         break
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _in_daemon_thread(fn: Any, name: str) -> asyncio.Future:
+    """Run fn in a daemon thread (a fit must not hold up the process at shutdown); a future of its result."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
 
 
 _USER_ERRORS = ("CliError", "VatlasError", "VideoError", "RoiError", "FitError", "BundleError", "ValueError")
