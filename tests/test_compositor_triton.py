@@ -68,6 +68,17 @@ CHECK = textwrap.dedent("""
             assert np.abs(got[n] - ref).max() <= 0.5 + 2e-3 + (device != "cpu")
         # The edits really show (the comparison is not between two copies of the input).
         assert (np.abs(got - bundle.frames[frames]).max(-1) > 20).mean() > 0.05
+    # Every launch configuration the autotuner may pick gives the same bytes.
+    from vatlas.server.compositor_triton import composite_triton
+    from triton import Config
+    tex = engine.layers.delta.to(device)
+    idx = triton_path.frame_index([2, 0, 1])
+    want = triton_path.composite(idx, tex)
+    for config in (Config({"BLOCK": 128, "UV_EARLY": True}, num_warps=4),
+                   Config({"BLOCK": 256, "UV_EARLY": False}, num_warps=2)):
+        got = composite_triton(triton_path.uvq, triton_path.mask, triton_path.illum, triton_path.frames, idx, tex,
+                               False, config=config)
+        assert torch.equal(got, want), config
     single = triton_path.composite([1], engine.layers.delta.to(device))
     batch = triton_path.composite([0, 1, 2], engine.layers.delta.to(device))
     assert torch.equal(single[0], batch[1])
