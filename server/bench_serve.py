@@ -511,11 +511,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               remaining, args.quality, min(workers, soak_clients))
                 thread.join(timeout=60)
         finally:
+            server.stop()
+            sampler.stop()
             if pool is not None:
                 pool.close()
                 pool.join()
-            sampler.stop()
-            server.stop()
     soak_start = sampler.marks.get("soak", 0.0)
     soak = [s for s in sampler.rss if s[0] >= soak_start]
     if sampler.rss:
