@@ -110,9 +110,9 @@ class Compositor:
         if self.backend == "compile":
             self._kernel = torch.compile(composite_kernel, dynamic=False)
         elif self.backend == "triton":
-            from vatlas.server.compositor_triton import composite_triton
+            from vatlas.server.compositor_triton import TritonCompositor
 
-            self._kernel = composite_triton
+            self._triton = TritonCompositor(self.uvq, self.mask, self.illum, self.frames)
 
     @property
     def resident_bytes(self) -> int:
@@ -180,10 +180,10 @@ class Compositor:
         if texture.dtype != torch.float32 or not texture.is_contiguous():
             texture = texture.to(torch.float32).contiguous()
         if reconstruct in self._ready:  # the hot path: no lock, no try
-            return self._kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
+            return self._triton(idx, texture, reconstruct)
         with self._compile_lock:  # build each mode's kernel once, even under concurrent first requests
             try:
-                out = self._kernel(self.uvq, self.mask, self.illum, self.frames, idx, texture, reconstruct)
+                out = self._triton(idx, texture, reconstruct)
             except Exception as exc:  # noqa: BLE001 - a compiler failure must not take rendering down
                 warnings.warn(f"the Triton compositor failed, using torch.compile instead: {exc}", stacklevel=3)
                 self.backend = "compile"

@@ -16,29 +16,22 @@ Runs in Triton's CPU interpreter (TRITON_INTERPRET=1) on CPU tensors, which is h
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 from vatlas.server.compositor import UV_OFFSET, UV_STEP
 
-# Launch configurations tried on the first call per frame size and mode (Triton's autotuner keeps the fastest).
-# On an H200, 1024 pixels over 8 warps led a first sweep (33 us of GPU time per 1080p frame, vs 37-46 us for
-# 256/2 .. 2048/16; 4096/16 spilled). UV_EARLY issues the uv load together with the mask load (one memory
-# latency fewer, but uv is then read for pixels outside the ROI too); the results are identical either way.
-CONFIGS = [
-    triton.Config({"BLOCK": 1024, "UV_EARLY": False}, num_warps=8),
-    triton.Config({"BLOCK": 1024, "UV_EARLY": True}, num_warps=8),
-    triton.Config({"BLOCK": 512, "UV_EARLY": True}, num_warps=4),
-    triton.Config({"BLOCK": 256, "UV_EARLY": False}, num_warps=2),
-]
-if os.environ.get("TRITON_INTERPRET") == "1":
-    CONFIGS = CONFIGS[:1]  # the CPU interpreter checks arithmetic, not speed
+# Launch configuration. GPU time per 1080p frame on an H200 (batches of 64, run 2 of docs/BENCHMARKS.md):
+# BLOCK 512 / 4 warps / UV_EARLY 28.2 us; 1024/8/UV_EARLY 30.8; 1024/8 32.4; 256/2 35.2 (an earlier sweep
+# without UV_EARLY: 2048/8 45.9, 4096/16 spilled registers at 236). UV_EARLY issues the uv load together with
+# the mask load (one memory latency fewer; uv is then read outside the ROI too, and it still won with 75% of
+# the frame outside the ROI: 25.1 vs 27.4-30.1 us). Every configuration gives the same bytes. A fixed choice
+# rather than triton.autotune, whose wrapper rebuilds a key from every argument on every launch: single
+# frames are bound by host time per call.
+DEFAULT_CONFIG = triton.Config({"BLOCK": 512, "UV_EARLY": True}, num_warps=4)
 
 
-@triton.autotune(configs=CONFIGS, key=["height", "width", "tex_size", "RECONSTRUCT"])
 @triton.jit(do_not_specialize=["idx_ptr", "num_frames"])
 def _composite_kernel(uv_ptr, mask_ptr, illum_ptr, frames_ptr, idx_ptr, tex_ptr, out_ptr,
                       num_frames, height, width, illum_h, illum_w, tex_size,
@@ -131,38 +124,47 @@ def _composite_kernel(uv_ptr, mask_ptr, illum_ptr, frames_ptr, idx_ptr, tex_ptr,
         tl.store(out_ptr + p * 3 + ch, res.to(tl.uint8), mask=inside)
 
 
+class TritonCompositor:
+    """Launches the kernel over one set of resident caches; everything per-clip is worked out once here."""
+
+    def __init__(self, uvq: torch.Tensor, mask: torch.Tensor, illum: torch.Tensor, frames: torch.Tensor,
+                 config: triton.Config = DEFAULT_CONFIG) -> None:
+        for name, t in (("uvq", uvq), ("mask", mask), ("illum", illum), ("frames", frames)):
+            if not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+        self.num_frames, self.height, self.width, _ = uvq.shape
+        self.uv32 = uvq.view(torch.int32)  # (u, v) int16 pairs as one word per pixel
+        self.mask, self.illum, self.frames = mask, illum, frames
+        self.illum_h, self.illum_w = int(illum.shape[2]), int(illum.shape[3])
+        # PyTorch computes the upsampling scale as float(in) / out in fp32.
+        self.scale_h = float(np.float32(self.illum_h) / np.float32(self.height))
+        self.scale_w = float(np.float32(self.illum_w) / np.float32(self.width))
+        self.blocks = triton.cdiv(self.height * self.width, config.kwargs["BLOCK"])
+        self.options = {**config.kwargs, "num_warps": config.num_warps}
+
+    def __call__(self, idx: torch.Tensor, texture: torch.Tensor, reconstruct: bool) -> torch.Tensor:
+        """Frames `idx` (int64, on the device) with texture (1,3,S,S) fp32 contiguous -> uint8 (N, H, W, 3)."""
+        size = texture.shape[-1]
+        if texture.shape != (1, 3, size, size) or texture.dtype != torch.float32 or not texture.is_contiguous():
+            raise ValueError(f"texture must be a contiguous fp32 (1, 3, S, S) tensor, got {tuple(texture.shape)} "
+                             f"{texture.dtype}")
+        n = idx.shape[0]
+        out = torch.empty((n, self.height, self.width, 3), dtype=torch.uint8, device=self.frames.device)
+        _composite_kernel[(self.blocks, n)](
+            self.uv32, self.mask, self.illum, self.frames, idx, texture, out,
+            self.num_frames, self.height, self.width, self.illum_h, self.illum_w, size,
+            self.scale_h, self.scale_w, UV_STEP, UV_OFFSET,
+            RECONSTRUCT=bool(reconstruct), **self.options,
+        )
+        return out
+
+
 def composite_triton(uvq: torch.Tensor, mask: torch.Tensor, illum: torch.Tensor, frames: torch.Tensor,
                      idx: torch.Tensor, texture: torch.Tensor, reconstruct: bool,
-                     config: triton.Config | None = None) -> torch.Tensor:
-    """Composite frames `idx` -> uint8 (N, H, W, 3); same inputs as ``compositor.composite_kernel``.
-
-    `config` (one of CONFIGS) bypasses the autotuner: for tests and sweeps.
+                     config: triton.Config = DEFAULT_CONFIG) -> torch.Tensor:
+    """One-off form of TritonCompositor, with the inputs of ``compositor.composite_kernel``.
 
     uvq (T,H,W,2) int16, mask (T,H,W) uint8, illum (T,3,h,w) float, frames (T,H,W,3) uint8 (all contiguous),
-    idx int64 (N,) on the same device, texture (1,3,S,S) fp32 contiguous.
+    idx int64 (N,) on the same device, texture (1,3,S,S) fp32 contiguous; `config` for tests and sweeps.
     """
-    num_frames, height, width, _ = uvq.shape
-    size = texture.shape[-1]
-    if texture.shape != (1, 3, size, size) or texture.dtype != torch.float32 or not texture.is_contiguous():
-        raise ValueError(f"texture must be a contiguous fp32 (1, 3, S, S) tensor, got {tuple(texture.shape)} "
-                         f"{texture.dtype}")
-    n = idx.shape[0]
-    illum_h, illum_w = illum.shape[2], illum.shape[3]
-    out = torch.empty((n, height, width, 3), dtype=torch.uint8, device=frames.device)
-    hw = height * width
-
-    def grid(meta: dict[str, int]) -> tuple[int, int]:
-        return triton.cdiv(hw, meta["BLOCK"]), n
-
-    kernel, extra = _composite_kernel, {}
-    if config is not None:
-        kernel, extra = _composite_kernel.fn, {**config.kwargs, "num_warps": config.num_warps}
-    kernel[grid](
-        uvq.view(torch.int32), mask, illum, frames, idx, texture, out,
-        num_frames, height, width, illum_h, illum_w, size,
-        # PyTorch computes the upsampling scale as float(in) / out in fp32.
-        float(np.float32(illum_h) / np.float32(height)), float(np.float32(illum_w) / np.float32(width)),
-        UV_STEP, UV_OFFSET,
-        RECONSTRUCT=bool(reconstruct), **extra,
-    )
-    return out
+    return TritonCompositor(uvq, mask, illum, frames, config)(idx, texture, reconstruct)
