@@ -27,6 +27,8 @@ from vatlas.server.edits.raster import (
     premultiply,
     rotation_matrix,
     sample_image,
+    scale_from_probes,
+    scale_probes,
 )
 
 DEFAULT_STROKE_WIDTH = 8.0
@@ -109,8 +111,15 @@ class AtlasLayers:
 
     def _prepare_stroke(self, op: dict[str, Any]) -> AtlasOp:
         pts = np.asarray(op["points"], dtype=np.float64)
-        atlas_pts = self._to_atlas(op, pts)
-        width = self._width_to_atlas(op, float(op.get("width", DEFAULT_STROKE_WIDTH)), pts.mean(axis=0))
+        width = float(op.get("width", DEFAULT_STROKE_WIDTH))
+        if op.get("space", "frame") == "atlas":
+            atlas_pts = pts
+        else:
+            # One lookup for the polyline and the 4 scale probes (the per-call cost dominates a stroke's prep).
+            dense = densify(pts, DENSIFY_FRAME_PX)
+            mapped = self.geom.frame_to_atlas(int(op["frame"]), np.concatenate([dense, scale_probes(pts.mean(axis=0))]))
+            atlas_pts = mapped[:-4]
+            width *= scale_from_probes(mapped[-4:])
         rect = self.geom.rect_around(atlas_pts, width / 2.0)
         color = op.get("color", DEFAULT_COLOR)
         return AtlasOp("paint", rect, op, points=self._tensor(atlas_pts), width=width,

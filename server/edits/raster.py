@@ -8,6 +8,7 @@ the host; per-texel coverage runs in torch on the layer's device, over the dirty
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,13 @@ DENSIFY_FRAME_PX = 4.0
 SEGMENT_CHUNK = 64
 
 
-def bilinear_points(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Sample field (H, W, C) at continuous index coords xy (N, 2) = (col, row), edge-clamped."""
+def bilinear_points(field: np.ndarray, xy: np.ndarray,
+                    decode: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Sample field (H, W, C) at continuous index coords xy (N, 2) = (col, row), edge-clamped.
+
+    decode, if given, turns the gathered raw corner values into numbers (e.g. decode_uv on the uint16 uv
+    cache): only the 4 corners of each point are converted, never a whole patch.
+    """
     h, w = field.shape[:2]
     x = np.clip(xy[:, 0], 0.0, w - 1.0)
     y = np.clip(xy[:, 1], 0.0, h - 1.0)
@@ -32,13 +38,22 @@ def bilinear_points(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
     y1 = np.minimum(y0 + 1, h - 1)
     fx = x - x0
     fy = y - y0
-    f = field.astype(np.float64, copy=False)
-    corners = (f[y0, x0], f[y0, x1], f[y1, x0], f[y1, x1])
+    rows = np.concatenate([y0, y0, y1, y1])
+    cols = np.concatenate([x0, x1, x0, x1])
+    gathered = field[rows, cols]
+    if decode is not None:
+        gathered = decode(gathered)
+    corners = np.split(gathered.astype(np.float64, copy=False), 4)
     weights = ((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy)
     # NaN-aware: unknown corners (B is NaN off-frame) drop out and the rest renormalise, so points near
     # the edge of the known area still get a value; mostly-unknown neighbourhoods stay NaN.
     total = np.zeros(len(x))
-    acc = np.zeros((len(x), f.shape[2]))
+    acc = np.zeros((len(x), corners[0].shape[1]))
+    if np.isfinite(gathered).all():  # the uv cache never has holes: same sums without the masking
+        for value, w in zip(corners, weights, strict=True):
+            acc += value * w[:, None]
+            total += w
+        return acc / total[:, None]
     for value, w in zip(corners, weights, strict=True):
         ok = np.isfinite(value).all(axis=1)
         acc += np.where(ok[:, None], value, 0.0) * (w * ok)[:, None]
@@ -69,26 +84,17 @@ class AtlasGeometry:
     def uv_at(self, frame: int, xy: np.ndarray) -> np.ndarray:
         """T: frame-pixel points (N, 2) on `frame` -> uv (N, 2), bilinear in the baked uv field."""
         b = self.bundle
-        # Pixel centres sit at integer + 0.5, so index coords are xy - 0.5 (edge-clamped); read only a patch.
+        # Pixel centres sit at integer + 0.5, so index coords are xy - 0.5 (edge-clamped).
         idx = np.asarray(xy, dtype=np.float64).reshape(-1, 2) - 0.5
         idx = np.clip(idx, 0.0, [b.width - 1.0, b.height - 1.0])
-        x0, y0 = np.floor(idx.min(axis=0)).astype(int)
-        x1, y1 = np.floor(idx.max(axis=0)).astype(int) + 2
-        patch = decode_uv(b.uv[frame, y0:y1, x0:x1])
-        idx = idx - [x0, y0]
-        return bilinear_points(patch, idx)
+        return bilinear_points(b.uv[frame], idx, decode=decode_uv)
 
     def frame_to_atlas(self, frame: int, xy: np.ndarray) -> np.ndarray:
         return self.bundle.uv_to_atlas(self.uv_at(frame, xy))
 
     def local_scale(self, frame: int, xy: np.ndarray) -> float:
         """Atlas pixels per frame pixel at a point: sqrt|det dT/dxy| by central differences (2 px apart)."""
-        p = np.asarray(xy, dtype=np.float64).reshape(2)
-        pts = np.stack([p + [1, 0], p - [1, 0], p + [0, 1], p - [0, 1]])
-        a = self.frame_to_atlas(frame, pts)
-        jac = np.stack([(a[0] - a[1]) / 2.0, (a[2] - a[3]) / 2.0], axis=1)
-        s = float(np.sqrt(abs(np.linalg.det(jac))))
-        return s if np.isfinite(s) and s > 1e-3 else 1.0
+        return scale_from_probes(self.frame_to_atlas(frame, scale_probes(xy)))
 
     def inverse_at(self, frames: np.ndarray | int, uv: np.ndarray) -> np.ndarray:
         """B: uv points (N, 2) -> frame pixels (F, N, 2) for each frame in `frames`; NaN where unknown."""
@@ -139,6 +145,19 @@ class AtlasGeometry:
         vs = (torch.arange(r0, r1, device=device, dtype=torch.float32) + 0.5) / s * 2 - 1
         gv, gu = torch.meshgrid(vs, us, indexing="ij")
         return torch.stack([gu, gv], dim=-1)
+
+
+def scale_probes(xy: np.ndarray) -> np.ndarray:
+    """The 4 frame points around xy whose atlas images give the local scale (see scale_from_probes)."""
+    p = np.asarray(xy, dtype=np.float64).reshape(2)
+    return np.stack([p + [1, 0], p - [1, 0], p + [0, 1], p - [0, 1]])
+
+
+def scale_from_probes(a: np.ndarray) -> float:
+    """sqrt|det dT/dxy| from the atlas images (4, 2) of scale_probes; 1 where T is degenerate or unknown."""
+    jac = np.stack([(a[0] - a[1]) / 2.0, (a[2] - a[3]) / 2.0], axis=1)
+    s = float(np.sqrt(abs(np.linalg.det(jac))))
+    return s if np.isfinite(s) and s > 1e-3 else 1.0
 
 
 def densify(points: np.ndarray, step: float) -> np.ndarray:
