@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_edits_fixtures import shifted_bundle
@@ -46,3 +47,21 @@ def test_cached_adjustment_weights_match_direct_coverage(monkeypatch: pytest.Mon
     only = EditEngine(bundle, "cpu")
     only.apply({**ADJUST, "exposure": -0.4})
     assert torch.allclose(cached.layers.delta, only.layers.delta, atol=1e-6)
+
+
+def test_uv_lookup_gathers_corners_like_a_decoded_field() -> None:
+    from vatlas.models.bundle import decode_uv
+    from vatlas.server.edits.raster import AtlasGeometry, bilinear_points
+
+    bundle = shifted_bundle(width=40, height=30, atlas=32)
+    geom = AtlasGeometry(bundle, 32)
+    rng = np.random.default_rng(3)
+    xy = rng.uniform([-4, -4], [44, 34], (200, 2))  # off-frame points clamp to the edge
+    idx = np.clip(xy - 0.5, 0.0, [39.0, 29.0])
+    assert np.array_equal(geom.uv_at(1, xy), bilinear_points(decode_uv(bundle.uv[1]), idx))
+    # The NaN-aware path (B is NaN where unknown) still renormalises over known corners.
+    field = np.arange(12.0).reshape(2, 3, 2)
+    field[0, 0] = np.nan
+    got = bilinear_points(field, np.array([[0.5, 0.5], [0.1, 0.1], [2.0, 1.0]]))
+    assert np.allclose(got[0], (field[0, 1] + field[1, 0] + field[1, 1]) / 3)
+    assert np.isnan(got[1]).all() and np.array_equal(got[2], field[1, 2])
