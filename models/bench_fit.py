@@ -51,10 +51,17 @@ def edit_to_atlas(rgba: np.ndarray, at: tuple[float, float], size: int, span: fl
 
 
 def composite(bundle: Any, atlas_layer: np.ndarray) -> np.ndarray:
-    """All frames edited with an atlas layer (RNA eq. 13), through the float64 reference compositor."""
+    """All frames edited with an atlas layer by RNA eq. 13 (l * A_edit where m = 1, the delta form elsewhere),
+    through the float64 reference compositor."""
     from .reference_compositor import reference_composite, to_uint8
 
-    return np.stack([to_uint8(reference_composite(bundle, t, atlas_layer)) for t in range(bundle.num_frames)])
+    out = []
+    for t in range(bundle.num_frames):
+        full = bundle.mask[t][..., None] == 255
+        delta = reference_composite(bundle, t, atlas_layer, mode="delta")
+        shown = reference_composite(bundle, t, atlas_layer, mode="reconstruct")
+        out.append(to_uint8(np.where(full, shown, delta)))
+    return np.stack(out)
 
 
 def roi_footprint(scene: Any) -> np.ndarray:
@@ -176,6 +183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="standard", choices=("draft", "standard", "best"))
     parser.add_argument("--iters", type=int, default=None, help="main-stage iterations")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--hash-backend", default="auto", choices=("auto", "tcnn", "triton", "torch"))
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("--out-dir", type=Path, default=None, help="also keep the bundles here")
 
 
@@ -194,7 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
 
     def one(name: str, frames: np.ndarray, roi: Any, fps: float, quality: Any, read_s: float = 0.0) -> None:
-        cfg = FitConfig.preset(args.preset)
+        cfg = FitConfig.preset(args.preset, hash_backend=args.hash_backend)
+        if args.batch_size:
+            cfg.batch_size = args.batch_size
         if args.iters:
             cfg = cfg.scaled_iters(args.iters)
         if device.type == "cuda":
@@ -202,7 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = args.out_dir / f"{name}.vatlas" if args.out_dir else None
         if out is not None:
             args.out_dir.mkdir(parents=True, exist_ok=True)
-        bundle, m = fit(frames, roi, config=cfg, fps=fps, device=str(device.type), out=out, show_progress=True)
+        bundle, m = fit(frames, roi, config=cfg, fps=fps, device=str(device.type), out=out,
+                        show_progress=args.progress)
         q = quality(bundle)
         row = {"clip": name, "frames": int(frames.shape[0]), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
         row["t_read"] = round(read_s, 3)
@@ -220,8 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         began = time.perf_counter()
         frames, roi, fps, masks = load_clip(name, args.data, _size(args.size), args.max_frames)
         one(name, frames, roi, fps, lambda b, gt=masks: real_quality(b, gt), time.perf_counter() - began)
-    keys = sorted({k for r in rows for k in r}, key=lambda k: [list(r) for r in rows][0].index(k)
-                  if rows and k in rows[0] else 99)
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
     rows = [{k: r.get(k, "") for k in keys} for r in rows]
     meta = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -64,6 +64,7 @@ class FitConfig:
     hash_levels: int = 16
     hash_log2_size: int = 15
     mapping_width: int = 256
+    hash_backend: str = "auto"  # auto | tcnn | triton | torch (see models/encoding.py)
     # bake
     atlas_size: int = 1024
     atlas_span: float = 1.25  # atlas_span_px = atlas_span * max(W, H)

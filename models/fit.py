@@ -68,6 +68,7 @@ def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, spa
         width=width, height=height, num_frames=num_frames, atlas_span_px=span,
         atlas_grid=grid(2, atlas_finest), mask_grid=grid(3, float(max(width, height))),
         inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, seed=cfg.seed,
+        hash_backend=None if cfg.hash_backend == "auto" else cfg.hash_backend,
     )
 
 
@@ -485,7 +486,11 @@ class Fitter:
         assert self.corr is not None
         if self.potential is None:
             self.potential = self._potential_mask()
-        return bake_bundle(self.model, self.data, self.cfg, self.potential.cpu().numpy(), self.corr,
+        # the bake gate tolerates ~2 px of uv error at the ROI border (M itself decides there); refinement
+        # keeps the strict footprint
+        radius = math.ceil(2.0 * POTENTIAL_MASK_SIZE / self.span)
+        gate = torch.nn.functional.max_pool2d(self.potential.float()[None, None], 2 * radius + 1, 1, radius)[0, 0]
+        return bake_bundle(self.model, self.data, self.cfg, (gate > 0.5).cpu().numpy(), self.corr,
                            show_progress=self.show_progress, best_psnr=self.best_psnr)
 
 

@@ -22,8 +22,8 @@ DATA = Path("/work/shared/data")
 
 def tiny_config(**overrides) -> FitConfig:
     """Small networks and short stages: a CPU fit of a 64x48 clip in well under a minute."""
-    base = dict(iters_mapping_init=150, iters_main=250, iters_refine=60, iters_inverse=150, batch_size=1024,
-                mask_bootstrap_until=150, eval_every=50, hash_levels=8, hash_log2_size=14, mapping_width=64,
+    base = dict(iters_mapping_init=100, iters_main=150, iters_refine=40, iters_inverse=100, batch_size=768,
+                mask_bootstrap_until=100, eval_every=50, hash_levels=8, hash_log2_size=14, mapping_width=64,
                 inverse_grid=64, lr_mapping=2e-3)
     base.update(overrides)
     return FitConfig.preset("draft", **base)
@@ -31,7 +31,7 @@ def tiny_config(**overrides) -> FitConfig:
 
 @pytest.fixture(scope="module")
 def scene():
-    return make_scene(frames=8, size=(64, 48), seed=2, occluders=1, lighting=True)
+    return make_scene(frames=6, size=(64, 48), seed=2, occluders=1, lighting=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,9 @@ def fitted(scene, tmp_path_factory):
 def test_bundle_is_written_and_loads_with_consistent_fields(fitted, scene):
     bundle, metrics, out = fitted
     loaded = load_bundle(out)
-    assert loaded.uv.shape == (8, 48, 64, 2) and loaded.atlas.shape == (1024, 1024, 3)
-    assert loaded.illumination.shape == (8, 12, 16, 3) and loaded.illumination.dtype == np.float16
-    assert loaded.inverse_map.shape == (8, 64, 64, 2)
+    assert loaded.uv.shape == (6, 48, 64, 2) and loaded.atlas.shape == (1024, 1024, 3)
+    assert loaded.illumination.shape == (6, 12, 16, 3) and loaded.illumination.dtype == np.float16
+    assert loaded.inverse_map.shape == (6, 64, 64, 2)
     assert loaded.atlas_span_px == pytest.approx(1.25 * 64)
     assert loaded.source["sha256"] and loaded.config["atlas_size"] == 1024
     assert set(metrics["stage_seconds"]) == {"flow", "init", "main", "refine", "inverse", "bake"}
@@ -68,10 +68,11 @@ def test_quality_floors_on_the_synthetic_scene(fitted, scene):
     bundle, metrics, _ = fitted
     q = bench_fit.synth_quality(bundle, scene)
     print(json.dumps(q))
-    assert q["roi_psnr"] > 24.0
+    # floors for a 150-iteration CPU fit (the GPU bench checks the real targets)
+    assert q["roi_psnr"] > 20.0
     assert q["mask_iou"] > 0.6
-    assert q["drift_px"] < 3.0
-    assert q["edit_psnr"] > 20.0
+    assert q["drift_px"] < 2.0
+    assert q["edit_psnr"] > 15.0
     # reference frame: T is anchored to the identity on the ROI (position loss)
     uv = bundle.uv_float(0)
     roi_mask = scene.roi.mask(48, 64)
@@ -102,7 +103,7 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, show_progress=False, callback=interrupt)
     with pytest.raises(FitError, match="another video"):
-        fit(scene.frames[:6], scene.roi, config=cfg, device="cpu", out=out, resume=True, show_progress=False)
+        fit(scene.frames[:5], scene.roi, config=cfg, device="cpu", out=out, resume=True, show_progress=False)
     with pytest.raises(FitError, match="nothing to resume"):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=tmp_path / "none.vatlas", resume=True)
 
@@ -154,7 +155,7 @@ def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):
     assert res.returncode == 0, res.stderr
     bundle = load_bundle(out)
     assert bundle.frames.shape == (4, 54, 96, 3) and bundle.source["frame_range"] == [0, 4]
-    assert math.isfinite(bundle.metrics["roi_psnr"])
+    assert math.isfinite(bundle.metrics["ref_roi_psnr"]) and bundle.mask.shape == (4, 54, 96)
     info = _cli("info", str(out), "--json")
     assert info.returncode == 0 and json.loads(info.stdout)["frames"] == 4
     text = _cli("info", str(out))

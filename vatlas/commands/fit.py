@@ -10,7 +10,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vatlas.cli import CliError
+from vatlas.errors import VatlasError
+
+
+class CliError(VatlasError):
+    """Bad command-line input for `vatlas fit` (one line, exit 2)."""
 
 
 def parse_size(text: str) -> tuple[int, int]:
