@@ -20,6 +20,7 @@ when Triton is missing or fails to build.
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -217,6 +218,8 @@ def _choose_backend(backend: str, compile: bool | None, cuda: bool) -> str:
     if backend != "auto":
         if backend == "triton" and not triton_available():
             raise ValueError("backend 'triton' needs the triton package")
+        if backend == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend 'triton' runs on CUDA, or on CPU only under TRITON_INTERPRET=1")
         return backend
     if compile is not None:
         return "compile" if compile else "eager"

@@ -145,3 +145,15 @@ def test_backend_choice() -> None:
     assert _choose_backend("eager", True, cuda=True) == "eager"
     with pytest.raises(ValueError, match="backend must be one of"):
         _choose_backend("vulkan", None, cuda=False)
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vatlas.server import compositor
+
+    monkeypatch.setattr(compositor, "triton_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        compositor._choose_backend("triton", None, cuda=False)
+    assert compositor._choose_backend("triton", None, cuda=True) == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert compositor._choose_backend("triton", None, cuda=False) == "triton"
