@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from vatlas_client import Client, ExportProgress, FitProgress, VatlasError
+from vatlas_client import Client, ExportProgress, FitProgress, OpRejected, VatlasError
+
+MAX_ANCHOR_TRIES = 12
 
 
 def make_logo(size: int = 128) -> Image.Image:
@@ -46,13 +48,28 @@ def video_size(path: Path) -> tuple[int, int]:
         return stream.codec_context.width, stream.codec_context.height
 
 
-def roi_box(roi_path: Path | None, scale: tuple[float, float], frame_size: tuple[int, int]) -> tuple[float, ...]:
-    """Bounding box (x0, y0, x1, y1) of the ROI in bundle pixels (the whole frame when no ROI is given)."""
+def roi_mask(roi_path: Path | None, scale: tuple[float, float], frame_size: tuple[int, int]) -> np.ndarray:
+    """The ROI as a bool (H, W) mask in bundle pixels (the whole frame when no ROI is given)."""
+    width, height = frame_size
     if roi_path is None:
-        return (0.0, 0.0, float(frame_size[0]), float(frame_size[1]))
-    polygons = json.loads(roi_path.read_text())["polygons"]
-    points = np.array([p for poly in polygons for p in poly], dtype=np.float64) * np.array(scale)
-    return (*points.min(axis=0), *points.max(axis=0))
+        return np.ones((height, width), bool)
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for poly in json.loads(roi_path.read_text())["polygons"]:
+        draw.polygon([(x * scale[0], y * scale[1]) for x, y in poly], fill=255)
+    mask = np.asarray(canvas) > 0
+    if not mask.any():
+        raise SystemExit(f"scripted_edit: the ROI in {roi_path} does not cover any pixel of the {width}x{height} clip")
+    return mask
+
+
+def anchor_candidates(mask: np.ndarray, step: int) -> list[tuple[float, float]]:
+    """Pixel centres inside the ROI on a grid, nearest to the ROI's centroid first."""
+    ys, xs = np.nonzero(mask)
+    cx, cy = xs.mean(), ys.mean()
+    grid = [(x + 0.5, y + 0.5) for y in range(0, mask.shape[0], step) for x in range(0, mask.shape[1], step)
+            if mask[y, x]]
+    return sorted(grid, key=lambda p: (p[0] - cx) ** 2 + (p[1] - cy) ** 2)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -82,14 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --video and --roi to fit, or --bundle to edit an existing bundle")
 
     started = time.monotonic()
+    warnings: list[str] = []
     try:
         with Client(args.address, token=args.token) as client:
             if args.bundle:
                 bundle = client.bundle_info(args.bundle)
                 scale = (1.0, 1.0)
             else:
+                shown: dict[str, float] = {}
+
                 def show_fit(p: FitProgress) -> None:
-                    print(f"fit {p.stage:>12} {p.fraction:6.1%} it {p.iteration}", file=sys.stderr)
+                    # one line per stage and per 10 % of progress, not one per training step
+                    if p.stage not in shown or p.fraction - shown[p.stage] >= 0.1 or p.done:
+                        shown[p.stage] = p.fraction
+                        print(f"fit {p.stage:>12} {p.fraction:6.1%} it {p.iteration}", file=sys.stderr)
 
                 bundle = client.fit(args.video, args.name, args.roi, preset=args.preset, iterations=args.iterations,
                                     width=args.size[0], height=args.size[1], progress=show_fit)
@@ -97,16 +120,30 @@ def main(argv: list[str] | None = None) -> int:
                 scale = (bundle.width / src_w, bundle.height / src_h)
             fitted = time.monotonic()
 
-            x0, y0, x1, y1 = roi_box(args.roi, scale, (bundle.width, bundle.height))
-            cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, min(x1 - x0, y1 - y0)
+            mask = roi_mask(args.roi, scale, (bundle.width, bundle.height))
+            ys, xs = np.nonzero(mask)
+            cx, cy = xs.mean(), ys.mean()
+            side = max(4.0, 0.6 * min(np.ptp(xs), np.ptp(ys)))
             logo = Image.open(args.logo) if args.logo else make_logo()
 
             with client.open_session(bundle.name, name="scripted-edit") as session:
                 ref = bundle.ref_frame
-                logo_seq = session.texture(logo, frame=ref, rect=[cx - side * 0.3, cy - side * 0.3, side * 0.6,
-                                                                   side * 0.6])
-                sticker_seq = session.sticker(make_sticker(), frame=ref, position=(cx + side * 0.25, cy),
-                                              size=[side * 0.3, side * 0.3])
+                logo_seq = session.texture(logo, frame=ref, rect=[cx - side / 2, cy - side / 2, side, side])
+                # A sticker needs an anchor where the fit's inverse map is known; a short fit may leave holes,
+                # so try points inside the ROI from its centre outwards.
+                sticker_seq = None
+                for x, y in anchor_candidates(mask, step=max(2, int(side / 4)))[:MAX_ANCHOR_TRIES]:
+                    try:
+                        sticker_seq = session.sticker(make_sticker(), frame=ref, position=(x, y),
+                                                      size=[side / 2, side / 2])
+                        break
+                    except OpRejected as exc:
+                        print(f"sticker at ({x:.0f}, {y:.0f}) refused: {exc.message}", file=sys.stderr)
+                if sticker_seq is None:
+                    # Happens after a very short fit (its soft mask may still be empty): say so, keep going.
+                    warnings.append("no point of the ROI could anchor the sticker: the fit left no tracked "
+                                    "surface there (fit longer with --iterations)")
+                    print(f"scripted_edit: warning: {warnings[-1]}", file=sys.stderr)
                 if args.preview:
                     client.render_image(session, ref).save(args.preview)
 
@@ -121,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "bundle": bundle.name, "frames": bundle.frames, "size": [bundle.width, bundle.height],
         "session": session_id, "logo_seq": int(logo_seq), "logo_op": logo_seq.op_id,
-        "sticker_seq": int(sticker_seq), "sticker_op": sticker_seq.op_id, "out": str(out),
+        "sticker_seq": None if sticker_seq is None else int(sticker_seq),
+        "sticker_op": None if sticker_seq is None else sticker_seq.op_id, "out": str(out),
         "out_bytes": out.stat().st_size, "fit_seconds": round(fitted - started, 2),
-        "total_seconds": round(time.monotonic() - started, 2),
+        "total_seconds": round(time.monotonic() - started, 2), "warnings": warnings,
     }))
     return 0
 
