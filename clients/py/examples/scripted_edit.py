@@ -106,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
                 bundle = client.bundle_info(args.bundle)
                 scale = (1.0, 1.0)
             else:
-                shown: dict[str, float] = {}
+                shown: dict[str, tuple[float, float]] = {}
 
                 def show_fit(p: FitProgress) -> None:
-                    # one line per stage and per 10 % of progress, not one per training step
-                    if p.stage not in shown or p.fraction - shown[p.stage] >= 0.1 or p.done:
-                        shown[p.stage] = p.fraction
-                        print(f"fit {p.stage:>12} {p.fraction:6.1%} it {p.iteration}", file=sys.stderr)
+                    # one line per stage, per 10 % of progress or per 10 s, not one per server heartbeat
+                    fraction, at = shown.get(p.stage, (-1.0, 0.0))
+                    if p.fraction - fraction >= 0.1 or time.monotonic() - at >= 10 or p.done:
+                        shown[p.stage] = (p.fraction, time.monotonic())
+                        print(f"fit {p.stage:>10} {p.fraction:6.1%} {p.message}", file=sys.stderr)
 
                 bundle = client.fit(args.video, args.name, args.roi, preset=args.preset, iterations=args.iterations,
                                     width=args.size[0], height=args.size[1], progress=show_fit)
