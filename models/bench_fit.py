@@ -24,7 +24,7 @@ DATA_DIR = Path("/work/shared/data")
 
 
 def checker_rgba(size: tuple[int, int] = (24, 16), cell: int = 4) -> np.ndarray:
-    """A test edit: opaque two-colour checkerboard with a soft-edged transparent corner."""
+    """A harsh test edit: opaque two-colour checkerboard (4 px cells) with a half-transparent corner."""
     w, h = size
     ys, xs = np.mgrid[0:h, 0:w]
     board = ((xs // cell + ys // cell) % 2).astype(bool)
@@ -33,6 +33,17 @@ def checker_rgba(size: tuple[int, int] = (24, 16), cell: int = 4) -> np.ndarray:
     rgba[~board] = (30, 60, 220, 255)
     rgba[: h // 3, : w // 3, 3] = 96
     return rgba
+
+
+def sticker_rgba(size: tuple[int, int] = (32, 24)) -> np.ndarray:
+    """A typical sticker edit: an anti-aliased ellipse with a colour gradient and a darker rim."""
+    w, h = size
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    r = np.hypot((xs - w / 2) / (w / 2 - 1), (ys - h / 2) / (h / 2 - 1))
+    alpha = np.clip((1.0 - r) * min(w, h) / 2, 0.0, 1.0)
+    rgb = np.stack([200 * xs / w + 40, 180 * ys / h + 50, 220 - 120 * xs / w], -1)
+    rgb = np.where((r > 0.8)[..., None], rgb * 0.5, rgb)
+    return np.clip(np.rint(np.concatenate([rgb, alpha[..., None] * 255], -1)), 0, 255).astype(np.uint8)
 
 
 def edit_to_atlas(rgba: np.ndarray, at: tuple[float, float], size: int, span: float, width: int, height: int
@@ -85,7 +96,7 @@ def edit_fidelity(bundle: Any, scene: Any, rgba: np.ndarray | None = None) -> fl
     """PSNR (dB) inside the ROI footprint between our edited video and the scene's exact edited render."""
     from vatlas import metrics
 
-    rgba = checker_rgba() if rgba is None else rgba
+    rgba = sticker_rgba() if rgba is None else rgba
     ys, xs = np.nonzero(scene.roi.mask(scene.height, scene.width))
     at = (float(xs.mean()) - rgba.shape[1] / 2.0, float(ys.mean()) - rgba.shape[0] / 2.0)
     truth = scene.render_edited(rgba, at=at)
@@ -125,7 +136,8 @@ def track_drift(bundle: Any, scene: Any, points: int = 64) -> float:
 
 
 def synth_quality(bundle: Any, scene: Any) -> dict[str, float]:
-    """ROI PSNR (from the fit), mask IoU vs ground truth, drift (px) and edit fidelity (dB)."""
+    """ROI PSNR (from the fit), mask IoU vs ground truth, drift (px) and edit fidelity (dB) for a sticker and
+    for a harsh 4 px checkerboard."""
     from vatlas import metrics
 
     return {
@@ -133,6 +145,7 @@ def synth_quality(bundle: Any, scene: Any) -> dict[str, float]:
         "mask_iou": float(metrics.iou(bundle.mask, scene.gt_visibility)),
         "drift_px": track_drift(bundle, scene),
         "edit_psnr": edit_fidelity(bundle, scene),
+        "edit_psnr_checker": edit_fidelity(bundle, scene, checker_rgba()),
     }
 
 

@@ -35,14 +35,14 @@ class FitConfig:
     rigidity: float = 0.002
     rigidity_delta_px: float = 1.0  # finite-difference step of the Jacobian, in working pixels
     position: float = 0.6
-    corr_ref: float = 0.02
-    corr_adj: float = 0.1
+    corr_ref: float = 0.1  # RNA 0.02; DIS-era short schedules align better at 5x (CPU ablation, see BENCHMARKS)
+    corr_adj: float = 0.5  # RNA 0.1; same ablation
     mask_bootstrap: float = 0.6
     mask_bootstrap_until: int = 2000  # iteration after which the bootstrap term is dropped
     ref_mask: float = 0.4
     flow_alpha: float = 0.8  # |M(p) - M(p_a)| along adjacent flow
     ref_flow_alpha: float = 0.8  # |M(p) - M(p_r)| along the reference correspondence
-    illumination_reg: float = 0.05  # RNA's 0.8 held L at 1 against real lighting changes here
+    illumination_reg: float = 0.01  # RNA's 0.8 held L at 1 against the synthetic lighting changes
     # mask refinement (RNA 3.3)
     refine: float = 0.01
     refine_flow_alpha: float = 0.1
