@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TEST_TOKEN, TINY_BUNDLE, TINY_FRAMES, TINY_SIZE
+from conftest import (
+    TEST_TOKEN,
+    TINY_BUNDLE,
+    TINY_FRAMES,
+    TINY_SIZE,
+    make_tiny_models_dir,
+    start_in_process_server,
+)
 from PIL import Image
 
 from vatlas.synth import make_scene
@@ -56,7 +63,16 @@ def test_example_edits_an_existing_bundle(running_server: Any, tiny_bundle: Any,
     assert video.frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
 
 
-def test_example_fits_then_edits(running_server: Any, tmp_path: Path) -> None:
+def test_example_fits_then_edits(tmp_path: Path) -> None:
+    # A private server and models folder: the fitted bundle must not show up in other tests' listings.
+    server = start_in_process_server(make_tiny_models_dir(tmp_path / "models"))
+    try:
+        _fit_then_edit(server, tmp_path)
+    finally:
+        server.stop()
+
+
+def _fit_then_edit(running_server: Any, tmp_path: Path) -> None:
     scene = make_scene(frames=6, size=(96, 64), seed=5)
     video = tmp_path / "clip.mp4"
     write_mp4(video, scene.frames, scene.fps)
