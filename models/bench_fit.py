@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if out is not None:
             args.out_dir.mkdir(parents=True, exist_ok=True)
         bundle, m = fit(frames, roi, config=cfg, fps=fps, device=str(device.type), out=out,
-                        show_progress=args.progress)
+                        show_progress=args.progress, log=lambda msg: print(f"[{name}] {msg}", flush=True))
         q = quality(bundle)
         row = {"clip": name, "frames": int(frames.shape[0]), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
         row["t_read"] = round(read_s, 3)

@@ -239,6 +239,7 @@ class Fitter:
                         self._stage_flow(timed=False)
                     bundle = self._stage_bake()
                 self.stage_times[stage] = self.stage_times.get(stage, 0.0) + time.perf_counter() - began
+                self.log(f"stage {stage} done: {self.stage_times[stage]:.1f} s")
         except KeyboardInterrupt:
             if ckpt is not None and self.stage != "flow":
                 self.save_checkpoint(ckpt)
@@ -496,11 +497,12 @@ class Fitter:
 
 def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: float = 30.0,
         device: str = "auto", out: Path | str | None = None, resume: bool = False, show_progress: bool = True,
-        source: dict[str, Any] | None = None, callback: Callable[[str, int], None] | None = None
-        ) -> tuple[Bundle, dict[str, Any]]:
+        source: dict[str, Any] | None = None, callback: Callable[[str, int], None] | None = None,
+        log: Callable[[str], None] | None = None) -> tuple[Bundle, dict[str, Any]]:
     """Fit (T, H, W, 3) uint8 frames with an ROI at the same resolution; returns the bundle and its metrics.
 
     With `out`, the bundle is written there and Ctrl-C leaves a checkpoint `<out>.ckpt` for `resume=True`.
+    `log` receives one-line status messages (default: printed beside the progress bars, silent without them).
     `callback(stage, iteration)` runs after every training step (progress hooks; raising KeyboardInterrupt
     there behaves like Ctrl-C).
     """
@@ -512,5 +514,5 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
     roi.validate(w, h, t)
     roi_mask = roi.mask(h, w)
     data = FitData(frames, roi, roi_mask, float(fps), dict(source or {}))
-    fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback)
+    fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback, log=log)
     return fitter.run(Path(out) if out is not None else None, resume=resume)
