@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="demo clip size (default 320x180 on CPU, 768x432 on CUDA)")
     parser.add_argument("--preset", default=None, choices=("draft", "standard", "best"),
                         help="fit preset (default draft on CPU, standard on CUDA)")
-    parser.add_argument("--iters", type=int, default=None, help="main-stage iterations (overrides the preset)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="main-stage iterations (default: the preset's on CUDA, 400 on CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--http", type=host_port, default=("127.0.0.1", 8080), metavar="HOST:PORT",
                         help="web client address (default 127.0.0.1:8080)")
@@ -73,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if not bundle_path.exists() or args.refit:
         video = read_video(video_path)
         roi = load_roi(roi_path)
-        config = FitConfig.preset(preset, size=size)
-        if args.iters:
-            config = config.scaled_iters(args.iters)
+        # On a CPU the demo trades fit quality for a few minutes' wait: a smaller batch and a short schedule.
+        overrides = {} if on_gpu else {"batch_size": 4096}
+        config = FitConfig.preset(preset, size=size, **overrides)
+        iters = args.iters or (None if on_gpu else 400)
+        if iters:
+            config = config.scaled_iters(iters)
         print(f"vatlas demo: fitting on {device} with the {preset!r} preset -> {bundle_path}", flush=True)
         _, metrics = fit(video.frames, roi, config=config, fps=video.fps, device=str(device), out=bundle_path,
                          source={"path": str(video_path)})
