@@ -48,6 +48,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# The real clips live in ../shared/data beside the checkout (VATLAS_SHARED_DATA overrides).
+SHARED_DATA = Path(os.environ.get("VATLAS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
 TINY_BUNDLE = "tiny"
 TINY_FRAMES = 8
 TINY_SIZE = (64, 48)

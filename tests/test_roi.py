@@ -8,11 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from vatlas.errors import RoiError
 from vatlas.roi import Roi, load_roi, polygon_area
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 
 
 def write_json(path: Path, data: object) -> Path:

@@ -11,6 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from vatlas.errors import VideoError
 from vatlas.metrics import psnr
@@ -23,7 +24,7 @@ from vatlas.video import (
     write_png_sequence,
 )
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 
 
 def smooth_frames(count: int, width: int, height: int) -> np.ndarray:
