@@ -175,11 +175,12 @@ def load_clip(name: str, data_dir: Path, size: tuple[int, int], max_frames: int
 
     clip = data_dir / name
     src = clip / "frames" if (clip / "frames").is_dir() else clip / "clip.mp4"
-    video = read_video(src, frames=(0, max_frames), size=size)
+    video = read_video(src, size=size)  # then cut: a clip may be shorter than max_frames
+    video.frames = video.frames[:max_frames]
     roi = load_roi(clip / "roi.json").scaled(size[0] / video.source_size[0], size[1] / video.source_size[1])
     masks = None
     if (clip / "masks").is_dir():
-        files = sorted((clip / "masks").glob("*.png"))[: video.num_frames]
+        files = sorted((clip / "masks").glob("*.png"))[: len(video.frames)]
         masks = np.stack([cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), size,
                                      interpolation=cv2.INTER_NEAREST) > 127 for f in files])
     return video.frames, roi, video.fps, masks

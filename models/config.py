@@ -65,6 +65,9 @@ class FitConfig:
     hash_log2_size: int = 15
     mapping_width: int = 256
     hash_backend: str = "auto"  # auto | tcnn | triton | torch (see models/encoding.py)
+    # the fused Triton MLP kernels of models/encoding.py ran out of shared memory on an H200 in this fit's
+    # shapes (2026-11-21); plain torch MLPs until that is fixed
+    fused_mlp: bool = False
     # bake
     atlas_size: int = 1024
     atlas_span: float = 1.25  # atlas_span_px = atlas_span * max(W, H)

@@ -26,7 +26,7 @@ from .bake import bake_bundle
 from .bundle import Bundle, save_bundle
 from .config import FitConfig
 from .correspondence import Correspondences, compute_correspondences, get_flow_backend
-from .encoding import HashGridConfig
+from .encoding import FusedReluMLP, HashGridConfig
 from .inverse_map import inverse_loss
 from .networks import NetworkConfig, RnaModel
 
@@ -72,6 +72,14 @@ def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, spa
     )
 
 
+def unfuse_mlps(model: torch.nn.Module) -> None:
+    """Swap every FusedReluMLP for a plain nn.Sequential of the same layers (same parameters, same state)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FusedReluMLP):
+                setattr(parent, name, torch.nn.Sequential(*child))
+
+
 @dataclass
 class FitData:
     """Inputs of a fit, on the compute device."""
@@ -104,6 +112,8 @@ class Fitter:
         self.net_cfg = network_config(cfg, w, h, t, self.span)
         torch.manual_seed(cfg.seed)
         self.model = RnaModel(self.net_cfg).to(device)
+        if not cfg.fused_mlp:
+            unfuse_mlps(self.model)
         self.stage = "flow"
         self.iteration = 0
         self.optimizer: torch.optim.Optimizer | None = None
