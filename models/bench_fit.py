@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 DEFAULT_CLIPS = ("blackswan", "libby", "car-shadow", "bmx-trees", "camel")
-DATA_DIR = Path("/work/shared/data")
+# the team checkout keeps the real clips in ../shared/data beside it (VATLAS_SHARED_DATA overrides)
+DATA_DIR = Path(os.environ.get("VATLAS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def checker_rgba(size: tuple[int, int] = (24, 16), cell: int = 4) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from vatlas.models import correspondence as corr
 
 from vatlas.synth import make_scene
@@ -70,7 +71,7 @@ def test_reference_flow_matches_ground_truth_on_a_synthetic_scene():
 def test_chaining_beats_a_direct_flow_on_a_real_pan():
     from vatlas.video import read_video
 
-    video = read_video("/work/shared/data/car-shadow/frames", size=(192, 108), frames=(0, 16))
+    video = read_video(SHARED_DATA / "car-shadow" / "frames", size=(192, 108), frames=(0, 16))
     roi = np.zeros((108, 192), bool)
     c = corr.compute_correspondences(video.frames, roi, 0, hops=4, threads=2)
     assert c.stats["ref_valid"] > c.stats["ref_valid_direct"] + 0.1

@@ -6,10 +6,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from vatlas.models import bench_fit
 from vatlas.models.bundle import load_bundle
 from vatlas.models.config import FitConfig
@@ -17,7 +17,7 @@ from vatlas.models.fit import FitError, checkpoint_path, fit
 
 from vatlas.synth import make_scene
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 
 
 def tiny_config(**overrides) -> FitConfig:
