@@ -242,11 +242,11 @@ class Fitter:
                     self._stage_flow()
                 elif stage in TRAIN_STAGES:
                     if self.corr is None:
-                        self._stage_flow(timed=False)
+                        self._stage_flow()
                     self._train(stage)
                 else:
                     if self.corr is None:
-                        self._stage_flow(timed=False)
+                        self._stage_flow()
                     bundle = self._stage_bake()
                 self.stage_times[stage] = self.stage_times.get(stage, 0.0) + time.perf_counter() - began
                 self.log(f"stage {stage} done: {self.stage_times[stage]:.1f} s")
@@ -267,7 +267,7 @@ class Fitter:
                 ckpt.unlink()
         return bundle, bundle.metrics
 
-    def _stage_flow(self, timed: bool = True) -> None:
+    def _stage_flow(self) -> None:
         cfg = self.cfg
         backend = get_flow_backend(cfg.flow_backend, **({"preset": cfg.flow_preset} if cfg.flow_backend == "dis"
                                                         else {}))
@@ -308,7 +308,7 @@ class Fitter:
         self.optimizer, iters = self._optimizer_for(stage)
         base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         if stage == "refine":
-            if self.best_state is not None:  # RNA refines from the best-ROI-PSNR checkpoint
+            if self.best_state is not None and self.iteration == 0:  # RNA refines from the best-PSNR weights
                 self.model.load_state_dict(self.best_state)
             self.potential = self._potential_mask()
             self.tau = max(cfg.refine_tau, 2.0 * self._reference_error_median())

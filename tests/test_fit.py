@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import SHARED_DATA
 from vatlas.models import bench_fit
 from vatlas.models.bundle import load_bundle
@@ -80,6 +81,11 @@ def test_quality_floors_on_the_synthetic_scene(fitted, scene):
     assert np.median(err) < 1.0
 
 
+def _raise_at(stage: str, iteration: int, at_stage: str, at_iteration: int) -> None:
+    if stage == at_stage and iteration == at_iteration:
+        raise KeyboardInterrupt
+
+
 def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
     out = tmp_path / "r.vatlas"
     cfg = tiny_config(iters_mapping_init=20, iters_main=40, iters_refine=10, iters_inverse=10,
@@ -99,6 +105,14 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
     assert metrics["resumed_from"] == {"stage": "main", "iteration": 25}
     assert steps[0] == ("main", 26) and steps.count(("main", 26)) == 1
     assert out.exists() and not ckpt.exists()
+    # an interruption during mask refinement resumes there, keeping the refined mask weights
+    with pytest.raises(KeyboardInterrupt):
+        fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, show_progress=False,
+            callback=lambda s, i: _raise_at(s, i, "refine", 5))
+    saved = torch.load(checkpoint_path(out), weights_only=False)
+    assert saved["stage"] == "refine" and saved["best_state"] is not None
+    _, metrics = fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, resume=True, show_progress=False)
+    assert metrics["resumed_from"] == {"stage": "refine", "iteration": 5}
     # a checkpoint from another clip geometry is refused
     with pytest.raises(KeyboardInterrupt):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, show_progress=False, callback=interrupt)
