@@ -63,6 +63,7 @@ def test_example_edits_an_existing_bundle(running_server: Any, tiny_bundle: Any,
     assert video.frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
 
 
+@pytest.mark.timeout(600)
 def test_example_fits_then_edits(tmp_path: Path) -> None:
     # A private server and models folder: the fitted bundle must not show up in other tests' listings.
     server = start_in_process_server(make_tiny_models_dir(tmp_path / "models"))
@@ -79,16 +80,16 @@ def _fit_then_edit(running_server: Any, tmp_path: Path) -> None:
     roi = tmp_path / "roi.json"
     roi.write_text(json.dumps(scene.roi.to_json()))
     out = tmp_path / "fitted-edit.mp4"
+    # 40 iterations is about the shortest fit whose mask covers the ROI (10 left it empty on this CPU), so the
+    # tracked sticker is placed and the whole script runs: fit -> logo -> sticker -> MP4.
     result = run_example("--address", running_server.grpc_target, "--token", TOKEN, "--video", str(video), "--roi", str(roi),
-                         "--name", "fitted-clip", "--size", "64x48", "--iterations", "10", "--out", str(out))
-    if result.returncode != 0 and "UNIMPLEMENTED" in result.stderr:
-        pytest.skip(f"the server cannot fit yet: {result.stderr.strip().splitlines()[-1]}")
+                         "--name", "fitted-clip", "--size", "64x48", "--iterations", "40", "--out", str(out),
+                         timeout=540)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["bundle"] == "fitted-clip" and summary["size"] == [64, 48] and summary["logo_seq"] >= 1
     assert "fit " in result.stderr  # progress lines came through
-    # a fit this short may leave no tracked surface: then the example says so instead of placing the sticker
-    assert summary["sticker_seq"] == summary["logo_seq"] + 1 or "anchor the sticker" in summary["warnings"][0]
+    assert summary["sticker_seq"] == summary["logo_seq"] + 1, summary["warnings"]
     assert read_video(out).frames.shape[1:] == (48, 64, 3)
 
 
