@@ -16,6 +16,7 @@ from vatlas.video import content_hash
 from .bundle import Bundle, encode_uv
 from .config import FitConfig
 from .correspondence import Correspondences
+from .footprint import clip_to_footprint, roi_coverage
 from .inverse_map import bake_inverse_map
 from .matting import soft_masks
 from .networks import RnaModel
@@ -116,7 +117,11 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
     frames = data.frames_np
     soft = soft_masks(frames, fields["mask"], method=cfg.matting, erode_iters=cfg.trimap_erode,
                       dilate_iters=cfg.trimap_dilate, radius=cfg.matting_radius, eps=cfg.matting_eps)
-    visible = fields["mask"] >= 0.5
+    if cfg.roi_border == "polygon":
+        roi_cov = roi_coverage(fields["uv"], data.roi, model.cfg.atlas_span_px, model.cfg.width,
+                               model.cfg.height)
+        soft = clip_to_footprint(soft, roi_cov)
+    visible = soft >= 0.5
     coverage = splat_coverage(fields["uv"], visible, cfg.atlas_size)
     grid = cfg.inverse_grid
     domain = cv2.resize(coverage, (grid, grid), interpolation=cv2.INTER_NEAREST) > 0

@@ -17,18 +17,19 @@ class FitConfig:
     size: tuple[int, int] | None = None
     max_side: int = 768
     # schedule (iterations per stage) and batch
-    iters_main: int = 6000
-    iters_refine: int = 1500
-    iters_inverse: int = 2000
-    iters_mapping_init: int = 500  # pretrain T toward the reference correspondences
+    iters_main: int = 3000  # GPU runs: longer main stages let T drift where the ROI leaves the frame
+    iters_refine: int = 750
+    iters_inverse: int = 1000
+    iters_mapping_init: int = 250  # pretrain T toward the reference correspondences
     batch_size: int = 20000
-    eval_every: int = 500  # ROI PSNR on the reference frame, best checkpoint kept (as RNA does)
+    eval_every: int = 250  # ROI PSNR on the reference frame, best checkpoint kept (as RNA does)
     seed: int = 0
     # learning rates (RNA: hash grids 5e-2, MLPs 5e-4); decayed exponentially to lr * lr_final_factor
     lr_grid: float = 5e-2
     lr_mlp: float = 5e-4
     lr_mapping: float = 1e-3  # T in the init and main stages
     lr_inverse: float = 2e-3
+    lr_frame_affine: float = 1e-3  # T's per-frame affine maps (init and main stages)
     lr_final_factor: float = 0.1
     # loss weights (RNA eq. 2-10)
     reconstruction: float = 1.0
@@ -37,8 +38,12 @@ class FitConfig:
     position: float = 0.6
     corr_ref: float = 0.1  # RNA 0.02; DIS-era short schedules align better at 5x (CPU ablation, see BENCHMARKS)
     corr_adj: float = 0.5  # RNA 0.1; same ablation
+    # position and correspondence weights decay exponentially to this fraction over the main stage: flows
+    # (DIS, chained to the reference) bring T into the right basin early; late in the fit their sub-pixel
+    # errors would fight the reconstruction term, which aligns textured regions better
+    prior_final_factor: float = 0.05
     mask_bootstrap: float = 0.6
-    mask_bootstrap_until: int = 2000  # iteration after which the bootstrap term is dropped
+    mask_bootstrap_until: int = 1000  # iteration after which the bootstrap term is dropped
     ref_mask: float = 0.4
     flow_alpha: float = 0.8  # |M(p) - M(p_a)| along adjacent flow
     ref_flow_alpha: float = 0.8  # |M(p) - M(p_r)| along the reference correspondence
@@ -51,6 +56,7 @@ class FitConfig:
     trimap_erode: int = 2
     trimap_dilate: int = 1
     matting: str = "guided"
+    roi_border: str = "polygon"  # "polygon": the mask's ROI border from T and the polygon; "learned": M's own
     matting_radius: int = 4
     matting_eps: float = 1e-3
     # correspondences
@@ -64,6 +70,7 @@ class FitConfig:
     hash_levels: int = 16
     hash_log2_size: int = 15
     mapping_width: int = 256
+    frame_affine: bool = True  # per-frame affine map ahead of T's MLP (see NetworkConfig)
     hash_backend: str = "auto"  # auto | tcnn | triton | torch (see models/encoding.py)
     # the fused Triton MLP kernels of models/encoding.py ran out of shared memory on an H200 in this fit's
     # shapes (2026-11-21); plain torch MLPs until that is fixed
@@ -83,6 +90,8 @@ class FitConfig:
             self.size = (int(self.size[0]), int(self.size[1]))
             if min(self.size) < 8:
                 raise ValueError(f"working size too small: {self.size}")
+        if self.roi_border not in ("polygon", "learned"):
+            raise ValueError(f"roi_border must be 'polygon' or 'learned', got {self.roi_border!r}")
         for name in ("iters_main", "iters_refine", "iters_inverse", "batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -67,7 +67,8 @@ def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, spa
     return NetworkConfig(
         width=width, height=height, num_frames=num_frames, atlas_span_px=span,
         atlas_grid=grid(2, atlas_finest), mask_grid=grid(3, float(max(width, height))),
-        inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, seed=cfg.seed,
+        inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, mapping_frame_affine=cfg.frame_affine,
+        seed=cfg.seed,
         hash_backend=None if cfg.hash_backend == "auto" else cfg.hash_backend,
     )
 
@@ -120,7 +121,8 @@ class Fitter:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_psnr = -math.inf
         self.stage_times: dict[str, float] = {}
-        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        # sampling on the compute device: no host-to-device copy (and no sync) per batch
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.corr: Correspondences | None = None
         self.potential: torch.Tensor | None = None
         self.tau = cfg.refine_tau
@@ -162,7 +164,7 @@ class Fitter:
         self.stage, self.iteration = state["stage"], int(state["iteration"])
         self.best_state, self.best_psnr = state["best_state"], float(state["best_psnr"])
         self.stage_times = dict(state["stage_times"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         self._pending_optimizer = state["optimizer"]
 
     # ---------------------------------------------------------------- tensors
@@ -188,7 +190,7 @@ class Fitter:
         return self.net_cfg.normalize_xyt(x, y, t.float())
 
     def _rand(self, n: int, high: int) -> torch.Tensor:
-        return torch.randint(0, high, (n,), generator=self.generator).to(self.device)
+        return torch.randint(0, high, (n,), generator=self.generator, device=self.device)
 
     def _sample(self, n: int) -> dict[str, torch.Tensor]:
         """n random pixels over all frames and their correspondences."""
@@ -282,14 +284,22 @@ class Fitter:
                  f" reference valid {self.corr.stats['ref_valid']:.2f}")
         self._prepare_tensors()
 
+    def _mapping_groups(self) -> list[dict[str, Any]]:
+        model, cfg = self.model, self.cfg
+        groups: list[dict[str, Any]] = [{"params": list(model.mapping_mlp.parameters()), "lr": cfg.lr_mapping,
+                                         "name": "mapping"}]
+        if model.frame_affine is not None:
+            groups.append({"params": [model.frame_affine], "lr": cfg.lr_frame_affine, "name": "frame_affine"})
+        return groups
+
     def _optimizer_for(self, stage: str) -> tuple[torch.optim.Optimizer, int]:
         cfg, model = self.cfg, self.model
         if stage == "init":
-            groups = [{"params": list(model.mapping_mlp.parameters()), "lr": cfg.lr_mapping}]
+            groups = self._mapping_groups()
             iters = cfg.iters_mapping_init
         elif stage == "main":
             groups = model.param_groups(cfg.lr_grid, cfg.lr_mlp, nets=("atlas", "mask", "illumination"))
-            groups.append({"params": list(model.mapping_mlp.parameters()), "lr": cfg.lr_mapping, "name": "mapping"})
+            groups += self._mapping_groups()
             iters = cfg.iters_main
         elif stage == "refine":
             groups = model.param_groups(cfg.lr_grid, cfg.lr_mlp, nets=("mask",))
@@ -297,7 +307,8 @@ class Fitter:
         else:
             groups = model.param_groups(cfg.lr_grid * 0.2, cfg.lr_inverse, nets=("inverse",))
             iters = cfg.iters_inverse
-        opt = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15 if self.device.type == "cuda" else 1e-8)
+        cuda = self.device.type == "cuda"
+        opt = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15 if cuda else 1e-8, fused=cuda or None)
         if self._pending_optimizer is not None:
             opt.load_state_dict(self._pending_optimizer)
             self._pending_optimizer = None
@@ -381,11 +392,12 @@ class Fitter:
         pred = a * light * rgb_atlas + (1.0 - a) * b["rgb"]
         a_detached = alpha.detach()
         ref_w = a_detached * b["ref_valid"]
+        prior = cfg.prior_final_factor ** (self.iteration / max(cfg.iters_main, 1))
         terms = {
             "recon": cfg.reconstruction * losses.reconstruction(pred, b["rgb"]),
             "rigid": cfg.rigidity * losses.rigidity(losses.finite_difference_jacobian(uv, uv_dx, uv_dy, step)),
-            "pos": cfg.position * losses.position(uv_ref[r["inside"]], xyt_ref[r["inside"], :2]),
-            "corr_ref": cfg.corr_ref * losses.weighted_correspondence(uv, uv_r, ref_w),
+            "pos": prior * cfg.position * losses.position(uv_ref[r["inside"]], xyt_ref[r["inside"], :2]),
+            "corr_ref": prior * cfg.corr_ref * losses.weighted_correspondence(uv, uv_r, ref_w),
             "ref_mask": cfg.ref_mask * losses.mask_bce(logit_ref, r["roi"]),
             "ref_alpha": cfg.ref_flow_alpha * losses.alpha_consistency(alpha, alpha_r, b["ref_valid"]),
             "illum": cfg.illumination_reg * losses.illumination(light, a_detached),
@@ -395,7 +407,7 @@ class Fitter:
         if self.num_frames > 1:
             uv_a = uv_all[4 * n + xyt_ref.shape[0]:]
             alpha_a = torch.sigmoid(logits[2 * n + xyt_ref.shape[0]:])
-            terms["corr_adj"] = cfg.corr_adj * losses.weighted_correspondence(uv, uv_a, a_detached * b["adj_valid"])
+            terms["corr_adj"] = prior * cfg.corr_adj * losses.weighted_correspondence(uv, uv_a, a_detached * b["adj_valid"])
             terms["flow_alpha"] = cfg.flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
         return terms
 

@@ -49,6 +49,9 @@ class NetworkConfig:
     mapping_width: int = 256
     mapping_hidden_layers: int = 3
     mapping_pe_frequencies: int = 0  # 0 = raw xyt only (smooth map); k adds sin/cos(2^j pi p), j < k
+    # a learned affine map per frame applied to (x, y) before the MLP: camera shake and pans change from one
+    # frame to the next faster than an MLP that is smooth in t can follow
+    mapping_frame_affine: bool = False
     # A: uv -> rgb
     atlas_grid: HashGridConfig = field(default_factory=_atlas_grid)
     atlas_width: int = 64
@@ -191,6 +194,8 @@ class RnaModel(nn.Module):
         self.mapping_pe = PositionalEncoding(3, cfg.mapping_pe_frequencies)
         self.mapping_mlp = make_mlp(self.mapping_pe.n_output_dims, 2, cfg.mapping_width,
                                     cfg.mapping_hidden_layers, "relu")
+        # (T, 2, 3) offsets from the identity; zero = plain RNA mapping
+        self.frame_affine = nn.Parameter(torch.zeros(cfg.num_frames, 2, 3)) if cfg.mapping_frame_affine else None
         self.atlas_field = GridField(cfg.grid("atlas_grid"), 3, cfg.atlas_width, cfg.atlas_hidden_layers,
                                      seed=cfg.seed + 1)
         self.mask_field = GridField(cfg.grid("mask_grid"), 1, cfg.mask_width, cfg.mask_hidden_layers,
@@ -215,7 +220,19 @@ class RnaModel(nn.Module):
     def mapping(self, xyt: torch.Tensor) -> torch.Tensor:
         """T: (N, 3) xyt_n -> (N, 2) uv in (-1, 1)."""
         _check("mapping", xyt, 3)
+        if self.frame_affine is not None:
+            frames = self.cfg.num_frames
+            index = ((xyt[:, 2] + 1.0) * 0.5 * (frames - 1)).round().long().clamp(0, frames - 1)
+            delta = self.frame_affine[index]
+            xy = xyt[:, :2]
+            xy = xy + (delta[:, :, :2] @ xy[:, :, None])[:, :, 0] + delta[:, :, 2]
+            xyt = torch.cat([xy, xyt[:, 2:]], dim=1)
         return torch.tanh(self.mapping_mlp(self.mapping_pe(xyt)))
+
+    def mapping_parameters(self) -> list[nn.Parameter]:
+        """T's parameters: the MLP and, if enabled, the per-frame affine maps."""
+        extra = [self.frame_affine] if self.frame_affine is not None else []
+        return list(self.mapping_mlp.parameters()) + extra
 
     def atlas(self, uv: torch.Tensor) -> torch.Tensor:
         """A: (N, 2) uv -> (N, 3) rgb in [0, 1]."""
@@ -275,7 +292,8 @@ class RnaModel(nn.Module):
         grid_ids = {id(p) for p in self.grid_parameters()}
         grid, mlp = [], []
         for name in chosen:
-            for p in modules[name].parameters():
+            params = self.mapping_parameters() if name == "mapping" else modules[name].parameters()
+            for p in params:
                 (grid if id(p) in grid_ids else mlp).append(p)
         groups = []
         if grid:
