@@ -44,25 +44,47 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     mean_i = box(guide)
     mean_p = box(src)
     cov_ip = box(guide * src[..., None]) - mean_i * mean_p[..., None]
-    # 3x3 covariance of the guide per pixel
-    var = np.empty(guide.shape[:2] + (3, 3), np.float32)
-    for a in range(3):
-        for b in range(a, 3):
-            v = box(guide[..., a] * guide[..., b]) - mean_i[..., a] * mean_i[..., b]
-            var[..., a, b] = v
-            var[..., b, a] = v
-    var += eps * np.eye(3, dtype=np.float32)
-    coef = np.linalg.solve(var, cov_ip[..., None])[..., 0]
+    # 3x3 symmetric covariance of the guide per pixel (+ eps I), solved in closed form (adjugate / det):
+    # several times faster than a batched np.linalg.solve
+    def cov(a: int, b: int) -> np.ndarray:
+        return box(guide[..., a] * guide[..., b]) - mean_i[..., a] * mean_i[..., b] + (eps if a == b else 0.0)
+
+    s00, s01, s02, s11, s12, s22 = cov(0, 0), cov(0, 1), cov(0, 2), cov(1, 1), cov(1, 2), cov(2, 2)
+    i00 = s11 * s22 - s12 * s12
+    i01 = s02 * s12 - s01 * s22
+    i02 = s01 * s12 - s02 * s11
+    i11 = s00 * s22 - s02 * s02
+    i12 = s01 * s02 - s00 * s12
+    i22 = s00 * s11 - s01 * s01
+    det = s00 * i00 + s01 * i01 + s02 * i02
+    c0, c1, c2 = cov_ip[..., 0], cov_ip[..., 1], cov_ip[..., 2]
+    coef = np.stack([i00 * c0 + i01 * c1 + i02 * c2,
+                     i01 * c0 + i11 * c1 + i12 * c2,
+                     i02 * c0 + i12 * c1 + i22 * c2], axis=-1) / det[..., None]
     offset = mean_p - (coef * mean_i).sum(-1)
     return (box(coef) * guide).sum(-1) + box(offset)
 
 
 def guided_matting(frame: np.ndarray, tri: np.ndarray, hard: np.ndarray, *, radius: int = 4,
                    eps: float = 1e-3) -> np.ndarray:
-    """Alpha in the unknown band from a guided filter of the hard mask; known regions keep the trimap."""
-    guide = frame.astype(np.float32) / 255.0
-    soft = np.clip(guided_filter(guide, hard.astype(np.float32), radius, eps), 0.0, 1.0)
-    return np.where(tri == 0.5, soft, tri).astype(np.float32)
+    """Alpha in the unknown band from a guided filter of the hard mask; known regions keep the trimap.
+
+    Only the band's bounding box (plus the filter's 2r support) is filtered: the result is the same as
+    filtering the whole frame, and frames without a band cost nothing.
+    """
+    out = tri.astype(np.float32)
+    unknown = tri == 0.5
+    if not unknown.any():
+        return out
+    ys, xs = np.nonzero(unknown)
+    pad = 2 * radius + 1
+    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, tri.shape[0])
+    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, tri.shape[1])
+    guide = frame[y0:y1, x0:x1].astype(np.float32) / 255.0
+    soft = np.clip(guided_filter(guide, hard[y0:y1, x0:x1].astype(np.float32), radius, eps), 0.0, 1.0)
+    window = out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = np.where(unknown[y0:y1, x0:x1], soft, window)
+    return out
 
 
 _MATTING: dict[str, MattingFn] = {"guided": guided_matting}

@@ -51,3 +51,34 @@ def test_matting_is_pluggable():
     assert seen == [frame.shape] and out.shape == (1, 32, 48)
     with pytest.raises(ValueError, match="unknown matting method"):
         matting.soft_masks(frame[None], alpha[None], method="vitmatte-missing")
+
+
+def _reference_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s filter with a batched np.linalg.solve over the whole image (the textbook form)."""
+    k = (2 * radius + 1, 2 * radius + 1)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)
+
+    mean_i, mean_p = box(guide), box(src)
+    cov_ip = box(guide * src[..., None]) - mean_i * mean_p[..., None]
+    var = np.stack([np.stack([box(guide[..., a] * guide[..., b]) - mean_i[..., a] * mean_i[..., b]
+                              for b in range(3)], -1) for a in range(3)], -2) + eps * np.eye(3, dtype=np.float32)
+    coef = np.linalg.solve(var.astype(np.float64), cov_ip[..., None].astype(np.float64))[..., 0]
+    offset = mean_p - (coef * mean_i).sum(-1)
+    return (box(coef.astype(np.float32)) * guide).sum(-1) + box(offset.astype(np.float32))
+
+
+def test_band_only_closed_form_matting_equals_the_whole_frame_textbook_filter():
+    rng = np.random.default_rng(3)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8), (0, 0), 2)
+    hard = np.zeros((60, 90), np.float32)
+    cv2.circle(hard, (30, 40), 14, 1.0, -1)
+    tri = matting.trimap(hard)
+    ours = matting.guided_matting(frame, tri, hard, radius=4, eps=1e-3)
+    soft = np.clip(_reference_guided_filter(frame.astype(np.float32) / 255.0, hard, 4, 1e-3), 0, 1)
+    expected = np.where(tri == 0.5, soft, tri)
+    assert np.abs(ours - expected).max() < 1e-3
+    # a frame without an unknown band is returned as its trimap, untouched
+    empty = np.zeros_like(hard)
+    assert (matting.guided_matting(frame, matting.trimap(empty), empty) == 0.0).all()
