@@ -32,7 +32,7 @@ from .networks import NetworkConfig, RnaModel
 
 STAGES = ("flow", "init", "main", "refine", "inverse", "bake")
 TRAIN_STAGES = ("init", "main", "refine", "inverse")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: T may hold per-frame affine maps
 POTENTIAL_MASK_SIZE = 512
 
 
@@ -160,7 +160,10 @@ class Fitter:
         if list(state["shape"]) != [self.num_frames, self.height, self.width] or \
                 state["ref_frame"] != self.data.ref_frame:
             raise FitError(f"{path}: checkpoint was made for another video size, frame range or reference frame")
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise FitError(f"{path}: checkpoint was made with different network settings") from None
         self.stage, self.iteration = state["stage"], int(state["iteration"])
         self.best_state, self.best_psnr = state["best_state"], float(state["best_psnr"])
         self.stage_times = dict(state["stage_times"])

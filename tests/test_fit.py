@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -118,6 +119,9 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, show_progress=False, callback=interrupt)
     with pytest.raises(FitError, match="another video"):
         fit(scene.frames[:5], scene.roi, config=cfg, device="cpu", out=out, resume=True, show_progress=False)
+    with pytest.raises(FitError, match="different network settings"):
+        fit(scene.frames, scene.roi, config=dataclasses.replace(cfg, frame_affine=not cfg.frame_affine),
+            device="cpu", out=out, resume=True, show_progress=False)
     with pytest.raises(FitError, match="nothing to resume"):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=tmp_path / "none.vatlas", resume=True)
 
