@@ -170,7 +170,10 @@ def composite_psnr(bundle: Any) -> float:
         diff = out[cov[t]] - bundle.frames[t][cov[t]].astype(np.float64)
         sq += float((diff ** 2).sum())
         count += diff.size
-    return 10.0 * math.log10(255.0 ** 2 / max(sq / count, 1e-12)) if count else math.nan
+    if not count:
+        return math.nan
+    # an empty mask reproduces the input exactly: RNA's definition then reads infinite
+    return 10.0 * math.log10(255.0 ** 2 * count / sq) if sq > 0 else math.inf
 
 
 def real_quality(bundle: Any, gt_object_masks: np.ndarray | None) -> dict[str, float]:
