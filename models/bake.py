@@ -109,6 +109,16 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
+def _worst_frames(shown: np.ndarray, rgb: np.ndarray, visible: np.ndarray, count: int = 5
+                  ) -> list[list[float]]:
+    """[frame, PSNR, visible pixels] of the frames that fit worst (frames showing >= 1 % of the visible ROI)."""
+    pixels = visible.reshape(visible.shape[0], -1).sum(1)
+    floor = 0.01 * pixels.sum()
+    rows = [[t, round(_psnr(shown[t][visible[t]], rgb[t][visible[t]]), 2), int(pixels[t])]
+            for t in range(visible.shape[0]) if pixels[t] > 0 and pixels[t] >= floor]
+    return sorted(rows, key=lambda row: row[1])[:count]
+
+
 def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.ndarray, corr: Correspondences,
                 *, show_progress: bool = False, best_psnr: float = float("nan")) -> Bundle:
     """Everything the render server needs, in one Bundle (see models/bundle.py for conventions)."""
@@ -132,6 +142,7 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
         "ref_roi_psnr": _psnr(fields["shown"][data.ref_frame][data.roi_mask], rgb[data.ref_frame][data.roi_mask]),
         "best_eval_psnr": best_psnr,
         "visible_fraction": float(visible.mean()),
+        "roi_psnr_worst_frames": _worst_frames(fields["shown"], rgb, visible),
         "flow": dict(corr.stats),
     }
     source = dict(data.source)

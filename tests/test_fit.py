@@ -55,6 +55,9 @@ def test_bundle_is_written_and_loads_with_consistent_fields(fitted, scene):
     assert loaded.source["sha256"] and loaded.config["atlas_size"] == 1024
     assert set(metrics["stage_seconds"]) == {"flow", "init", "main", "refine", "inverse", "bake"}
     assert not checkpoint_path(out).exists()
+    worst = metrics["roi_psnr_worst_frames"]
+    assert 1 <= len(worst) <= 5 and [w[1] for w in worst] == sorted(w[1] for w in worst)
+    assert all(0 <= w[0] < 6 and w[2] > 0 for w in worst)
     # the coverage mask is where the visible ROI maps: around the reference ROI in atlas space
     ys, xs = np.nonzero(loaded.atlas_coverage)
     cov_xy = loaded.uv_to_atlas(np.stack([(xs + 0.5) / 1024 * 2 - 1, (ys + 0.5) / 1024 * 2 - 1], 1))
