@@ -312,10 +312,14 @@ def test_limits_and_deadlines_map_to_their_errors(tiny_models_dir: Path, tmp_pat
             video.write_bytes(os.urandom(2 * 1024 * 1024))
             with pytest.raises(ResourceExhausted):
                 c.upload_video(video)
-        with Client(small.grpc_target, token=TOKEN, timeout=1e-6) as hurried, pytest.raises(DeadlineExceeded):
-            hurried.list_bundles()
     finally:
         small.stop()
+    # a server that accepts connections and never answers: the call's deadline expires. (A microsecond
+    # deadline against a live server raced the reply: gRPC keeps deadlines in milliseconds.)
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        port = hung.getsockname()[1]
+        with Client(f"127.0.0.1:{port}", token=TOKEN, timeout=0.2) as hurried, pytest.raises(DeadlineExceeded):
+            hurried.list_bundles()
 
 
 def test_ops_from_several_threads_get_their_own_acks(client: Client) -> None:
