@@ -177,6 +177,8 @@ def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):
     bundle = load_bundle(out)
     assert bundle.frames.shape == (4, 54, 96, 3) and bundle.source["frame_range"] == [0, 4]
     assert math.isfinite(bundle.metrics["ref_roi_psnr"]) and bundle.mask.shape == (4, 54, 96)
+    assert res.stdout.startswith(f"wrote {out}")
+    assert ("worst-fitting frames:" in res.stdout) == bool(bundle.metrics["roi_psnr_worst_frames"])
     info = _cli("info", str(out), "--json")
     assert info.returncode == 0 and json.loads(info.stdout)["frames"] == 4
     text = _cli("info", str(out))

@@ -125,4 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(f"wrote {args.out}: {bundle.num_frames} frames {w}x{h}, atlas {bundle.atlas_size}^2, "
           f"ROI PSNR {metrics['roi_psnr']:.2f} dB, {metrics['total_seconds']:.1f} s")
+    worst = metrics.get("roi_psnr_worst_frames") or []
+    if worst:
+        print("worst-fitting frames: " + ", ".join(f"{int(t)} ({p:.1f} dB)" for t, p, _ in worst))
     return 0
