@@ -453,15 +453,24 @@ class Fitter:
         return {"inverse": inverse_loss(self.model, uv, xyt[:, 2:3], xyt[:, :2], 0.05 + weight)}
 
     # ---------------------------------------------------------------- helpers
-    @torch.no_grad()
-    def _evaluate_best(self) -> None:
-        """ROI PSNR of L*A(T(p)) on the reference frame; keep the best weights (as RNA does)."""
+    def _reference_roi_xyt(self) -> torch.Tensor:
+        """Normalized xyt of the reference frame's ROI pixel centres."""
         xy = self.roi_pixels.float() + 0.5
         t = torch.full((xy.shape[0],), self.data.ref_frame, device=self.device)
-        xyt = self._xyt(xy[:, 0], xy[:, 1], t)
+        return self._xyt(xy[:, 0], xy[:, 1], t)
+
+    def _reference_roi_fit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """L*A(T(p)) and the input colour at the reference frame's ROI pixels."""
+        xyt = self._reference_roi_xyt()
         uv = self.model.mapping(xyt)
         shown = self.model.illumination(uv, xyt[:, 2:3]) * self.model.atlas(uv)
         rgb = self.frames[self.data.ref_frame, self.roi_pixels[:, 1], self.roi_pixels[:, 0]]
+        return shown, rgb
+
+    @torch.no_grad()
+    def _evaluate_best(self) -> None:
+        """ROI PSNR of L*A(T(p)) on the reference frame; keep the best weights (as RNA does)."""
+        shown, rgb = self._reference_roi_fit()
         mse = ((shown.clamp(0, 1) - rgb) ** 2).mean().item()
         psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
         if psnr > self.best_psnr:
@@ -475,21 +484,14 @@ class Fitter:
         tau is raised to twice this when the fit is less exact than RNA's 0.025 (short schedules, noisy
         real footage); otherwise almost no pixel would qualify as non-occluded and refinement would do nothing.
         """
-        xy = self.roi_pixels.float() + 0.5
-        t = torch.full((xy.shape[0],), self.data.ref_frame, device=self.device)
-        xyt = self._xyt(xy[:, 0], xy[:, 1], t)
-        uv = self.model.mapping(xyt)
-        shown = self.model.illumination(uv, xyt[:, 2:3]) * self.model.atlas(uv)
-        rgb = self.frames[self.data.ref_frame, self.roi_pixels[:, 1], self.roi_pixels[:, 0]]
+        shown, rgb = self._reference_roi_fit()
         return float((shown - rgb).abs().mean(-1).median().item())
 
     @torch.no_grad()
     def _potential_mask(self) -> torch.Tensor:
         """RNA's potential mask: reference ROI pixels splatted (2x2) into an atlas-space mask via T."""
         size = POTENTIAL_MASK_SIZE
-        xy = self.roi_pixels.float() + 0.5
-        t = torch.full((xy.shape[0],), self.data.ref_frame, device=self.device)
-        uv = self.model.mapping(self._xyt(xy[:, 0], xy[:, 1], t))
+        uv = self.model.mapping(self._reference_roi_xyt())
         pix = ((uv + 1.0) * 0.5 * size - 0.5).clamp(0, size - 1)
         mask = torch.zeros(size, size, device=self.device)
         for ox in (0, 1):

@@ -193,6 +193,15 @@ async def _create_session(target: str, bundle: str) -> Any:
         return await stub.CreateSession(sessions_pb2.CreateSessionRequest(bundle=bundle))
 
 
+async def _queued(outbox: asyncio.Queue) -> Any:
+    """A request stream fed from a queue; None ends it."""
+    while True:
+        item = await outbox.get()
+        if item is None:
+            return
+        yield item
+
+
 async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                         quality: int) -> list[float]:
     import grpc
@@ -206,14 +215,7 @@ async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: t
         render = render_pb2_grpc.RenderStub(channel)
         outbox: asyncio.Queue = asyncio.Queue()
 
-        async def requests() -> Any:
-            while True:
-                item = await outbox.get()
-                if item is None:
-                    return
-                yield item
-
-        call = sessions.Connect(requests())
+        call = sessions.Connect(_queued(outbox))
         outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
             session_id=info.session_id, join_token=info.join_token, name="bench-grpc")))
         while (await call.read()).WhichOneof("kind") != "snapshot":
@@ -255,18 +257,11 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
         render = render_pb2_grpc.RenderStub(channel)
         outbox: asyncio.Queue = asyncio.Queue()
 
-        async def requests() -> Any:
-            while True:
-                item = await outbox.get()
-                if item is None:
-                    return
-                yield item
-
         async def drain() -> None:
             async for _ in call:
                 pass
 
-        call = sessions_pb2_grpc.SessionsStub(channel).Connect(requests())
+        call = sessions_pb2_grpc.SessionsStub(channel).Connect(_queued(outbox))
         reader = asyncio.create_task(drain())
         outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
             session_id=info.session_id, join_token=info.join_token, name="bench-soak", participant_id="soak")))
