@@ -6,6 +6,10 @@ known) plus a direct t -> ref flow when the reference is far; chains are merged 
 valid (validity is their OR), and a final illumination-invariant photometric check (local normalized
 cross-correlation, standing in for RNA's DINO similarity) removes wrong matches. A direct flow alone is not enough
 under camera pans. The flow backend is pluggable (OpenCV DIS by default); flows are cached on disk.
+
+Where no reference correspondence survives (content the reference frame never saw, frames after the ROI has left
+the picture) the fit falls back on the camera's motion: a robust similarity transform per adjacent pair, composed
+toward the reference frame.
 """
 
 from __future__ import annotations
@@ -201,7 +205,8 @@ class Correspondences:
 
     adj_fwd[t] is the flow t -> t+1 and adj_bwd[t] the flow t+1 -> t (both (T-1, H, W, 2)), with validity
     masks; ref_flow[t] maps frame t to the reference frame, ref_valid[t] its validity; init_mask[t] is the
-    reference ROI mask propagated to frame t through ref_flow (RNA's bootstrap target).
+    reference ROI mask propagated to frame t through ref_flow (RNA's bootstrap target). camera_to_ref[t] is a
+    (2, 3) affine map from frame t's pixel coordinates to the reference frame's: the camera's motion.
     """
 
     ref_frame: int
@@ -212,7 +217,42 @@ class Correspondences:
     ref_flow: np.ndarray
     ref_valid: np.ndarray
     init_mask: np.ndarray
+    camera_to_ref: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _pair_motion(flow: np.ndarray, valid: np.ndarray, *, stride: int = 8, min_points: int = 32) -> np.ndarray | None:
+    """Similarity transform (2, 3) fitted robustly (RANSAC) to a flow's FB-valid vectors; None if too few."""
+    h, w = flow.shape[:2]
+    grid = _base_grid(h, w)[::stride, ::stride].reshape(-1, 2)
+    vec = flow[::stride, ::stride].reshape(-1, 2)
+    ok = valid[::stride, ::stride].reshape(-1)
+    if ok.sum() < min_points:
+        return None
+    src = grid[ok].astype(np.float32)
+    matrix, _ = cv2.estimateAffinePartial2D(src, src + vec[ok], method=cv2.RANSAC, ransacReprojThreshold=2.0)
+    return matrix
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The (2, 3) affine map x -> outer(inner(x))."""
+    return outer[:, :2] @ inner + np.concatenate([np.zeros((2, 2)), outer[:, 2:]], axis=1)
+
+
+def camera_motion(adj_fwd: np.ndarray, adj_fwd_valid: np.ndarray, adj_bwd: np.ndarray, adj_bwd_valid: np.ndarray,
+                  ref_frame: int) -> np.ndarray:
+    """(T, 2, 3) affine maps from each frame's pixel coordinates to the reference frame's, composed from
+    robust per-pair similarity fits of the adjacent flows (a pair with too few valid vectors counts as still)."""
+    num = adj_fwd.shape[0] + 1
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = np.repeat(identity[None], num, axis=0)
+    for t in range(ref_frame + 1, num):  # frame t -> t-1: the backward flow of pair t-1
+        step = _pair_motion(adj_bwd[t - 1], adj_bwd_valid[t - 1])
+        out[t] = _compose(out[t - 1], identity if step is None else step.astype(np.float64))
+    for t in range(ref_frame - 1, -1, -1):  # frame t -> t+1: the forward flow of pair t
+        step = _pair_motion(adj_fwd[t], adj_fwd_valid[t])
+        out[t] = _compose(out[t + 1], identity if step is None else step.astype(np.float64))
+    return out
 
 
 def reference_pairs(num_frames: int, ref_frame: int, hops: int) -> list[tuple[int, int]]:
@@ -310,6 +350,8 @@ def compute_correspondences(
         init_mask[t] = propagated * ref_valid[t]
     init_mask[ref_frame] = roi
 
+    camera = camera_motion(adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_frame) if num > 1 \
+        else np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
     others = [t for t in range(num) if t != ref_frame]
     stats = {
         "adj_valid": float(np.mean([adj_fwd_valid.mean(), adj_bwd_valid.mean()])) if num > 1 else 1.0,
@@ -318,4 +360,4 @@ def compute_correspondences(
         "flow_pairs": len(flows),
     }
     return Correspondences(ref_frame, adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_flow, ref_valid,
-                           init_mask, stats)
+                           init_mask, camera, stats)

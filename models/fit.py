@@ -56,17 +56,16 @@ def checkpoint_path(out: Path | str) -> Path:
 
 
 def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, span: float) -> NetworkConfig:
-    """Networks sized from the fit config (RNA: log2 T = 15 hash tables)."""
-    log2, levels = cfg.hash_log2_size, cfg.hash_levels
-    atlas_finest = float(cfg.extra.get("atlas_finest_resolution", max(cfg.atlas_size, 512)))
+    """Networks sized from the fit config (RNA: log2 T = 15 hash tables; the atlas's own size)."""
 
-    def grid(dims: int, finest: float) -> HashGridConfig:
-        return HashGridConfig(n_input_dims=dims, n_levels=levels, log2_hashmap_size=log2, base_resolution=16,
-                              finest_resolution=finest)
+    def grid(dims: int, finest: float, log2: int = cfg.hash_log2_size) -> HashGridConfig:
+        return HashGridConfig(n_input_dims=dims, n_levels=cfg.hash_levels, log2_hashmap_size=log2,
+                              base_resolution=16, finest_resolution=finest)
 
     return NetworkConfig(
         width=width, height=height, num_frames=num_frames, atlas_span_px=span,
-        atlas_grid=grid(2, atlas_finest), mask_grid=grid(3, float(max(width, height))),
+        atlas_grid=grid(2, float(cfg.atlas_finest_resolution), cfg.atlas_hash_log2_size),
+        mask_grid=grid(3, float(max(width, height))),
         inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, mapping_frame_affine=cfg.frame_affine,
         seed=cfg.seed,
         hash_backend=None if cfg.hash_backend == "auto" else cfg.hash_backend,
@@ -178,6 +177,7 @@ class Fitter:
         self.ref_flow = torch.from_numpy(corr.ref_flow).to(dev)
         self.ref_valid = torch.from_numpy(corr.ref_valid).to(dev)
         self.init_mask = torch.from_numpy(corr.init_mask).to(dev)
+        self.camera_to_ref = torch.from_numpy(corr.camera_to_ref).to(dev).float()
         if self.num_frames > 1:
             self.adj_fwd = torch.from_numpy(corr.adj_fwd).to(dev)
             self.adj_bwd = torch.from_numpy(corr.adj_bwd).to(dev)
@@ -355,13 +355,21 @@ class Fitter:
             self.model.load_state_dict(self.best_state)
 
     def _step_init(self) -> dict[str, torch.Tensor]:
-        """T toward the reference correspondences (identity where there are none): a warm start that already
-        knows the camera motion, which the main stage then refines."""
+        """T toward the reference correspondences (the camera's motion where there are none): a warm start
+        that already knows the camera motion, which the main stage then refines.
+
+        With an identity fallback, frames the ROI has left mapped unrelated content onto the ROI's atlas area,
+        which then learned it (car-shadow after frame 13)."""
         b = self._sample(max(self.cfg.batch_size // 2, 256))
         xyt = self._xyt(b["x"], b["y"], b["t"])
         target = self._xyt(b["ref_x"], b["ref_y"], b["t"])[:, :2]
+        camera = self.camera_to_ref[b["t"]]  # pixel-index coordinates: centres are at x - 0.5
+        xy = torch.stack([b["x"], b["y"]], dim=1) - 0.5
+        moved = (camera[:, :, :2] @ xy[:, :, None])[:, :, 0] + camera[:, :, 2] + 0.5
+        # tanh saturates at the atlas border: content the camera shows far outside it is parked there
+        fallback = self._xyt(moved[:, 0], moved[:, 1], b["t"])[:, :2].clamp(-0.98, 0.98)
         valid = b["ref_valid"][:, None]
-        target = valid * target + (1.0 - valid) * xyt[:, :2]
+        target = valid * target + (1.0 - valid) * fallback
         weight = 0.05 + 0.95 * b["ref_valid"]
         uv = self.model.mapping(xyt)
         return {"init": (((uv - target) ** 2).sum(-1) * weight).mean() * 100.0}

@@ -77,6 +77,16 @@ def test_chaining_beats_a_direct_flow_on_a_real_pan():
     assert c.stats["ref_valid"] > c.stats["ref_valid_direct"] + 0.1
 
 
+def test_camera_motion_follows_a_pan_past_where_the_reference_frame_ends():
+    big = _texture(64, 96 + 4 * 11, seed=5)
+    frames = np.stack([big[:, 4 * t: 4 * t + 96] for t in range(12)])  # the camera pans 4 px right per frame
+    roi = np.zeros((64, 96), bool)
+    c = corr.compute_correspondences(frames, roi, 5, hops=3, threads=2)
+    for t in range(12):
+        expected = np.array([[1.0, 0.0, 4.0 * (t - 5)], [0.0, 1.0, 0.0]])
+        assert np.allclose(c.camera_to_ref[t], expected, atol=0.25), (t, c.camera_to_ref[t])
+
+
 def test_flows_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     frames = np.stack([_texture(seed=0), _texture(seed=0)[:, ::-1].copy(), _texture(seed=1)])
     calls = []
