@@ -42,6 +42,11 @@ class FitConfig:
     # (DIS, chained to the reference) bring T into the right basin early; late in the fit their sub-pixel
     # errors would fight the reconstruction term, which aligns textured regions better
     prior_final_factor: float = 0.05
+    # T's warm start where no reference correspondence survives: "camera" (the composed camera motion) or
+    # "identity" (RNA's implicit choice, which maps content the reference never saw onto the ROI)
+    init_fallback: str = "camera"
+    # the per-frame affine maps of T start at the camera motion ("camera") or at the identity ("zero")
+    affine_init: str = "camera"
     mask_bootstrap: float = 0.6
     mask_bootstrap_until: int = 1000  # iteration after which the bootstrap term is dropped
     ref_mask: float = 0.4
@@ -94,6 +99,10 @@ class FitConfig:
             self.size = (int(self.size[0]), int(self.size[1]))
             if min(self.size) < 8:
                 raise ValueError(f"working size too small: {self.size}")
+        if self.init_fallback not in ("camera", "identity"):
+            raise ValueError(f"init_fallback must be 'camera' or 'identity', got {self.init_fallback!r}")
+        if self.affine_init not in ("camera", "zero"):
+            raise ValueError(f"affine_init must be 'camera' or 'zero', got {self.affine_init!r}")
         if self.roi_border not in ("polygon", "learned"):
             raise ValueError(f"roi_border must be 'polygon' or 'learned', got {self.roi_border!r}")
         for name in ("iters_main", "iters_refine", "iters_inverse", "batch_size"):

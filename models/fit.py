@@ -177,7 +177,9 @@ class Fitter:
         self.ref_flow = torch.from_numpy(corr.ref_flow).to(dev)
         self.ref_valid = torch.from_numpy(corr.ref_valid).to(dev)
         self.init_mask = torch.from_numpy(corr.init_mask).to(dev)
-        self.camera_to_ref = torch.from_numpy(corr.camera_to_ref).to(dev).float()
+        camera = corr.camera_to_ref if self.cfg.init_fallback == "camera" else \
+            np.repeat(np.eye(2, 3)[None], self.num_frames, axis=0)
+        self.camera_to_ref = torch.from_numpy(camera).to(dev).float()
         if self.num_frames > 1:
             self.adj_fwd = torch.from_numpy(corr.adj_fwd).to(dev)
             self.adj_bwd = torch.from_numpy(corr.adj_bwd).to(dev)
@@ -317,8 +319,22 @@ class Fitter:
             self._pending_optimizer = None
         return opt, iters
 
+    @torch.no_grad()
+    def _start_affine_at_camera(self) -> None:
+        """T's per-frame affine maps := the camera motion, in the networks' normalized coordinates."""
+        assert self.corr is not None and self.model.frame_affine is not None
+        camera = torch.from_numpy(self.corr.camera_to_ref).to(self.device).float()
+        half = self.span / 2.0
+        centre = camera.new_tensor([self.width / 2.0 - 0.5, self.height / 2.0 - 0.5])  # pixel-index coordinates
+        linear = camera[:, :, :2]
+        offset = (linear @ centre + camera[:, :, 2] - centre) / half
+        self.model.frame_affine.copy_(torch.cat([linear - torch.eye(2, device=self.device), offset[:, :, None]], 2))
+
     def _train(self, stage: str) -> None:
         cfg = self.cfg
+        if stage == "init" and self.iteration == 0 and cfg.affine_init == "camera" and \
+                self.model.frame_affine is not None:
+            self._start_affine_at_camera()
         self.optimizer, iters = self._optimizer_for(stage)
         base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         if stage == "refine":

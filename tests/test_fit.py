@@ -15,7 +15,8 @@ from conftest import SHARED_DATA
 from vatlas.models import bench_fit
 from vatlas.models.bundle import load_bundle
 from vatlas.models.config import FitConfig
-from vatlas.models.fit import FitError, checkpoint_path, fit
+from vatlas.models.fit import Fitter, FitData, FitError, checkpoint_path, fit
+from vatlas.roi import Roi
 
 from vatlas.synth import make_scene
 
@@ -127,6 +128,27 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
             device="cpu", out=out, resume=True, show_progress=False)
     with pytest.raises(FitError, match="nothing to resume"):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=tmp_path / "none.vatlas", resume=True)
+
+
+def test_per_frame_affine_starts_at_the_camera_motion(tmp_path):
+    rng = np.random.default_rng(2)
+    big = (np.kron(rng.random((16, 28, 3)), np.ones((4, 4, 1))) * 255).astype(np.uint8)  # 64 x 112
+    frames = np.ascontiguousarray(np.stack([big[:, 2 * t: 2 * t + 96] for t in range(8)]))  # pans 2 px/frame
+    roi = Roi(ref_frame=3, polygons=[[(20.0, 16.0), (70.0, 16.0), (70.0, 48.0), (20.0, 48.0)]])
+    data = FitData(frames, roi, roi.mask(64, 96), 30.0, {})
+    fitter = Fitter(data, tiny_config(extra={"cache_dir": str(tmp_path)}), torch.device("cpu"), show_progress=False)
+    fitter._stage_flow()
+    fitter._start_affine_at_camera()
+    # the affine map of frame t takes a pixel's normalized coordinates to those of the same content in the
+    # reference frame: 2 px per frame further right
+    x = torch.tensor([10.5, 50.5, 90.5])
+    y = torch.tensor([5.5, 30.5, 60.5])
+    for t in range(8):
+        xyt = fitter._xyt(x, y, torch.full_like(x, t))
+        delta = fitter.model.frame_affine[t]
+        moved = xyt[:, :2] + xyt[:, :2] @ delta[:, :2].T + delta[:, 2]
+        expected = fitter._xyt(x + 2.0 * (t - 3), y, torch.full_like(x, 3))[:, :2]
+        assert torch.allclose(moved, expected, atol=0.3 / (fitter.span / 2)), t
 
 
 def test_config_round_trips_and_rejects_bad_values():
