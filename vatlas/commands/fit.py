@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vatlas.models.config import FitConfig
-    from vatlas.models.fit import FitError, fit
+    from vatlas.models.fit import FitError, fit, resolve_device
     from vatlas.roi import load_roi
     from vatlas.video import content_hash, read_video
 
@@ -118,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         "stride": video.stride,
         "working_size": [w, h],
     }
+    if args.preset != "draft" and resolve_device(args.device).type == "cpu":
+        print(f"note: the {args.preset!r} preset is sized for a GPU; on this CPU it takes hours "
+              "(--preset draft takes minutes)", file=sys.stderr)
     try:
         bundle, metrics = fit(frames, work_roi, config=config, fps=video.fps, device=args.device, out=args.out,
                               resume=args.resume, show_progress=not args.quiet, source=source)
