@@ -21,7 +21,7 @@ class FitConfig:
     iters_refine: int = 750
     iters_inverse: int = 1000
     iters_mapping_init: int = 250  # pretrain T toward the reference correspondences
-    batch_size: int = 40000  # with the 2^19 atlas table: libby 30.0 dB at 40000 against 28.3 at 20000 (GPU)
+    batch_size: int = 40000  # with 2^19 tables: libby 30.0 dB at 40000 against 28.3 at 20000 (GPU)
     eval_every: int = 250  # ROI PSNR on the reference frame, best checkpoint kept (as RNA does)
     seed: int = 0
     # learning rates (RNA: hash grids 5e-2, MLPs 5e-4); decayed exponentially to lr * lr_final_factor
@@ -71,12 +71,12 @@ class FitConfig:
     ref_fb_px: float = 5.0
     ref_hops: int = 6  # intermediate frames chained toward the reference (RNA uses 9)
     ref_ncc_min: float = 0.5  # final check: local normalized cross-correlation (illumination invariant)
-    # network sizes (RNA: hash grids with 16 levels and log2 T = 15, mapping MLP 256 wide)
+    # network sizes (RNA: hash grids with 16 levels, mapping MLP 256 wide)
     hash_levels: int = 16
-    hash_log2_size: int = 15
-    # the atlas alone gets CoDeF's canonical-field size: a 2^15 table hashes every level finer than ~180 cells
-    # per side, and the atlas holds the video's finest texture (GPU ablation in docs/BENCHMARKS.md)
-    atlas_hash_log2_size: int = 19
+    # 2^19 entries per level (CoDeF's size; RNA uses 2^15): a 2^15 table hashes every 2D level finer than ~180
+    # cells per side. On the GPU this took blackswan from 29.3 to 31.1 dB and bmx-trees from 30.7 to 32.1 dB
+    # (docs/BENCHMARKS.md); the draft preset keeps 2^15 for CPUs
+    hash_log2_size: int = 19
     atlas_finest_resolution: int = 2048
     mapping_width: int = 256
     frame_affine: bool = True  # per-frame affine map ahead of T's MLP (see NetworkConfig)
@@ -117,7 +117,7 @@ class FitConfig:
         base: dict[str, Any] = {
             "draft": dict(iters_main=1500, iters_refine=300, iters_inverse=600, iters_mapping_init=200,
                           batch_size=8192, mask_bootstrap_until=600, eval_every=250, ref_hops=4,
-                          atlas_hash_log2_size=15, atlas_finest_resolution=1024),
+                          hash_log2_size=15, atlas_finest_resolution=1024),
             "standard": dict(),
             "best": dict(iters_main=40000, iters_refine=10000, iters_inverse=6000, batch_size=40000,
                          mask_bootstrap_until=10000, eval_every=1000, ref_hops=9, atlas_size=2048,

@@ -56,15 +56,15 @@ def checkpoint_path(out: Path | str) -> Path:
 
 
 def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, span: float) -> NetworkConfig:
-    """Networks sized from the fit config (RNA: log2 T = 15 hash tables; the atlas's own size)."""
+    """Networks sized from the fit config."""
 
-    def grid(dims: int, finest: float, log2: int = cfg.hash_log2_size) -> HashGridConfig:
-        return HashGridConfig(n_input_dims=dims, n_levels=cfg.hash_levels, log2_hashmap_size=log2,
+    def grid(dims: int, finest: float) -> HashGridConfig:
+        return HashGridConfig(n_input_dims=dims, n_levels=cfg.hash_levels, log2_hashmap_size=cfg.hash_log2_size,
                               base_resolution=16, finest_resolution=finest)
 
     return NetworkConfig(
         width=width, height=height, num_frames=num_frames, atlas_span_px=span,
-        atlas_grid=grid(2, float(cfg.atlas_finest_resolution), cfg.atlas_hash_log2_size),
+        atlas_grid=grid(2, float(cfg.atlas_finest_resolution)),
         mask_grid=grid(3, float(max(width, height))),
         inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, mapping_frame_affine=cfg.frame_affine,
         seed=cfg.seed,

@@ -26,8 +26,7 @@ DATA = SHARED_DATA
 def tiny_config(**overrides) -> FitConfig:
     """Small networks and short stages: a CPU fit of a 64x48 clip in well under a minute."""
     base = dict(iters_mapping_init=100, iters_main=150, iters_refine=40, iters_inverse=100, batch_size=768,
-                mask_bootstrap_until=100, eval_every=50, hash_levels=8, hash_log2_size=14, atlas_hash_log2_size=14,
-                mapping_width=64,
+                mask_bootstrap_until=100, eval_every=50, hash_levels=8, hash_log2_size=14, mapping_width=64,
                 inverse_grid=64, lr_mapping=2e-3)
     base.update(overrides)
     return FitConfig.preset("draft", **base)
