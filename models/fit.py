@@ -374,8 +374,8 @@ class Fitter:
         """T toward the reference correspondences (the camera's motion where there are none): a warm start
         that already knows the camera motion, which the main stage then refines.
 
-        With an identity fallback, frames the ROI has left mapped unrelated content onto the ROI's atlas area,
-        which then learned it (car-shadow after frame 13)."""
+        An identity fallback would put content the reference frame never saw at the same atlas place as whatever
+        the reference frame shows there, the ROI included, under a panning camera."""
         b = self._sample(max(self.cfg.batch_size // 2, 256))
         xyt = self._xyt(b["x"], b["y"], b["t"])
         target = self._xyt(b["ref_x"], b["ref_y"], b["t"])[:, :2]
