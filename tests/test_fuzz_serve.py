@@ -99,17 +99,23 @@ def mutate(rng: random.Random, request: dict) -> object:
         return request
 
 
+async def _session_with_one_member(stubs: AioStubs) -> tuple[sessions_pb2.SessionInfo, sessions_pb2.Join, GrpcSession]:
+    """A new session on the tiny bundle and a gRPC member who has its snapshot."""
+    info = await stubs.sessions.CreateSession(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE),
+                                              metadata=stubs.metadata)
+    join = sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token)
+    member = GrpcSession(stubs)
+    member.send(join=join)
+    await member.event("snapshot")
+    return info, join, member
+
+
 def test_websocket_fuzz_gets_typed_errors_and_spares_others(small_server) -> None:
     rng = random.Random(7)
 
     async def scenario() -> None:
         stubs = AioStubs(small_server.grpc_target, small_server.token)
-        info = await stubs.sessions.CreateSession(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE),
-                                                  metadata=stubs.metadata)
-        join = sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token)
-        bystander = GrpcSession(stubs)
-        bystander.send(join=join)
-        await bystander.event("snapshot")
+        info, join, bystander = await _session_with_one_member(stubs)
         bystander.send_op(stroke_op("base"))
         await bystander.event("accepted")
         fuzzer = await WsClient.connect(small_server.ws_url, small_server.token)
@@ -208,12 +214,7 @@ def test_connect_stream_fuzz_rejects_ops_in_band(small_server) -> None:
 
     async def scenario() -> None:
         stubs = AioStubs(small_server.grpc_target, small_server.token)
-        info = await stubs.sessions.CreateSession(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE),
-                                                  metadata=stubs.metadata)
-        join = sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token)
-        other = GrpcSession(stubs)
-        other.send(join=join)
-        await other.event("snapshot")
+        info, join, other = await _session_with_one_member(stubs)
         fuzzer = GrpcSession(stubs)
         fuzzer.send(join=join)
         await fuzzer.event("snapshot")
