@@ -177,6 +177,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (["{video}", "--roi", "{roi}", "--frames", "3-9"], "--frames must look like START:STOP"),
     (["{video}", "--roi", "{far_roi}"], "outside"),
     (["{video}", "--roi", "{roi}", "--frames", "0:4", "--ref-frame", "9"], "beyond"),
+    pytest.param(["{video}", "--roi", "{roi}", "--frames", "0:4", "--device", "cuda"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_cli_bad_inputs_fail_with_one_line(tmp_path, args, message):
     roi = tmp_path / "roi.json"

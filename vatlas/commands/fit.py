@@ -119,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
         "stride": video.stride,
         "working_size": [w, h],
     }
-    if args.preset != "draft" and resolve_device(args.device).type == "cpu":
-        print(f"note: the {args.preset!r} preset is sized for a GPU; on this CPU it takes hours "
-              "(--preset draft takes minutes)", file=sys.stderr)
     try:
-        bundle, metrics = fit(frames, work_roi, config=config, fps=video.fps, device=args.device, out=args.out,
+        device = resolve_device(args.device)
+        if args.preset != "draft" and device.type == "cpu":
+            print(f"note: the {args.preset!r} preset is sized for a GPU; on this CPU it takes hours "
+                  "(--preset draft takes minutes)", file=sys.stderr)
+        bundle, metrics = fit(frames, work_roi, config=config, fps=video.fps, device=device.type, out=args.out,
                               resume=args.resume, show_progress=not args.quiet, source=source)
     except FitError as exc:
         raise CliError(str(exc)) from None
