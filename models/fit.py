@@ -177,9 +177,7 @@ class Fitter:
         self.ref_flow = torch.from_numpy(corr.ref_flow).to(dev)
         self.ref_valid = torch.from_numpy(corr.ref_valid).to(dev)
         self.init_mask = torch.from_numpy(corr.init_mask).to(dev)
-        camera = corr.camera_to_ref if self.cfg.init_fallback == "camera" else \
-            np.repeat(np.eye(2, 3)[None], self.num_frames, axis=0)
-        self.camera_to_ref = torch.from_numpy(camera).to(dev).float()
+        self.camera_to_ref = self._normalized_camera(corr.camera_to_ref)
         if self.num_frames > 1:
             self.adj_fwd = torch.from_numpy(corr.adj_fwd).to(dev)
             self.adj_bwd = torch.from_numpy(corr.adj_bwd).to(dev)
@@ -319,16 +317,19 @@ class Fitter:
             self._pending_optimizer = None
         return opt, iters
 
+    def _normalized_camera(self, camera: np.ndarray) -> torch.Tensor:
+        """(T, 2, 3) camera maps from pixel-index coordinates re-expressed on the networks' normalized xy."""
+        cam = torch.from_numpy(camera).to(self.device).float()
+        centre = cam.new_tensor([self.width / 2.0 - 0.5, self.height / 2.0 - 0.5])
+        linear = cam[:, :, :2]
+        offset = (linear @ centre + cam[:, :, 2] - centre) / (self.span / 2.0)
+        return torch.cat([linear, offset[:, :, None]], dim=2)
+
     @torch.no_grad()
     def _start_affine_at_camera(self) -> None:
-        """T's per-frame affine maps := the camera motion, in the networks' normalized coordinates."""
-        assert self.corr is not None and self.model.frame_affine is not None
-        camera = torch.from_numpy(self.corr.camera_to_ref).to(self.device).float()
-        half = self.span / 2.0
-        centre = camera.new_tensor([self.width / 2.0 - 0.5, self.height / 2.0 - 0.5])  # pixel-index coordinates
-        linear = camera[:, :, :2]
-        offset = (linear @ centre + camera[:, :, 2] - centre) / half
-        self.model.frame_affine.copy_(torch.cat([linear - torch.eye(2, device=self.device), offset[:, :, None]], 2))
+        """T's per-frame affine maps (offsets from the identity) := the camera motion."""
+        assert self.model.frame_affine is not None
+        self.model.frame_affine.copy_(self.camera_to_ref - torch.eye(2, 3, device=self.device))
 
     def _train(self, stage: str) -> None:
         cfg = self.cfg
@@ -379,11 +380,12 @@ class Fitter:
         b = self._sample(max(self.cfg.batch_size // 2, 256))
         xyt = self._xyt(b["x"], b["y"], b["t"])
         target = self._xyt(b["ref_x"], b["ref_y"], b["t"])[:, :2]
-        camera = self.camera_to_ref[b["t"]]  # pixel-index coordinates: centres are at x - 0.5
-        xy = torch.stack([b["x"], b["y"]], dim=1) - 0.5
-        moved = (camera[:, :, :2] @ xy[:, :, None])[:, :, 0] + camera[:, :, 2] + 0.5
-        # tanh saturates at the atlas border: content the camera shows far outside it is parked there
-        fallback = self._xyt(moved[:, 0], moved[:, 1], b["t"])[:, :2].clamp(-0.98, 0.98)
+        fallback = xyt[:, :2]
+        if self.cfg.init_fallback == "camera":
+            camera = self.camera_to_ref[b["t"]]
+            moved = (camera[:, :, :2] @ fallback[:, :, None])[:, :, 0] + camera[:, :, 2]
+            # tanh saturates at the atlas border: content the camera shows far outside it is parked there
+            fallback = moved.clamp(-0.98, 0.98)
         valid = b["ref_valid"][:, None]
         target = valid * target + (1.0 - valid) * fallback
         weight = 0.05 + 0.95 * b["ref_valid"]
