@@ -43,7 +43,8 @@ class FitConfig:
     # errors would fight the reconstruction term, which aligns textured regions better
     prior_final_factor: float = 0.05
     # T's warm start where no reference correspondence survives: "camera" (the composed camera motion) or
-    # "identity" (RNA's implicit choice, which maps content the reference never saw onto the ROI)
+    # "identity" (RNA's implicit choice: under a pan, content the reference never saw lands wherever the
+    # reference frame shows that screen position, the ROI included)
     init_fallback: str = "camera"
     # the per-frame affine maps of T start at the camera motion ("camera") or at the identity ("zero")
     affine_init: str = "camera"

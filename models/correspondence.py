@@ -244,7 +244,7 @@ def camera_motion(adj_fwd: np.ndarray, adj_fwd_valid: np.ndarray, adj_bwd: np.nd
     """(T, 2, 3) affine maps from each frame's pixel coordinates to the reference frame's, composed from
     robust per-pair similarity fits of the adjacent flows (a pair with too few valid vectors counts as still)."""
     num = adj_fwd.shape[0] + 1
-    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    identity = np.eye(2, 3)
     out = np.repeat(identity[None], num, axis=0)
     for t in range(ref_frame + 1, num):  # frame t -> t-1: the backward flow of pair t-1
         step = _pair_motion(adj_bwd[t - 1], adj_bwd_valid[t - 1])
@@ -350,8 +350,7 @@ def compute_correspondences(
         init_mask[t] = propagated * ref_valid[t]
     init_mask[ref_frame] = roi
 
-    camera = camera_motion(adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_frame) if num > 1 \
-        else np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    camera = camera_motion(adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_frame)
     others = [t for t in range(num) if t != ref_frame]
     stats = {
         "adj_valid": float(np.mean([adj_fwd_valid.mean(), adj_bwd_valid.mean()])) if num > 1 else 1.0,
