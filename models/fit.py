@@ -67,6 +67,7 @@ def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, spa
         atlas_grid=grid(2, float(cfg.atlas_finest_resolution)),
         mask_grid=grid(3, float(max(width, height))),
         inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, mapping_frame_affine=cfg.frame_affine,
+        illumination_encoding=cfg.illumination_encoding, illumination_grid=grid(3, float(cfg.illumination_finest)),
         seed=cfg.seed,
         hash_backend=None if cfg.hash_backend == "auto" else cfg.hash_backend,
     )

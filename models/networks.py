@@ -22,6 +22,7 @@ from torch import nn
 from .encoding import HashGridConfig, make_hash_encoding, make_mlp
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh")
+ILLUMINATION_ENCODINGS = ("none", "hash", "hash_luma")
 SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(SOFTPLUS_ONE) == 1
 MASK_EPS = 1e-5
 
@@ -62,7 +63,9 @@ class NetworkConfig:
     mask_width: int = 32
     mask_hidden_layers: int = 3
     # L: (u, v, t) -> 3 positive scales
-    illumination_encoding: str = "none"  # "none" (raw uvt, as RNA) or "hash"
+    # "none": an MLP on raw uvt (RNA); "hash": a 3D hash grid; "hash_luma": the raw-uvt MLP's smooth colour gains
+    # times a hash grid's achromatic gain (see LumaDetailIllumination)
+    illumination_encoding: str = "none"
     illumination_grid: HashGridConfig = field(default_factory=_xyt_grid)
     illumination_width: int = 64
     illumination_hidden_layers: int = 3
@@ -84,8 +87,9 @@ class NetworkConfig:
             raise ValueError(f"atlas_span_px must be > 0, got {self.atlas_span_px}")
         if self.atlas_output not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"atlas_output must be one of {OUTPUT_ACTIVATIONS}, got {self.atlas_output!r}")
-        if self.illumination_encoding not in ("none", "hash"):
-            raise ValueError(f"illumination_encoding must be 'none' or 'hash', got {self.illumination_encoding!r}")
+        if self.illumination_encoding not in ILLUMINATION_ENCODINGS:
+            raise ValueError(f"illumination_encoding must be one of {ILLUMINATION_ENCODINGS}, "
+                             f"got {self.illumination_encoding!r}")
         if self.mapping_pe_frequencies < 0:
             raise ValueError("mapping_pe_frequencies must be >= 0")
         expected_dims = {"atlas_grid": 2, "mask_grid": 3, "illumination_grid": 3, "inverse_grid": 3}
@@ -163,6 +167,32 @@ class GridField(nn.Module):
         return self.mlp(self.encoding((coords + 1.0) * 0.5))
 
 
+def _start_at_one(last: nn.Linear) -> None:
+    """softplus(last layer) starts near 1 (no illumination change) with a small gradient path through the weights."""
+    with torch.no_grad():
+        last.weight.mul_(0.01)
+        last.bias.fill_(SOFTPLUS_ONE)
+
+
+class LumaDetailIllumination(nn.Module):
+    """L = smooth colour gains (MLP on raw uvt) x a detailed achromatic gain (hash grid on uvt).
+
+    Cast shadows and shading can have sharp edges but hardly change hue; colour casts are smooth. A per-channel
+    hash-grid L also learns to repaint occluders, which then pass the occlusion test and leak into edits.
+    """
+
+    def __init__(self, grid: HashGridConfig, width: int, hidden_layers: int, seed: int) -> None:
+        super().__init__()
+        self.smooth = make_mlp(3, 3, width, hidden_layers, "relu")
+        self.detail = GridField(grid, 1, width, hidden_layers, seed=seed)
+        _start_at_one(self.smooth[-1])
+        _start_at_one(self.detail.mlp[-1])
+
+    def forward(self, uvt: torch.Tensor) -> torch.Tensor:
+        """(N, 3) uvt -> (N, 3) positive scales."""
+        return nn.functional.softplus(self.smooth(uvt)) * nn.functional.softplus(self.detail(uvt))
+
+
 def _check(name: str, tensor: torch.Tensor, dims: int) -> None:
     if tensor.ndim != 2 or tensor.shape[1] != dims:
         raise ValueError(f"{name} expects (N, {dims}) inputs, got {tuple(tensor.shape)}")
@@ -200,19 +230,19 @@ class RnaModel(nn.Module):
                                      seed=cfg.seed + 1)
         self.mask_field = GridField(cfg.grid("mask_grid"), 1, cfg.mask_width, cfg.mask_hidden_layers,
                                     seed=cfg.seed + 2)
-        if cfg.illumination_encoding == "hash":
-            self.illumination_field: nn.Module = GridField(
+        if cfg.illumination_encoding == "hash_luma":
+            self.illumination_field: nn.Module = LumaDetailIllumination(
+                cfg.grid("illumination_grid"), cfg.illumination_width, cfg.illumination_hidden_layers,
+                seed=cfg.seed + 3)
+        elif cfg.illumination_encoding == "hash":
+            self.illumination_field = GridField(
                 cfg.grid("illumination_grid"), 3, cfg.illumination_width, cfg.illumination_hidden_layers,
                 seed=cfg.seed + 3)
-            last = self.illumination_field.mlp[-1]
+            _start_at_one(self.illumination_field.mlp[-1])
         else:
             self.illumination_field = make_mlp(3, 3, cfg.illumination_width, cfg.illumination_hidden_layers,
                                                "relu")
-            last = self.illumination_field[-1]
-        # Start near L == 1 (no illumination change) but keep a small gradient path through the weights.
-        with torch.no_grad():
-            last.weight.mul_(0.01)
-            last.bias.fill_(SOFTPLUS_ONE)
+            _start_at_one(self.illumination_field[-1])
         self.inverse_field = GridField(cfg.grid("inverse_grid"), 2, cfg.inverse_width, cfg.inverse_hidden_layers,
                                        seed=cfg.seed + 4)
 
@@ -256,6 +286,8 @@ class RnaModel(nn.Module):
         """L: (N, 2) uv (detached here) and t_n -> (N, 3) positive scales, ~1 at init."""
         _check("illumination", uv, 2)
         uvt = torch.cat([uv.detach(), _t_column(t, uv.shape[0], uv)], dim=1)
+        if isinstance(self.illumination_field, LumaDetailIllumination):
+            return self.illumination_field(uvt)
         return nn.functional.softplus(self.illumination_field(uvt))
 
     def inverse(self, uv: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
@@ -269,6 +301,8 @@ class RnaModel(nn.Module):
         fields_ = [self.atlas_field, self.mask_field, self.inverse_field]
         if isinstance(self.illumination_field, GridField):
             fields_.append(self.illumination_field)
+        elif isinstance(self.illumination_field, LumaDetailIllumination):
+            fields_.append(self.illumination_field.detail)
         return [p for f in fields_ for p in f.encoding.parameters()]
 
     def param_groups(self, lr_grid: float, lr_mlp: float, *, nets: tuple[str, ...] | None = None

@@ -161,6 +161,8 @@ def test_config_round_trips_and_rejects_bad_values():
         FitConfig.from_dict({"atlas_sise": 1024})
     with pytest.raises(ValueError, match="unknown preset"):
         FitConfig.preset("fastest")
+    with pytest.raises(ValueError, match="illumination_encoding"):
+        FitConfig(illumination_encoding="luma")
     scaled = FitConfig.preset("standard").scaled_iters(600)
     assert scaled.iters_main == 600 and scaled.iters_refine < FitConfig().iters_refine
 

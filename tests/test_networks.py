@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from vatlas.models.encoding import HashGridConfig, HashGridEncoding
@@ -59,13 +61,45 @@ def test_atlas_output_activation(output: str) -> None:
 
 
 def test_illumination_detaches_uv_and_hash_option() -> None:
-    for enc in ("none", "hash"):
+    for enc in ("none", "hash", "hash_luma"):
         model = RnaModel(small_cfg(illumination_encoding=enc))
         uv = (torch.rand(20, 2) * 2 - 1).requires_grad_(True)
         out = model.illumination(uv, torch.zeros(20, 1))
         out.sum().backward()
         assert uv.grad is None  # L must not move the mapping
         assert (out - 1).abs().max() < 0.05
+
+
+def _illumination_fit_error(encoding: str, target: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """Mean squared error of L alone, fitted by Adam to a target field over uv (t = 0)."""
+    torch.manual_seed(0)
+    model = RnaModel(small_cfg(illumination_encoding=encoding))
+    opt = torch.optim.Adam(model.illumination_field.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        uv = torch.rand(512, 2, generator=gen) * 2 - 1
+        loss = (model.illumination(uv, 0.0) - target(uv)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    uv = torch.rand(4096, 2, generator=gen) * 2 - 1
+    with torch.no_grad():
+        return (model.illumination(uv, 0.0) - target(uv)).square().mean().item()
+
+
+def test_luma_illumination_follows_sharp_shadows_but_not_sharp_colour_changes() -> None:
+    def disc(uv: torch.Tensor) -> torch.Tensor:
+        return (((uv - 0.2) ** 2).sum(-1, keepdim=True) < 0.4**2).float()
+
+    def shadow(uv: torch.Tensor) -> torch.Tensor:  # a hard-edged grey shadow
+        return (1.0 - 0.5 * disc(uv)).expand(-1, 3)
+
+    def tint(uv: torch.Tensor) -> torch.Tensor:  # a hard-edged red patch: what an occluder looks like to L
+        return torch.cat([torch.ones_like(disc(uv)), (1.0 - 0.6 * disc(uv)).expand(-1, 2)], 1)
+
+    hash_shadow, luma_shadow = (_illumination_fit_error(e, shadow) for e in ("hash", "hash_luma"))
+    assert luma_shadow < 2.0 * hash_shadow and luma_shadow < 0.3 * _illumination_fit_error("none", shadow)
+    assert _illumination_fit_error("hash_luma", tint) > 2.0 * _illumination_fit_error("hash", tint)
 
 
 def test_gradients_flow_to_each_network() -> None:
@@ -110,8 +144,9 @@ def test_mapping_can_fit_identity_on_reference_frame() -> None:
     assert loss.item() < 2e-3
 
 
-def test_param_groups_split_grid_and_mlp() -> None:
-    model = RnaModel(small_cfg())
+@pytest.mark.parametrize("illumination", ["none", "hash_luma"])
+def test_param_groups_split_grid_and_mlp(illumination: str) -> None:
+    model = RnaModel(small_cfg(illumination_encoding=illumination))
     groups = model.param_groups(5e-2, 5e-4)
     by_name = {g["name"]: g for g in groups}
     assert by_name["grid"]["lr"] == 5e-2 and by_name["mlp"]["lr"] == 5e-4
