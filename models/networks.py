@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import ILLUMINATION_ENCODINGS
 from .encoding import HashGridConfig, make_hash_encoding, make_mlp
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh")
-ILLUMINATION_ENCODINGS = ("none", "hash", "hash_luma")
 SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(SOFTPLUS_ONE) == 1
 MASK_EPS = 1e-5
 
