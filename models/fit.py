@@ -32,7 +32,7 @@ from .networks import NetworkConfig, RnaModel
 
 STAGES = ("flow", "init", "main", "refine", "inverse", "bake")
 TRAIN_STAGES = ("init", "main", "refine", "inverse")
-CHECKPOINT_VERSION = 2  # 2: T may hold per-frame affine maps
+CHECKPOINT_VERSION = 3  # 2: T may hold per-frame affine maps; 3: L is a module of its own kind
 POTENTIAL_MASK_SIZE = 512
 
 

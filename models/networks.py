@@ -174,6 +174,24 @@ def _start_at_one(last: nn.Linear) -> None:
         last.bias.fill_(SOFTPLUS_ONE)
 
 
+class ColourGainIllumination(nn.Module):
+    """L = one positive gain per colour channel: RNA's MLP on raw uvt, or a hash grid on uvt ("hash")."""
+
+    def __init__(self, grid: HashGridConfig | None, width: int, hidden_layers: int, seed: int) -> None:
+        super().__init__()
+        self.field = make_mlp(3, 3, width, hidden_layers, "relu") if grid is None else \
+            GridField(grid, 3, width, hidden_layers, seed=seed)
+        _start_at_one(self.field[-1] if grid is None else self.field.mlp[-1])
+
+    def forward(self, uvt: torch.Tensor) -> torch.Tensor:
+        """(N, 3) uvt -> (N, 3) positive scales."""
+        return nn.functional.softplus(self.field(uvt))
+
+    def encodings(self) -> list[nn.Module]:
+        """The hash encodings inside (trained at the grid learning rate)."""
+        return [self.field.encoding] if isinstance(self.field, GridField) else []
+
+
 class LumaDetailIllumination(nn.Module):
     """L = smooth colour gains (MLP on raw uvt) x a detailed achromatic gain (hash grid on uvt).
 
@@ -191,6 +209,10 @@ class LumaDetailIllumination(nn.Module):
     def forward(self, uvt: torch.Tensor) -> torch.Tensor:
         """(N, 3) uvt -> (N, 3) positive scales."""
         return nn.functional.softplus(self.smooth(uvt)) * nn.functional.softplus(self.detail(uvt))
+
+    def encodings(self) -> list[nn.Module]:
+        """The hash encodings inside (trained at the grid learning rate)."""
+        return [self.detail.encoding]
 
 
 def _check(name: str, tensor: torch.Tensor, dims: int) -> None:
@@ -230,19 +252,15 @@ class RnaModel(nn.Module):
                                      seed=cfg.seed + 1)
         self.mask_field = GridField(cfg.grid("mask_grid"), 1, cfg.mask_width, cfg.mask_hidden_layers,
                                     seed=cfg.seed + 2)
+        self.illumination_field: ColourGainIllumination | LumaDetailIllumination
         if cfg.illumination_encoding == "hash_luma":
-            self.illumination_field: nn.Module = LumaDetailIllumination(
+            self.illumination_field = LumaDetailIllumination(
                 cfg.grid("illumination_grid"), cfg.illumination_width, cfg.illumination_hidden_layers,
                 seed=cfg.seed + 3)
-        elif cfg.illumination_encoding == "hash":
-            self.illumination_field = GridField(
-                cfg.grid("illumination_grid"), 3, cfg.illumination_width, cfg.illumination_hidden_layers,
-                seed=cfg.seed + 3)
-            _start_at_one(self.illumination_field.mlp[-1])
         else:
-            self.illumination_field = make_mlp(3, 3, cfg.illumination_width, cfg.illumination_hidden_layers,
-                                               "relu")
-            _start_at_one(self.illumination_field[-1])
+            grid = cfg.grid("illumination_grid") if cfg.illumination_encoding == "hash" else None
+            self.illumination_field = ColourGainIllumination(grid, cfg.illumination_width,
+                                                             cfg.illumination_hidden_layers, seed=cfg.seed + 3)
         self.inverse_field = GridField(cfg.grid("inverse_grid"), 2, cfg.inverse_width, cfg.inverse_hidden_layers,
                                        seed=cfg.seed + 4)
 
@@ -286,9 +304,7 @@ class RnaModel(nn.Module):
         """L: (N, 2) uv (detached here) and t_n -> (N, 3) positive scales, ~1 at init."""
         _check("illumination", uv, 2)
         uvt = torch.cat([uv.detach(), _t_column(t, uv.shape[0], uv)], dim=1)
-        if isinstance(self.illumination_field, LumaDetailIllumination):
-            return self.illumination_field(uvt)
-        return nn.functional.softplus(self.illumination_field(uvt))
+        return self.illumination_field(uvt)
 
     def inverse(self, uv: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """B: (N, 2) uv and t_n -> (N, 2) normalized frame coords (x_n, y_n), same scale as xyt_n."""
@@ -298,12 +314,9 @@ class RnaModel(nn.Module):
 
     # --- optimisation ---------------------------------------------------------------------------
     def grid_parameters(self) -> list[nn.Parameter]:
-        fields_ = [self.atlas_field, self.mask_field, self.inverse_field]
-        if isinstance(self.illumination_field, GridField):
-            fields_.append(self.illumination_field)
-        elif isinstance(self.illumination_field, LumaDetailIllumination):
-            fields_.append(self.illumination_field.detail)
-        return [p for f in fields_ for p in f.encoding.parameters()]
+        encodings = [f.encoding for f in (self.atlas_field, self.mask_field, self.inverse_field)]
+        encodings += self.illumination_field.encodings()
+        return [p for e in encodings for p in e.parameters()]
 
     def param_groups(self, lr_grid: float, lr_mlp: float, *, nets: tuple[str, ...] | None = None
                      ) -> list[dict[str, Any]]:
