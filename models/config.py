@@ -53,11 +53,6 @@ class FitConfig:
     mask_bootstrap_until: int = 1000  # iteration after which the bootstrap term is dropped
     ref_mask: float = 0.4
     flow_alpha: float = 0.8  # |M(p) - M(p_a)| along adjacent flow
-    # > 0: that term only where the flow moves with the camera (within this many working pixels of the
-    # camera-motion prediction). Along an occluder's own flow it carries M = 1 from frame to frame once the fit
-    # has absorbed the occluder (synthetic scene, H100: flow_alpha and ref_flow_alpha at 0.2 took mask IoU from
-    # 0.90 to 0.92, one run). 0 = RNA's term everywhere. Experimental: this gate has not run on a GPU yet
-    flow_alpha_camera_px: float = 0.0
     ref_flow_alpha: float = 0.8  # |M(p) - M(p_r)| along the reference correspondence
     # RNA's 0.8 held L at 1 against the synthetic lighting changes. With the hash_luma L, single H100 runs gave
     # synthetic mask IoU 0.892 at 0.01 and 0.926 at 0.05, but repeats at 0.05 spread over 0.898-0.926, so that
@@ -122,8 +117,6 @@ class FitConfig:
                              f"got {self.illumination_encoding!r}")
         if self.roi_border not in ("polygon", "learned"):
             raise ValueError(f"roi_border must be 'polygon' or 'learned', got {self.roi_border!r}")
-        if self.flow_alpha_camera_px < 0:
-            raise ValueError(f"flow_alpha_camera_px must be >= 0, got {self.flow_alpha_camera_px}")
         for name in ("iters_main", "iters_refine", "iters_inverse", "batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -255,21 +255,6 @@ def camera_motion(adj_fwd: np.ndarray, adj_fwd_valid: np.ndarray, adj_bwd: np.nd
     return out
 
 
-def follows_camera(flows: np.ndarray, camera_to_ref: np.ndarray, *, forward: bool, threshold_px: float
-                   ) -> np.ndarray:
-    """(T-1, H, W) bool: the adjacent flow lands within `threshold_px` of where the camera's motion alone
-    carries the pixel; False on things that move on their own, such as occluders crossing the ROI."""
-    num, h, w = flows.shape[:3]
-    grid = _base_grid(h, w).astype(np.float64)
-    out = np.empty((num, h, w), bool)
-    for k in range(num):
-        src, dst = (k, k + 1) if forward else (k + 1, k)
-        step = _compose(cv2.invertAffineTransform(camera_to_ref[dst]), camera_to_ref[src])
-        predicted = grid @ step[:, :2].T + step[:, 2]
-        out[k] = np.linalg.norm(grid + flows[k] - predicted, axis=-1) < threshold_px
-    return out
-
-
 def reference_pairs(num_frames: int, ref_frame: int, hops: int) -> list[tuple[int, int]]:
     """All non-adjacent flow pairs the reference aggregation needs (both directions, for FB checks)."""
     pairs: list[tuple[int, int]] = []

@@ -25,7 +25,7 @@ from . import losses
 from .bake import bake_bundle
 from .bundle import Bundle, save_bundle
 from .config import FitConfig
-from .correspondence import Correspondences, compute_correspondences, follows_camera, get_flow_backend
+from .correspondence import Correspondences, compute_correspondences, get_flow_backend
 from .encoding import FusedReluMLP, HashGridConfig
 from .inverse_map import inverse_loss
 from .networks import NetworkConfig, RnaModel
@@ -184,13 +184,6 @@ class Fitter:
             self.adj_bwd = torch.from_numpy(corr.adj_bwd).to(dev)
             self.adj_fwd_valid = torch.from_numpy(corr.adj_fwd_valid).to(dev)
             self.adj_bwd_valid = torch.from_numpy(corr.adj_bwd_valid).to(dev)
-            self.adj_fwd_alpha_valid, self.adj_bwd_alpha_valid = self.adj_fwd_valid, self.adj_bwd_valid
-            if self.cfg.flow_alpha_camera_px > 0:
-                px = self.cfg.flow_alpha_camera_px
-                fwd = follows_camera(corr.adj_fwd, corr.camera_to_ref, forward=True, threshold_px=px)
-                bwd = follows_camera(corr.adj_bwd, corr.camera_to_ref, forward=False, threshold_px=px)
-                self.adj_fwd_alpha_valid = self.adj_fwd_valid & torch.from_numpy(fwd).to(dev)
-                self.adj_bwd_alpha_valid = self.adj_bwd_valid & torch.from_numpy(bwd).to(dev)
         self.roi_mask_t = torch.from_numpy(self.data.roi_mask).to(dev).float()
         ys, xs = np.nonzero(self.data.roi_mask)
         self.roi_pixels = torch.from_numpy(np.stack([xs, ys], 1)).to(dev)
@@ -222,8 +215,6 @@ class Fitter:
             batch["adj_t"] = torch.where(fwd, t + 1, t - 1)
             batch["adj_x"], batch["adj_y"] = batch["x"] + adj[:, 0], batch["y"] + adj[:, 1]
             batch["adj_valid"] = valid.float()
-            alpha_valid = torch.where(fwd, self.adj_fwd_alpha_valid[tf, y, x], self.adj_bwd_alpha_valid[tb, y, x])
-            batch["adj_alpha_valid"] = alpha_valid.float()
         return batch
 
     def _sample_reference(self, n: int) -> dict[str, torch.Tensor]:
@@ -447,7 +438,7 @@ class Fitter:
             uv_a = uv_all[4 * n + xyt_ref.shape[0]:]
             alpha_a = torch.sigmoid(logits[2 * n + xyt_ref.shape[0]:])
             terms["corr_adj"] = prior * cfg.corr_adj * losses.weighted_correspondence(uv, uv_a, a_detached * b["adj_valid"])
-            terms["flow_alpha"] = cfg.flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_alpha_valid"])
+            terms["flow_alpha"] = cfg.flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
         return terms
 
     def _step_refine(self) -> dict[str, torch.Tensor]:
@@ -476,8 +467,7 @@ class Fitter:
         }
         if self.num_frames > 1:
             alpha_a = torch.sigmoid(logits[n + r["x"].shape[0]:])
-            terms["flow_alpha"] = cfg.refine_flow_alpha * losses.alpha_consistency(alpha, alpha_a,
-                                                                                     b["adj_alpha_valid"])
+            terms["flow_alpha"] = cfg.refine_flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
         return terms
 
     def _step_inverse(self) -> dict[str, torch.Tensor]:

@@ -128,22 +128,3 @@ def test_backend_registry_accepts_another_flow_method():
         corr.get_flow_backend("nope")
     with pytest.raises(ValueError, match="unknown DIS preset"):
         corr.DisFlow("slowest")
-
-
-def test_follows_camera_is_false_exactly_where_something_moves_on_its_own():
-    h, w, n = 48, 64, 4
-    square = np.zeros((h, w), bool)
-    square[10:22, 20:34] = True
-    fwd = np.zeros((n - 1, h, w, 2), np.float32)
-    fwd[..., 0] = -2.0  # the camera pans 2 px right per frame
-    fwd[:, square] = (-2.0, 5.0)  # the square also falls 5 px per frame
-    moved = np.roll(square, 5, axis=0)  # where the square is in frame t + 1, the start of the backward flow
-    bwd = np.zeros_like(fwd)
-    bwd[..., 0] = 2.0
-    bwd[:, moved] = (2.0, -5.0)
-    valid = np.ones((n - 1, h, w), bool)
-    camera = corr.camera_motion(fwd, valid, bwd, valid, ref_frame=1)
-    forward = corr.follows_camera(fwd, camera, forward=True, threshold_px=1.0)
-    backward = corr.follows_camera(bwd, camera, forward=False, threshold_px=1.0)
-    assert np.array_equal(forward, np.broadcast_to(~square, forward.shape))
-    assert np.array_equal(backward, np.broadcast_to(~moved, backward.shape))

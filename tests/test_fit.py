@@ -212,26 +212,3 @@ def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):
     assert "atlas_size: 1024" in text.stdout
     bad = _cli("info", str(tmp_path / "missing.vatlas"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-
-
-def test_mask_consistency_along_the_flow_can_skip_what_moves_on_its_own(tmp_path):
-    scene = make_scene(frames=8, size=(128, 72), seed=100, occluders=2, lighting=True)
-    data = FitData(scene.frames, scene.roi, scene.roi.mask(72, 128), scene.fps, {})
-    occluder = bench_fit.roi_footprint(scene)[:-1] & (scene.gt_visibility[:-1] < 0.5)
-    background = ~bench_fit.roi_footprint(scene)[:-1]
-    shares = {}
-    for px in (0.0, 1.5):
-        cfg = tiny_config(flow_alpha_camera_px=px, extra={"cache_dir": str(tmp_path)})
-        fitter = Fitter(data, cfg, torch.device("cpu"), show_progress=False)
-        fitter._stage_flow()
-        gated = fitter.adj_fwd_alpha_valid.numpy()
-        assert not (gated & ~fitter.adj_fwd_valid.numpy()).any()
-        shares[px] = (gated[occluder].mean(), gated[background].mean())
-        batch = fitter._sample(512)
-        assert (batch["adj_alpha_valid"] <= batch["adj_valid"]).all()
-    assert occluder.sum() > 500
-    assert shares[0.0][0] > 0.3  # the flow follows the occluders well enough to pass its own FB check
-    assert shares[1.5][0] < 0.5 * shares[0.0][0]
-    assert shares[1.5][1] > 0.8 * shares[0.0][1]
-    with pytest.raises(ValueError, match="flow_alpha_camera_px"):
-        FitConfig(flow_alpha_camera_px=-1.0)
