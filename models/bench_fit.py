@@ -142,25 +142,17 @@ def synth_quality(bundle: Any, scene: Any) -> dict[str, float]:
     for a harsh 4 px checkerboard."""
     from vatlas import metrics
 
+    false_visible, false_hidden = metrics.union_error_shares(bundle.mask, scene.gt_visibility)
     return {
         "roi_psnr": float(bundle.metrics.get("roi_psnr", math.nan)),
         "roi_psnr_rna": composite_psnr(bundle),
         "mask_iou": float(metrics.iou(bundle.mask, scene.gt_visibility)),
-        **mask_errors(bundle.mask, scene.gt_visibility),
+        "mask_false_visible": false_visible,
+        "mask_false_hidden": false_hidden,
         "drift_px": track_drift(bundle, scene),
         "edit_psnr": edit_fidelity(bundle, scene),
         "edit_psnr_checker": edit_fidelity(bundle, scene, checker_rgba()),
     }
-
-
-def mask_errors(mask: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Where the IoU goes: false "visible" and false "hidden" pixels, as shares of the union."""
-    from vatlas import metrics
-
-    pred, true = metrics.binarize(mask), metrics.binarize(truth)
-    union = max(int(np.count_nonzero(pred | true)), 1)
-    return {"mask_false_visible": np.count_nonzero(pred & ~true) / union,
-            "mask_false_hidden": np.count_nonzero(true & ~pred) / union}
 
 
 def composite_psnr(bundle: Any) -> float:

@@ -8,7 +8,18 @@ import cv2
 import numpy as np
 import pytest
 
-from vatlas.metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, binarize, iou, point_drift, psnr, ssim
+from vatlas.metrics import (
+    SSIM_K1,
+    SSIM_K2,
+    SSIM_SIGMA,
+    SSIM_WINDOW,
+    binarize,
+    iou,
+    point_drift,
+    psnr,
+    ssim,
+    union_error_shares,
+)
 
 
 def test_psnr_uint8_by_hand() -> None:
@@ -113,6 +124,12 @@ def test_iou_by_hand() -> None:
     hard = np.array([255, 0, 200, 0], np.uint8)
     # soft -> [1, 1, 0, 0], hard -> [1, 0, 1, 0]: intersection 1, union 3.
     assert iou(soft, hard) == pytest.approx(1 / 3)
+    # a = [1, 1, 0, 0] vs b = [0, 1, 1, 0]: one false positive and one false negative in a union of 3.
+    assert union_error_shares(a, b) == pytest.approx((1 / 3, 1 / 3))
+    assert union_error_shares(np.array([1, 1, 1, 0], bool), b) == pytest.approx((1 / 3, 0.0))
+    assert union_error_shares(np.zeros(4, bool), np.zeros(4, bool)) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        union_error_shares(a, np.zeros(3, bool))
 
 
 def test_point_drift_by_hand() -> None:

@@ -121,6 +121,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return int(np.count_nonzero(a & b)) / union
 
 
+def union_error_shares(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Where ``iou`` loses: (pred and not truth, truth and not pred) as shares of the union; IoU = 1 - both."""
+    pred, truth = _check_pair(binarize(pred), binarize(truth))
+    union = max(int(np.count_nonzero(pred | truth)), 1)
+    return np.count_nonzero(pred & ~truth) / union, np.count_nonzero(truth & ~pred) / union
+
+
 def point_drift(p: np.ndarray, q: np.ndarray) -> dict[str, float]:
     """Mean, median and max Euclidean distance (px) between matching points, ignoring NaN points."""
     p, q = _check_pair(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64))
