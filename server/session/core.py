@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import logging
 import math
@@ -52,6 +53,14 @@ from vatlas.v1 import common_pb2, edits_pb2, render_pb2, sessions_pb2
 log = logging.getLogger(__name__)
 
 MAX_HISTORY = 1000
+
+
+def storage_reason(exc: BaseException) -> str:
+    """A client-safe name for a storage failure: the errno's name, never a path or the OS message."""
+    number = getattr(exc, "errno", None)
+    if number == errno.ENOSPC:
+        return "the server's disk is full"
+    return errno.errorcode.get(number, "storage error") if isinstance(number, int) else "storage error"
 
 
 @dataclass
@@ -348,28 +357,46 @@ class ServerCore:
     # ---------------------------------------------------------------- ops
 
     async def _commit(self, session: Session, pid: str, op: dict[str, Any], kind: str) -> int:
-        """Apply, sequence, persist (fsync) and broadcast one checked op. Caller holds session.lock."""
+        """Persist (write + fsync), apply, sequence one checked op. Caller holds session.lock.
+
+        The log comes first: an op the disk refused must never reach the engine (it would show in renders and
+        block its own retry with ALREADY_EXISTS). An op the engine then refuses is cut from the log again.
+        """
+        seq = session.seq + 1
+        op_id = op.get("id", "")
+        record = {"seq": seq, "participant_id": pid, "kind": kind, "op": op, "time": time.time()}
+        offset = None
+        if session.oplog is not None:
+            try:
+                offset = await asyncio.to_thread(session.oplog.append, record)
+            except (OSError, RuntimeError) as exc:
+                log.error("session %s: cannot persist op %d: %s", session.session_id, seq, exc)
+                raise CoreError("UNAVAILABLE", f"the op could not be stored ({storage_reason(exc)}); nothing was "
+                                               "applied, try again later", op_id) from None
         if session.engine is not None:
             try:
                 await asyncio.to_thread(session.engine.apply, op)
-            except OpError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - an engine bug must not take the session down
+            except Exception as exc:
+                await self._unlog(session, offset)
+                if isinstance(exc, OpError):
+                    raise
                 log.exception("session %s: engine refused op", session.session_id)
-                raise CoreError("INTERNAL", f"the engine failed on this op: {exc}", op.get("id", "")) from None
-        seq = session.seq + 1
-        record = {"seq": seq, "participant_id": pid, "kind": kind, "op": op, "time": time.time()}
-        if session.oplog is not None:
-            try:
-                await asyncio.to_thread(session.oplog.append, record)
-            except (OSError, RuntimeError) as exc:
-                log.error("session %s: cannot persist op %d: %s", session.session_id, seq, exc)
-                raise CoreError("UNAVAILABLE", f"the op could not be stored: {exc}", op.get("id", "")) from None
+                raise CoreError("INTERNAL", "the engine failed on this op (see the server log)", op_id) from None
         session.seq = seq
         session.records.append(record)
         session.doc.apply(op)
         session.applied_seq = seq
         return seq
+
+    @staticmethod
+    async def _unlog(session: Session, offset: int | None) -> None:
+        """Cut a logged record the engine refused; if even that fails, the record replays (and is refused)."""
+        if offset is None or session.oplog is None:
+            return
+        try:
+            await asyncio.to_thread(session.oplog.rollback, offset)
+        except OSError as exc:
+            log.error("session %s: cannot cut a refused op from the log: %s", session.session_id, exc)
 
     def _announce(self, session: Session, participant: Participant, op: dict[str, Any], seq: int) -> None:
         participant.send(_event(accepted=sessions_pb2.OpAccepted(op_id=op.get("id", ""), seq=seq)))

@@ -7,9 +7,21 @@ Layout under the data directory::
                                       payload, then the payload (msgpack of one log record dict)
 
 `OpLog.append` returns only after the record is on disk (write + fsync), so an op is acknowledged only once
-it survives a crash. Opening a log replays it and truncates a torn tail (a short header, a short payload or a
-CRC mismatch from a write cut off by a crash); records after a corrupt one cannot be trusted and are dropped
-with it.
+it survives a crash. A failed write or fsync (full disk, I/O error) cuts the file back to the end of the last
+good record before the error reaches the caller, so a rejected op leaves no bytes behind and later records
+are not stranded behind a partial one.
+
+Opening a log replays it. A torn tail (a short header, a short payload or a CRC mismatch after the last
+valid record: a write cut off by a crash) is truncated. Damage *inside* the log (a flipped bit, a zeroed
+page) does not end the replay: the reader resyncs to the next offset where a whole record with a matching
+CRC and a later sequence number starts, the original file is kept beside the log as
+``ops.log.damaged-<UTC time>``, the log is rewritten with every record that survived, and the loss is logged
+at ERROR level (`ReplayResult.damage` says what was lost).
+
+Why a framed file and not SQLite: every record carries its own CRC32, so a flipped bit is detected and costs
+exactly the records it touches; SQLite as shipped with Python has no page checksums (a flipped bit in a row is
+read back silently, one in a b-tree page can make the whole database unreadable). Logs of earlier versions
+are the same format and load unchanged.
 """
 
 from __future__ import annotations
@@ -17,10 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
+import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
 MAX_RECORD_BYTES = 256 * 1024 * 1024  # a length beyond this is corruption, not a record
+DAMAGED_SUFFIX = ".damaged-"
 
 
 class LogCorruption(Exception):
@@ -37,9 +52,35 @@ class LogCorruption(Exception):
 
 
 @dataclass
+class Damage:
+    """What a damaged log lost: byte ranges skipped, sequence numbers missing, where the original is kept."""
+
+    ranges: list[tuple[int, int]]
+    missing_seqs: list[int]
+    quarantined: Path | None = None
+
+    def describe(self) -> str:
+        spans = ", ".join(f"{a}..{b}" for a, b in self.ranges[:5]) + (" ..." if len(self.ranges) > 5 else "")
+        missing = _seq_ranges(self.missing_seqs)
+        return (f"{sum(b - a for a, b in self.ranges)} damaged bytes ({spans}); ops lost: "
+                f"{missing or 'none (seq numbers are contiguous)'}")
+
+
+@dataclass
 class ReplayResult:
     records: list[dict[str, Any]]
     truncated_bytes: int  # bytes cut from a torn or corrupt tail
+    damage: Damage | None = None  # set when records inside the log were unreadable (the log was repaired)
+
+
+@dataclass
+class LogScan:
+    """A parsed log: the records, the clean prefix, the damaged ranges skipped and where the last record ends."""
+
+    records: list[dict[str, Any]]
+    prefix: int  # bytes before the first problem (the whole file when it is clean)
+    end: int  # end of the last valid record
+    damaged: list[tuple[int, int]] = field(default_factory=list)
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
@@ -48,29 +89,81 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Parse a log; returns (records, length of the valid prefix in bytes)."""
-    data = path.read_bytes() if path.exists() else b""
+def _record_at(data: bytes | memoryview, pos: int, after_seq: int | None) -> tuple[dict[str, Any] | None, int]:
+    """The record framed at `pos` and its end, or (None, pos) when there is none."""
+    if pos + HEADER.size > len(data):
+        return None, pos
+    length, crc = HEADER.unpack_from(data, pos)
+    start = pos + HEADER.size
+    end = start + length
+    # length 0 is never written (crc32(b"") == 0 would make a zeroed page look like records)
+    if length == 0 or length > MAX_RECORD_BYTES or end > len(data):
+        return None, pos
+    payload = bytes(data[start:end])
+    if zlib.crc32(payload) != crc:
+        return None, pos
+    try:
+        record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None, pos
+    if not isinstance(record, dict):
+        return None, pos
+    seq = record.get("seq")
+    if after_seq is not None and (not isinstance(seq, int) or seq <= after_seq):
+        return None, pos  # a resync candidate must continue the sequence
+    return record, end
+
+
+def scan_records(data: bytes) -> LogScan:
+    """Parse a log, resyncing past damaged bytes to the next whole record that continues the sequence."""
+    view = memoryview(data)
     records: list[dict[str, Any]] = []
+    damaged: list[tuple[int, int]] = []
+    prefix: int | None = None
     pos = 0
+    last_seq: int | None = None
     while pos + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, pos)
-        start = pos + HEADER.size
-        end = start + length
-        if length > MAX_RECORD_BYTES or end > len(data):
-            break
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            break
-        try:
-            record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-            break
-        if not isinstance(record, dict):
-            break
+        record, end = _record_at(view, pos, None)
+        if record is None:
+            if prefix is None:
+                prefix = pos
+            resync = next((q for q in range(pos + 1, len(data) - HEADER.size + 1)
+                           if _record_at(view, q, last_seq if last_seq is not None else -1)[0] is not None), None)
+            if resync is None:
+                break  # nothing valid follows: a torn or corrupt tail
+            damaged.append((pos, resync))
+            pos = resync
+            continue
         records.append(record)
+        seq = record.get("seq")
+        last_seq = seq if isinstance(seq, int) else last_seq
         pos = end
-    return records, pos
+    return LogScan(records, pos if prefix is None else prefix, pos, damaged)
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Parse a log; returns (records, length of the clean prefix in bytes: the file size when undamaged)."""
+    scan = scan_records(path.read_bytes() if path.exists() else b"")
+    return scan.records, scan.prefix
+
+
+def _seq_ranges(seqs: list[int]) -> str:
+    parts: list[str] = []
+    for s in seqs:
+        if parts and parts[-1].split("-")[-1] == str(s - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{s}"
+        else:
+            parts.append(str(s))
+    text = ", ".join(parts[:10])
+    return text + (" ..." if len(parts) > 10 else "")
+
+
+def _missing_seqs(records: list[dict[str, Any]]) -> list[int]:
+    seqs = [r.get("seq") for r in records if isinstance(r.get("seq"), int)]
+    missing: list[int] = []
+    for a, b in zip(seqs, seqs[1:], strict=False):
+        missing.extend(range(a + 1, b))
+    return missing[:100_000]
 
 
 class OpLog:
@@ -81,32 +174,96 @@ class OpLog:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._file: Any = None
+        self._size = 0  # end of the last durable record: where a failed append is cut back to
+        self._dirty = False  # a failed append could not be cut back yet
 
     def open(self) -> ReplayResult:
-        """Replay existing records, truncate a torn tail and open for appending."""
+        """Replay existing records, repair damage (see the module docstring) and open for appending."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        records, valid = read_records(self.path)
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if valid < size:
-            log.warning("%s: truncating %d bytes of torn or corrupt tail", self.path, size - valid)
-            with open(self.path, "r+b") as f:
-                f.truncate(valid)
-                f.flush()
-                os.fsync(f.fileno())
+        data = self.path.read_bytes() if self.path.exists() else b""
+        scan = scan_records(data)
+        damage = None
+        if scan.damaged:
+            damage = Damage(scan.damaged, _missing_seqs(scan.records))
+            damage.quarantined = self._rewrite(scan.records)
+            log.error("DAMAGED OP LOG %s: %s; %d records recovered; the original is kept at %s", self.path,
+                      damage.describe(), len(scan.records), damage.quarantined)
+            valid = self.path.stat().st_size
+            cut = len(data) - scan.end
+        else:
+            valid, cut = scan.end, len(data) - scan.end
+            if cut:
+                log.warning("%s: truncating %d bytes of torn or corrupt tail", self.path, cut)
+                with open(self.path, "r+b") as f:
+                    f.truncate(valid)
+                    f.flush()
+                    os.fsync(f.fileno())
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open for the session's life
+        self._size = valid
         _fsync_dir(self.path.parent)
-        return ReplayResult(records, size - valid)
+        return ReplayResult(scan.records, cut, damage)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def _rewrite(self, records: list[dict[str, Any]]) -> Path:
+        """Keep the damaged file beside the log and replace the log by its surviving records (atomically)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        quarantine = self.path.with_name(f"{self.path.name}{DAMAGED_SUFFIX}{stamp}")
+        n = 1
+        while quarantine.exists():
+            quarantine = self.path.with_name(f"{self.path.name}{DAMAGED_SUFFIX}{stamp}.{n}")
+            n += 1
+        shutil.copyfile(self.path, quarantine)
+        tmp = self.path.with_name(self.path.name + ".recovered")
+        with open(tmp, "wb") as f:
+            for record in records:
+                f.write(encode_record(record))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+        _fsync_dir(self.path.parent)
+        return quarantine
+
+    def append(self, record: dict[str, Any]) -> int:
+        """Write and fsync one record; returns its offset (for `rollback`). On OSError nothing stays behind."""
         frame = encode_record(record)
         with self._lock:
             if self._file is None:
                 raise RuntimeError(f"{self.path}: log is closed")
-            view = memoryview(frame)
-            while view:  # raw file writes may be partial
-                view = view[self._file.write(view):]
-            if self._fsync:
-                os.fsync(self._file.fileno())
+            if self._dirty:
+                self._cut_back()  # an earlier failure left bytes behind: remove them first (or fail again)
+            offset = self._size
+            try:
+                view = memoryview(frame)
+                while view:  # raw file writes may be partial
+                    view = view[self._file.write(view):]
+                if self._fsync:
+                    os.fsync(self._file.fileno())
+            except OSError:
+                try:
+                    self._cut_back()
+                except OSError as exc:
+                    self._dirty = True
+                    log.error("%s: cannot cut a failed append back to %d bytes: %s", self.path, self._size, exc)
+                raise
+            self._size = offset + len(frame)
+            return offset
+
+    def rollback(self, offset: int) -> None:
+        """Remove the last appended record (written at `offset`): the op it holds was not applied."""
+        with self._lock:
+            if self._file is None or offset > self._size:
+                return
+            self._size = offset
+            try:
+                self._cut_back()
+            except OSError:
+                self._dirty = True
+                raise
+
+    def _cut_back(self) -> None:
+        # ftruncate frees what a partial write took, so it works on a full disk
+        os.ftruncate(self._file.fileno(), self._size)
+        os.fsync(self._file.fileno())
+        self._dirty = False
 
     def close(self) -> None:
         with self._lock:
