@@ -11,9 +11,21 @@ frame ``t`` has atlas point ``G_0^-1 G_t p`` and ``gt_uv`` holds it in the bundl
 ``models/bundle.py`` (``x = W/2 + u * span/2``, ``span = atlas_span_px = 1.25 * max(W, H)``). All coordinates
 are continuous pixel coordinates (pixel centres at integer + 0.5).
 
+Presets
+-------
+* ``"default"`` (48 frames of 256x144, one occluder): the scenes the tests were written against.
+* ``"hard"`` (70 frames of 768x432, one or two occluders drawn from the seed), issue 15's conditions: the camera
+  pans 16-24 % of the frame width over the clip, zooms within 0.9-1.1 and rotates up to +-5 deg with mild
+  perspective. The occluders are clear of the ROI on frame 0 and on the last frames, cover part of it in
+  55-90 % of the frames and most of it (> 50 %) for 10+ frames in a row (they slow down over it); the plan is
+  checked on a coarse raster before drawing. Light: a global gain in 0.8-1.2 (frame 0 included) times an
+  elliptic shadow with a penumbra of 1-3 % of the frame size, moving across the frame (it may lie on frame 0).
+  ``params["hard"]`` records the camera (pan_fraction, zoom_end, rotation_deg) and the occluder plan.
+
 Public API
 ----------
-``make_scene(frames=48, size=(256, 144), seed=0, occluders=1, lighting=True, fps=30.0) -> SynthScene``
+``make_scene(frames=None, size=None, seed=0, occluders=None, lighting=True, fps=30.0, preset="default")
+-> SynthScene`` (``None`` takes the preset's value: ``PRESET_DEFAULTS``).
 
 ``SynthScene`` fields (T frames of H x W):
 
@@ -22,17 +34,23 @@ Public API
   pixel; not clamped, so it may leave [-1, 1] far from the reference view.
 * ``gt_visibility`` (T, H, W) float32 in [0, 1]: the pixel shows the ROI surface: ROI coverage mapped to frame
   ``t`` (anti-aliased at the ROI border) times ``1 - occluder coverage`` (anti-aliased occluder edges).
+* ``gt_occlusion`` (T, H, W) float32 in [0, 1]: coverage by any occluder, inside the ROI or not.
 * ``gt_illumination`` (T, H, W, 3) float32: multiplicative illumination of the background (1 without lighting).
-  Background pixels are ``round(illumination * texture)``; the illumination of frame 0 has gain 1.
+  Background pixels are ``round(illumination * texture)``; in the default preset frame 0 has gain 1.
 * ``atlas_span_px``, ``frame_to_world`` (T, 3, 3), ``atlas_to_frame`` (T, 3, 3) homographies.
-* ``render_edited(rgba, at=(x, y))`` (T, H, W, 3) uint8: what a perfect editor outputs when the RGBA image is
-  pasted with its top-left corner at reference-frame point ``(x, y)``: the image becomes a texture on the plane
-  and ``out = c + vis * illum * (over(edit, texture) - texture)``, i.e. ``illum * over(edit, texture)`` where
-  the ROI is fully visible and the input frame bit for bit where ``vis = 0``.
+* ``render_pasted(rgba, frame=N, rect=(x, y, w, h))`` (T, H, W, 3) uint8: the ground-truth edited clip of an
+  image pasted on frame N in frame space (DESIGN.md "Editing and compositing"): on frame N the image alpha-over
+  the source where the surface is visible, bit for bit; elsewhere its albedo ``rgb / l_N`` carried by the exact
+  geometry, times ``l_t`` and the visibility, alpha-over the source. ``return_alpha=True`` adds its footprint.
+* ``render_edited(rgba, at=(x, y))`` (T, H, W, 3) uint8: the older oracle, an image pasted at reference-frame
+  point ``(x, y)`` as albedo in the delta form ``out = c + vis * illum * (over(edit, texture) - texture)``.
+* ``roi_coverage(t)``, ``roi_footprint()``, ``occluded_roi_share()``: the ROI mapped to frame t (occluders
+  ignored), its (T, H, W) footprint, and the share of it occluders cover per frame.
 * ``ground_truth_bundle(atlas_size=1024)`` -> ``models.bundle.Bundle``: the perfect "fit" of this scene.
 * ``gt_track(points_ref (N, 2)) -> (T, N, 2)``: where reference-frame points are in every frame.
 
-Deterministic per seed (one ``numpy.random.Generator``); 48 frames of 256x144 take well under 2 s on a CPU core.
+Deterministic per seed (one ``numpy.random.Generator``); 48 frames of 256x144 take well under 2 s on a CPU core,
+the hard preset's 70 frames of 768x432 about 4 s.
 """
 
 from __future__ import annotations
@@ -83,9 +101,17 @@ class _Occluder:
     angle0: float
     spin: float  # radians per frame
     texture: np.ndarray  # (h, w, 3) float32, indexed by local coordinates + half_size
+    # (T, 2) frame positions per frame: an occluder that slows down over the ROI (hard preset) has no
+    # constant velocity; None keeps the straight line centre0 + velocity * t.
+    path: np.ndarray | None = None
 
     def centre(self, t: int) -> np.ndarray:
+        if self.path is not None:
+            return self.path[t]
         return self.centre0 + self.velocity * t
+
+    def angle(self, t: int) -> float:
+        return self.angle0 + self.spin * t
 
     def bounding_radius(self) -> float:
         return float(np.linalg.norm(self.half_size))
@@ -104,7 +130,7 @@ class _Occluder:
         if x0 >= x1 or y0 >= y1:
             return None
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + np.float32(0.5)
-        angle = self.angle0 + self.spin * t
+        angle = self.angle(t)
         cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
         dx, dy = xs - np.float32(centre[0]), ys - np.float32(centre[1])
         local_x = cos * dx + sin * dy
@@ -139,6 +165,8 @@ class SynthScene:
     frame_to_world: np.ndarray  # (T, 3, 3) continuous frame coords -> world texture coords
     world_texture: np.ndarray = field(repr=False)  # (Hw, Ww, 3) float32 unlit background colour (0..255)
     params: dict[str, Any] = field(default_factory=dict)
+    # (T, H, W) float32 in [0, 1]: coverage by any occluder, inside the ROI or not (anti-aliased edges)
+    gt_occlusion: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def num_frames(self) -> int:
@@ -198,6 +226,85 @@ class SynthScene:
             result = self.frames[t].astype(np.float32) + weight * delta
             out[t] = np.clip(np.rint(result), 0, 255).astype(np.uint8)
         return out
+
+    def roi_coverage(self, t: int) -> np.ndarray:
+        """(H, W) float32: the reference ROI mapped to frame t, anti-aliased, occluders ignored."""
+        return _warp_roi(_roi_reference_coverage(self.roi, self.width, self.height), self.atlas_to_frame_inv(t))
+
+    def roi_footprint(self) -> np.ndarray:
+        """(T, H, W) bool: pixels whose surface point lies in the reference ROI (occluded or not)."""
+        return np.stack([self.roi_coverage(t) >= 0.5 for t in range(self.num_frames)])
+
+    def occluded_roi_share(self) -> np.ndarray:
+        """(T,) share of the ROI (as mapped into each frame) that occluders cover."""
+        out = np.zeros(self.num_frames)
+        for t in range(self.num_frames):
+            roi_t = self.roi_coverage(t)
+            total = float(roi_t.sum())
+            out[t] = 1.0 - float(self.gt_visibility[t].sum()) / total if total > 0 else 0.0
+        return np.clip(out, 0.0, 1.0)
+
+    def render_pasted(
+        self, rgba: np.ndarray, *, frame: int, rect: tuple[float, float, float, float] | None = None,
+        return_alpha: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The ground-truth edited clip for ``rgba`` pasted on frame ``frame`` over ``rect`` = (x, y, w, h).
+
+        DESIGN.md's law with the exact geometry, visibility and light: on frame N the image is stretched over
+        ``rect`` (frame pixels, continuous coordinates; default: its own size at (0, 0)) and its albedo is
+        ``rgb / l_N`` there; frame t shows ``out = (1 - v * alpha) * c + v * l_t * alpha * albedo`` with the
+        albedo carried through the plane's homographies, so frame N itself is the image alpha-over the source
+        wherever the surface is visible. ``return_alpha`` adds the edit's coverage (T, H, W) float32 in frame
+        space, before visibility (its footprint).
+        """
+        rgba = np.asarray(rgba)
+        if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
+            raise ValueError(f"edit image must be (h, w, 4) uint8, got {rgba.shape} {rgba.dtype}")
+        if not 0 <= int(frame) < self.num_frames:
+            raise ValueError(f"frame must be in 0..{self.num_frames - 1}, got {frame}")
+        frame = int(frame)
+        img_h, img_w = rgba.shape[:2]
+        x, y, rect_w, rect_h = (0.0, 0.0, float(img_w), float(img_h)) if rect is None else map(float, rect)
+        if rect_w <= 0 or rect_h <= 0:
+            raise ValueError(f"rect width and height must be positive, got {rect}")
+        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+        premultiplied = np.concatenate([rgba[..., :3].astype(np.float32) * alpha, alpha], axis=2)
+        # Frame N (continuous) -> image (continuous); sampled with zeros outside, like the engine's texture.
+        to_image = np.array(
+            [[img_w / rect_w, 0.0, -x * img_w / rect_w], [0.0, img_h / rect_h, -y * img_h / rect_h], [0, 0, 1]]
+        )
+        canvas = self._warp_layer(premultiplied, to_image)  # (H, W, 4) on frame N's pixel grid
+        # The albedo lives on the surface: divide by frame N's light at the paste pixels, once.
+        albedo = np.concatenate([canvas[..., :3] / self.gt_illumination[frame], canvas[..., 3:]], axis=2)
+        out = np.empty_like(self.frames)
+        coverage = np.empty(self.frames.shape[:3], np.float32) if return_alpha else None
+        for t in range(self.num_frames):
+            vis = self.gt_visibility[t][..., None]
+            source = self.frames[t].astype(np.float32)
+            if t == frame:
+                # Exactly the paste over the source (no light divided out and multiplied back in).
+                layer = canvas
+                result = (1.0 - vis * layer[..., 3:]) * source + vis * layer[..., :3]
+            else:
+                frame_t_to_n = np.linalg.inv(self.frame_to_world[frame]) @ self.frame_to_world[t]
+                layer = self._warp_layer(albedo, frame_t_to_n)
+                lit = self.gt_illumination[t] * layer[..., :3]
+                result = (1.0 - vis * layer[..., 3:]) * source + vis * lit
+            out[t] = np.clip(np.rint(result), 0, 255).astype(np.uint8)
+            if coverage is not None:
+                coverage[t] = layer[..., 3]
+        return (out, coverage) if coverage is not None else out
+
+    def _warp_layer(self, image: np.ndarray, frame_to_image: np.ndarray) -> np.ndarray:
+        """Sample an (h, w, C) float32 image at ``frame_to_image(p)`` for every frame pixel p (zero outside)."""
+        return cv2.warpPerspective(
+            image,
+            _index_homography(frame_to_image),
+            (self.width, self.height),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
 
     def atlas_to_frame_inv(self, t: int) -> np.ndarray:
         """Frame-t point -> reference-frame (atlas-space) point."""
@@ -379,13 +486,7 @@ def _make_occluder(
         if np.linalg.norm(start - roi_centre0) >= clearance:
             break
         speed *= 1.15
-    tex_size = (int(2 * half[0]) + 4, int(2 * half[1]) + 4)
-    noise = _noise_texture(rng, tex_size[0], tex_size[1], (16, 8, 4))
-    stripes = (
-        0.5 + 0.5 * np.sin(np.arange(tex_size[0], dtype=np.float32) * rng.uniform(0.4, 1.2))[None, :, None]
-    )
-    tint = rng.uniform(0.2, 1.0, size=3).astype(np.float32)
-    texture = (255.0 * tint * (0.35 + 0.45 * noise + 0.2 * stripes)).astype(np.float32)
+    texture = _occluder_texture(rng, half)
     return _Occluder(
         half_size=half,
         radius=radius,
@@ -393,8 +494,20 @@ def _make_occluder(
         velocity=direction * speed,
         angle0=float(rng.uniform(-0.4, 0.4) + (np.pi / 2 if rng.random() < 0.5 else 0.0)),
         spin=float(rng.uniform(-0.01, 0.01)),
-        texture=np.ascontiguousarray(np.clip(texture, 0, 255)),
+        texture=texture,
     )
+
+
+def _occluder_texture(rng: np.random.Generator, half: np.ndarray) -> np.ndarray:
+    """(h, w, 3) float32 tinted noise with stripes for a box of half extents ``half`` (+2 px each side)."""
+    tex_size = (int(2 * half[0]) + 4, int(2 * half[1]) + 4)
+    noise = _noise_texture(rng, tex_size[0], tex_size[1], (16, 8, 4))
+    stripes = (
+        0.5 + 0.5 * np.sin(np.arange(tex_size[0], dtype=np.float32) * rng.uniform(0.4, 1.2))[None, :, None]
+    )
+    tint = rng.uniform(0.2, 1.0, size=3).astype(np.float32)
+    texture = (255.0 * tint * (0.35 + 0.45 * noise + 0.2 * stripes)).astype(np.float32)
+    return np.ascontiguousarray(np.clip(texture, 0, 255))
 
 
 def _illumination_model(
@@ -413,27 +526,374 @@ def _illumination_model(
     return gains, shadow, 0.18 * scale, float(rng.uniform(0.25, 0.4))
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The hard preset: the conditions of issue 15 (wide pan, zoom, rotation, occluders that stop over the ROI,
+# global gain 0.8-1.2 and a penumbra shadow that may lie on frame 0)
+
+HARD_PAN = (0.16, 0.24)  # net camera pan over the clip, share of the frame width (spec: 15-25 %)
+HARD_ZOOM = (0.9, 1.1)
+HARD_ROTATION_DEG = 5.0
+HARD_GAIN = (0.8, 1.2)
+HARD_PART_COVERED = (0.58, 0.87)  # share of frames with some ROI covered (spec 55-90 %, slack for raster)
+HARD_MOSTLY_COVERED = 0.56  # "most of the ROI" (spec > 50 %), with slack for the coarse simulation
+HARD_MOSTLY_RUN = 0.16  # of the clip: 12 frames of 70 (spec: >= 10 frames)
+_HARD_ATTEMPTS = 400
+
+
+def _hard_camera_path(
+    rng: np.random.Generator, frames: int, width: int, height: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """(T, 3, 3) frame -> world homographies: a net pan of 16-24 % of the width, zoom and rotation ramps."""
+    tau = np.linspace(0.0, 1.0, frames)
+    scale = float(max(width, height))
+    pan_fraction = float(rng.uniform(*HARD_PAN))
+    # Mostly sideways: a vertical pan of a fifth of the width would take the ROI out of a 16:9 frame.
+    direction = float(rng.uniform(-0.45, 0.45) + (np.pi if rng.random() < 0.5 else 0.0))
+    pan_total = pan_fraction * width * np.array([np.cos(direction), np.sin(direction)])
+    ease = float(rng.uniform(-0.4, 0.4))  # uneven speed; |ease| < 1 keeps the pan monotone
+    sway = float(rng.uniform(-0.015, 0.015)) * width  # sideways drift, zero at both ends
+    zoom_end = float(rng.uniform(*HARD_ZOOM))
+    rotation_end = float(rng.uniform(-HARD_ROTATION_DEG, HARD_ROTATION_DEG))
+    tilt0 = rng.uniform(-0.06, 0.06, size=2) / scale
+    tilt1 = rng.uniform(-0.06, 0.06, size=2) / scale
+    across = np.array([-np.sin(direction), np.cos(direction)])
+    centre = np.array([width / 2.0, height / 2.0])
+    out = np.empty((frames, 3, 3))
+    for k, s in enumerate(tau):
+        progress = s + ease * np.sin(2 * np.pi * s) / (2 * np.pi)
+        pan = pan_total * progress + across * sway * np.sin(np.pi * s)
+        # zoom_end ** s and a linear angle stay inside [1, zoom_end] and [0, rotation_end] for every frame.
+        zoom = zoom_end**s
+        angle = np.deg2rad(rotation_end) * s
+        rotation_scale = np.array(
+            [
+                [zoom * np.cos(angle), -zoom * np.sin(angle), 0.0],
+                [zoom * np.sin(angle), zoom * np.cos(angle), 0.0],
+                [0.0, 0.0, 1.0],
+            ]
+        )
+        tilt = tilt0 + (tilt1 - tilt0) * s
+        perspective = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [tilt[0], tilt[1], 1.0]])
+        out[k] = _translate(*(centre + pan)) @ rotation_scale @ perspective @ _translate(*(-centre))
+    info = {"pan_fraction": pan_fraction, "pan_direction": direction, "zoom_end": zoom_end,
+            "rotation_deg": rotation_end}
+    return out, info
+
+
+def _hard_roi(rng: np.random.Generator, width: int, height: int, pan_total: np.ndarray) -> Roi:
+    """A polygon placed so that the pan carries it across the frame centre, and small enough to stay in view."""
+    # The scene moves by -pan in the frame: start half a pan ahead of the centre.
+    centre = np.array([width / 2.0, height / 2.0]) + pan_total / 2.0
+    centre += np.array([width, height]) * rng.uniform(-0.03, 0.03, size=2)
+    radii = np.array([width * rng.uniform(0.13, 0.18), height * rng.uniform(0.22, 0.3)])
+    count = int(rng.integers(5, 9))
+    angles = np.sort(rng.uniform(0, 2 * np.pi / count, size=count) + np.arange(count) * 2 * np.pi / count)
+    reach = rng.uniform(0.85, 1.0, size=count)
+    points = centre + np.stack([np.cos(angles), np.sin(angles)], axis=1) * radii * reach[:, None]
+    return Roi(0, [np.round(points, 2)])
+
+
+def _crossing(t: np.ndarray, t_in: float, duration: float, k: float) -> np.ndarray:
+    """-1 -> 1 over [t_in, t_in + duration], slowest in the middle (k in [0, 1): share of cubic), linear beyond."""
+    sigma = 2.0 * (t - t_in) / duration - 1.0
+    inside = (1.0 - k) * sigma + k * sigma**3
+    beyond = np.sign(sigma) * (1.0 + (1.0 + 2.0 * k) * (np.abs(sigma) - 1.0))  # same slope at +-1
+    return np.where(np.abs(sigma) <= 1.0, inside, beyond)
+
+
+@dataclass
+class _Crossing:
+    """One occluder's plan relative to the ROI centre: along ``heading``, lateral offset, size and timing."""
+
+    heading: float
+    half: np.ndarray  # (along, across) half extents (px)
+    radius: float
+    offset: float  # across the heading, from the ROI centre (px)
+    t_in: float
+    duration: float
+    k: float
+    spin: float
+    reach: tuple[float, float]  # ROI support behind / ahead of its centre along the heading (px)
+
+    def centres(self, track: np.ndarray) -> np.ndarray:
+        """(T, 2) frame positions, given the ROI centre's (T, 2) track."""
+        e = np.array([np.cos(self.heading), np.sin(self.heading)])
+        across = np.array([-e[1], e[0]])
+        # touching the ROI at t_in and t_in + duration (2 px clear), from behind to ahead
+        behind, ahead = self.reach[0] + self.half[0] + 2.0, self.reach[1] + self.half[0] + 2.0
+        mid, half_travel = (ahead - behind) / 2.0, (ahead + behind) / 2.0
+        x = mid + half_travel * _crossing(np.arange(len(track), dtype=np.float64), self.t_in, self.duration,
+                                          self.k)
+        return track + x[:, None] * e + across * self.offset
+
+    def angles(self, frames: int) -> tuple[float, float]:
+        """(angle0, spin): aligned with the heading when it is over the ROI."""
+        t_mid = self.t_in + self.duration / 2.0
+        return self.heading - self.spin * t_mid, self.spin
+
+
+def _support(poly: np.ndarray, centre: np.ndarray, heading: float) -> tuple[float, float, float]:
+    """Extent of the polygon behind and ahead of ``centre`` along ``heading``, and its half width across."""
+    e = np.array([np.cos(heading), np.sin(heading)])
+    along = (poly - centre) @ e
+    across = (poly - centre) @ np.array([-e[1], e[0]])
+    return float(-along.min()), float(along.max()), float(np.abs(across).max())
+
+
+def _draw_crossing(rng: np.random.Generator, frames: int, poly: np.ndarray, centre: np.ndarray,
+                   main: bool, heading: float | None = None) -> _Crossing:
+    if heading is None:
+        heading = float(rng.uniform(-0.5, 0.5) + (np.pi if rng.random() < 0.5 else 0.0))
+    behind, ahead, across = _support(poly, centre, heading)
+    along = (behind + ahead) / 2.0
+    last = frames - 1
+    if main:
+        # Big and slow over the ROI: it must hide most of it for a stretch of frames.
+        half = np.array([rng.uniform(0.55, 0.8) * along, rng.uniform(1.05, 1.4) * across])
+        offset = float(rng.uniform(-0.15, 0.15) * across)
+        duration = float(rng.uniform(0.62, 0.84) * last)
+        k = float(rng.uniform(0.6, 0.85))
+    else:
+        half = np.array([rng.uniform(0.18, 0.35) * along, rng.uniform(0.3, 0.6) * across])
+        offset = float(rng.uniform(-0.5, 0.5) * across)
+        duration = float(rng.uniform(0.25, 0.5) * last)
+        k = float(rng.uniform(0.0, 0.4))
+    duration = min(duration, last - 6.0)
+    t_in = float(rng.uniform(2.0, max(2.0, last - 4.0 - duration)))
+    return _Crossing(
+        heading=heading,
+        half=half,
+        radius=float(rng.uniform(0.2, 0.6) * half.min()),
+        offset=offset,
+        t_in=t_in,
+        duration=duration,
+        k=k,
+        spin=float(rng.uniform(-0.004, 0.004)),
+        reach=(behind, ahead),
+    )
+
+
+def _box_coverage(xs: np.ndarray, ys: np.ndarray, centre: np.ndarray, angle: float, half: np.ndarray,
+                  radius: float, grow: float, pixel: float) -> np.ndarray:
+    """Coverage of a rounded box (grown by ``grow`` px) at points, for pixels of size ``pixel`` (float64)."""
+    cos, sin = np.cos(angle), np.sin(angle)
+    dx, dy = xs - centre[0], ys - centre[1]
+    lx, ly = cos * dx + sin * dy, -sin * dx + cos * dy
+    qx, qy = np.abs(lx) - (half[0] - radius), np.abs(ly) - (half[1] - radius)
+    sd = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - radius - grow
+    return np.clip(0.5 - sd / pixel, 0.0, 1.0)
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    best = run = 0
+    for flag in flags:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
+
+
+def _hard_occluders(
+    rng: np.random.Generator, frames: int, width: int, height: int, roi: Roi, atlas_to_frame: np.ndarray,
+    count: int,
+) -> tuple[list[_Occluder], dict[str, Any]]:
+    """Occluders planned on a coarse raster until they meet the preset's coverage rules (frame 0 and the last
+    frames clear, some ROI covered in 58-87 % of the frames, most of it for 16 % of the clip in a row)."""
+    poly = roi.polygons[0]
+    centre_ref = poly.mean(axis=0)
+    track = np.stack([apply_homography(h, centre_ref) for h in atlas_to_frame])
+    # Coarse raster (about 192 px wide): the plan is checked on it, the scene is then drawn at full size.
+    factor = max(1, width // 192)
+    cw, ch = max(8, width // factor), max(8, height // factor)
+    sx, sy = width / cw, height / ch
+    ys, xs = np.mgrid[0:ch, 0:cw].astype(np.float64) + 0.5
+    xs, ys = xs * sx, ys * sy
+    scale_down = np.diag([1.0 / sx, 1.0 / sy, 1.0])
+    roi_coarse_ref = roi.scaled(1.0 / sx, 1.0 / sy).mask(ch, cw).astype(np.float32)
+    roi_t = np.stack(
+        [
+            _warp_roi(roi_coarse_ref, scale_down @ np.linalg.inv(h) @ np.linalg.inv(scale_down), (cw, ch))
+            for h in atlas_to_frame
+        ]
+    )
+    near_roi = np.stack([cv2.dilate((r > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for r in roi_t])
+    roi_area = np.maximum(roi_t.sum(axis=(1, 2)), 1e-6)
+    pixel = float(max(sx, sy))
+    grow = 3.0 + pixel  # "clear" means clear by 3 px even between the coarse samples
+    end_frames = max(2, int(np.ceil(0.04 * frames)))
+    need_run = max(3, int(np.ceil(HARD_MOSTLY_RUN * frames)))
+    accepted: tuple[list[_Crossing], dict[str, Any]] | None = None
+    for attempt in range(_HARD_ATTEMPTS):
+        plans = [_draw_crossing(rng, frames, poly, centre_ref, main=True)]
+        if count >= 2:
+            plans.append(_draw_crossing(rng, frames, poly, centre_ref, main=False))
+        for _ in range(2, count):
+            plans.append(_draw_crossing(rng, frames, poly, centre_ref, main=False))
+        uncovered = np.ones((frames, ch, cw))
+        touched = np.zeros((frames, ch, cw), bool)
+        for plan in plans:
+            path = plan.centres(track)
+            angle0, spin = plan.angles(frames)
+            for t in range(frames):
+                angle = angle0 + spin * t
+                uncovered[t] *= 1.0 - _box_coverage(xs, ys, path[t], angle, plan.half, plan.radius, 0.0, pixel)
+                touched[t] |= _box_coverage(xs, ys, path[t], angle, plan.half, plan.radius, grow, pixel) > 0
+        share = 1.0 - (roi_t * uncovered).sum(axis=(1, 2)) / roi_area
+        hits = (touched & near_roi).any(axis=(1, 2))
+        stats = {
+            "attempts": attempt + 1,
+            "part_covered": float(np.mean(share > 0.01)),
+            "part_touched": float(np.mean(hits)),
+            "mostly_run": _longest_run(share > HARD_MOSTLY_COVERED),
+            "max_share": float(share.max()),
+        }
+        ok = (
+            not hits[0]
+            and not hits[-end_frames:].any()
+            and stats["part_covered"] >= HARD_PART_COVERED[0]
+            and stats["part_touched"] <= HARD_PART_COVERED[1]
+            and stats["mostly_run"] >= need_run
+        )
+        if ok:
+            accepted = (plans, stats)
+            break
+    if accepted is None:
+        raise RuntimeError(f"no occluder plan met the hard preset's rules in {_HARD_ATTEMPTS} attempts")
+    plans, stats = accepted
+    occluders = []
+    for plan in plans:
+        angle0, spin = plan.angles(frames)
+        path = plan.centres(track)
+        occluders.append(
+            _Occluder(
+                half_size=plan.half,
+                radius=plan.radius,
+                centre0=path[0],
+                velocity=np.zeros(2),
+                angle0=float(angle0),
+                spin=float(spin),
+                texture=_occluder_texture(rng, plan.half),
+                path=path,
+            )
+        )
+    stats["windows"] = [[round(p.t_in, 2), round(p.t_in + p.duration, 2)] for p in plans]
+    return occluders, stats
+
+
+@dataclass
+class _HardLight:
+    """Global gains (T, 3) in [0.8, 1.2] and an elliptic shadow with a soft penumbra moving over the world."""
+
+    gains: np.ndarray
+    centres: np.ndarray  # (T, 2) world
+    axes: np.ndarray  # (2,) semi-axes (px)
+    angle: float
+    penumbra: float  # px
+    depth: float
+
+    def shade(self, t: int, world: np.ndarray) -> np.ndarray:
+        cos, sin = np.cos(self.angle), np.sin(self.angle)
+        d = world - self.centres[t]
+        lx, ly = cos * d[..., 0] + sin * d[..., 1], -sin * d[..., 0] + cos * d[..., 1]
+        r = np.sqrt((lx / self.axes[0]) ** 2 + (ly / self.axes[1]) ** 2)
+        gradient = np.hypot(lx / self.axes[0] ** 2, ly / self.axes[1] ** 2) / np.maximum(r, 1e-9)
+        distance = (r - 1.0) / np.maximum(gradient, 1e-9)  # first-order signed distance to the ellipse
+        x = np.clip(distance / self.penumbra + 0.5, 0.0, 1.0)
+        lit = x * x * (3.0 - 2.0 * x)
+        return (1.0 - self.depth * (1.0 - lit)).astype(np.float32)
+
+
+def _hard_illumination(rng: np.random.Generator, frames: int, width: int, height: int,
+                       roi_world: np.ndarray) -> _HardLight:
+    tau = np.linspace(0.0, 1.0, frames)[:, None]
+    amplitude = rng.uniform(0.1, 0.17)
+    tint = np.array([1.0, rng.uniform(0.93, 1.07), rng.uniform(0.88, 1.12)])
+    freq, phase = rng.uniform(0.5, 1.1), rng.uniform(0, 2 * np.pi)
+    # Frame 0 is not special: its gain is anywhere in the range, so an edit made there must be divided by it.
+    gains = np.clip(1.0 + amplitude * tint * np.sin(2 * np.pi * freq * tau + phase), *HARD_GAIN)
+    scale = float(max(width, height))
+    axes = np.array([rng.uniform(0.2, 0.32), rng.uniform(0.1, 0.18)]) * scale
+    angle = float(rng.uniform(0, np.pi))
+    heading = rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.cos(heading), np.sin(heading)])
+    across = np.array([-direction[1], direction[0]])
+    # Over the ROI at s0 (near 0: frame 0 is in shadow), crossing the frame over the clip.
+    s0 = rng.uniform(-0.1, 0.7)
+    travel = rng.uniform(0.9, 1.3) * scale
+    offset = rng.uniform(-0.3, 0.3) * axes[1]
+    centres = roi_world + across * offset + direction * (tau - s0) * travel
+    return _HardLight(
+        gains=gains,
+        centres=centres,
+        axes=axes,
+        angle=angle,
+        penumbra=float(rng.uniform(0.012, 0.035) * scale),
+        depth=float(rng.uniform(0.3, 0.5)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+PRESETS = ("default", "hard")
+# frames, size and occluders when not given (hard: 1 or 2 occluders, drawn from the seed)
+PRESET_DEFAULTS: dict[str, tuple[int, tuple[int, int], int | None]] = {
+    "default": (48, (256, 144), 1),
+    "hard": (70, (768, 432), None),
+}
+
+
+def _roi_reference_coverage(roi: Roi, width: int, height: int) -> np.ndarray:
+    """ROI coverage on the reference frame, anti-aliased by supersampling."""
+    ss = _ROI_SUPERSAMPLE
+    roi_fine = roi.scaled(ss, ss).mask(height * ss, width * ss).astype(np.float32)
+    return cv2.resize(roi_fine, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _warp_roi(roi_ref: np.ndarray, frame_to_ref: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Reference-frame coverage seen by a frame whose points map to the reference by ``frame_to_ref``."""
+    size = size or (roi_ref.shape[1], roi_ref.shape[0])
+    return cv2.warpPerspective(
+        roi_ref,
+        _index_homography(frame_to_ref),
+        size,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+
+
 def make_scene(
-    frames: int = 48,
-    size: tuple[int, int] = (256, 144),
+    frames: int | None = None,
+    size: tuple[int, int] | None = None,
     seed: int = 0,
-    occluders: int = 1,
+    occluders: int | None = None,
     lighting: bool = True,
     fps: float = 30.0,
+    preset: str = "default",
 ) -> SynthScene:
     """Render a synthetic clip with ground truth; see the module docstring."""
-    width, height = int(size[0]), int(size[1])
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    hard = preset == "hard"
+    default_frames, default_size, default_occluders = PRESET_DEFAULTS[preset]
+    frames = default_frames if frames is None else int(frames)
+    width, height = (int(v) for v in (default_size if size is None else size))
     if frames < 2:
         raise ValueError(f"frames must be >= 2, got {frames}")
+    if hard and frames < 16:
+        raise ValueError(f"the hard preset needs frames >= 16 (occluders enter, stop and leave), got {frames}")
     if width < 32 or height < 32:
         raise ValueError(f"size must be at least 32x32, got {width}x{height}")
-    if not 0 <= occluders <= 16:
-        raise ValueError(f"occluders must be in 0..16, got {occluders}")
+    if occluders is not None and not (0 <= occluders <= 16 and (not hard or 1 <= occluders <= 4)):
+        raise ValueError(f"occluders must be in {'1..4' if hard else '0..16'}, got {occluders}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     rng = np.random.default_rng(seed)
     span = SPAN_FACTOR * max(width, height)
-    camera = _camera_path(rng, frames, width, height)
+    hard_info: dict[str, Any] = {}
+    if hard:
+        camera, hard_info = _hard_camera_path(rng, frames, width, height)
+    else:
+        camera = _camera_path(rng, frames, width, height)
 
     # The world texture must cover every frame and the reference frame's whole atlas square.
     corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float64)
@@ -447,39 +907,54 @@ def make_scene(
     world_w, world_h = int(hi[0] - lo[0]), int(hi[1] - lo[1])
     frame_to_world = np.stack([_translate(-lo[0], -lo[1]) @ h for h in camera])
     texture = _world_texture(rng, world_w, world_h)
-
-    roi = _random_roi(rng, width, height)
-    roi_poly = roi.polygons[0]
-    roi_centre = roi_poly.mean(axis=0)
-    roi_radius = float(np.linalg.norm(roi_poly - roi_centre, axis=1).max())
     atlas_to_frame = np.linalg.inv(frame_to_world) @ frame_to_world[0]
-    occluder_list = []
-    for k in range(occluders):
-        # The first occluder crosses the ROI centre; the others cross random points of the ROI.
-        target_ref = roi_centre if k == 0 else roi_poly[rng.integers(len(roi_poly))] * 0.6 + roi_centre * 0.4
-        t_mid = int(round(rng.uniform(0.45, 0.7) * (frames - 1)))
-        target = apply_homography(atlas_to_frame[t_mid], target_ref)
-        occluder_list.append(
-            _make_occluder(rng, frames, width, height, target, t_mid, roi_centre, roi_radius)
-        )
-    if lighting:
-        gains, shadow_centres, shadow_sigma, shadow_depth = _illumination_model(
-            rng, frames, width, height, apply_homography(frame_to_world[0], roi_centre)
-        )
 
-    # ROI coverage on the reference frame, anti-aliased by supersampling.
-    ss = _ROI_SUPERSAMPLE
-    roi_fine = roi.scaled(ss, ss).mask(height * ss, width * ss).astype(np.float32)
-    roi_ref = cv2.resize(roi_fine, (width, height), interpolation=cv2.INTER_AREA)
+    if hard:
+        pan_total = camera[-1][:2, 2] - camera[0][:2, 2]
+        roi = _hard_roi(rng, width, height, pan_total)
+        count = int(rng.integers(1, 3)) if occluders is None else int(occluders)
+        occluder_list, hard_info["occluders"] = _hard_occluders(
+            rng, frames, width, height, roi, atlas_to_frame, count
+        )
+        roi_centre = roi.polygons[0].mean(axis=0)
+        light = _hard_illumination(rng, frames, width, height, apply_homography(frame_to_world[0], roi_centre))
+        if lighting:
+            gains = light.gains
+    else:
+        count = default_occluders if occluders is None else int(occluders)
+        roi = _random_roi(rng, width, height)
+        roi_poly = roi.polygons[0]
+        roi_centre = roi_poly.mean(axis=0)
+        roi_radius = float(np.linalg.norm(roi_poly - roi_centre, axis=1).max())
+        occluder_list = []
+        for k in range(count):
+            # The first occluder crosses the ROI centre; the others cross random points of the ROI.
+            target_ref = (
+                roi_centre if k == 0 else roi_poly[rng.integers(len(roi_poly))] * 0.6 + roi_centre * 0.4
+            )
+            t_mid = int(round(rng.uniform(0.45, 0.7) * (frames - 1)))
+            target = apply_homography(atlas_to_frame[t_mid], target_ref)
+            occluder_list.append(
+                _make_occluder(rng, frames, width, height, target, t_mid, roi_centre, roi_radius)
+            )
+        if lighting:
+            gains, shadow_centres, shadow_sigma, shadow_depth = _illumination_model(
+                rng, frames, width, height, apply_homography(frame_to_world[0], roi_centre)
+            )
+
+    roi_ref = _roi_reference_coverage(roi, width, height)
 
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
     pixels = np.stack([xs, ys], axis=-1)
-    coarse_w, coarse_h = max(2, width // 4), max(2, height // 4)
+    # The default shadow is smooth (1/4 grid); the hard one has a penumbra a few px wide (1/2 grid).
+    shade_div = 2 if hard else 4
+    coarse_w, coarse_h = max(2, width // shade_div), max(2, height // shade_div)
     cy, cx = np.mgrid[0:coarse_h, 0:coarse_w].astype(np.float64) + 0.5
     coarse_pixels = np.stack([cx * (width / coarse_w), cy * (height / coarse_h)], axis=-1)
     out_frames = np.empty((frames, height, width, 3), np.uint8)
     gt_uv = np.empty((frames, height, width, 2), np.float32)
     gt_vis = np.empty((frames, height, width), np.float32)
+    gt_occ = np.empty((frames, height, width), np.float32)
     gt_illum = np.ones((frames, height, width, 3), np.float32)
     world_to_ref = np.linalg.inv(frame_to_world[0])
     for t in range(frames):
@@ -493,21 +968,17 @@ def make_scene(
             borderMode=cv2.BORDER_REFLECT,
         )
         if lighting:
-            # The shadow is smooth: evaluate it on a 1/4 grid and upsample (same pixel-centre alignment).
+            # The shadow is smooth at the grid's scale: evaluate it there and upsample (same pixel centres).
             world = apply_homography(frame_to_world[t], coarse_pixels)
-            d2 = ((world - shadow_centres[t]) ** 2).sum(axis=-1)
-            shade = (1.0 - shadow_depth * np.exp(-d2 / (2.0 * shadow_sigma**2))).astype(np.float32)
+            if hard:
+                shade = light.shade(t, world)
+            else:
+                d2 = ((world - shadow_centres[t]) ** 2).sum(axis=-1)
+                shade = (1.0 - shadow_depth * np.exp(-d2 / (2.0 * shadow_sigma**2))).astype(np.float32)
             shade = cv2.resize(shade, (width, height), interpolation=cv2.INTER_LINEAR)
             gt_illum[t] = shade[..., None] * gains[t].astype(np.float32)
         colour = gt_illum[t] * background
-        roi_t = cv2.warpPerspective(
-            roi_ref,
-            _index_homography(frame_to_ref),
-            (width, height),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0,
-        )
+        roi_t = _warp_roi(roi_ref, frame_to_ref)
         uncovered = np.ones((height, width), np.float32)
         for occ in occluder_list:
             drawn = occ.render(t, width, height)
@@ -517,16 +988,20 @@ def make_scene(
             colour[box] = colour[box] * (1.0 - cover[..., None]) + occ_colour * cover[..., None]
             uncovered[box] *= 1.0 - cover
         gt_vis[t] = np.clip(roi_t * uncovered, 0.0, 1.0)
+        gt_occ[t] = 1.0 - uncovered
         out_frames[t] = np.clip(np.rint(colour), 0, 255).astype(np.uint8)
 
-    params = {
+    params: dict[str, Any] = {
+        "preset": preset,
         "frames": frames,
         "size": [width, height],
         "seed": seed,
-        "occluders": occluders,
+        "occluders": count,
         "lighting": lighting,
         "fps": fps,
     }
+    if hard:
+        params["hard"] = hard_info
     return SynthScene(
         frames=out_frames,
         fps=float(fps),
@@ -538,4 +1013,5 @@ def make_scene(
         frame_to_world=frame_to_world,
         world_texture=texture,
         params=params,
+        gt_occlusion=gt_occ,
     )
