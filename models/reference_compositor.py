@@ -1,4 +1,5 @@
-"""A readable float64 reference of the compositor (RNA eq. 13), used to check the fast paths.
+"""A readable float64 reference of the compositor (RNA eq. 13, as layers over the source), used to check the
+fast paths. See docs/DESIGN.md, "Editing and compositing".
 
 Same conventions as the server: uv addresses the atlas like grid_sample(align_corners=False, border padding);
 illumination is upsampled bilinearly with align_corners=False (PyTorch's rule: negative source coordinates
@@ -47,37 +48,80 @@ def upsample_bilinear(field: np.ndarray, height: int, width: int) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
+MODES = ("layers", "reconstruction")
+# Older names, kept for models/bench_fit.py until it moves to "layers": "reconstruct" is "reconstruction";
+# "delta" is the retired c + m * l * (A_edit - A)(uv) form (no longer a server mode).
+LEGACY_MODES = ("delta", "reconstruct")
+
+
 def edited_atlas(bundle: Bundle, edit_rgba_atlas: np.ndarray | None) -> np.ndarray:
-    """A_edit in [0, 1]: a straight-alpha RGBA layer (uint8 or float in [0, 1]) composited over A."""
+    """E over A in [0, 1]: a straight-alpha RGBA layer (uint8 or float in [0, 1]) composited over A."""
     base = bundle.atlas.astype(np.float64) / 255.0
     if edit_rgba_atlas is None:
         return base
+    layer = premultiplied_layer(edit_rgba_atlas)
+    return layer[..., :3] + (1.0 - layer[..., 3:]) * base
+
+
+def premultiplied_layer(edit_rgba_atlas: np.ndarray) -> np.ndarray:
+    """A straight-alpha RGBA layer (uint8, or float in [0, 1]) -> premultiplied (alpha * rgb, alpha) float64."""
     layer = edit_rgba_atlas.astype(np.float64)
     if edit_rgba_atlas.dtype == np.uint8:
         layer = layer / 255.0
     alpha = layer[..., 3:4]
-    return base * (1.0 - alpha) + layer[..., :3] * alpha
+    return np.concatenate([layer[..., :3] * alpha, alpha], axis=-1)
+
+
+def apply_transform(k: np.ndarray, rgb01: np.ndarray) -> np.ndarray:
+    """K (..., 3, 4) applied to rgb (..., 3) in [0, 1] units: K [rgb; 1]."""
+    return np.einsum("...ij,...j->...i", k[..., :3], rgb01) + k[..., 3]
 
 
 def reference_composite(bundle: Bundle, frame: int, edit_rgba_atlas: np.ndarray | None = None, *,
-                        atlas_edit: np.ndarray | None = None, mode: str = "delta") -> np.ndarray:
+                        layer: np.ndarray | None = None, adjust: np.ndarray | None = None,
+                        atlas_edit: np.ndarray | None = None, mode: str = "layers") -> np.ndarray:
     """Composite one frame in float64 -> (H, W, 3) float64 in [0, 255], before rounding.
 
-    The edited atlas is either `edit_rgba_atlas` over A or given directly as `atlas_edit` (S, S, 3) in [0, 1].
-    mode "delta": out = c + m * l * (A_edit(uv) - A(uv)) (equals l * A_edit(uv) where m = 1 and c = l * A(uv));
-    mode "reconstruct": out = c + m * (l * A_edit(uv) - c).
+    The paint layer E is `layer` (S, S, 4) premultiplied (alpha * rgb, alpha) in [0, 1] albedo units, or a
+    straight-alpha `edit_rgba_atlas`; none means no paint. `adjust` is K (S, S, 3, 4) (identity where no
+    adjustment applies) or None.
+
+    mode "layers": a = m * alpha_E(uv); out = (1 - a) * c + m * l * (alpha * rgb)_E(uv) * 255.
+    mode "reconstruction": out = c + m * (l * X(uv) * 255 - c), X = `atlas_edit` (S, S, 3) if given, else E over A.
+    Then, with K: out = out + m * (K(uv) [out / 255; 1] * 255 - out).
     """
-    if mode not in ("delta", "reconstruct"):
-        raise ValueError("mode must be 'delta' or 'reconstruct'")
-    a_edit = atlas_edit.astype(np.float64) if atlas_edit is not None else edited_atlas(bundle, edit_rgba_atlas)
+    if mode not in MODES + LEGACY_MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    if mode == "reconstruct":
+        mode = "reconstruction"
+    if layer is None and edit_rgba_atlas is not None:
+        layer = premultiplied_layer(edit_rgba_atlas)
     uv = decode_uv(bundle.uv[frame]).astype(np.float64)
     c = bundle.frames[frame].astype(np.float64)
     m = bundle.mask[frame].astype(np.float64)[..., None] / 255.0
     light = upsample_bilinear(bundle.illumination[frame].astype(np.float64), bundle.height, bundle.width)
-    if mode == "delta":
-        delta = a_edit - bundle.atlas.astype(np.float64) / 255.0
-        return c + m * light * sample_atlas(delta, uv) * 255.0
-    return c + m * (light * sample_atlas(a_edit, uv) * 255.0 - c)
+    base = bundle.atlas.astype(np.float64) / 255.0
+    if mode == "layers":
+        if layer is None:
+            out = c.copy()
+        else:
+            paint = sample_atlas(layer, uv)
+            out = (1.0 - m * paint[..., 3:]) * c + m * light * paint[..., :3] * 255.0
+    elif mode == "reconstruction":
+        if atlas_edit is not None:
+            shown = atlas_edit.astype(np.float64)
+        elif layer is not None:
+            shown = layer[..., :3] + (1.0 - layer[..., 3:]) * base
+        else:
+            shown = base
+        out = c + m * (light * sample_atlas(shown, uv) * 255.0 - c)
+    else:  # "delta", for models/bench_fit.py only
+        a_edit = atlas_edit.astype(np.float64) if atlas_edit is not None else edited_atlas(bundle, edit_rgba_atlas)
+        out = c + m * light * sample_atlas(a_edit - base, uv) * 255.0
+    if adjust is not None:
+        k = sample_atlas(adjust.reshape(*adjust.shape[:2], 12), uv).reshape(*uv.shape[:-1], 3, 4)
+        out = out + m * (apply_transform(k, out / 255.0) * 255.0 - out)
+    return out
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -152,7 +152,7 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
         _sync(device)
         lat.append((time.perf_counter() - s) * 1e3)
     lat_ms = np.array(lat[3:])  # the first strokes include one-off allocations
-    tex = engine.layers.delta
+    tex, adjust = engine.layers.layer, engine.layers.adjust  # the texture and an adjustment: the full kernel
     n = min(args.batch, args.frames)
     singles = [comp.frame_index([t]) for t in range(args.frames)]
     batches = [comp.frame_index([(b * n + i) % args.frames for i in range(n)]) for b in range(4)]
@@ -160,11 +160,11 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
 
     def one(c: Compositor = comp) -> torch.Tensor:
         counter["k"] += 1
-        return c.composite(singles[counter["k"] % len(singles)], tex)
+        return c.composite(singles[counter["k"] % len(singles)], tex, adjust)
 
     def many(c: Compositor = comp) -> torch.Tensor:
         counter["k"] += 1
-        return c.composite(batches[counter["k"] % len(batches)], tex)
+        return c.composite(batches[counter["k"] % len(batches)], tex, adjust)
 
     def one_jpeg() -> list[bytes]:
         return encode(one(), "jpeg", 85)
@@ -185,17 +185,17 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
         old = Compositor(bundle, engine.device, backend="compile")  # compiles in _rate's warm-up calls
         fps["composite (torch.compile)_1"] = _rate(lambda: one(old), 1, secs, device)
         fps[f"composite (torch.compile)_{n}"] = _rate(lambda: many(old), n, secs, device)
-        agree = (old.composite(batches[0], tex).int() - comp.composite(batches[0], tex).int()).abs()
+        agree = (old.composite(batches[0], tex, adjust).int() - comp.composite(batches[0], tex, adjust).int()).abs()
         common_cmp = f"{(agree <= 1).float().mean().item():.6f} (max {int(agree.max())})"
         del old
     else:
         common_cmp = ""
     # Accuracy against the float64 reference on a few frames.
-    atlas_edit = engine.edited_atlas()
+    layer, transform = engine.edit_layer(), engine.adjust_transform()
     within, total, worst = 0, 0, 0
     for t in range(0, args.frames, max(args.frames // 3, 1))[:3]:
-        ref = to_uint8(reference_composite(bundle, t, atlas_edit=atlas_edit)).astype(np.int16)
-        got = comp.composite([t], tex)[0].cpu().numpy().astype(np.int16)
+        ref = to_uint8(reference_composite(bundle, t, layer=layer, adjust=transform)).astype(np.int16)
+        got = comp.composite([t], tex, adjust)[0].cpu().numpy().astype(np.int16)
         err = np.abs(got - ref).max(axis=-1)
         within += int((err <= 1).sum())
         total += err.size

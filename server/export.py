@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from vatlas.server.edits.engine import EditEngine
+from vatlas.server.edits.engine import DEFAULT_MODE, EditEngine
 
 from vatlas.video import write_mp4, write_png_sequence
 
@@ -79,7 +79,7 @@ def export_clip(engine: EditEngine, out: str | Path, *, frames: list[int] | None
                 show_progress: bool = False) -> Path:
     """Render `frames` (default all) and write `out`: ``*.mp4`` -> H.264, anything else -> a PNG folder.
 
-    mode defaults to "reconstruct" (the model's reconstruction inside the visible ROI, the input elsewhere).
+    mode defaults to "layers" (the edits over the source; see EditEngine.render for "reconstruction").
     """
     out = Path(out)
     frames = list(range(engine.bundle.num_frames)) if frames is None else list(frames)
@@ -89,7 +89,7 @@ def export_clip(engine: EditEngine, out: str | Path, *, frames: list[int] | None
     suffix = out.suffix.lower()
     if suffix not in ("", ".mp4"):
         raise ValueError(f"{out}: export writes .mp4 or a folder of PNGs (no suffix), not {suffix}")
-    seq = RenderedFrames(engine, frames, mode=mode or "reconstruct", batch=batch, progress=progress,
+    seq = RenderedFrames(engine, frames, mode=mode or DEFAULT_MODE, batch=batch, progress=progress,
                          show_progress=show_progress, desc=f"exporting {out.name}")
     if suffix == ".mp4":
         return write_mp4(out, seq, engine.bundle.fps, crf=crf)

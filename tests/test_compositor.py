@@ -33,13 +33,14 @@ def edited():
     return bundle, engine
 
 
-@pytest.mark.parametrize("mode", ["delta", "reconstruct"])
+@pytest.mark.parametrize("mode", ["layers", "reconstruction"])
 def test_within_one_level_of_the_float64_reference(edited, mode: str) -> None:
     bundle, engine = edited
     out = engine.render(ALL, mode=mode).numpy().astype(int)
-    a_edit = engine.edited_atlas()
+    layer, adjust = engine.edit_layer(), engine.adjust_transform()
+    assert adjust is not None
     for t in ALL:
-        ref = reference_composite(bundle, t, atlas_edit=a_edit, mode=mode)
+        ref = reference_composite(bundle, t, layer=layer, adjust=adjust, mode=mode)
         err = np.abs(out[t] - np.clip(ref, 0, 255))
         assert err.max() <= 0.5 + 1e-3, (t, err.max())  # rounding only
         assert (np.abs(out[t] - to_uint8(ref)) <= 1).all()
@@ -47,24 +48,37 @@ def test_within_one_level_of_the_float64_reference(edited, mode: str) -> None:
     assert (np.abs(out - bundle.frames).max(-1) > 20).mean() > 0.1
 
 
+def _touched(engine: EditEngine, uv: np.ndarray) -> np.ndarray:
+    """Pixels whose bilinear lookup reaches a texel some layer covers (paint, or an adjustment's K != I)."""
+    support = np.abs(engine.edit_layer()).sum(-1)
+    adjust = engine.adjust_transform()
+    if adjust is not None:
+        support = support + np.abs(adjust - np.eye(3, 4)).sum((-1, -2))
+    return sample_atlas(support[..., None], uv)[..., 0] > 0
+
+
 def test_bit_exact_where_mask_is_zero_and_where_no_edit_touches(edited) -> None:
     bundle, engine = edited
     out = engine.render(ALL).numpy()
     zero = bundle.mask == 0
     assert zero.any() and np.array_equal(out[zero], bundle.frames[zero])
-    delta = engine.layers.delta[0].permute(1, 2, 0).numpy().astype(np.float64)
     for t in ALL:
-        untouched = np.abs(sample_atlas(delta, decode_uv(bundle.uv[t]))).max(-1) == 0
-        assert untouched.sum() > 100
+        untouched = ~_touched(engine, decode_uv(bundle.uv[t]))
+        inside = untouched & (bundle.mask[t] == 255)
+        assert inside.sum() > 100  # untouched pixels inside the ROI too
         assert np.array_equal(out[t][untouched], bundle.frames[t][untouched])
+    # The model's reconstruction there is not the input, so the layers output really is the source's pixels.
+    recon = engine.render(ALL, mode="reconstruction").numpy()
+    assert (recon[..., 0][bundle.mask == 255] != bundle.frames[..., 0][bundle.mask == 255]).mean() > 0.05
 
 
-def test_reconstruct_without_edits_is_the_model_inside_and_the_input_outside() -> None:
+def test_reconstruction_without_edits_is_the_model_inside_and_the_input_outside() -> None:
     bundle = shifted_bundle(width=48, height=40, atlas=64, seed=3)
     engine = EditEngine(bundle, "cpu")
-    out = engine.render(ALL, mode="reconstruct").numpy()
+    out = engine.render(ALL, mode="reconstruction").numpy()
+    assert np.array_equal(engine.render(ALL).numpy(), bundle.frames)  # the default: the input itself
     for t in ALL:
-        ref = reference_composite(bundle, t, mode="reconstruct")
+        ref = reference_composite(bundle, t, mode="reconstruction")
         full = bundle.mask[t] == 255
         light = upsample_bilinear(bundle.illumination[t], bundle.height, bundle.width)
         model = light * sample_atlas(bundle.atlas / 255.0, decode_uv(bundle.uv[t])) * 255.0
@@ -76,10 +90,10 @@ def test_reconstruct_without_edits_is_the_model_inside_and_the_input_outside() -
 def test_batched_equals_single_and_caches_are_compact(edited) -> None:
     bundle, engine = edited
     comp: Compositor = engine.compositor
-    tex = engine.layers.delta
-    batched = comp.composite([3, 1, 2], tex)
+    tex, adjust = engine.layers.layer, engine.layers.adjust
+    batched = comp.composite([3, 1, 2], tex, adjust)
     for n, t in enumerate([3, 1, 2]):
-        assert torch.equal(batched[n], comp.composite([t], tex)[0])
+        assert torch.equal(batched[n], comp.composite([t], tex, adjust)[0])
     # uv int16 (4 B) + mask (1 B) + frames (3 B) + fp32 illumination at 1/16 of the pixels on CPU (0.75 B).
     ih, iw = bundle.illumination.shape[1:3]
     expected = 8 + 12 * (ih * iw) / (bundle.height * bundle.width)
@@ -93,8 +107,17 @@ def test_reference_rgba_layer_form(edited) -> None:
     bundle, _ = edited
     layer = np.zeros((96, 96, 4), np.uint8)
     layer[40:50, 40:60] = (255, 0, 0, 255)
+    layer[40:50, 60:70] = (0, 0, 255, 128)
     a_edit = edited_atlas(bundle, layer)
     assert np.allclose(a_edit[45, 45], [1, 0, 0]) and np.allclose(a_edit[10, 10], bundle.atlas[10, 10] / 255)
+    half = 128 / 255
+    assert np.allclose(a_edit[45, 65], [0, 0, half] + (1 - half) * bundle.atlas[45, 65] / 255)
+    premultiplied = np.zeros((96, 96, 4))
+    premultiplied[40:50, 40:60] = (1, 0, 0, 1)
+    premultiplied[40:50, 60:70] = (0, 0, half, half)
+    for t in (0, 2):
+        straight = reference_composite(bundle, t, layer)
+        assert np.allclose(straight, reference_composite(bundle, t, layer=premultiplied))
     with pytest.raises(ValueError):
         reference_composite(bundle, 0, mode="other")
 
@@ -105,8 +128,12 @@ def test_frame_index_errors(edited) -> None:
         engine.compositor.frame_index([0, 7])
     with pytest.raises(ValueError):
         engine.compositor.frame_index([])
-    with pytest.raises(ValueError):
-        engine.compositor.composite([0], engine.layers.delta, mode="bogus")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        engine.render([0], mode="delta")  # retired: the edits are layers over the source now
+    with pytest.raises(ValueError, match=r"\(1, 4, S, S\)"):
+        engine.compositor.composite([0], engine.layers.layer[:, :3])
+    with pytest.raises(ValueError, match=r"\(1, 12, S, S\)"):
+        engine.compositor.composite([0], engine.layers.layer, engine.layers.layer)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU check also runs in the bench)")

@@ -14,16 +14,20 @@ ADJUST = {"id": "a", "type": "adjustment", "space": "atlas", "exposure": 0.6, "t
 
 
 def _strokes(engine: EditEngine) -> None:
+    """Strokes, and adjustments overlapping the first one: each rebuilds K over its own rectangle, reading the
+    first adjustment's weights over a part of its rectangle."""
     for k, (p, q) in enumerate((([2, 2], [60, 40]), ([10, 44], [50, 6]), ([30, 30], [31, 31]))):
         engine.apply({"id": f"s{k}", "type": "stroke", "space": "frame", "frame": k, "points": [p, q],
                       "width": 5, "color": [0.9, 0.1, 0.2, 0.8], "hardness": 0.5})
+        engine.apply({"id": f"b{k}", "type": "adjustment", "space": "frame", "frame": k, "region": "path",
+                      "points": [p, q], "width": 7, "saturation": -0.5, "opacity": 0.7})
 
 
 def test_cached_adjustment_weights_match_direct_coverage(monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = shifted_bundle(width=64, height=48, atlas=64)
     cached = EditEngine(bundle, "cpu")
     cached.apply(ADJUST)
-    _strokes(cached)  # each stroke re-applies the adjustment over its own rectangle from the cache
+    _strokes(cached)
     aop = cached._objects["a"].atlas_op
     assert "weight" in aop.extra
     r0, r1, c0, c1 = aop.rect
@@ -36,17 +40,25 @@ def test_cached_adjustment_weights_match_direct_coverage(monkeypatch: pytest.Mon
     _strokes(direct)
     assert "weight" not in direct._objects["a"].atlas_op.extra
     monkeypatch.undo()
-    assert torch.equal(cached.layers.delta, direct.layers.delta)
-    assert float(direct.layers.delta.abs().max()) > 0.1
+    assert cached.layers.adjust is not None and direct.layers.adjust is not None
+    assert torch.equal(cached.layers.adjust, direct.layers.adjust)
+    assert float(direct.layers.adjust.abs().max()) > 0.1
+    assert torch.equal(cached.layers.layer, direct.layers.layer)
 
     # An update replaces the op (and its cache); undoing the strokes leaves only the adjustment.
     cached.apply({"type": "update", "target": "a", "set": {"exposure": -0.4}})
     assert "weight" in cached._objects["a"].atlas_op.extra and cached._objects["a"].atlas_op is not aop
     for k in range(3):
         cached.apply({"type": "delete", "target": f"s{k}"})
+        cached.apply({"type": "delete", "target": f"b{k}"})
     only = EditEngine(bundle, "cpu")
     only.apply({**ADJUST, "exposure": -0.4})
-    assert torch.allclose(cached.layers.delta, only.layers.delta, atol=1e-6)
+    assert only.layers.adjust is not None and cached.layers.adjust is not None
+    assert torch.allclose(cached.layers.adjust, only.layers.adjust, atol=1e-6)
+    assert float(cached.layers.layer.abs().max()) == 0.0
+    # Deleting the last adjustment frees K: the compositor then skips the adjustment step altogether.
+    cached.apply({"type": "delete", "target": "a"})
+    assert cached.layers.adjust is None
 
 
 def test_uv_lookup_gathers_corners_like_a_decoded_field() -> None:

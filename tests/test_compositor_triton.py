@@ -44,47 +44,57 @@ CHECK = textwrap.dedent("""
                   "image": png_bytes(solid_rgba(24, 16, (250, 240, 10, 200))), "scale": 1.2})
     engine.apply({"id": "s", "type": "stroke", "space": "frame", "frame": 1, "points": [[3, 3], [48, 35]],
                   "width": 6, "color": [0.1, 0.2, 0.9, 1.0], "hardness": 0.6})
+    engine.apply({"id": "a", "type": "adjustment", "space": "atlas", "exposure": -0.6, "hue": 40,
+                  "contrast": 0.3, "points": [[0, 0], [40, 0], [0, 40]], "hardness": 0.5, "width": 6})
     torch_path = engine.compositor
     triton_path = Compositor(bundle, device, backend="triton")
     assert triton_path.backend == "triton" and triton_path.compiled
     zero = bundle.mask == 0
     assert zero.any() and (bundle.mask == 255).any()
-    a_edit = engine.edited_atlas()
-    for mode in ("delta", "reconstruct"):
-        tex = engine.layers.delta if mode == "delta" else engine.layers.edited_texture()
-        frames = [2, 0, 1, 1]  # out of order, repeated: the device-side index
-        want = torch_path.composite(frames, tex, mode).numpy().astype(int)
-        got = triton_path.composite(frames, tex.to(device), mode).cpu().numpy().astype(int)
-        diff = np.abs(got - want)
-        print(mode, "max", diff.max(), "equal", (diff == 0).mean())
-        # CPU interpreter: the same fp32 arithmetic, bit for bit. GPU: FMA contraction may move a rounding.
-        if device == "cpu":
-            assert diff.max() == 0
-        else:
-            assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
-        for n, t in enumerate(frames):
-            assert np.array_equal(got[n][zero[t]], bundle.frames[t][zero[t]])  # outside the ROI: the input
-            ref = np.clip(reference_composite(bundle, t, atlas_edit=a_edit, mode=mode), 0, 255)
-            assert np.abs(got[n] - ref).max() <= 0.5 + 2e-3 + (device != "cpu")
-        # The edits really show (the comparison is not between two copies of the input).
-        assert (np.abs(got - bundle.frames[frames]).max(-1) > 20).mean() > 0.05
-    # Other launch configurations (block size, early uv load) give the same bytes.
+    layer, transform = engine.edit_layer(), engine.adjust_transform()
+    adjust = engine.layers.adjust
+    assert adjust is not None
+    for mode in ("layers", "reconstruction"):
+        tex = engine.layers.layer if mode == "layers" else engine.layers.reconstruction_texture()
+        for adj in (None, adjust):  # both kernel flavours (ADJUST off and on)
+            frames = [2, 0, 1, 1]  # out of order, repeated: the device-side index
+            want = torch_path.composite(frames, tex, adj).numpy().astype(int)
+            got = triton_path.composite(frames, tex.to(device), None if adj is None else adj.to(device))
+            got = got.cpu().numpy().astype(int)
+            diff = np.abs(got - want)
+            print(mode, adj is not None, "max", diff.max(), "equal", (diff == 0).mean())
+            # CPU interpreter: the same fp32 arithmetic, bit for bit. GPU: FMA contraction may move a rounding.
+            if device == "cpu":
+                assert diff.max() == 0
+            else:
+                assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
+            for n, t in enumerate(frames):
+                assert np.array_equal(got[n][zero[t]], bundle.frames[t][zero[t]])  # outside the ROI: the input
+                ref = reference_composite(bundle, t, layer=layer, adjust=None if adj is None else transform,
+                                          mode=mode)
+                assert np.abs(got[n] - np.clip(ref, 0, 255)).max() <= 0.5 + 2e-3 + (device != "cpu")
+            # The edits really show (the comparison is not between two copies of the input).
+            assert (np.abs(got - bundle.frames[frames]).max(-1) > 20).mean() > 0.05
+    # Other launch configurations (block size, early uv load) give the same bytes, with and without K.
     from vatlas.server.compositor_triton import composite_triton
     from triton import Config
-    tex = engine.layers.delta.to(device)
+    tex = engine.layers.layer.to(device)
     idx = triton_path.frame_index([2, 0, 1])
-    want = triton_path.composite(idx, tex)
-    for config in (Config({"BLOCK": 128, "UV_EARLY": True}, num_warps=4),
-                   Config({"BLOCK": 256, "UV_EARLY": False}, num_warps=2)):
-        got = composite_triton(triton_path.uvq, triton_path.mask, triton_path.illum, triton_path.frames, idx, tex,
-                               False, config=config)
-        assert torch.equal(got, want), config
-    single = triton_path.composite([1], engine.layers.delta.to(device))
-    batch = triton_path.composite([0, 1, 2], engine.layers.delta.to(device))
+    for adj in (None, adjust.to(device)):
+        want = triton_path.composite(idx, tex, adj)
+        for config in (Config({"BLOCK": 128, "UV_EARLY": True}, num_warps=4),
+                       Config({"BLOCK": 256, "UV_EARLY": False}, num_warps=2)):
+            got = composite_triton(triton_path.uvq, triton_path.mask, triton_path.illum, triton_path.frames, idx,
+                                   tex, adj, config=config)
+            assert torch.equal(got, want), config
+    single = triton_path.composite([1], tex)
+    batch = triton_path.composite([0, 1, 2], tex)
     assert torch.equal(single[0], batch[1])
-    # No edits: the delta texture is 0 everywhere, so every pixel is the input bit for bit.
-    blank = torch.zeros_like(engine.layers.delta, device=device)
+    # No edits: a transparent layer and K = I (stored as zeros) give every pixel of the input bit for bit.
+    blank = torch.zeros_like(engine.layers.layer, device=device)
+    identity = torch.zeros_like(adjust, device=device)
     assert np.array_equal(triton_path.composite([0, 1, 2], blank).cpu().numpy(), bundle.frames)
+    assert np.array_equal(triton_path.composite([0, 1, 2], blank, identity).cpu().numpy(), bundle.frames)
     print("ok")
 """)
 

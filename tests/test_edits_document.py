@@ -48,7 +48,7 @@ def test_paths_and_data_uris_load_and_replay(tmp_path: Path) -> None:
     for replayed_ops in (load_document(saved), parse_msgpack(document_msgpack(engine.document()["ops"]))):
         replay = EditEngine(bundle, "cpu")
         replay.apply_many(replayed_ops)
-        assert torch.equal(replay.layers.delta, engine.layers.delta)
+        assert torch.equal(replay.layers.layer, engine.layers.layer)
         assert np.array_equal(replay.render([0, 1]).numpy(), engine.render([0, 1]).numpy())
     assert json.loads(document_json(ops))["ops"][0]["image"].startswith("data:image/png;base64,")
 

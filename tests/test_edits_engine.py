@@ -53,8 +53,7 @@ def test_frame_stroke_lands_at_T_of_its_points(engine, bundle) -> None:
     r_off, c_off = _atlas_texel(engine, (30 + dx, 32 + dy))
     assert np.array_equal(atlas[r_off, c_off], bundle.atlas[r_off, c_off])
     # Width in frame pixels becomes atlas pixels through T's local scale (1 here): about 6 px thick.
-    column = engine.layers.edited[:, c].numpy()
-    red = np.abs(column - [1.0, 0.0, 0.0]).max(axis=1) < 0.5  # at least half covered
+    red = engine.layers.paint[:, c, 3].numpy() >= 0.5  # at least half covered
     thickness_px = red.sum() * engine.geometry.texel_px
     assert 4.0 <= thickness_px <= 8.5
     # Every frame shows the stroke at the same surface point; nothing changes where the mask is 0.
@@ -73,7 +72,12 @@ def test_same_surface_from_different_frames(bundle) -> None:
     a.apply(_stroke("s", 0, pts.tolist()))
     shifted = pts + np.subtract(SHIFTS[0], SHIFTS[3])  # the same surface points seen on frame 3
     b.apply(_stroke("s", 3, shifted.tolist()))
-    assert torch.allclose(a.layers.delta, b.layers.delta, atol=2e-3)
+    # The same coverage; the colours are each frame's red divided by that frame's light (albedo).
+    assert torch.allclose(a.layers.layer[:, 3], b.layers.layer[:, 3], atol=2e-3)
+    covered = a.layers.layer[0, 3] > 0.99
+    ratio = a.layers.layer[0, 0][covered] / b.layers.layer[0, 0][covered]
+    gain = bundle.illumination[3].astype(float).mean((0, 1)) / bundle.illumination[0].astype(float).mean((0, 1))
+    assert float(ratio.median()) == pytest.approx(gain[0], rel=0.05) and abs(gain[0] - 1.0) > 0.02
 
 
 def test_incremental_layers_equal_a_full_replay(engine, bundle) -> None:
@@ -99,29 +103,30 @@ def test_incremental_layers_equal_a_full_replay(engine, bundle) -> None:
     replay = EditEngine(bundle, "cpu")
     for op in engine.document()["ops"]:
         replay.apply(op)
-    assert torch.allclose(engine.layers.delta, replay.layers.delta, atol=1e-5)
-    assert torch.allclose(engine.layers.edited, replay.layers.edited, atol=1e-5)
+    assert torch.allclose(engine.layers.layer, replay.layers.layer, atol=1e-5)
+    assert engine.layers.adjust is not None and replay.layers.adjust is not None
+    assert torch.allclose(engine.layers.adjust, replay.layers.adjust, atol=1e-5)
     assert [o["id"] for o in engine.objects()] == ["s1", "a1", "s2", "e1", "t2", "a2"]
     assert engine.get("s2")["visible"] is False
     assert engine.get("t1")["deleted"] is True
     # Undoing everything returns the input bit for bit.
     for o in engine.objects():
         engine.apply({"type": "delete", "target": o["id"]})
-    assert float(engine.layers.delta.abs().max()) == 0.0
+    assert float(engine.layers.layer.abs().max()) == 0.0 and engine.layers.adjust is None
     assert np.array_equal(engine.render(ALL).numpy(), bundle.frames)
 
 
 def test_delete_restore_and_visibility(engine, bundle) -> None:
     engine.apply(_stroke("s", 0, [[10, 20], [50, 20]]))
-    painted = engine.layers.delta.clone()
+    painted = engine.layers.layer.clone()
     engine.apply({"type": "delete", "target": "s"})
-    assert engine.objects() == [] and float(engine.layers.delta.abs().max()) == 0.0
+    assert engine.objects() == [] and float(engine.layers.layer.abs().max()) == 0.0
     engine.apply({"type": "restore", "target": "s"})
-    assert torch.equal(engine.layers.delta, painted)
+    assert torch.equal(engine.layers.layer, painted)
     engine.apply({"type": "set_visible", "target": "s", "visible": False})
     assert np.array_equal(engine.render(ALL).numpy(), bundle.frames)
     engine.apply({"type": "update", "target": "s", "set": {"visible": True}})
-    assert torch.equal(engine.layers.delta, painted)
+    assert torch.equal(engine.layers.layer, painted)
 
 
 def test_update_is_last_writer_wins_per_property(engine) -> None:
@@ -135,7 +140,7 @@ def test_update_is_last_writer_wins_per_property(engine) -> None:
 
 def test_errors(engine) -> None:
     engine.apply(_stroke("s", 0, [[10, 20], [50, 20]]))
-    before = engine.layers.delta.clone()
+    before = engine.layers.layer.clone()
     with pytest.raises(OpError) as info:
         engine.apply({"type": "delete", "target": "missing"})
     assert info.value.code == "NOT_FOUND"
@@ -147,7 +152,7 @@ def test_errors(engine) -> None:
     assert info.value.code == "INVALID_ARGUMENT"
     with pytest.raises(OpError):
         engine.apply(_stroke("t", 9, [[1, 1]]))  # frame out of range
-    assert torch.equal(engine.layers.delta, before) and engine.get("s")["width"] == 6.0
+    assert torch.equal(engine.layers.layer, before) and engine.get("s")["width"] == 6.0
     with pytest.raises(IndexError):
         engine.render([4])
     with pytest.raises(ValueError):
@@ -157,7 +162,7 @@ def test_errors(engine) -> None:
 def test_erase_removes_paint_beneath(engine, bundle) -> None:
     engine.apply(_stroke("p", 0, [[10, 20], [50, 20]], width=8))
     engine.apply(_stroke("e", 0, [[5, 20], [55, 20]], width=20, mode="erase"))
-    assert float(engine.layers.delta.abs().max()) < 1e-6
+    assert float(engine.layers.layer.abs().max()) < 1e-6
 
 
 def test_adjustment_changes_only_its_region(engine, bundle) -> None:
@@ -228,7 +233,7 @@ def test_concurrent_apply_and_render(bundle) -> None:
     replay = EditEngine(bundle, "cpu")
     for op in engine.document()["ops"]:
         replay.apply(op)
-    assert torch.allclose(engine.layers.delta, replay.layers.delta, atol=1e-5)
+    assert torch.allclose(engine.layers.layer, replay.layers.layer, atol=1e-5)
 
 
 def test_sticker_outside_the_mapped_surface_is_refused(bundle) -> None:

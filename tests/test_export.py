@@ -22,20 +22,33 @@ def engine() -> EditEngine:
     return e
 
 
-def test_png_sequence_is_the_reconstruction_plus_edits(engine: EditEngine, tmp_path: Path) -> None:
+def test_png_sequence_is_the_edits_over_the_source(engine: EditEngine, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     out = export_clip(engine, tmp_path / "seq", frames=[1, 2, 3], batch=2,
                       progress=lambda done, total: calls.append((done, total)))
     video = read_video(out)
     assert video.frames.shape == (3, 48, 64, 3)
     assert calls == [(1, 3), (2, 3), (3, 3)]
+    layer = engine.edit_layer()
     for k, t in enumerate([1, 2, 3]):
-        ref = to_uint8(reference_composite(engine.bundle, t, atlas_edit=engine.edited_atlas(), mode="reconstruct"))
+        ref = to_uint8(reference_composite(engine.bundle, t, layer=layer))
         assert np.abs(video.frames[k].astype(int) - ref).max() <= 1
+        # The default is the layers output: the stroke changed the frame, and the rest is the source exactly.
+        changed = video.frames[k] != engine.bundle.frames[t]
+        assert changed.any(axis=-1).sum() > 50
+        assert np.array_equal(video.frames[k], engine.render([t]).numpy()[0])
+
+
+def test_reconstruction_export_is_the_diagnostic_mode(engine: EditEngine, tmp_path: Path) -> None:
+    out = export_clip(engine, tmp_path / "recon", frames=[2], mode="reconstruction")
+    frame = read_video(out).frames[0]
+    ref = to_uint8(reference_composite(engine.bundle, 2, layer=engine.edit_layer(), mode="reconstruction"))
+    assert np.abs(frame.astype(int) - ref).max() <= 1
+    assert not np.array_equal(frame, engine.render([2]).numpy()[0])
 
 
 def test_mp4_export(engine: EditEngine, tmp_path: Path) -> None:
-    out = export_clip(engine, tmp_path / "clip.mp4", mode="delta", crf=8)
+    out = export_clip(engine, tmp_path / "clip.mp4", crf=8)
     video = read_video(out)
     assert video.frames.shape == (4, 48, 64, 3)
     assert video.fps == pytest.approx(24.0)

@@ -47,6 +47,21 @@ def test_render_a_frame(files: dict, capsys: pytest.CaptureFixture) -> None:
     plain = files["root"] / "plain.png"
     assert main(["render", str(files["bundle"]), "--frame", "2", "-o", str(plain)]) == 0
     assert np.array_equal(decode(plain.read_bytes()), files["frames"][2])  # no edits: the input
+    # The default mode is the layers output; outside the logo the edited frame is the input too.
+    away = np.ones(img.shape[:2], bool)
+    away[max(y - 12, 0):y + 12, max(x - 14, 0):x + 14] = False
+    assert np.array_equal(img[away], files["frames"][0][away])
+    recon = files["root"] / "recon.png"
+    assert main(["render", str(files["bundle"]), "--frame", "2", "--mode", "reconstruction", "-o", str(recon)]) == 0
+    assert not np.array_equal(decode(recon.read_bytes()), files["frames"][2])  # the model's rendering instead
+
+
+def test_cli_modes_are_the_engine_modes() -> None:
+    from vatlas.server.edits.engine import DEFAULT_MODE, MODES
+
+    from vatlas.commands.render import RENDER_MODES
+
+    assert RENDER_MODES == MODES and RENDER_MODES[0] == DEFAULT_MODE
 
 
 def test_export_mp4_and_pngs(files: dict) -> None:
@@ -57,6 +72,8 @@ def test_export_mp4_and_pngs(files: dict) -> None:
     folder = files["root"] / "pngs"
     assert main(["export", str(files["bundle"]), "-o", str(folder), "--quiet"]) == 0
     assert len(list(folder.glob("*.png"))) == 6
+    # No edits: the default export is the input, bit for bit (the reconstruction is no longer the default).
+    assert np.array_equal(read_video(folder).frames, files["frames"])
 
 
 @pytest.mark.parametrize(

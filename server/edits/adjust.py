@@ -52,3 +52,40 @@ def apply_adjustment(rgb: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
     if hue:
         out = out @ _hue_matrix(hue, out.device).T
     return out.clamp(0.0, 1.0)
+
+
+def adjustment_affine(params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine form of apply_adjustment before its final clamp: rgb -> rgb @ M.T + b, as (M (3,3), b (3,)).
+
+    Every step is affine in RGB, so a chain of adjustments is one 3x4 transform per texel (see layers.py).
+    Built in float64, returned as float32.
+    """
+    m = torch.eye(3, dtype=torch.float64)
+    b = torch.zeros(3, dtype=torch.float64)
+
+    def then(step: torch.Tensor, offset: torch.Tensor | None = None) -> None:
+        nonlocal m, b
+        m = step @ m
+        b = step @ b + (offset if offset is not None else 0.0)
+
+    exposure = float(params.get("exposure", 0.0))
+    if exposure:
+        then(torch.eye(3, dtype=torch.float64) * (2.0 ** exposure))
+    temperature = float(params.get("temperature", 0.0))
+    if temperature:
+        g = TEMPERATURE_GAIN * temperature
+        then(torch.diag(torch.tensor([1.0 + g, 1.0, 1.0 - g], dtype=torch.float64)))
+    contrast = float(params.get("contrast", 0.0))
+    if contrast:
+        # (x - 0.5) * (1 + k) + 0.5 = (1 + k) x - 0.5 k
+        then(torch.eye(3, dtype=torch.float64) * (1.0 + contrast), torch.full((3,), -0.5 * contrast,
+                                                                             dtype=torch.float64))
+    saturation = float(params.get("saturation", 0.0))
+    if saturation:
+        # y + (x - y)(1 + s) = (1 + s) x - s y, with y = luma . x
+        luma = torch.tensor(LUMA, dtype=torch.float64)
+        then(torch.eye(3, dtype=torch.float64) * (1.0 + saturation) - saturation * luma[None, :].expand(3, 3))
+    hue = float(params.get("hue", 0.0))
+    if hue:
+        then(_hue_matrix(hue, torch.device("cpu")).to(torch.float64))
+    return m.to(torch.float32), b.to(torch.float32)

@@ -23,6 +23,11 @@ from vatlas.server.edits.ops import FIELDS_BY_TYPE, OpError, OpLimits, check_obj
 from vatlas.server.edits.raster import AtlasGeometry
 from vatlas.server.edits.stickers import StickerTrack, draw_sticker, track_sticker
 
+# "layers" (the default everywhere): the edits laid over the source frames, untouched pixels bit for bit;
+# "reconstruction" (a diagnostic): the model's own rendering l * (E over A)(uv) inside the visible ROI.
+MODES = ("layers", "reconstruction")
+DEFAULT_MODE = "layers"
+
 
 @dataclass
 class _Object:
@@ -115,9 +120,9 @@ class EditEngine:
         aop = obj.atlas_op
         if aop is not None:
             if aop.kind == "paint":
-                self.layers.paint_on_top(aop, self._live("adjust"))
-            elif aop.rect is not None:
-                self.layers.finalize(aop.rect, self._live("adjust"))
+                self.layers.paint_on_top(aop)
+            else:
+                self.layers.rebuild_adjust(aop.rect, self._live("adjust"))
         return self._state(obj)
 
     def _prepare(self, obj: _Object) -> None:
@@ -147,7 +152,7 @@ class EditEngine:
             self._prepare(candidate)  # may raise: leave obj untouched
             obj.op, obj.atlas_op, obj.sticker = merged, candidate.atlas_op, candidate.sticker
             if obj.atlas_op is not None and obj.visible and not obj.deleted:
-                self._refresh(union(old_rect, obj.atlas_op.rect))
+                self._refresh(union(old_rect, obj.atlas_op.rect), obj.atlas_op.kind)
         if visible is not None:
             self._set_live(obj, visible=visible)
 
@@ -159,35 +164,42 @@ class EditEngine:
             obj.deleted = deleted
         after = obj.visible and not obj.deleted
         if before != after and obj.atlas_op is not None:
-            self._refresh(obj.atlas_op.rect)
+            self._refresh(obj.atlas_op.rect, obj.atlas_op.kind)
 
     def _live(self, kind: str) -> list[AtlasOp]:
         return [o.atlas_op for o in self._objects.values()
                 if o.atlas_op is not None and o.atlas_op.kind == kind and o.visible and not o.deleted]
 
-    def _refresh(self, rect: Any) -> None:
-        self.layers.rebuild(rect, self._live("paint"), self._live("adjust"))
+    def _refresh(self, rect: Any, kind: str) -> None:
+        """Rebuild the layer an op of `kind` lives in over rect (paint ops never change K, nor adjustments E)."""
+        if kind == "paint":
+            self.layers.rebuild_paint(rect, self._live("paint"))
+        else:
+            self.layers.rebuild_adjust(rect, self._live("adjust"))
 
     # ---- rendering ---------------------------------------------------------------------------------------
     def warmup(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
         """Compile the GPU compositor for these batch sizes now (a few seconds each; no-op when eager)."""
         if self.compositor.compiled:
             with self._lock:
-                self.compositor.warmup(self.layers.delta, batch_sizes)
+                self.compositor.warmup(self.layers.layer, batch_sizes)
 
     def render(self, frames: Sequence[int] | int, *, scale: float = 1.0,
-               region: Sequence[float] | None = None, mode: str = "delta") -> torch.Tensor:
+               region: Sequence[float] | None = None, mode: str = DEFAULT_MODE) -> torch.Tensor:
         """Edited frames -> uint8 (N, H', W', 3) on the engine's device.
 
         region = [x, y, w, h] in frame pixels crops first; scale then resizes (area filter when shrinking).
-        mode "reconstruct" shows the model's reconstruction inside the visible ROI (export without edits).
+        mode "layers": the edits over the source (pixels no edit touches are the source's, bit for bit);
+        "reconstruction": the model's reconstruction of the edited surface inside the visible ROI (diagnostic).
         """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not 0.0 < scale <= 4.0:
             raise ValueError(f"scale must be in (0, 4], got {scale}")
         with self._lock:
             idx = self.compositor.frame_index(frames)
-            texture = self.layers.delta if mode == "delta" else self.layers.edited_texture()
-            out = self.compositor.composite(idx, texture, mode)
+            layer = self.layers.layer if mode == "layers" else self.layers.reconstruction_texture()
+            out = self.compositor.composite(idx, layer, self.layers.adjust)
             stickers = [o.sticker for o in self._objects.values()
                         if o.sticker is not None and o.visible and not o.deleted]
             if stickers:
@@ -212,14 +224,27 @@ class EditEngine:
         return out[:, y0:y1, x0:x1]
 
     def render_atlas(self) -> torch.Tensor:
-        """The edited atlas A_edit as uint8 (S, S, 3) on the engine's device."""
+        """The edited atlas (E over A, then the adjustments) as uint8 (S, S, 3) on the engine's device: the
+        client's atlas view."""
         with self._lock:
-            return torch.floor(self.layers.edited * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
+            return torch.floor(self.layers.atlas_view() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
 
     def edited_atlas(self) -> np.ndarray:
-        """A_edit as float64 (S, S, 3) in [0, 1] (for the float64 reference compositor)."""
+        """E over A as float64 (S, S, 3) in [0, 1] units: the reconstruction mode's atlas, before the
+        adjustments (which that mode, like "layers", applies per pixel)."""
         with self._lock:
-            return self.layers.edited.detach().to("cpu", torch.float64).numpy()
+            return self.layers.over_atlas().detach().to("cpu", torch.float64).numpy()
+
+    def edit_layer(self) -> np.ndarray:
+        """The premultiplied paint layer E as float64 (S, S, 4) (for the float64 reference compositor)."""
+        with self._lock:
+            return self.layers.paint.detach().to("cpu", torch.float64).numpy()
+
+    def adjust_transform(self) -> np.ndarray | None:
+        """The adjustments' per-texel transform K as float64 (S, S, 3, 4), or None when none is live."""
+        with self._lock:
+            k = self.layers.adjust_transform()
+            return None if k is None else k.to("cpu", torch.float64).numpy()
 
     def sticker_positions(self, op_id: str) -> np.ndarray:
         """Per-frame anchor positions (T, 2) of a sticker (NaN where B is unknown)."""

@@ -1,10 +1,19 @@
 """Atlas-space edit layers on the device, updated incrementally over dirty rectangles.
 
-State: the base atlas A, the paint result E_paint (textures and strokes over A in op order; an erase blends
-back toward A, which is exactly "remove the paint beneath"), and the final E = adjustments(E_paint) with its
-premultiplied delta D = E - A in the compositor's texture layout. A new paint op on top is blended straight
-into E_paint over its own rectangle; anything else (delete, update, undo, visibility) re-composites the ops
-overlapping the affected rectangle from A, in order.
+State (see docs/DESIGN.md, "Editing and compositing"):
+
+* the paint layer E, one premultiplied RGBA layer ``(alpha * rgb, alpha)`` of every texture and stroke in op
+  order, over transparent (not over the atlas A): the compositor lays it over the source pixels. It is stored
+  as albedo: a frame-space op made on frame N is divided by frame N's illumination at the frame point each
+  texel comes from, so it comes back on frame N exactly as made and is re-lit on the others. An erase stroke
+  scales the paint beneath by ``1 - alpha_erase``;
+* the adjustments, all affine in RGB, folded into one per-texel 3x4 colour transform K (the op's weight folded
+  in, composed in op order), stored as ``K - [I | 0]`` so that texels no adjustment touches hold exact zeros
+  (bilinear sampling of zeros is exactly zero, so untouched pixels stay bit-exact). Allocated only while an
+  adjustment is live.
+
+A new paint op on top is blended straight into E over its own rectangle; anything else (delete, update, undo,
+visibility) re-composites the ops overlapping the affected rectangle, in order.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from vatlas.server.edits.adjust import apply_adjustment, is_identity
+import torch.nn.functional as F
+from vatlas.server.edits.adjust import adjustment_affine, is_identity
 from vatlas.server.edits.ops import decode_image
 from vatlas.server.edits.raster import (
     DENSIFY_FRAME_PX,
@@ -35,8 +45,11 @@ DEFAULT_STROKE_WIDTH = 8.0
 DEFAULT_HARDNESS = 0.8
 DEFAULT_COLOR = (1.0, 0.0, 0.0, 1.0)
 # Adjustment weights (coverage x opacity) are cached per op over its rectangle, up to this many texels in all
-# (64 MB of fp32): a stroke under an adjustment then re-applies it without recomputing the polygon coverage.
+# (64 MB of fp32): rebuilding K over a rectangle then needs no polygon coverage again.
 WEIGHT_CACHE_TEXELS = 16 * 1024 * 1024
+# Illumination below this is not trusted when dividing an edit by it (deep shadow, or a bad fit).
+MIN_LIGHT = 0.05
+ADJUST_CHANNELS = 12  # K as 3 rows of (r, g, b, offset)
 
 
 @dataclass
@@ -74,10 +87,11 @@ class AtlasLayers:
         self.device = device
         self.texture_dtype = texture_dtype
         self.base = torch.from_numpy(np.ascontiguousarray(atlas_u8)).to(device).to(torch.float32) / 255.0
-        self.paint = self.base.clone()
-        self.edited = self.base.clone()
         s = self.base.shape[0]
-        self.delta = torch.zeros((1, 3, s, s), device=device, dtype=texture_dtype)
+        # E in the compositor's layout; `paint` is an (S, S, 4) view of the same memory for the rasterisers.
+        self.layer = torch.zeros((1, 4, s, s), device=device, dtype=texture_dtype)
+        self.paint = self.layer[0].permute(1, 2, 0)
+        self.adjust: torch.Tensor | None = None  # (1, 12, S, S) K - [I | 0] while an adjustment is live
         self.version = 0
         # Atlas points of every texel centre: rectangles slice it instead of rebuilding a grid per op.
         self._centres = geometry.texel_centres((0, s, 0, s), device)
@@ -109,9 +123,19 @@ class AtlasLayers:
             return self._prepare_adjustment(op)
         raise ValueError(f"{kind} is not an atlas-layer op")
 
+    def _frame_fields(self, frame: int) -> dict[str, torch.Tensor]:
+        """What a frame-space paint op needs to find its texels' frame points and that frame's light."""
+        bundle = self.geom.bundle
+        inv_map = torch.from_numpy(np.ascontiguousarray(bundle.inverse_map[frame]))
+        light = torch.from_numpy(np.ascontiguousarray(bundle.illumination[frame].astype(np.float32)))
+        return {"inverse": inv_map.permute(2, 0, 1).unsqueeze(0).to(self.device),
+                "light": light.permute(2, 0, 1).unsqueeze(0).to(self.device)}
+
     def _prepare_stroke(self, op: dict[str, Any]) -> AtlasOp:
         pts = np.asarray(op["points"], dtype=np.float64)
         width = float(op.get("width", DEFAULT_STROKE_WIDTH))
+        color = op.get("color", DEFAULT_COLOR)
+        extra: dict[str, Any] = {"rgb": self._tensor(np.asarray(color[:3]))}
         if op.get("space", "frame") == "atlas":
             atlas_pts = pts
         else:
@@ -120,10 +144,12 @@ class AtlasLayers:
             mapped = self.geom.frame_to_atlas(int(op["frame"]), np.concatenate([dense, scale_probes(pts.mean(axis=0))]))
             atlas_pts = mapped[:-4]
             width *= scale_from_probes(mapped[-4:])
+            if op.get("mode", "paint") != "erase":  # an erase has no colour to divide
+                extra.update(self._frame_fields(int(op["frame"])))
+                # Where B is unknown the stroke's own frame points stand in: their mean light.
+                extra["light_fallback"] = self._light_at(extra["light"], self._tensor(dense)).mean(dim=0)
         rect = self.geom.rect_around(atlas_pts, width / 2.0)
-        color = op.get("color", DEFAULT_COLOR)
-        return AtlasOp("paint", rect, op, points=self._tensor(atlas_pts), width=width,
-                       extra={"rgb": self._tensor(np.asarray(color[:3]))})
+        return AtlasOp("paint", rect, op, points=self._tensor(atlas_pts), width=width, extra=extra)
 
     def _prepare_texture(self, op: dict[str, Any]) -> AtlasOp:
         rgba = decode_image(op["image"], op_id=op.get("id", ""))
@@ -144,9 +170,10 @@ class AtlasLayers:
         outline = np.array([[x, y], [x + rw, y], [x + rw, y + rh], [x, y + rh]], dtype=np.float64)
         atlas_outline = self._to_atlas(op, outline, closed=True)
         rect = self.geom.rect_around(atlas_outline, 1.0)
-        inv_map = torch.from_numpy(np.ascontiguousarray(self.geom.bundle.inverse_map[int(op["frame"])]))
-        return AtlasOp("paint", rect, op, image=image,
-                       extra={"inverse": inv_map.permute(2, 0, 1).unsqueeze(0).to(self.device)})
+        extra = self._frame_fields(int(op["frame"]))
+        # A texel whose frame point is unknown samples nothing of the image, so any light will do there.
+        extra["light_fallback"] = torch.ones(3, device=self.device)
+        return AtlasOp("paint", rect, op, image=image, extra=extra)
 
     def _prepare_adjustment(self, op: dict[str, Any]) -> AtlasOp:
         pts = np.asarray(op["points"], dtype=np.float64)
@@ -157,7 +184,9 @@ class AtlasLayers:
         rect = self.geom.rect_around(atlas_pts, width / 2.0 + 1.0)
         if is_identity(op):
             rect = None  # nothing to change anywhere
-        return AtlasOp("adjust", rect, op, points=self._tensor(atlas_pts), width=width)
+        matrix, offset = adjustment_affine(op)
+        return AtlasOp("adjust", rect, op, points=self._tensor(atlas_pts), width=width,
+                       extra={"matrix": matrix.to(self.device), "offset": offset.to(self.device)})
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         """Host array -> float32 tensor on the device, without waiting for the GPU (pinned, non-blocking)."""
@@ -169,9 +198,35 @@ class AtlasLayers:
     def _centres_of(self, rect: Rect) -> torch.Tensor:
         return self._view(self._centres, rect)
 
+    # ---- frame-space ops: frame points and their light ------------------------------------------------------
+    def _light_at(self, light: torch.Tensor, frame_xy: torch.Tensor) -> torch.Tensor:
+        """Illumination (1, 3, h, w) at frame points (..., 2) -> (..., 3), clamped to >= MIN_LIGHT.
+
+        grid_sample(align_corners=False) over the whole frame is the rule the compositor upsamples the light
+        with (F.interpolate, align_corners=False): frame point x maps to source index x * w / W - 0.5 in both.
+        """
+        bundle = self.geom.bundle
+        size = frame_xy.new_tensor([bundle.width, bundle.height])
+        grid = (frame_xy.reshape(1, -1, 1, 2) / size) * 2.0 - 1.0
+        out = F.grid_sample(light, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[0, :, :, 0].T.reshape(*frame_xy.shape[:-1], 3).clamp_min(MIN_LIGHT)
+
+    def _frame_points(self, aop: AtlasOp, sub: Rect) -> torch.Tensor:
+        """B: the op's frame points of the texel centres of sub (h, w, 2); NaN where unknown."""
+        uv = self.geom.texel_uv(sub, self.device)
+        frame_xy = F.grid_sample(aop.extra["inverse"], uv.unsqueeze(0), mode="bilinear", padding_mode="border",
+                                 align_corners=False)[0]
+        return frame_xy.permute(1, 2, 0)
+
+    def _light_of_texels(self, aop: AtlasOp, frame_xy: torch.Tensor) -> torch.Tensor:
+        """The op's frame light at each texel's frame point (h, w, 3); its fallback where B is unknown."""
+        known = torch.isfinite(frame_xy).all(dim=-1, keepdim=True)
+        light = self._light_at(aop.extra["light"], torch.nan_to_num(frame_xy, nan=0.0))
+        return torch.where(known, light, aop.extra["light_fallback"])
+
     # ---- rasterisation -----------------------------------------------------------------------------------
-    def _paint_into(self, target: torch.Tensor, base: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
-        """Blend one paint op into target (the E_paint view of `sub`); base is A over `sub`."""
+    def _paint_into(self, target: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
+        """Alpha-over one paint op into target, the (h, w, 4) premultiplied view of E over `sub`."""
         op = aop.op
         centres = self._centres_of(sub)
         opacity = float(op.get("opacity", 1.0))
@@ -181,24 +236,27 @@ class AtlasLayers:
                                  self.geom.texel_px)
             color = op.get("color", DEFAULT_COLOR)
             alpha = (cov * (opacity * float(color[3]))).unsqueeze(-1)
+            target.mul_(1.0 - alpha)
             if op.get("mode", "paint") == "erase":
-                target.add_(alpha * (base - target))
-            else:
-                target.mul_(1.0 - alpha).add_(alpha * aop.extra["rgb"])
+                return  # erase only removes what lies beneath
+            rgb = aop.extra["rgb"]
+            if "light" in aop.extra:
+                rgb = rgb / self._light_of_texels(aop, self._frame_points(aop, sub))
+            target[..., :3].add_(alpha * rgb)
+            target[..., 3:].add_(alpha)
             return
         assert aop.image is not None
         if "inv" in aop.extra:
             coords = (centres - aop.extra["centre"]) @ aop.extra["inv"].T + 0.5
+            src = sample_image(aop.image, coords) * opacity
         else:
-            uv = self.geom.texel_uv(sub, self.device)
-            frame_xy = torch.nn.functional.grid_sample(aop.extra["inverse"], uv.unsqueeze(0), mode="bilinear",
-                                                       padding_mode="border", align_corners=False)[0]
-            frame_xy = frame_xy.permute(1, 2, 0)
+            frame_xy = self._frame_points(aop, sub)
             x, y, rw, rh = op["rect"]
             coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
             coords = torch.nan_to_num(coords, nan=-10.0)  # unknown B: outside the image
-        src = sample_image(aop.image, coords) * opacity
-        target.mul_(1.0 - src[..., 3:4]).add_(src[..., :3])
+            src = sample_image(aop.image, coords) * opacity
+            src[..., :3] /= self._light_of_texels(aop, frame_xy)
+        target.mul_(1.0 - src[..., 3:4]).add_(src)
 
     def _adjust_weight(self, aop: AtlasOp, sub: Rect) -> torch.Tensor:
         """Coverage x opacity of an adjustment over sub (h, w, 1); cached over its whole rect when it fits."""
@@ -226,47 +284,94 @@ class AtlasLayers:
             cov = polygon_coverage(centres, aop.points, (1.0 - hardness) * aop.width, self.geom.texel_px)
         return (cov * float(op.get("opacity", 1.0))).unsqueeze(-1)
 
-    def _adjust_into(self, target: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
-        weight = self._adjust_weight(aop, sub)
-        target.add_(weight * (apply_adjustment(target, aop.op) - target))
-
     @staticmethod
     def _view(t: torch.Tensor, rect: Rect) -> torch.Tensor:
         r0, r1, c0, c1 = rect
         return t[r0:r1, c0:c1]
 
-    def paint_on_top(self, aop: AtlasOp, adjustments: list[AtlasOp]) -> None:
-        """A new paint op above every other paint op: blend it in, then refresh its rectangle."""
+    def paint_on_top(self, aop: AtlasOp) -> None:
+        """A new paint op above every other paint op: alpha-over it into E over its rectangle."""
         if aop.rect is None:
             return
-        self._paint_into(self._view(self.paint, aop.rect), self._view(self.base, aop.rect), aop, aop.rect)
-        self.finalize(aop.rect, adjustments)
+        self._paint_into(self._view(self.paint, aop.rect), aop, aop.rect)
+        self.version += 1
 
     def rebuild(self, rect: Rect | None, paints: list[AtlasOp], adjustments: list[AtlasOp]) -> None:
-        """Re-composite every live paint op overlapping rect from A, in order, then the adjustments."""
+        """Re-composite every live op overlapping rect, in order: the paint layer, then K."""
+        self.rebuild_paint(rect, paints)
+        self.rebuild_adjust(rect, adjustments)
+
+    def rebuild_paint(self, rect: Rect | None, paints: list[AtlasOp]) -> None:
+        """E over rect from transparent, every live paint op overlapping it in order."""
         if rect is None:
             return
-        view = self._view(self.paint, rect)
-        view.copy_(self._view(self.base, rect))
+        self._view(self.paint, rect).zero_()
         for aop in paints:
             sub = intersect(aop.rect, rect) if aop.rect else None
             if sub:
-                self._paint_into(self._view(self.paint, sub), self._view(self.base, sub), aop, sub)
-        self.finalize(rect, adjustments)
-
-    def finalize(self, rect: Rect, adjustments: list[AtlasOp]) -> None:
-        """E = adjustments(E_paint) and D = E - A over rect."""
-        edited = self._view(self.edited, rect)
-        edited.copy_(self._view(self.paint, rect))
-        for aop in adjustments:
-            sub = intersect(aop.rect, rect) if aop.rect else None
-            if sub:
-                self._adjust_into(self._view(self.edited, sub), aop, sub)
-        r0, r1, c0, c1 = rect
-        d = (edited - self._view(self.base, rect)).permute(2, 0, 1)
-        self.delta[0, :, r0:r1, c0:c1] = d.to(self.texture_dtype)
+                self._paint_into(self._view(self.paint, sub), aop, sub)
         self.version += 1
 
-    def edited_texture(self) -> torch.Tensor:
-        """A_edit as a (1, 3, S, S) texture (for the reconstruct mode)."""
-        return self.edited.permute(2, 0, 1).unsqueeze(0).to(self.texture_dtype).contiguous()
+    def rebuild_adjust(self, rect: Rect | None, adjustments: list[AtlasOp]) -> None:
+        """K over rect from the live adjustments in op order; K is dropped when none is left."""
+        placed = [a for a in adjustments if a.rect is not None]
+        if not placed:
+            if self.adjust is not None:
+                self.adjust = None
+                self.version += 1
+            return
+        if self.adjust is None:
+            s = self.layer.shape[-1]
+            self.adjust = torch.zeros((1, ADJUST_CHANNELS, s, s), device=self.device, dtype=self.texture_dtype)
+            # A fresh K holds nothing yet: every live adjustment's rectangle has to be filled, not just rect.
+            for a in placed:
+                rect = union(rect, a.rect)
+        if rect is None:
+            return
+        r0, r1, c0, c1 = rect
+        eye = torch.eye(3, device=self.device)
+        matrix = eye.expand(r1 - r0, c1 - c0, 3, 3).clone()
+        offset = torch.zeros((r1 - r0, c1 - c0, 3), device=self.device)
+        for aop in placed:
+            sub = intersect(aop.rect, rect)
+            if sub is None:
+                continue
+            w = self._adjust_weight(aop, sub).unsqueeze(-1)  # (h, w, 1, 1)
+            # x -> (1 - w) x + w (M_i x + b_i): the op's weight folded into its own affine step.
+            step = eye + w * (aop.extra["matrix"] - eye)
+            local = (sub[0] - r0, sub[1] - r0, sub[2] - c0, sub[3] - c0)
+            m_view, b_view = self._view(matrix, local), self._view(offset, local)
+            m_view.copy_(step @ m_view)
+            b_view.copy_((step @ b_view.unsqueeze(-1)).squeeze(-1) + w[..., 0] * aop.extra["offset"])
+        delta = torch.cat([matrix - eye, offset.unsqueeze(-1)], dim=-1)  # (h, w, 3, 4): K - [I | 0]
+        self.adjust[0, :, r0:r1, c0:c1] = delta.reshape(r1 - r0, c1 - c0, ADJUST_CHANNELS).permute(2, 0, 1)
+        self.version += 1
+
+    # ---- read-outs ---------------------------------------------------------------------------------------
+    def over_atlas(self) -> torch.Tensor:
+        """E over A, (S, S, 3) in [0, 1] units (albedo; may exceed 1 where an edit is brighter than its light)."""
+        return self.paint[..., :3] + (1.0 - self.paint[..., 3:]) * self.base
+
+    def atlas_view(self) -> torch.Tensor:
+        """What the client's atlas view shows: E over A with the adjustments applied, (S, S, 3) in [0, 1]."""
+        over = self.over_atlas()
+        if self.adjust is None:
+            return over.clamp(0.0, 1.0)
+        s = over.shape[0]
+        k = self.adjust[0].permute(1, 2, 0).reshape(s, s, 3, 4)
+        change = (k[..., :3] @ over.unsqueeze(-1)).squeeze(-1) + k[..., 3]
+        return (over + change).clamp(0.0, 1.0)
+
+    def reconstruction_texture(self) -> torch.Tensor:
+        """(1, 4, S, S): E over A as an opaque layer, so the layers kernel shows l * (E over A)(uv) where m = 1."""
+        opaque = torch.ones_like(self.layer[:, 3:])
+        return torch.cat([self.over_atlas().permute(2, 0, 1).unsqueeze(0).to(self.texture_dtype), opaque], 1)
+
+    def adjust_transform(self) -> torch.Tensor | None:
+        """K as (S, S, 3, 4) (identity [I | 0] where no adjustment applies), or None when none is live."""
+        if self.adjust is None:
+            return None
+        s = self.adjust.shape[-1]
+        k = self.adjust[0].permute(1, 2, 0).reshape(s, s, 3, 4).clone()
+        k[..., :3] += torch.eye(3, device=k.device, dtype=k.dtype)
+        return k

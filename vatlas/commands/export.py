@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from vatlas.cli import CliError
+from vatlas.commands.render import MODE_HELP, RENDER_MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,9 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--edits", type=Path, default=None, help="an edit document (JSON, version 1)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="out.mp4, or a folder for PNGs")
     parser.add_argument("--frames", default=None, help="frame range a:b (b exclusive), default all")
-    parser.add_argument("--mode", choices=("reconstruct", "delta"), default="reconstruct",
-                        help="reconstruct: the model's reconstruction inside the visible ROI (default); "
-                        "delta: the input plus the edits")
+    parser.add_argument("--mode", choices=RENDER_MODES, default=RENDER_MODES[0], help=MODE_HELP)
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better), default 18")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

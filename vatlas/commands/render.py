@@ -8,6 +8,12 @@ from typing import Any
 
 from vatlas.cli import CliError
 
+# engine.MODES, spelled out here so `--help` does not import torch.
+RENDER_MODES = ("layers", "reconstruction")
+MODE_HELP = ("layers: the edits laid over the source frames, untouched pixels exactly the source's (default); "
+             "reconstruction: the model's reconstruction of the edited surface inside the visible ROI "
+             "(a diagnostic)")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("render", help="render one edited frame of a bundle to an image")
@@ -15,8 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--edits", type=Path, default=None, help="an edit document (JSON, version 1)")
     parser.add_argument("--frame", type=int, required=True, help="frame number (0-based)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output image (.png, .jpg or .webp)")
-    parser.add_argument("--mode", choices=("delta", "reconstruct"), default="delta",
-                        help="delta: input + edits (default); reconstruct: the model's reconstruction + edits")
+    parser.add_argument("--mode", choices=RENDER_MODES, default=RENDER_MODES[0], help=MODE_HELP)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.set_defaults(func=run)
 
