@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from vatlas.server.doors.grpc_door import start_grpc
+from vatlas.server.doors.http import OriginPolicy
 from vatlas.server.doors.ws_door import start_ws
 from vatlas.server.session.core import CoreConfig, ServerCore
 from vatlas.server.session.limits import ServerLimits
@@ -25,6 +28,9 @@ from vatlas.server.session.limits import ServerLimits
 log = logging.getLogger(__name__)
 
 READY_PREFIX = "VATLAS_READY "
+SHUTDOWN_TIMEOUT = 10.0  # seconds from SIGTERM/Ctrl-C to exit, whatever clients do
+CLOSE_GOING_AWAY = 1001
+EXIT_FORCED = 130  # a second Ctrl-C: exit at once, like a shell's SIGINT exit status
 
 
 @dataclass
@@ -39,6 +45,7 @@ class ServerConfig:
     device: str = "auto"
     limits: ServerLimits = field(default_factory=ServerLimits)
     grace: float = 5.0
+    allowed_origins: tuple[str, ...] = ()  # browser origins besides the served one that may use /ws ("*": any)
 
 
 @dataclass
@@ -63,15 +70,42 @@ class RunningServer:
     def ws_url(self) -> str:
         return f"ws://{self.config.http_host}:{self.http_port}/ws"
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight calls finish (up to `grace` s), flush the op logs."""
+    def browser_url(self, **query: str) -> str:
+        """The web client's address with the server token (so one click opens it) and any other parameters."""
+        host = self.config.http_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"  # bound to every interface: loopback reaches it
+        elif ":" in host:
+            host = f"[{host}]"
+        params = {**query, **({"token": self.config.token} if self.config.token else {})}
+        return f"http://{host}:{self.http_port}/" + (f"?{urlencode(params)}" if params else "")
+
+    async def stop(self, grace: float | None = None, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
+        """Stop accepting, let in-flight calls finish (up to `grace` s), flush the op logs, close sockets (1001).
+
+        Takes at most `timeout` seconds; False when something had to be cut short (every acknowledged op is
+        already fsynced, so nothing is lost by exiting then).
+        """
         grace = self.config.grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        clean = True
         await self.health.enter_graceful_shutdown()
-        self.ws_server.close(close_connections=False)  # stop accepting; open sockets are ended by the core
-        await self.core.close()  # finishes ops being committed, ends participants' streams, fsyncs logs
-        await self.grpc_server.stop(grace)
-        self.ws_server.close(close_connections=True)
-        await self.ws_server.wait_closed()
+        # stop accepting; websockets' own close() acts only once, so it comes last, with the close code
+        self.ws_server.server.close()
+        try:  # finishes ops being committed, ends participants' streams, fsyncs logs
+            await asyncio.wait_for(self.core.close(), max(0.1, deadline - loop.time() - 1.0))
+        except TimeoutError:
+            log.error("shutdown: the session core did not finish within %.0f s; closing anyway", timeout)
+            clean = False
+        await self.grpc_server.stop(max(0.0, min(grace, deadline - loop.time() - 0.5)))
+        self.ws_server.close(close_connections=True, code=CLOSE_GOING_AWAY, reason="server shutting down")
+        try:
+            await asyncio.wait_for(self.ws_server.wait_closed(), max(0.1, deadline - loop.time()))
+        except TimeoutError:
+            log.error("shutdown: WebSocket connections still open after %.0f s", timeout)
+            clean = False
+        return clean
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
@@ -81,7 +115,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await core.start()
     grpc_server, grpc_port, health = await start_grpc(core, config.grpc_host, config.grpc_port, config.token)
     try:
-        ws_server, http_port = await start_ws(core, config.http_host, config.http_port, config.token)
+        policy = OriginPolicy(config.allowed_origins, server_names=(config.http_host,))
+        ws_server, http_port = await start_ws(core, config.http_host, config.http_port, config.token, policy)
     except OSError:
         await grpc_server.stop(0)
         await core.close()
@@ -89,19 +124,36 @@ async def start_server(config: ServerConfig) -> RunningServer:
     return RunningServer(core, grpc_server, ws_server, health, grpc_port, http_port, config)
 
 
-async def serve_forever(config: ServerConfig) -> None:
-    """Run until SIGINT/SIGTERM, then stop gracefully. Prints one READY line with the bound addresses."""
+async def serve_forever(config: ServerConfig, open_query: dict[str, str] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully (at most SHUTDOWN_TIMEOUT s; a second signal exits at once).
+
+    Prints one READY line with the bound addresses and the web client's URL (with the token and `open_query`).
+    """
     server = await start_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            print("vatlas serve: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(EXIT_FORCED)  # every acknowledged op is already fsynced
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    ready = {"grpc": server.grpc_target, "http": server.http_url, "ws": server.ws_url,
-             "sessions": len(server.core.sessions)}
+        loop.add_signal_handler(sig, on_signal)
+    url = server.browser_url(**(open_query or {}))
+    ready = {"grpc": server.grpc_target, "http": server.http_url, "ws": server.ws_url, "url": url,
+             "sessions": len(server.core.sessions), "damaged_logs": len(server.core.damaged_logs)}
     print(READY_PREFIX + json.dumps(ready), flush=True)
-    print(f"vatlas serve: gRPC on {server.grpc_target}, web client on {server.http_url}/ , WebSocket at "
-          f"{server.ws_url}", file=sys.stderr, flush=True)
+    print(f"vatlas serve: gRPC on {server.grpc_target}, WebSocket at {server.ws_url}", file=sys.stderr, flush=True)
+    for session_id, damage in server.core.damaged_logs:
+        print(f"vatlas serve: WARNING: the op log of session {session_id} was damaged and repaired: "
+              f"{damage.describe()}; the damaged file is kept at {damage.quarantined}", file=sys.stderr, flush=True)
+    print(f"vatlas serve: open the web client at {url}", file=sys.stderr, flush=True)
     await stop.wait()
-    print("vatlas serve: shutting down", file=sys.stderr, flush=True)
-    await server.stop()
-    print("vatlas serve: stopped", file=sys.stderr, flush=True)
+    print("vatlas serve: shutting down (Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+    clean = await server.stop()
+    print("vatlas serve: stopped" + ("" if clean else " (cut short)"), file=sys.stderr, flush=True)
+    if not clean:
+        sys.stdout.flush()
+        os._exit(1)  # threads still busy (a slow op) would hold up the interpreter's exit

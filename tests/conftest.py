@@ -89,13 +89,13 @@ class InProcessServer:
     """The real server on a background event loop thread (see the module docstring)."""
 
     def __init__(self, models_dir: Path, *, token: str | None = TEST_TOKEN, data_dir: Path | None = None,
-                 limits: Any = None) -> None:
+                 limits: Any = None, **config: Any) -> None:
         from vatlas.server.app import ServerConfig
         from vatlas.server.session.limits import ServerLimits
 
         self.token = token
         self.config = ServerConfig(models_dir=models_dir, grpc_port=0, http_port=0, token=token, data_dir=data_dir,
-                                   device="cpu", limits=limits or ServerLimits(), grace=1.0)
+                                   device="cpu", limits=limits or ServerLimits(), grace=1.0, **config)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="vatlas-test-server", daemon=True)
         self._thread.start()
@@ -165,8 +165,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "vatlas.cli", "serve", "--models", str(self.models_dir),
                "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--device", "cpu", "--log-level", "WARNING",
                *self.extra_args]
-        if self.token:
-            cmd += ["--token", self.token]
+        cmd += ["--token", self.token] if self.token else ["--no-token"]  # else it would pick a random one
         if self.data_dir is not None:
             cmd += ["--data", str(self.data_dir)]
         env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
@@ -197,6 +196,7 @@ class ServerProcess:
         self.grpc_target = info["grpc"]
         self.http_url = info["http"]
         self.ws_url = info["ws"]
+        self.ready = info
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs (crash simulation)."""

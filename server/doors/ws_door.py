@@ -55,7 +55,7 @@ import msgpack
 from vatlas.server.doors import wire
 from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_token
 from vatlas.server.doors.grpc_door import dispatch_session_message
-from vatlas.server.doors.http import StaticFiles, webapp_root
+from vatlas.server.doors.http import OriginPolicy, StaticFiles, webapp_root
 from vatlas.server.session.core import ServerCore
 from vatlas.server.session.errors import CoreError
 from vatlas.v1 import bundles_pb2, common_pb2, sessions_pb2
@@ -297,15 +297,17 @@ def _peek_request_id(frame: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64 else 0
 
 
-async def start_ws(core: ServerCore, host: str, port: int, token: str | None) -> tuple[Any, int]:
+async def start_ws(core: ServerCore, host: str, port: int, token: str | None,
+                   policy: OriginPolicy | None = None) -> tuple[Any, int]:
     """Start the HTTP + WebSocket server; returns (server, bound port)."""
     static = StaticFiles(webapp_root())
+    policy = policy or OriginPolicy(server_names=(host,))
 
     async def handler(ws: ServerConnection) -> None:
         await WsConnection(ws, core, token).run()
 
     def process_request(_: ServerConnection, request: Any) -> Any:
-        return static.respond(request)
+        return policy.check(request) or static.respond(request)
 
     server = await serve(handler, host, port, process_request=process_request,
                          max_size=core.limits.max_message_bytes, compression=None, max_queue=64,

@@ -38,7 +38,7 @@ from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
 from vatlas.server.session.jobs import Jobs
 from vatlas.server.session.limits import ServerLimits, TokenBucket
-from vatlas.server.session.oplog import OpLog, SessionStore
+from vatlas.server.session.oplog import Damage, OpLog, SessionStore
 from vatlas.server.session.presence import (
     MAX_TOOL,
     PALETTE,
@@ -151,6 +151,7 @@ class ServerCore:
         self.started = time.time()
         self._closing = False
         self.jobs = Jobs(self, config.data_dir)
+        self.damaged_logs: list[tuple[str, Damage]] = []  # repaired at start: reported by the server's banner
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -170,6 +171,8 @@ class ServerCore:
                           float(meta.get("created", 0.0)))
         oplog, replay = self.store.open_log(session_id)
         session.oplog = oplog
+        if replay.damage is not None:
+            self.damaged_logs.append((session_id, replay.damage))
         for record in replay.records:
             op = record.get("op")
             try:

@@ -25,7 +25,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vatlas.commands.serve import host_port
+    from vatlas.commands.serve import add_token_arguments, host_port
 
     parser = subparsers.add_parser("demo", help="fit a generated demo clip and serve it with the web client")
     parser.add_argument("--workdir", type=Path, default=Path("vatlas-demo"),
@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="web client address (default 127.0.0.1:8080)")
     parser.add_argument("--grpc", type=host_port, default=("127.0.0.1", 50051), metavar="HOST:PORT",
                         help="gRPC address (default 127.0.0.1:50051)")
+    add_token_arguments(parser)
     parser.add_argument("--refit", action="store_true", help="fit again even if the demo bundle exists")
     parser.add_argument("--no-serve", action="store_true", help="stop after fitting")
     parser.set_defaults(func=run)
@@ -92,13 +93,14 @@ def run(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
 
+    from vatlas.commands.serve import resolve_token
     from vatlas.server.app import ServerConfig, serve_forever
 
     config = ServerConfig(models_dir=models_dir, grpc_host=args.grpc[0], grpc_port=args.grpc[1],
-                          http_host=args.http[0], http_port=args.http[1], data_dir=workdir / "sessions",
-                          device=str(device))
-    print(f"vatlas demo: open http://{args.http[0]}:{args.http[1]}/?bundle=demo in a browser (Ctrl-C stops)",
-          flush=True)
+                          http_host=args.http[0], http_port=args.http[1], token=resolve_token(args),
+                          data_dir=workdir / "sessions", device=str(device))
+    print("vatlas demo: serving; open the URL printed below in a browser (it carries the access token; "
+          "Ctrl-C stops)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(config))
+        asyncio.run(serve_forever(config, open_query={"bundle": "demo"}))
     return 0
