@@ -164,15 +164,20 @@ class AtlasLayers:
             rect = self.geom.rect_around(corners + centre, 1.0)
             # Atlas offset -> image [0,1] coords: inverse of (local - 0.5) * size rotated.
             inv = np.linalg.inv(rot * size[None, :])
+            # A texel's square projected on the image axes, in image pixels (anti-aliases the image's edge).
+            footprint = tuple(self.geom.texel_px * np.abs(inv).sum(axis=1) * [w, h])
             return AtlasOp("paint", rect, op, image=image,
-                           extra={"centre": self._tensor(centre), "inv": self._tensor(inv)})
+                           extra={"centre": self._tensor(centre), "inv": self._tensor(inv), "footprint": footprint})
         x, y, rw, rh = op["rect"]
         outline = np.array([[x, y], [x + rw, y], [x + rw, y + rh], [x, y + rh]], dtype=np.float64)
         atlas_outline = self._to_atlas(op, outline, closed=True)
         rect = self.geom.rect_around(atlas_outline, 1.0)
-        extra = self._frame_fields(int(op["frame"]))
+        extra: dict[str, Any] = self._frame_fields(int(op["frame"]))
         # A texel whose frame point is unknown samples nothing of the image, so any light will do there.
         extra["light_fallback"] = torch.ones(3, device=self.device)
+        # A texel's size in image pixels, through T's local scale at the rectangle's centre.
+        frame_px = self.geom.texel_px / self.geom.local_scale(int(op["frame"]), np.array([x + rw / 2, y + rh / 2]))
+        extra["footprint"] = (frame_px * w / rw, frame_px * h / rh)
         return AtlasOp("paint", rect, op, image=image, extra=extra)
 
     def _prepare_adjustment(self, op: dict[str, Any]) -> AtlasOp:
@@ -248,13 +253,13 @@ class AtlasLayers:
         assert aop.image is not None
         if "inv" in aop.extra:
             coords = (centres - aop.extra["centre"]) @ aop.extra["inv"].T + 0.5
-            src = sample_image(aop.image, coords) * opacity
+            src = sample_image(aop.image, coords, aop.extra["footprint"]) * opacity
         else:
             frame_xy = self._frame_points(aop, sub)
             x, y, rw, rh = op["rect"]
             coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
             coords = torch.nan_to_num(coords, nan=-10.0)  # unknown B: outside the image
-            src = sample_image(aop.image, coords) * opacity
+            src = sample_image(aop.image, coords, aop.extra["footprint"]) * opacity
             src[..., :3] /= self._light_of_texels(aop, frame_xy)
         target.mul_(1.0 - src[..., 3:4]).add_(src)
 

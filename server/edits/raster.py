@@ -220,14 +220,21 @@ def polygon_coverage(centres: torch.Tensor, points: torch.Tensor, feather: float
     return falloff(signed, feather, texel)
 
 
-def sample_image(image: torch.Tensor, coords01: torch.Tensor) -> torch.Tensor:
+def sample_image(image: torch.Tensor, coords01: torch.Tensor, footprint: tuple[float, float]) -> torch.Tensor:
     """Bilinear sample of a (4, h, w) premultiplied image at coords in [0, 1]^2 (h', w', 2) -> (h', w', 4).
 
-    Zero outside, so the image edge is anti-aliased by the bilinear filter.
+    The colour is the image's, clamped at its border; its edge is anti-aliased by each texel's own coverage of
+    the image rectangle (a box `footprint` = (x, y) image pixels wide), not by the image's bilinear filter: a
+    texel wholly inside keeps the image's full alpha, so a pasted image comes back unmixed up to its edge, and
+    an upscaled image keeps a sharp one. Zero outside.
     """
     grid = (coords01 * 2.0 - 1.0).unsqueeze(0).to(image.dtype)
-    out = F.grid_sample(image.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0].permute(1, 2, 0)
+    out = F.grid_sample(image.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    h, w = image.shape[1:]
+    inside = torch.minimum(coords01, 1.0 - coords01) * coords01.new_tensor([w, h])  # image px to the nearest edge
+    box = coords01.new_tensor(footprint).clamp_min(1e-6)
+    coverage = (inside / box + 0.5).clamp(0.0, 1.0).prod(dim=-1, keepdim=True)
+    return out[0].permute(1, 2, 0) * coverage
 
 
 def premultiply(rgba_u8: np.ndarray, device: torch.device) -> torch.Tensor:
