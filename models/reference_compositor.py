@@ -49,9 +49,8 @@ def upsample_bilinear(field: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 MODES = ("layers", "reconstruction")
-# Older names, kept for models/bench_fit.py until it moves to "layers": "reconstruct" is "reconstruction";
-# "delta" is the retired c + m * l * (A_edit - A)(uv) form (no longer a server mode).
-LEGACY_MODES = ("delta", "reconstruct")
+# The older name of "reconstruction", still used by models/bench_fit.py.
+ALIASES = {"reconstruct": "reconstruction"}
 
 
 def edited_atlas(bundle: Bundle, edit_rgba_atlas: np.ndarray | None) -> np.ndarray:
@@ -90,10 +89,9 @@ def reference_composite(bundle: Bundle, frame: int, edit_rgba_atlas: np.ndarray 
     mode "reconstruction": out = c + m * (l * X(uv) * 255 - c), X = `atlas_edit` (S, S, 3) if given, else E over A.
     Then, with K: out = out + m * (K(uv) [out / 255; 1] * 255 - out).
     """
-    if mode not in MODES + LEGACY_MODES:
+    mode = ALIASES.get(mode, mode)
+    if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
-    if mode == "reconstruct":
-        mode = "reconstruction"
     if layer is None and edit_rgba_atlas is not None:
         layer = premultiplied_layer(edit_rgba_atlas)
     uv = decode_uv(bundle.uv[frame]).astype(np.float64)
@@ -107,7 +105,7 @@ def reference_composite(bundle: Bundle, frame: int, edit_rgba_atlas: np.ndarray 
         else:
             paint = sample_atlas(layer, uv)
             out = (1.0 - m * paint[..., 3:]) * c + m * light * paint[..., :3] * 255.0
-    elif mode == "reconstruction":
+    else:
         if atlas_edit is not None:
             shown = atlas_edit.astype(np.float64)
         elif layer is not None:
@@ -115,9 +113,6 @@ def reference_composite(bundle: Bundle, frame: int, edit_rgba_atlas: np.ndarray 
         else:
             shown = base
         out = c + m * (light * sample_atlas(shown, uv) * 255.0 - c)
-    else:  # "delta", for models/bench_fit.py only
-        a_edit = atlas_edit.astype(np.float64) if atlas_edit is not None else edited_atlas(bundle, edit_rgba_atlas)
-        out = c + m * light * sample_atlas(a_edit - base, uv) * 255.0
     if adjust is not None:
         k = sample_atlas(adjust.reshape(*adjust.shape[:2], 12), uv).reshape(*uv.shape[:-1], 3, 4)
         out = out + m * (apply_transform(k, out / 255.0) * 255.0 - out)

@@ -120,6 +120,8 @@ def test_reference_rgba_layer_form(edited) -> None:
         assert np.allclose(straight, reference_composite(bundle, t, layer=premultiplied))
     with pytest.raises(ValueError):
         reference_composite(bundle, 0, mode="other")
+    with pytest.raises(ValueError):
+        reference_composite(bundle, 0, mode="delta")  # retired
 
 
 def test_frame_index_errors(edited) -> None:

@@ -139,6 +139,25 @@ def test_an_image_pasted_on_frame_n_comes_back_as_pasted_and_is_relit_elsewhere(
     assert psnr(got, colour, data_range=255.0) < 25.0  # the re-lighting is really there
 
 
+def test_a_stroke_drawn_on_frame_n_shows_its_colour_there(lit_scene) -> None:
+    scene, bundle = lit_scene
+    x0, y0 = _rect_at(scene, PASTE_FRAME, 20, 0)
+    colour = np.array([0.2, 0.55, 0.35])
+    engine = EditEngine(bundle, "cpu")
+    engine.apply({"id": "s", "type": "stroke", "space": "frame", "frame": PASTE_FRAME, "hardness": 1.0,
+                  "points": [[x0 + 0.5, y0 + 0.5], [x0 + 20.5, y0 + 0.5]], "width": 6, "color": [*colour, 1.0]})
+    out = engine.render([0, PASTE_FRAME]).numpy().astype(np.float64)
+    line = out[1, y0, x0 + 2:x0 + 19]
+    assert np.abs(line - colour * 255.0).max() <= 1.0  # as drawn, although frame N's light is about 0.6-0.8
+    # On frame 0 (lit about 1.0) the same surface points are brighter by l_0 / l_N.
+    points = _to_frame(scene, np.array([[x0 + 10.5, y0 + 0.5]]), PASTE_FRAME, 0)[0]
+    light = [upsample_bilinear(bundle.illumination[t].astype(np.float64), bundle.height, bundle.width)
+             for t in (0, PASTE_FRAME)]
+    want = colour * 255.0 * light[0][int(points[1]), int(points[0])] / light[1][y0, x0 + 10]
+    assert np.abs(out[0, int(points[1]), int(points[0])] - want).max() <= 3.0
+    assert np.abs(want - colour * 255.0).min() > 15.0
+
+
 def test_an_opaque_texture_replaces_the_surface() -> None:
     clean = shifted_bundle()
     noisy = shifted_bundle()
