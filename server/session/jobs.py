@@ -1,6 +1,11 @@
 """Long jobs next to the live sessions: video uploads, fits (when the fit module is present) and exports.
 
 Heavy work runs in threads; progress is handed to the event loop with `call_soon_threadsafe` and streamed.
+
+Uploads are untrusted: FFmpeg's automatic format detection would follow an HLS playlist or a concat list to
+files and URLs of the server's choosing. Before a fit, the upload is opened only with the demuxers of
+`ALLOWED_DEMUXERS` and only the ``file`` protocol, and its video stream is remuxed (packets copied, nothing
+re-encoded) into a Matroska file the server wrote itself; the fit reads that file, never the upload.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import re
 import secrets
 import shutil
@@ -24,7 +30,13 @@ from vatlas.server.session.bundles import check_bundle_name
 from vatlas.server.session.errors import CoreError
 from vatlas.v1 import bundles_pb2, render_pb2
 
+log = logging.getLogger(__name__)
+
 CHUNK = 1024 * 1024
+# containers a fit may read; no playlists (hls, dash), lists (concat), image globs or device inputs
+ALLOWED_DEMUXERS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts")
+UNTRUSTED_OPEN_OPTIONS = {"format_whitelist": ",".join(ALLOWED_DEMUXERS), "protocol_whitelist": "file"}
+SANITIZED_NAME = "source.mkv"
 FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
 EXPORT_FORMATS = ("mp4", "png_zip")
 PRESETS = ("", "draft", "standard", "best")
@@ -115,16 +127,16 @@ class Jobs:
         roi_path = path.with_name(f"{name}.roi.json")
         roi_path.write_text(json.dumps(roi))
         device = str(self.core.config.device)
-        argv = ["fit", str(path), "--roi", str(roi_path), "--out", str(out), "--quiet",
+        argv = ["fit", str(path.with_name(SANITIZED_NAME)), "--roi", str(roi_path), "--out", str(out), "--quiet",
                 "--preset", request.preset or "standard",
                 "--device", "cuda" if device.startswith("cuda") else device]
         if request.iterations:
             argv += ["--iters", str(request.iterations)]
         if request.width:
             argv += ["--size", f"{request.width}x{request.height}"]
-        return self._run_fit(argv, name)
+        return self._run_fit(argv, name, path)
 
-    async def _run_fit(self, argv: list[str], name: str) -> AsyncIterator[bundles_pb2.FitProgress]:
+    async def _run_fit(self, argv: list[str], name: str, upload: Path) -> AsyncIterator[bundles_pb2.FitProgress]:
         from vatlas.cli import build_parser
 
         def work() -> None:
@@ -132,11 +144,16 @@ class Jobs:
                 args = build_parser().parse_args(argv)
             except SystemExit:
                 raise CoreError("INVALID_ARGUMENT", f"bad fit options: {' '.join(argv[5:])}") from None
+            sanitize_upload(upload, upload.with_name(SANITIZED_NAME))
             try:
                 args.func(args)
             except Exception as exc:  # noqa: BLE001 - every failure of the fit is reported to the client
-                raise CoreError("FAILED_PRECONDITION" if type(exc).__name__ in _USER_ERRORS else "INTERNAL",
-                                f"fit failed: {exc}") from None
+                user = type(exc).__name__ in _USER_ERRORS
+                if not user:
+                    log.exception("fit %s failed", name)
+                detail = scrub_paths(str(exc), self.work_dir, self.core.bundles.models_dir) if user else \
+                    "internal error (see the server log)"
+                raise CoreError("FAILED_PRECONDITION" if user else "INTERNAL", f"fit failed: {detail}") from None
 
         self._fitting.add(name)
         started = time.monotonic()
@@ -226,6 +243,49 @@ class Jobs:
                         break
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def sanitize_upload(upload: Path, out: Path) -> None:
+    """Copy the upload's video stream into `out` (Matroska), reading only allowed containers from the file itself.
+
+    Raises FAILED_PRECONDITION (the fit's error for bad input) for anything else: playlists, concat lists,
+    unknown or broken files.
+    """
+    import av
+
+    if out.exists():
+        return  # an earlier fit of this upload made it
+    partial = out.with_name(out.name + ".part")
+    allowed = "MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
+    try:
+        with av.open(str(upload), mode="r", options=UNTRUSTED_OPEN_OPTIONS) as source:
+            if not source.streams.video:
+                raise CoreError("FAILED_PRECONDITION", "fit failed: the upload has no video stream")
+            stream = source.streams.video[0]
+            with av.open(str(partial), mode="w", format="matroska") as sink:
+                copy = sink.add_stream_from_template(stream)
+                for packet in source.demux(stream):
+                    if packet.dts is None:
+                        continue  # the demuxer's end-of-stream marker
+                    packet.stream = copy
+                    sink.mux(packet)
+    except CoreError:
+        partial.unlink(missing_ok=True)
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        log.info("upload %s refused: %s", upload.name, exc)
+        raise CoreError("FAILED_PRECONDITION", f"fit failed: the upload is not a video file in an allowed "
+                                               f"container ({allowed})") from None
+    partial.replace(out)
+
+
+def scrub_paths(text: str, *roots: Path) -> str:
+    """`text` without the server's absolute folders (errors go to remote clients)."""
+    for root in roots:
+        for form in {str(root), str(Path(root).resolve())}:
+            text = text.replace(form + "/", "").replace(form, "")
+    return text
 
 
 def _in_daemon_thread(fn: Any, name: str) -> asyncio.Future:
