@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from vatlas.server.doors import wire
 from vatlas.server.doors.auth import bearer, check_protocol, check_token
 from vatlas.server.session.core import ServerCore
-from vatlas.server.session.errors import CoreError
+from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import (
     bundles_pb2,
     bundles_pb2_grpc,
@@ -261,30 +261,63 @@ async def _checked_stream(requests: Any) -> AsyncIterator[Any]:
         yield item
 
 
+async def _fail(context: Any, exc: BaseException) -> None:
+    """Turn whatever a handler raised into a typed status: never UNKNOWN, never exception text."""
+    if isinstance(exc, CoreError):
+        await abort(context, exc)
+    log.error("gRPC call failed", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+# what a handler may raise that must pass through untouched: grpc's own abort and cancellation
+_PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError)
+
+
 def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool) -> Any:
-    """Turn undecodable requests into INVALID_ARGUMENT before the servicer sees them."""
+    """Turn undecodable requests into INVALID_ARGUMENT before the servicer sees them, and any failure into a
+    typed status (see `_fail`)."""
     if client_streaming:
         if server_streaming:
             async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-                async for item in behaviour(_checked_stream(requests), context):
-                    yield item
+                try:
+                    async for item in behaviour(_checked_stream(requests), context):
+                        yield item
+                except _PASS_THROUGH:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - see _fail
+                    await _fail(context, exc)
             return stream_stream
 
         async def stream_unary(requests: Any, context: Any) -> Any:
-            return await behaviour(_checked_stream(requests), context)
+            try:
+                return await behaviour(_checked_stream(requests), context)
+            except _PASS_THROUGH:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see _fail
+                await _fail(context, exc)
         return stream_unary
     if server_streaming:
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             if isinstance(request, Undecodable):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-            async for item in behaviour(request, context):
-                yield item
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            except _PASS_THROUGH:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see _fail
+                await _fail(context, exc)
         return unary_stream
 
     async def unary_unary(request: Any, context: Any) -> Any:
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-        return await behaviour(request, context)
+        try:
+            return await behaviour(request, context)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see _fail
+            await _fail(context, exc)
     return unary_unary
 
 

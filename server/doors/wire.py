@@ -242,6 +242,8 @@ def unpack(data: bytes, message_class: type[Message]) -> Message:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as exc:
         raise WireError(f"not valid msgpack: {exc}") from None
+    except TypeError:  # a map key msgpack cannot hash (an array or a map), e.g. the frame 81 91 00 00
+        raise WireError("not valid msgpack: map keys must be strings or numbers") from None
     return from_mirror(obj, message_class)
 
 

@@ -55,12 +55,13 @@ import msgpack
 from vatlas.server.doors import wire
 from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_token
 from vatlas.server.doors.grpc_door import dispatch_session_message
-from vatlas.server.doors.http import OriginPolicy, StaticFiles, webapp_root
+from vatlas.server.doors.http import OriginPolicy, StaticFiles, text_response, webapp_root
 from vatlas.server.session.core import ServerCore
-from vatlas.server.session.errors import CoreError
+from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import bundles_pb2, common_pb2, sessions_pb2
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
 
 import vatlas
 
@@ -68,7 +69,42 @@ log = logging.getLogger(__name__)
 
 MAX_TASKS = 64  # concurrent requests of one connection (renders, exports, ...)
 CLOSE_POLICY = 1008
-HELLO_TIMEOUT = 30.0
+
+
+class ConnectionCaps:
+    """Open WebSocket connections per client IP and in all, counted from the handshake to the close."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.by_ip: dict[str, int] = {}
+        self.open = 0
+        self._tasks: set[asyncio.Future] = set()  # keeps release tasks referenced until they run
+
+    def admit(self, connection: ServerConnection) -> Response | None:
+        """Count a handshaking connection, or a 503 answer when a cap is reached."""
+        ip = str(connection.remote_address[0]) if connection.remote_address else "?"
+        if self.open >= self.total:
+            return text_response(503, "Service Unavailable", f"the server holds its maximum of {self.total} "
+                                                             "WebSocket connections\n")
+        if self.by_ip.get(ip, 0) >= self.per_ip:
+            return text_response(503, "Service Unavailable", f"more than {self.per_ip} WebSocket connections "
+                                                             "from one address\n")
+        self.open += 1
+        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
+
+        async def release() -> None:
+            try:
+                await connection.wait_closed()
+            finally:
+                self.open -= 1
+                self.by_ip[ip] -= 1
+                if not self.by_ip[ip]:
+                    del self.by_ip[ip]
+
+        task = asyncio.ensure_future(release())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return None
 
 
 class WsConnection:
@@ -106,10 +142,11 @@ class WsConnection:
             await self._cleanup()
 
     async def _hello(self) -> bool:
+        timeout = self.core.limits.hello_timeout
         try:
-            frame = await asyncio.wait_for(self.ws.recv(), HELLO_TIMEOUT)
+            frame = await asyncio.wait_for(self.ws.recv(), timeout)
         except TimeoutError:
-            await self.send_error(0, "DEADLINE_EXCEEDED", f"no hello within {HELLO_TIMEOUT:g} s")
+            await self.send_error(0, "DEADLINE_EXCEEDED", f"no hello within {timeout:g} s")
             await self.ws.close(CLOSE_POLICY, "no hello")
             return False
         request_id = _peek_request_id(frame)
@@ -172,10 +209,10 @@ class WsConnection:
             pass
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - one failing request must not end the connection
+        except Exception:  # noqa: BLE001 - one failing request must not end the connection
             log.exception("WebSocket request %s failed", request_id)
             with contextlib.suppress(ConnectionClosed):
-                await self.send_error(request_id, "INTERNAL", f"{type(exc).__name__}: {exc}")
+                await self.send_error(request_id, "INTERNAL", INTERNAL_MESSAGE)
 
     def _stop_playback(self) -> None:
         if self.playback is not None:
@@ -302,16 +339,23 @@ async def start_ws(core: ServerCore, host: str, port: int, token: str | None,
     """Start the HTTP + WebSocket server; returns (server, bound port)."""
     static = StaticFiles(webapp_root())
     policy = policy or OriginPolicy(server_names=(host,))
+    limits = core.limits
+    caps = ConnectionCaps(limits.max_ws_connections, limits.max_ws_connections_per_ip)
 
     async def handler(ws: ServerConnection) -> None:
         await WsConnection(ws, core, token).run()
 
-    def process_request(_: ServerConnection, request: Any) -> Any:
-        return policy.check(request) or static.respond(request)
+    def process_request(connection: ServerConnection, request: Any) -> Any:
+        refused = policy.check(request)
+        if refused is not None:
+            return refused
+        answer = static.respond(request)
+        return answer if answer is not None else caps.admit(connection)
 
+    # open_timeout bounds a TCP connection that never completes its handshake
     server = await serve(handler, host, port, process_request=process_request,
-                         max_size=core.limits.max_message_bytes, compression=None, max_queue=64,
-                         ping_interval=20, ping_timeout=60, close_timeout=2)
+                         max_size=limits.max_message_bytes, compression=None, max_queue=limits.ws_inbound_queue,
+                         ping_interval=20, ping_timeout=60, close_timeout=2, open_timeout=limits.hello_timeout)
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
     return server, int(bound)
 

@@ -11,15 +11,16 @@ from typing import Any
 
 import numpy as np
 from vatlas.models.bundle import Bundle, BundleError, load_bundle, read_manifest
-from vatlas.server.session.errors import CoreError
+from vatlas.server.session.errors import CoreError, scrub_paths
 from vatlas.v1 import bundles_pb2
 
 SUFFIX = ".vatlas"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# matched with fullmatch: "$" alone would also accept a trailing newline
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_bundle_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise CoreError("INVALID_ARGUMENT", f"bundle name {name!r} must be 1..64 characters of [A-Za-z0-9_.-]")
     return name
 
@@ -63,7 +64,8 @@ class BundleRegistry:
                 t, h, w = _npy_shape(zf, "frames.npy")[:3]
                 s = _npy_shape(zf, "atlas.npy")[0]
         except (BundleError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise CoreError("FAILED_PRECONDITION", f"bundle {name!r} is unreadable: {exc}") from None
+            raise CoreError("FAILED_PRECONDITION", f"bundle {name!r} is unreadable: "
+                                                   f"{scrub_paths(str(exc), self.models_dir)}") from None
         return self._info_from(name, path, t, w, h, float(manifest.get("fps", 0.0)),
                                int(manifest.get("ref_frame", 0)), s, manifest.get("metrics", {}),
                                manifest.get("config", {}), False)
@@ -99,6 +101,6 @@ class BundleRegistry:
             try:
                 bundle = await asyncio.to_thread(load_bundle, path)
             except BundleError as exc:
-                raise CoreError("FAILED_PRECONDITION", str(exc)) from None
+                raise CoreError("FAILED_PRECONDITION", scrub_paths(str(exc), self.models_dir)) from None
             self._loaded[name] = bundle
             return bundle

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vatlas.server.doors import wire
-from vatlas.server.edits.ops import OpError, OpLimits, validate_op
+from vatlas.server.edits.ops import ID_PATTERN, OpError, OpLimits, validate_op
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
@@ -131,6 +131,14 @@ async def _uncancellable(coroutine: Any) -> None:
         if not task.done():
             await asyncio.wait({task})  # finish first; the cancellation still reaches the caller
         raise
+
+
+def check_op_ids(raw: dict[str, Any], op_id: str) -> None:
+    """Op ids and targets must be exactly ID_PATTERN's characters (its "$" alone lets a trailing newline in)."""
+    for key in ("id", "target"):
+        value = raw.get(key)
+        if isinstance(value, str) and value and not ID_PATTERN.fullmatch(value):
+            raise OpError("INVALID_ARGUMENT", f"{key} must be 1..64 characters of [A-Za-z0-9_.:-]", op_id)
 
 
 def op_to_proto(op: dict[str, Any]) -> edits_pb2.EditOp:
@@ -265,6 +273,7 @@ class ServerCore:
             hidden = raw.pop("visible", None) is False and raw.get("type") in ("stroke", "texture", "adjustment",
                                                                                "sticker")
             try:
+                check_op_ids(raw, raw.get("id", "") if isinstance(raw.get("id"), str) else "")
                 op = validate_op(raw, op_limits)
                 scratch.check(op)
             except OpError as exc:
@@ -419,6 +428,7 @@ class ServerCore:
             self._reject(participant, "RESOURCE_EXHAUSTED", "too many ops: slow down", op_id)
             return
         try:
+            check_op_ids(raw_op, op_id)
             op = validate_op(raw_op, session.op_limits)
             await self._ensure_engine(session)
         except (OpError, CoreError) as exc:

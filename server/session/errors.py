@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CODES = frozenset({
     "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED",
     "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "CANCELLED",
     "DEADLINE_EXCEEDED",
 })
+
+# the client's whole answer to a server bug: exception text and paths stay in the server log
+INTERNAL_MESSAGE = "internal error (the server log has the details)"
 
 
 class CoreError(Exception):
@@ -20,3 +25,11 @@ class CoreError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+def scrub_paths(text: str, *roots: Path) -> str:
+    """`text` without the server's absolute folders (error messages go to remote clients)."""
+    for root in roots:
+        for form in {str(root), str(Path(root).resolve())}:
+            text = text.replace(form + "/", "").replace(form, "")
+    return text

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vatlas.server.session.bundles import check_bundle_name
-from vatlas.server.session.errors import CoreError
+from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError, scrub_paths
 from vatlas.v1 import bundles_pb2, render_pb2
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Jobs:
                 if not user:
                     log.exception("fit %s failed", name)
                 detail = scrub_paths(str(exc), self.work_dir, self.core.bundles.models_dir) if user else \
-                    "internal error (see the server log)"
+                    INTERNAL_MESSAGE
                 raise CoreError("FAILED_PRECONDITION" if user else "INTERNAL", f"fit failed: {detail}") from None
 
         self._fitting.add(name)
@@ -229,7 +229,8 @@ class Jobs:
                 try:
                     path = task.result()
                 except (ValueError, OSError) as exc:
-                    raise CoreError("INTERNAL", f"export failed: {exc}") from None
+                    log.error("export of session %s failed: %s", session_id, exc)
+                    raise CoreError("INTERNAL", f"export failed: {INTERNAL_MESSAGE}") from None
             total = path.stat().st_size
             sent = 0
             with open(path, "rb") as f:
@@ -278,14 +279,6 @@ def sanitize_upload(upload: Path, out: Path) -> None:
         raise CoreError("FAILED_PRECONDITION", f"fit failed: the upload is not a video file in an allowed "
                                                f"container ({allowed})") from None
     partial.replace(out)
-
-
-def scrub_paths(text: str, *roots: Path) -> str:
-    """`text` without the server's absolute folders (errors go to remote clients)."""
-    for root in roots:
-        for form in {str(root), str(Path(root).resolve())}:
-            text = text.replace(form + "/", "").replace(form, "")
-    return text
 
 
 def _in_daemon_thread(fn: Any, name: str) -> asyncio.Future:

@@ -24,6 +24,11 @@ class ServerLimits:
     max_event_backlog: int = 10_000  # queued events for one participant before it is cut off as too slow
     min_scale: float = 1.0 / 16.0
     max_fps: float = 240.0
+    # WebSocket connections (each holds a file descriptor; gRPC and logs need some too)
+    max_ws_connections: int = 512
+    max_ws_connections_per_ip: int = 64  # a reverse proxy makes every client one IP: raise it there
+    hello_timeout: float = 10.0  # seconds a new WebSocket may stay silent before `hello`
+    ws_inbound_queue: int = 64  # frames read ahead of the connection's handler (backpressure beyond)
 
 
 class TokenBucket:

@@ -11,8 +11,9 @@ from vatlas.server.session.errors import CoreError
 from vatlas.server.session.limits import ServerLimits, TokenBucket
 from vatlas.v1 import common_pb2, edits_pb2, sessions_pb2
 
-PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")
-COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+# matched with fullmatch: "$" alone would also accept a trailing newline
+PARTICIPANT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075")
 MAX_NAME = 64
@@ -22,7 +23,7 @@ MAX_TOOL = 32
 def check_participant_id(value: str) -> str:
     if not value:
         return "p-" + secrets.token_hex(6)
-    if not PARTICIPANT_ID.match(value):
+    if not PARTICIPANT_ID.fullmatch(value):
         raise CoreError("INVALID_ARGUMENT", f"participant_id {value!r} must be 1..40 characters of [A-Za-z0-9_.:-]")
     return value
 
@@ -34,7 +35,7 @@ def check_name(value: str, fallback: str) -> str:
 
 
 def check_color(value: str, fallback: str) -> str:
-    if value and not COLOR.match(value):
+    if value and not COLOR.fullmatch(value):
         raise CoreError("INVALID_ARGUMENT", f"color {value!r} must look like #rrggbb")
     return value.lower() if value else fallback
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vatlas.server.session.errors import CoreError
+from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import render_pb2
 
 log = logging.getLogger(__name__)
@@ -147,10 +147,10 @@ class RenderWorker:
                 self._pending.clear()
             try:
                 self._render_batch(jobs)
-            except Exception as exc:  # noqa: BLE001 - a render failure must never kill the worker
+            except Exception:  # noqa: BLE001 - a render failure must never kill the worker
                 log.exception("render batch failed")
                 for job in jobs:
-                    _resolve(job, error=CoreError("INTERNAL", f"render failed: {exc}"))
+                    _resolve(job, error=CoreError("INTERNAL", f"render failed: {INTERNAL_MESSAGE}"))
 
     def _render_batch(self, jobs: list[RenderJob]) -> None:
         """Render each (session, geometry) group once, then encode across groups in as few calls as possible."""
@@ -236,7 +236,7 @@ def _fail_all(jobs: list[RenderJob], exc: BaseException) -> None:
         error = exc
     else:
         log.error("render failed: %s: %s", type(exc).__name__, exc)
-        error = CoreError("INTERNAL", f"render failed: {type(exc).__name__}: {exc}")
+        error = CoreError("INTERNAL", f"render failed: {INTERNAL_MESSAGE}")
     for job in jobs:
         _resolve(job, error=error)
 
