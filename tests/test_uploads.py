@@ -10,7 +10,7 @@ import pytest
 from conftest import start_in_process_server
 from serve_helpers import GrpcStubs
 from vatlas.server.session.errors import CoreError
-SANITIZED_NAME, sanitize_upload = "x", None
+from vatlas.server.session.jobs import SANITIZED_NAME, sanitize_upload
 from vatlas.v1 import bundles_pb2
 
 from vatlas.video import read_video, write_mp4
