@@ -15,7 +15,9 @@ Metric functions (numpy; clips are (T, H, W, 3) uint8, masks (T, H, W)):
   moved at least half way from the source towards it (so a source pixel that happens to lie near the paste's
   colour does not count as shown).
 * ``untouched_share(out, source, footprint, radius=3) -> (share, count)``: pixels outside the footprint dilated
-  by ``radius`` px that are bit-identical to the source (must be 1.0).
+  by ``radius`` px that are bit-identical to the source (must be 1.0). The drivers pass the edit's footprint by
+  the product's own geometry (``atlas_footprint``), so the share isolates layering (DESIGN.md: untouched pixels
+  are the source's) from geometry, which the fidelity metrics measure.
 * ``changed_pixels(out, source)``: some channel differs by more than ``CHANGE_THRESHOLD`` levels.
 * ``share_inside(changed, region)``, ``presence(changed, expected, min_area)``, ``worst_frames(values)``.
 
@@ -359,10 +361,11 @@ def _roi_mask(bundle: Any) -> np.ndarray:
     return roi.mask(bundle.height, bundle.width)
 
 
-def atlas_footprint(bundle: Any, rect: Rect) -> np.ndarray:
-    """(T, H, W) bool: pixels whose uv (the product's own T) lands where ``rect`` on the reference frame maps."""
+def atlas_footprint(bundle: Any, rect: Rect, frame: int | None = None) -> np.ndarray:
+    """(T, H, W) bool: the edit's footprint by the product's own T: pixels whose uv lands where ``rect`` on
+    ``frame`` (default: the reference frame) maps into the atlas."""
     x, y, w, h = rect
-    ref_uv = bundle.uv_float(bundle.ref_frame)
+    ref_uv = bundle.uv_float(bundle.ref_frame if frame is None else frame)
     corners_px = np.array([[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]])
     corners_px = np.clip(corners_px, 0, [bundle.width - 1, bundle.height - 1])
     # Outer corners of the corner pixels, in atlas coordinates (reference-frame pixels).
@@ -450,10 +453,9 @@ def synth_edit_metrics(bundle: Any, scene: Any, device: str = "auto") -> tuple[d
         out["edit_psnr"], per_frame = region_psnr(ours, truth, region)
         out["edit_psnr_worst"] = float(np.nanmin(per_frame))
         worst["edit_psnr"] = worst_frames(per_frame)
-        footprint = alpha > 0
-        out["edit_psnr_logo"], per_logo = region_psnr(ours, truth, dilate(footprint, 3) & region)
+        out["edit_psnr_logo"], per_logo = region_psnr(ours, truth, dilate(alpha > 0, 3) & region)
         worst["edit_psnr_logo"] = worst_frames(per_logo)
-        untouched.append(untouched_share(ours, scene.frames, footprint, 3))
+        untouched.append(untouched_share(ours, scene.frames, atlas_footprint(bundle, rect, 0), 3))
         del truth, ours
 
     # The mask against the ground-truth visibility.
@@ -468,8 +470,7 @@ def synth_edit_metrics(bundle: Any, scene: Any, device: str = "auto") -> tuple[d
         solid = solid_rgba(w, h, far_colour(scene.frames[0, y:y + h, x:x + w]))
         ours = render_edit(bundle, [texture_op("cover", 0, solid, rect)], device)
         out["ref_cover"] = cover_share(ours[0], scene.frames[0], solid, rect)
-        _, alpha = scene.render_pasted(solid, frame=0, rect=rect, return_alpha=True)
-        untouched.append(untouched_share(ours, scene.frames, alpha > 0, 3))
+        untouched.append(untouched_share(ours, scene.frames, atlas_footprint(bundle, rect, 0), 3))
         del ours
 
     # An image pasted on a middle frame N, measured on frame N (and re-lit over the clip).
@@ -484,7 +485,7 @@ def synth_edit_metrics(bundle: Any, scene: Any, device: str = "auto") -> tuple[d
         out["paste_psnr"] = float(metrics.psnr(ours[n], truth[n], mask=shown, data_range=255.0))
         out["paste_clip_psnr"], per_paste = region_psnr(ours, truth, dilate(alpha > 0, 3) & region)
         worst["paste_clip_psnr"] = worst_frames(per_paste)
-        untouched.append(untouched_share(ours, scene.frames, alpha > 0, 3))
+        untouched.append(untouched_share(ours, scene.frames, atlas_footprint(bundle, rect, n), 3))
         del truth, ours
 
     if untouched:
@@ -494,21 +495,21 @@ def synth_edit_metrics(bundle: Any, scene: Any, device: str = "auto") -> tuple[d
 
 
 def background_rect(bundle: Any, masks: np.ndarray, width: int, height: int) -> Rect | None:
-    """A rect inside the ROI, clear of the objects on the reference frame, where they pass most often later."""
+    """A rect inside the ROI, clear of the objects on the reference frame, that the objects cross (cover 2-60 %
+    of it, through the product's own T) in as many frames as possible; else the one nearest the ROI's centre."""
     ref = bundle.ref_frame
     free = erode(_roi_mask(bundle) & ~dilate(masks[ref], 8), 2)
-    # How often an object covers each reference-frame point, through the product's own T.
-    hits = np.zeros((bundle.height, bundle.width), np.float32)
+    # Per frame, which reference-frame points an object covers.
+    hits = []
     for t in range(bundle.num_frames):
         if t == ref or not masks[t].any():
             continue
         xy = bundle.uv_to_atlas(bundle.uv_float(t)[masks[t]])
         ix, iy = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
         ok = (ix >= 0) & (iy >= 0) & (ix < bundle.width) & (iy < bundle.height)
-        frame_hits = np.zeros_like(hits, dtype=bool)
-        frame_hits[iy[ok], ix[ok]] = True
-        hits += frame_hits
-    integral = cv2.integral(hits, sdepth=cv2.CV_64F)
+        frame_hits = np.zeros((bundle.height, bundle.width), np.float32)
+        frame_hits[iy[ok], ix[ok]] = 1.0
+        hits.append(cv2.integral(frame_hits, sdepth=cv2.CV_64F))
     ys, xs = np.nonzero(free)
     near = np.array([xs.mean(), ys.mean()]) if xs.size else np.zeros(2)
     for scale in (1.0, 0.8, 0.64, 0.5, 0.4):
@@ -516,7 +517,10 @@ def background_rect(bundle: Any, masks: np.ndarray, width: int, height: int) -> 
         valid = rect_positions(free, w, h)
         if not valid.any():
             continue
-        score = integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
+        score = np.zeros((bundle.height - h + 1, bundle.width - w + 1))
+        for integral in hits:
+            cover = (integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]) / (w * h)
+            score += (cover > 0.02) & (cover < 0.6)
         score = np.where(valid[: score.shape[0], : score.shape[1]], score, -1.0)
         if score.max() <= 0:
             return _nearest(valid, w, h, near)

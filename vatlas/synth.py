@@ -649,17 +649,18 @@ def _draw_crossing(rng: np.random.Generator, frames: int, poly: np.ndarray, cent
     last = frames - 1
     if main:
         # Big and slow over the ROI: it must hide most of it for a stretch of frames.
-        half = np.array([rng.uniform(0.55, 0.8) * along, rng.uniform(1.05, 1.4) * across])
+        half = np.array([rng.uniform(0.5, 0.75) * along, rng.uniform(1.05, 1.4) * across])
         offset = float(rng.uniform(-0.15, 0.15) * across)
         duration = float(rng.uniform(0.62, 0.84) * last)
-        k = float(rng.uniform(0.6, 0.85))
+        k = float(rng.uniform(0.2, 0.7))
     else:
         half = np.array([rng.uniform(0.18, 0.35) * along, rng.uniform(0.3, 0.6) * across])
         offset = float(rng.uniform(-0.5, 0.5) * across)
         duration = float(rng.uniform(0.25, 0.5) * last)
         k = float(rng.uniform(0.0, 0.4))
-    duration = min(duration, last - 6.0)
-    t_in = float(rng.uniform(2.0, max(2.0, last - 4.0 - duration)))
+    # Enter after frame 1 and leave 2.5 frames before the end, whatever the clip length.
+    duration = min(duration, last - 4.0)
+    t_in = float(rng.uniform(1.5, max(1.5, last - 2.5 - duration)))
     return _Crossing(
         heading=heading,
         half=half,
