@@ -16,10 +16,11 @@ from vatlas.video import content_hash
 from .bundle import Bundle, encode_uv
 from .config import FitConfig
 from .correspondence import Correspondences
-from .footprint import clip_to_footprint, roi_coverage
+from .footprint import clip_to_footprint, reference_coverage, roi_coverage
 from .inverse_map import bake_inverse_map
 from .matting import soft_masks
 from .networks import RnaModel
+from .visibility import evidence_visibility
 
 if TYPE_CHECKING:
     from .fit import FitData
@@ -33,9 +34,10 @@ def _pixel_grid(width: int, height: int, sx: float, sy: float, device: torch.dev
 
 
 @torch.no_grad()
-def evaluate_frames(model: RnaModel, potential: np.ndarray, show_progress: bool = False
+def evaluate_frames(model: RnaModel, potential: np.ndarray, ref_frame: int, show_progress: bool = False
                     ) -> dict[str, np.ndarray]:
-    """Per frame at full resolution: uv (T,H,W,2), mask gated by the potential footprint, shown = L*A(uv)."""
+    """Per frame at full resolution: uv (T,H,W,2), mask gated by the potential footprint, shown = L*A(uv), and
+    light_ratio = L(uv, t) / L(uv, ref) (float16), the re-lighting of the reference frame's colours."""
     cfg = model.cfg
     device = next(model.parameters()).device
     h, w, n = cfg.height, cfg.width, cfg.num_frames
@@ -45,16 +47,21 @@ def evaluate_frames(model: RnaModel, potential: np.ndarray, show_progress: bool 
     uv_all = np.empty((n, h, w, 2), np.float32)
     mask_all = np.empty((n, h, w), np.float32)
     shown_all = np.empty((n, h, w, 3), np.float32)
+    ratio_all = np.empty((n, h, w, 3), np.float16)
+    t_ref = cfg.normalize_t(torch.tensor(float(ref_frame), device=device)).item()
     for t in tqdm(range(n), desc="bake", disable=not show_progress, leave=False):
         xyt = cfg.normalize_xyt(x, y, torch.full_like(x, float(t)))
         uv = model.mapping(xyt)
         ij = ((uv + 1.0) * 0.5 * size).floor().long().clamp(0, size - 1)
         alpha = model.mask(xyt) * pot[ij[:, 1], ij[:, 0]].float()
-        shown = model.illumination(uv, xyt[:, 2:3]) * model.atlas(uv)
+        light = model.illumination(uv, xyt[:, 2:3])
+        shown = light * model.atlas(uv)
+        light_ref = model.illumination(uv, torch.full_like(xyt[:, 2:3], t_ref))
+        ratio_all[t] = (light / light_ref.clamp_min(1e-3)).clamp(0.1, 10.0).reshape(h, w, 3).cpu().numpy()
         uv_all[t] = uv.reshape(h, w, 2).cpu().numpy()
         mask_all[t] = alpha.reshape(h, w).cpu().numpy()
         shown_all[t] = shown.clamp(0, 1).reshape(h, w, 3).cpu().numpy()
-    return {"uv": uv_all, "mask": mask_all, "shown": shown_all}
+    return {"uv": uv_all, "mask": mask_all, "shown": shown_all, "light_ratio": ratio_all}
 
 
 @torch.no_grad()
@@ -123,14 +130,24 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
                 *, show_progress: bool = False, best_psnr: float = float("nan")) -> Bundle:
     """Everything the render server needs, in one Bundle (see models/bundle.py for conventions)."""
     model.eval()
-    fields = evaluate_frames(model, potential, show_progress)
+    fields = evaluate_frames(model, potential, data.ref_frame, show_progress)
     frames = data.frames_np
-    soft = soft_masks(frames, fields["mask"], method=cfg.matting, erode_iters=cfg.trimap_erode,
-                      dilate_iters=cfg.trimap_dilate, radius=cfg.matting_radius, eps=cfg.matting_eps)
-    if cfg.roi_border == "polygon":
-        roi_cov = roi_coverage(fields["uv"], data.roi, model.cfg.atlas_span_px, model.cfg.width,
-                               model.cfg.height)
-        soft = clip_to_footprint(soft, roi_cov)
+    visibility_stats: dict[str, float] = {}
+    if cfg.visibility == "evidence":
+        roi_cov = roi_coverage(fields["uv"], data.roi, model.cfg.atlas_span_px, model.cfg.width, model.cfg.height)
+        flows = {"adj_fwd": corr.adj_fwd, "adj_fwd_valid": corr.adj_fwd_valid, "adj_bwd": corr.adj_bwd,
+                 "adj_bwd_valid": corr.adj_bwd_valid} if frames.shape[0] > 1 else None
+        soft, visibility_stats = evidence_visibility(frames, fields["uv"], roi_cov, fields["light_ratio"],
+                                                     data.ref_frame, model.cfg.atlas_span_px, flows=flows,
+                                                     reference_cover=reference_coverage(
+                                                         data.roi, model.cfg.width, model.cfg.height))
+    else:
+        soft = soft_masks(frames, fields["mask"], method=cfg.matting, erode_iters=cfg.trimap_erode,
+                          dilate_iters=cfg.trimap_dilate, radius=cfg.matting_radius, eps=cfg.matting_eps)
+        if cfg.roi_border == "polygon":
+            roi_cov = roi_coverage(fields["uv"], data.roi, model.cfg.atlas_span_px, model.cfg.width,
+                                   model.cfg.height)
+            soft = clip_to_footprint(soft, roi_cov)
     visible = soft >= 0.5
     coverage = splat_coverage(fields["uv"], visible, cfg.atlas_size)
     grid = cfg.inverse_grid
@@ -144,6 +161,7 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
         "visible_fraction": float(visible.mean()),
         "roi_psnr_worst_frames": _worst_frames(fields["shown"], rgb, visible),
         "flow": dict(corr.stats),
+        "visibility": {"method": cfg.visibility, **visibility_stats},
     }
     source = dict(data.source)
     source.setdefault("sha256", content_hash(frames))

@@ -66,6 +66,10 @@ class FitConfig:
     refine: float = 0.01
     refine_flow_alpha: float = 0.1
     refine_tau: float = 0.025
+    # the baked visibility: "evidence" decides every frame from its own colours and motion against the reference
+    # frame (models/visibility.py); "learned" is RNA's refined M, matted (it hid surface an occluder had left,
+    # and 13-26 % of the reference ROI on held-out clips: issue 15)
+    visibility: str = "evidence"
     # soft mask (RNA 3.4): trimap erosion/dilation (3x3 kernel iterations) and guided-filter matting
     trimap_erode: int = 2
     trimap_dilate: int = 1
@@ -119,6 +123,8 @@ class FitConfig:
         if self.illumination_encoding not in ILLUMINATION_ENCODINGS:
             raise ValueError(f"illumination_encoding must be one of {ILLUMINATION_ENCODINGS}, "
                              f"got {self.illumination_encoding!r}")
+        if self.visibility not in ("evidence", "learned"):
+            raise ValueError(f"visibility must be 'evidence' or 'learned', got {self.visibility!r}")
         if self.roi_border not in ("polygon", "learned"):
             raise ValueError(f"roi_border must be 'polygon' or 'learned', got {self.roi_border!r}")
         for name in ("iters_main", "iters_refine", "iters_inverse", "batch_size"):

@@ -1,0 +1,208 @@
+"""Per-frame visibility of the ROI surface, decided from the evidence in each frame (RNA 3.3's occlusion test).
+
+A pixel shows the ROI's surface when T maps it inside the ROI's footprint *and* the surface explains its colour
+and its motion there:
+
+* appearance: the reference frame (where the user marked the ROI, so the surface is uncovered there) warped
+  through T, re-lit by the fitted illumination ratio L(uv, t) / L(uv, ref) and a smooth local gain, is compared
+  with the frame over small patches, at the best of a few sub-pixel shifts (so T's sub-pixel error does not
+  read as occlusion);
+* motion: where the adjacent optical flow is forward-backward consistent, the frame's pixel and its flow target
+  in the neighbour frame must map to the same atlas point; an occluder moves with itself, not with the surface.
+
+Each frame is judged on its own evidence: nothing is inherited from earlier frames, the learned mask M or the
+chained flows' initial masks, so a surface an occluder has uncovered shows again at once. On the reference frame
+the ROI is, by definition, the visible surface. The boundary is then refined per pixel in a thin band and matted
+there (models/matting.py).
+
+The model's own reconstruction L * A(T(p)) is not used: a fit can absorb a slow, wide occluder into the atlas,
+and the occlusion test would then pass it (docs/BENCHMARKS.md, sixth session).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .matting import guided_matting, trimap
+
+# sub-pixel shifts (px) of the warped reference tried per patch: T's residual error is ~0.3-0.6 px
+_SHIFTS = tuple((dx, dy) for dy in (-0.75, 0.0, 0.75) for dx in (-0.75, 0.0, 0.75))
+
+
+@dataclass(frozen=True)
+class VisibilitySettings:
+    """Thresholds of the occlusion test (colours in [0, 1], distances in working pixels)."""
+
+    tau: float = 0.05  # patch mean abs colour residual above which a pixel is occluded (raised to the clip's noise)
+    noise_factor: float = 2.5  # tau >= noise_factor x the clip's 30th-percentile residual inside the footprint
+    patch: int = 5  # side of the residual's averaging patch
+    pixel_tau: float = 0.04  # per-pixel residual that decides the boundary band
+    motion_px: float = 1.0  # atlas disagreement along the flow (px) that marks occlusion...
+    motion_support: float = 0.4  # ...where the colour residual is at least this fraction of tau
+    gain_sigma: float = 8.0  # px: the smooth local gain that absorbs illumination the fitted L missed
+    matting_radius: int = 2
+    matting_eps: float = 1e-3
+
+
+def sample_reference(image: np.ndarray, uv: np.ndarray, span: float, width: int, height: int,
+                     shift: tuple[float, float] = (0.0, 0.0), border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """Bilinear lookup of a reference-frame image at atlas points uv (bundle convention), optionally shifted (px)."""
+    half = span / 2.0
+    map_x = (uv[..., 0] * half + width / 2.0 - 0.5 + shift[0]).astype(np.float32)
+    map_y = (uv[..., 1] * half + height / 2.0 - 0.5 + shift[1]).astype(np.float32)
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border)
+
+
+def appearance_residual(frame: np.ndarray, reference: np.ndarray, uv: np.ndarray, gain: np.ndarray, span: float,
+                        patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(patch residual, per-pixel residual at the patch's best shift), both (H, W) float32 mean abs colour."""
+    h, w = frame.shape[:2]
+    best_patch: np.ndarray | None = None
+    best_pixel: np.ndarray | None = None
+    for shift in _SHIFTS:
+        predicted = sample_reference(reference, uv, span, w, h, shift) * gain
+        pixel = np.abs(frame - predicted).mean(-1)
+        local = cv2.blur(pixel, (patch, patch))
+        if best_patch is None or best_pixel is None:
+            best_patch, best_pixel = local, pixel
+            continue
+        better = local < best_patch
+        best_patch = np.where(better, local, best_patch)
+        best_pixel = np.where(better, pixel, best_pixel)
+    assert best_patch is not None and best_pixel is not None
+    return best_patch, best_pixel
+
+
+def motion_residual(uv: np.ndarray, uv_next: np.ndarray, flow: np.ndarray, valid: np.ndarray, span: float
+                    ) -> np.ndarray:
+    """(H, W) px between T(p) and T at p's flow target in the neighbour frame; NaN where the flow is not valid."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    target = cv2.remap(uv_next.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
+    dist = np.linalg.norm(target - uv, axis=-1) * (span / 2.0)
+    return np.where(valid, dist, np.nan).astype(np.float32)
+
+
+def _local_gain(frame: np.ndarray, predicted: np.ndarray, trusted: np.ndarray, sigma: float) -> np.ndarray:
+    """Smooth per-pixel colour gain frame / predicted over trusted pixels (normalized convolution), in [0.6, 1.6]."""
+    weight = trusted.astype(np.float32)
+    num = cv2.GaussianBlur(frame * weight[..., None], (0, 0), sigma)
+    den = cv2.GaussianBlur(predicted * weight[..., None], (0, 0), sigma)
+    support = cv2.GaussianBlur(weight, (0, 0), sigma)[..., None]
+    gain = np.where((support > 0.05) & (den > 1e-3), num / np.maximum(den, 1e-3), 1.0)
+    return np.clip(gain, 0.6, 1.6).astype(np.float32)
+
+
+@dataclass
+class FrameEvidence:
+    """Inputs of one frame's occlusion test."""
+
+    frame: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    uv: np.ndarray  # (H, W, 2)
+    light_ratio: np.ndarray  # (H, W, 3) L(uv, t) / L(uv, ref)
+    motion: np.ndarray | None  # (H, W) px, NaN where unknown (the smaller of the two neighbours)
+
+
+def frame_occlusion(ev: FrameEvidence, reference: np.ndarray, span: float, tau: float,
+                    s: VisibilitySettings) -> np.ndarray:
+    """(H, W) bool: the pixel does not show the surface that T maps it to."""
+    h, w = ev.frame.shape[:2]
+    gain = ev.light_ratio
+    patch_res, _ = appearance_residual(ev.frame, reference, ev.uv, gain, span, s.patch)
+    # illumination the fitted L missed (a soft shadow): a smooth gain from the pixels that already agree
+    predicted = sample_reference(reference, ev.uv, span, w, h) * gain
+    gain = gain * _local_gain(ev.frame, predicted, patch_res < tau, s.gain_sigma)
+    patch_res, pixel_res = appearance_residual(ev.frame, reference, ev.uv, gain, span, s.patch)
+    occluded = patch_res >= tau
+    if ev.motion is not None:
+        moving = np.nan_to_num(ev.motion, nan=0.0)
+        moving = cv2.medianBlur(moving, 5) > s.motion_px
+        occluded |= moving & (patch_res >= s.motion_support * tau)
+    # the patch average spreads an occluder's residual by patch/2 px: decide that band pixel by pixel
+    kernel = np.ones((s.patch, s.patch), np.uint8)
+    occ8 = occluded.astype(np.uint8)
+    band = (cv2.dilate(occ8, kernel) > 0) & ~(cv2.erode(occ8, kernel) > 0)
+    occluded = np.where(band, (pixel_res >= s.pixel_tau) & (cv2.dilate(occ8, kernel) > 0), occluded)
+    occ8 = cv2.morphologyEx(occluded.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    occ8 = cv2.morphologyEx(occ8, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    return occ8 > 0
+
+
+def clip_noise(residuals: list[np.ndarray], footprints: list[np.ndarray]) -> float:
+    """The clip's residual floor: the 30th percentile of the patch residual inside the ROI footprint."""
+    values = [r[f] for r, f in zip(residuals, footprints, strict=True) if f.any()]
+    return float(np.percentile(np.concatenate(values), 30)) if values else 0.0
+
+
+def evidence_visibility(frames: np.ndarray, uv: np.ndarray, coverage: np.ndarray, light_ratio: np.ndarray,
+                        ref_frame: int, span: float, *, reference_cover: np.ndarray | None = None,
+                        flows: dict[str, np.ndarray] | None = None, settings: VisibilitySettings | None = None
+                        ) -> tuple[np.ndarray, dict[str, float]]:
+    """(T, H, W) float32 soft visibility in [0, 1] and stats.
+
+    frames (T, H, W, 3) uint8, uv (T, H, W, 2), coverage (T, H, W) the ROI footprint (polygon at T(p)),
+    light_ratio (T, H, W, 3) L(uv, t) / L(uv, ref); reference_cover (H, W): the ROI's own coverage of the
+    reference frame's pixels (default: coverage[ref_frame], which goes through T); flows (optional): adj_fwd, adj_fwd_valid, adj_bwd,
+    adj_bwd_valid as in models/correspondence.py.
+    """
+    s = settings or VisibilitySettings()
+    n, h, w = frames.shape[:3]
+    reference = frames[ref_frame].astype(np.float32) / 255.0
+    footprints = [coverage[t] >= 0.5 for t in range(n)]
+    threads = min(os.cpu_count() or 1, 16)
+
+    def as_float(t: int) -> np.ndarray:
+        return frames[t].astype(np.float32) / 255.0
+
+    def noise_sample(t: int) -> np.ndarray:
+        res, _ = appearance_residual(as_float(t), reference, uv[t], light_ratio[t].astype(np.float32), span, s.patch)
+        return res
+
+    sample = sorted(set(np.linspace(0, n - 1, min(n, 12)).round().astype(int).tolist()) - {ref_frame})
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        residuals = list(pool.map(noise_sample, sample))
+    noise = clip_noise(residuals, [footprints[t] for t in sample])
+    tau = max(s.tau, s.noise_factor * noise)
+
+    def motion(t: int) -> np.ndarray | None:
+        if flows is None or n < 2:
+            return None
+        parts = []
+        if t < n - 1:
+            parts.append(motion_residual(uv[t], uv[t + 1], flows["adj_fwd"][t], flows["adj_fwd_valid"][t], span))
+        if t > 0:
+            parts.append(motion_residual(uv[t], uv[t - 1], flows["adj_bwd"][t - 1], flows["adj_bwd_valid"][t - 1],
+                                         span))
+        stack = np.stack(parts)
+        known = np.isfinite(stack)
+        # the smaller disagreement: a pixel about to be covered (or just uncovered) agrees with one neighbour
+        return np.where(known.any(0), np.nanmin(np.where(known, stack, np.inf), axis=0), np.nan).astype(np.float32)
+
+    out = np.empty((n, h, w), np.float32)
+    occluded_share = np.zeros(n, np.float64)
+
+    def one(t: int) -> None:
+        if t == ref_frame:
+            # the user marked the ROI on this frame: it is the visible surface, whatever T's error
+            out[t] = np.clip(coverage[t] if reference_cover is None else reference_cover, 0.0, 1.0)
+            return
+        ev = FrameEvidence(as_float(t), uv[t], light_ratio[t].astype(np.float32), motion(t))
+        occluded = frame_occlusion(ev, reference, span, tau, s)
+        visible = (~occluded).astype(np.float32)
+        # a thin soft edge along the occluder, aligned with the frame's colour edges
+        tri = trimap(visible, erode_iters=1, dilate_iters=1)
+        soft = guided_matting(frames[t], tri, visible, radius=s.matting_radius, eps=s.matting_eps)
+        out[t] = np.clip(coverage[t] * soft, 0.0, 1.0)
+        if footprints[t].any():
+            occluded_share[t] = float(occluded[footprints[t]].mean())
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, range(n)))
+    return out, {"tau": round(tau, 4), "noise": round(noise, 4),
+                 "occluded_share_mean": round(float(occluded_share.mean()), 4)}
