@@ -141,3 +141,73 @@ def test_server_bugs_answer_internal_without_internals(tiny_models_dir: Path) ->
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_participant_ids_cannot_be_taken_over(capped_server) -> None:
+    """L3: ids are visible to everyone; only the holder of the snapshot's resume_key may take one back."""
+
+    async def scenario() -> None:
+        stubs = AioStubs(capped_server.grpc_target, capped_server.token)
+        try:
+            info = await stubs.sessions.CreateSession(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE),
+                                                      metadata=stubs.metadata)
+            join = sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token)
+            alice = GrpcSession(stubs)
+            alice.send(join=join)
+            snap = await alice.event("snapshot")
+            pid, key = snap.participant_id, snap.resume_key
+            assert pid and len(key) >= 32
+            alice.send_op(stroke_op("mine"))
+            await alice.event("accepted")
+            mallory = GrpcSession(stubs)
+            forged = sessions_pb2.Join()
+            forged.CopyFrom(join)
+            forged.participant_id = pid
+            mallory.send(join=forged)
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await mallory.event("snapshot")
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            forged.resume_key = "0" * 32
+            wrong = GrpcSession(stubs)
+            wrong.send(join=forged)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await wrong.event("snapshot")
+            alice.send_op(stroke_op("still-mine", 1))  # alice was not kicked
+            assert (await alice.event("accepted", where=lambda a: a.op_id == "still-mine")).seq == 2
+            await alice.close()
+            again = GrpcSession(stubs)  # alice back with her key: her id and her undo history
+            forged.resume_key = key
+            again.send(join=forged)
+            assert (await again.event("snapshot")).participant_id == pid
+            again.send(undo=sessions_pb2.Undo())
+            undone = await again.event("applied", where=lambda a: a.op.type == "delete")
+            assert undone.op.target == "still-mine"
+            await again.close()
+        finally:
+            await stubs.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_share_link_join_token_opens_only_its_session(capped_server) -> None:
+    """L6: the web client's share link carries the join token only; hello accepts it for that one session."""
+
+    async def scenario() -> None:
+        owner = await WsClient.connect(capped_server.ws_url, capped_server.token)
+        info = (await owner.call(create_session=sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE))).session_info
+        other = (await owner.call(create_session=sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE))).session_info
+        guest = await WsClient.connect(capped_server.ws_url, info.join_token)  # hello with the join token
+        await guest.send(session=sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+            session_id=info.session_id, join_token=info.join_token)))
+        await guest.event("snapshot")
+        frame = await guest.call(render={"session_id": info.session_id, "frame": 0})
+        assert frame.WhichOneof("result") == "frame"
+        assert (await guest.call(bundle_info={"name": TINY_BUNDLE})).WhichOneof("result") == "bundle_info"
+        for call in ({"list_sessions": {}}, {"list_bundles": {}}, {"create_session": {"bundle": TINY_BUNDLE}},
+                     {"render": {"session_id": other.session_id, "join_token": other.join_token, "frame": 0}}):
+            resp = await guest.call(**call)
+            assert resp.error.code == "PERMISSION_DENIED", (call, resp)
+        await guest.close()
+        await owner.close()
+
+    asyncio.run(scenario())

@@ -195,11 +195,16 @@ def test_join_checks(tiny_models_dir: Path) -> None:
                 with pytest.raises(CoreError) as exc:
                     await core.join(sessions_pb2.Join(**fields))
                 assert exc.value.code == code, fields
-            # a second connection of one participant replaces the first
+            # a second connection of one participant replaces the first, given the id's resume key
             first = await core.join(sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token,
                                                       participant_id="same"))
+            key = first.events.get_nowait().snapshot.resume_key
+            with pytest.raises(CoreError) as exc:  # the id alone (everyone sees it) is not enough
+                await core.join(sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token,
+                                                  participant_id="same"))
+            assert exc.value.code == "PERMISSION_DENIED" and not first.closed
             await core.join(sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token,
-                                              participant_id="same"))
+                                              participant_id="same", resume_key=key))
             assert first.closed and kinds(drain(first))[-2:] == ["error", "end"]
         finally:
             await core.close()

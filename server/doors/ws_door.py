@@ -10,7 +10,9 @@ Endpoint and framing
 
 Hello
     The first request must be ``{"request_id": n, "hello": {"protocol_version": 1, "token": T}}``
-    (``token`` is the server's ``--token``, empty when it has none). The answer is
+    (``token`` is the server's token, empty when it has none, or one session's join token: such a connection
+    may only join, render, play back and export that session and read its bundle's info; anything else is
+    PERMISSION_DENIED. Share links carry only the join token.) The answer is
     ``{"request_id": n, "welcome": {"protocol_version": 1, "server_version": "..."}}``. A wrong protocol version
     is answered with ``error`` code FAILED_PRECONDITION, a wrong token with UNAUTHENTICATED, anything other
     than hello first with FAILED_PRECONDITION; then the server closes the connection (code 1008).
@@ -123,6 +125,7 @@ class WsConnection:
         self.session_inbox: asyncio.Queue[sessions_pb2.ClientMessage] = asyncio.Queue(maxsize=1024)
         self.session_task: asyncio.Task | None = None
         self.pump_task: asyncio.Task | None = None
+        self.scope: str | None = None  # set when hello carried a join token: the one session it may use
 
     async def send(self, request_id: int, **result: Any) -> None:
         await self.ws.send(wire.pack(sessions_pb2.WsResponse(request_id=request_id, **result)))
@@ -157,7 +160,11 @@ class WsConnection:
             if request.WhichOneof("call") != "hello":
                 raise CoreError("FAILED_PRECONDITION", "the first request must be hello")
             check_protocol(request.hello.protocol_version)
-            check_token(self.token, request.hello.token)
+            shared = self.core.session_for_join_token(request.hello.token) if self.token else None
+            if shared is not None:
+                self.scope = shared.session_id  # a share link: this session only
+            else:
+                check_token(self.token, request.hello.token)
         except (CoreError, wire.WireError) as exc:
             code = exc.code if isinstance(exc, CoreError) else "INVALID_ARGUMENT"
             await self.send_error(request_id, code, getattr(exc, "message", str(exc)))
@@ -183,6 +190,9 @@ class WsConnection:
             await self.send_error(rid, "INVALID_ARGUMENT", "empty request: set one of the calls")
         elif call == "hello":
             await self.send_error(rid, "FAILED_PRECONDITION", "hello was already done")
+        elif self.scope is not None and not self._in_scope(call, getattr(request, call)):
+            await self.send_error(rid, "PERMISSION_DENIED", "this connection was opened with a session's join "
+                                                            "token: it may only use that session")
         elif call == "session":
             await self._session_message(rid, request.session)
         elif call == "stop_playback":
@@ -197,6 +207,19 @@ class WsConnection:
             if call == "playback":
                 self._stop_playback()
                 self.playback = task
+
+    def _in_scope(self, call: str, request: Any) -> bool:
+        """Whether a connection limited to one session (see `scope`) may make this call."""
+        if call == "stop_playback":
+            return True
+        if call == "session":
+            return request.WhichOneof("kind") != "join" or request.join.session_id == self.scope
+        if call in ("render", "playback", "export"):
+            return request.session_id == self.scope
+        if call == "bundle_info":
+            session = self.core.sessions.get(self.scope or "")
+            return session is not None and request.name == session.bundle_name
+        return False
 
     async def _guard(self, request_id: int, call: str, request: Any) -> None:
         """Run one request; core errors become error frames, a closed socket ends it quietly."""

@@ -159,6 +159,7 @@ class ServerCore:
         self.started = time.time()
         self._closing = False
         self.jobs = Jobs(self, config.data_dir)
+        self._resume_secret = secrets.token_bytes(32)  # undo history lives in memory too: per process is enough
         self.damaged_logs: list[tuple[str, Damage]] = []  # repaired at start: reported by the server's banner
 
     # ---------------------------------------------------------------- lifecycle
@@ -320,6 +321,11 @@ class ServerCore:
             if request.last_seq > session.seq:
                 raise CoreError("OUT_OF_RANGE", f"last_seq {request.last_seq} is ahead of the session "
                                                 f"(seq {session.seq})")
+            if pid in session.history and not hmac.compare_digest(request.resume_key.encode(),
+                                                                  self.resume_key(session, pid).encode()):
+                # ids are visible to every participant: only the one the server gave it to may take it back
+                raise CoreError("PERMISSION_DENIED", f"participant id {pid!r} is taken; send its resume_key or join "
+                                                     "without an id")
             old = session.participants.get(pid)
             if old is None and len(session.participants) >= self.limits.max_participants:
                 raise CoreError("RESOURCE_EXHAUSTED", "the session is full")
@@ -330,7 +336,7 @@ class ServerCore:
             session.participants[pid] = participant
             session.history.setdefault(pid, History())
             snapshot = sessions_pb2.Snapshot(
-                session=session.info(with_token=True), participant_id=pid,
+                session=session.info(with_token=True), participant_id=pid, resume_key=self.resume_key(session, pid),
                 participants=[p.to_proto() for p in session.participants.values()],
             )
             if request.last_seq == 0:
@@ -344,6 +350,18 @@ class ServerCore:
             session.broadcast(_event(presence=sessions_pb2.PresenceEvent(participant=participant.to_proto())),
                               skip=participant)
         return participant
+
+    def resume_key(self, session: Session, pid: str) -> str:
+        """The secret that lets a participant take its id (and undo history) back after a reconnect."""
+        return hmac.new(self._resume_secret, f"{session.session_id}\0{pid}".encode(), "sha256").hexdigest()[:32]
+
+    def session_for_join_token(self, token: str) -> Session | None:
+        """The session whose join token this is (share links carry it instead of the server token)."""
+        found = None
+        for session in self.sessions.values():  # compare with every one: the time taken says nothing
+            if token and hmac.compare_digest(token.encode(), session.join_token.encode()):
+                found = session
+        return found
 
     @staticmethod
     def _index_after(session: Session, last_seq: int) -> int:

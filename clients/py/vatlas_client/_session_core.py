@@ -43,6 +43,7 @@ class SessionCore(Generic[W]):
         self.name = name
         self.color = color
         self.participant_id = participant_id
+        self.resume_key = ""  # from the snapshot: proves participant_id is ours when we rejoin
         self.seq = 0  # last applied sequence number seen: the resume point
         self.info: SessionInfo | None = None
         self.document: list[edits_pb2.EditOp] = []
@@ -57,7 +58,8 @@ class SessionCore(Generic[W]):
     def join_message(self) -> sessions_pb2.ClientMessage:
         self._resuming = self.seq > 0  # the server then replays ops after seq instead of sending the document
         join = sessions_pb2.Join(session_id=self.session_id, join_token=self.join_token, name=self.name,
-                                 color=self.color, last_seq=self.seq, participant_id=self.participant_id)
+                                 color=self.color, last_seq=self.seq, participant_id=self.participant_id,
+                                 resume_key=self.resume_key)
         return sessions_pb2.ClientMessage(join=join)
 
     def resend_messages(self) -> list[sessions_pb2.ClientMessage]:
@@ -124,6 +126,7 @@ class SessionCore(Generic[W]):
             out.joined = True
             if snap.participant_id:
                 self.participant_id = snap.participant_id
+                self.resume_key = snap.resume_key
             if snap.HasField("session"):
                 self.info = SessionInfo.from_proto(snap.session)
             if not self._resuming:

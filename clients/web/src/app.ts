@@ -44,6 +44,7 @@ export class App {
   private session: SessionInfo | null = null;
   private bundle: BundleInfo | null = null;
   private participantId = "";
+  private resumeKey = ""; // from the snapshot: proves participantId is ours when we rejoin
   private resuming = false;
   private name: string;
   private readonly color: string;
@@ -103,7 +104,8 @@ export class App {
     wsUrl.hash = "";
     this.conn = new Connection({
       url: wsUrl.toString(),
-      token: this.params.token,
+      // A share link carries only the session's join token: the server accepts it as a hello for that session.
+      token: this.params.token || this.params.join,
       onState: (state, detail) => this.showConnection(state, detail),
       onOpen: (reconnected) => void this.onOpen(reconnected),
       onUnsolicited: (response) => this.onUnsolicited(response),
@@ -215,6 +217,7 @@ export class App {
               color: this.color,
               last_seq: resume ? this.doc.seq : 0,
               participant_id: this.participantId,
+              resume_key: this.resumeKey,
             },
           },
         },
@@ -249,7 +252,7 @@ export class App {
     link.search = "";
     link.searchParams.set("session", info.session_id ?? "");
     link.searchParams.set("join", info.join_token ?? "");
-    if (this.params.token) link.searchParams.set("token", this.params.token);
+    // No server token in the address bar: it is what people copy, and the join token is enough to come back.
     history.replaceState(null, "", link.toString());
     byId("session-label").textContent = `${info.bundle ?? ""} · session ${(info.session_id ?? "").slice(0, 8)}`;
     byId<HTMLButtonElement>("share-btn").disabled = false;
@@ -279,6 +282,7 @@ export class App {
     if (event.snapshot) {
       const snap = event.snapshot;
       this.participantId = snap.participant_id ?? this.participantId;
+      this.resumeKey = snap.resume_key ?? this.resumeKey;
       // On resume the server may send an empty document and then replay the ops we missed: keep ours.
       const replayFollows = this.resuming && !(snap.document?.ops?.length ?? 0);
       if (!replayFollows) this.doc.reset(snap.document, snap.session?.seq ?? 0);

@@ -28,7 +28,7 @@ from vatlas.v1 import edits_pb2 as vatlas_dot_v1_dot_edits__pb2
 from vatlas.v1 import render_pb2 as vatlas_dot_v1_dot_render__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vatlas/v1/sessions.proto\x12\tvatlas.v1\x1a\x17vatlas/v1/bundles.proto\x1a\x16vatlas/v1/common.proto\x1a\x15vatlas/v1/edits.proto\x1a\x16vatlas/v1/render.proto\"Q\n\x14\x43reateSessionRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12)\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x17.vatlas.v1.EditDocument\"h\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x12\n\njoin_token\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x14\n\x0cparticipants\x18\x05 \x01(\r\"\x15\n\x13ListSessionsRequest\"@\n\x14ListSessionsResponse\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.vatlas.v1.SessionInfo\"\x90\x01\n\x0bParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x63olor\x18\x03 \x01(\t\x12$\n\x06\x63ursor\x18\x04 \x01(\x0b\x32\x0f.vatlas.v1.Vec2H\x00\x88\x01\x01\x12\r\n\x05\x66rame\x18\x05 \x01(\r\x12\x0c\n\x04tool\x18\x06 \x01(\tB\t\n\x07_cursor\"u\n\x04Join\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05\x63olor\x18\x04 \x01(\t\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\x12\x16\n\x0eparticipant_id\x18\x06 \x01(\t\"\x06\n\x04Undo\"\x06\n\x04Redo\"{\n\x0ePresenceUpdate\x12$\n\x06\x63ursor\x18\x01 \x01(\x0b\x32\x0f.vatlas.v1.Vec2H\x00\x88\x01\x01\x12\r\n\x05\x66rame\x18\x02 \x01(\r\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05\x63olor\x18\x05 \x01(\tB\t\n\x07_cursor\"\x07\n\x05Leave\"\xed\x01\n\rClientMessage\x12\x1f\n\x04join\x18\x01 \x01(\x0b\x32\x0f.vatlas.v1.JoinH\x00\x12\x1f\n\x02op\x18\x02 \x01(\x0b\x32\x11.vatlas.v1.EditOpH\x00\x12\x1f\n\x04undo\x18\x03 \x01(\x0b\x32\x0f.vatlas.v1.UndoH\x00\x12\x1f\n\x04redo\x18\x04 \x01(\x0b\x32\x0f.vatlas.v1.RedoH\x00\x12-\n\x08presence\x18\x05 \x01(\x0b\x32\x19.vatlas.v1.PresenceUpdateH\x00\x12!\n\x05leave\x18\x06 \x01(\x0b\x32\x10.vatlas.v1.LeaveH\x00\x42\x06\n\x04kind\"\xa4\x01\n\x08Snapshot\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.vatlas.v1.SessionInfo\x12)\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x17.vatlas.v1.EditDocument\x12,\n\x0cparticipants\x18\x03 \x03(\x0b\x32\x16.vatlas.v1.Participant\x12\x16\n\x0eparticipant_id\x18\x04 \x01(\t\"(\n\nOpAccepted\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"<\n\nOpRejected\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x1f\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x10.vatlas.v1.Error\"O\n\tOpApplied\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x1d\n\x02op\x18\x03 \x01(\x0b\x32\x11.vatlas.v1.EditOp\"J\n\rPresenceEvent\x12+\n\x0bparticipant\x18\x01 \x01(\x0b\x32\x16.vatlas.v1.Participant\x12\x0c\n\x04left\x18\x02 \x01(\x08\"\x8e\x02\n\x0bServerEvent\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.vatlas.v1.SnapshotH\x00\x12)\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x15.vatlas.v1.OpAcceptedH\x00\x12)\n\x08rejected\x18\x03 \x01(\x0b\x32\x15.vatlas.v1.OpRejectedH\x00\x12\'\n\x07\x61pplied\x18\x04 \x01(\x0b\x32\x14.vatlas.v1.OpAppliedH\x00\x12,\n\x08presence\x18\x05 \x01(\x0b\x32\x18.vatlas.v1.PresenceEventH\x00\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.vatlas.v1.ErrorH\x00\x42\x06\n\x04kind\"@\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\";\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\"\x0e\n\x0cStopPlayback\"\xc9\x04\n\tWsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12!\n\x05hello\x18\x02 \x01(\x0b\x32\x10.vatlas.v1.HelloH\x00\x12\x35\n\x0clist_bundles\x18\x03 \x01(\x0b\x32\x1d.vatlas.v1.ListBundlesRequestH\x00\x12\x39\n\x0e\x63reate_session\x18\x04 \x01(\x0b\x32\x1f.vatlas.v1.CreateSessionRequestH\x00\x12+\n\x07session\x18\x05 \x01(\x0b\x32\x18.vatlas.v1.ClientMessageH\x00\x12*\n\x06render\x18\x06 \x01(\x0b\x32\x18.vatlas.v1.RenderRequestH\x00\x12.\n\x08playback\x18\x07 \x01(\x0b\x32\x1a.vatlas.v1.PlaybackRequestH\x00\x12\x30\n\rstop_playback\x18\x08 \x01(\x0b\x32\x17.vatlas.v1.StopPlaybackH\x00\x12*\n\x06\x65xport\x18\t \x01(\x0b\x32\x18.vatlas.v1.ExportRequestH\x00\x12\x33\n\x0bload_bundle\x18\n \x01(\x0b\x32\x1c.vatlas.v1.LoadBundleRequestH\x00\x12\x37\n\rlist_sessions\x18\x0b \x01(\x0b\x32\x1e.vatlas.v1.ListSessionsRequestH\x00\x12\x36\n\x0b\x62undle_info\x18\x0c \x01(\x0b\x32\x1f.vatlas.v1.GetBundleInfoRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xb8\x03\n\nWsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12%\n\x07welcome\x18\x02 \x01(\x0b\x32\x12.vatlas.v1.WelcomeH\x00\x12\x31\n\x07\x62undles\x18\x03 \x01(\x0b\x32\x1e.vatlas.v1.ListBundlesResponseH\x00\x12.\n\x0csession_info\x18\x04 \x01(\x0b\x32\x16.vatlas.v1.SessionInfoH\x00\x12\'\n\x05\x65vent\x18\x05 \x01(\x0b\x32\x16.vatlas.v1.ServerEventH\x00\x12)\n\x05\x66rame\x18\x06 \x01(\x0b\x32\x18.vatlas.v1.RenderedFrameH\x00\x12(\n\x06\x65xport\x18\x07 \x01(\x0b\x32\x16.vatlas.v1.ExportEventH\x00\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x10.vatlas.v1.ErrorH\x00\x12,\n\x0b\x62undle_info\x18\t \x01(\x0b\x32\x15.vatlas.v1.BundleInfoH\x00\x12\x33\n\x08sessions\x18\n \x01(\x0b\x32\x1f.vatlas.v1.ListSessionsResponseH\x00\x42\x08\n\x06result2\xe6\x01\n\x08Sessions\x12H\n\rCreateSession\x12\x1f.vatlas.v1.CreateSessionRequest\x1a\x16.vatlas.v1.SessionInfo\x12O\n\x0cListSessions\x12\x1e.vatlas.v1.ListSessionsRequest\x1a\x1f.vatlas.v1.ListSessionsResponse\x12?\n\x07\x43onnect\x12\x18.vatlas.v1.ClientMessage\x1a\x16.vatlas.v1.ServerEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vatlas/v1/sessions.proto\x12\tvatlas.v1\x1a\x17vatlas/v1/bundles.proto\x1a\x16vatlas/v1/common.proto\x1a\x15vatlas/v1/edits.proto\x1a\x16vatlas/v1/render.proto\"Q\n\x14\x43reateSessionRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12)\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x17.vatlas.v1.EditDocument\"h\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x12\n\njoin_token\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x14\n\x0cparticipants\x18\x05 \x01(\r\"\x15\n\x13ListSessionsRequest\"@\n\x14ListSessionsResponse\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.vatlas.v1.SessionInfo\"\x90\x01\n\x0bParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x63olor\x18\x03 \x01(\t\x12$\n\x06\x63ursor\x18\x04 \x01(\x0b\x32\x0f.vatlas.v1.Vec2H\x00\x88\x01\x01\x12\r\n\x05\x66rame\x18\x05 \x01(\r\x12\x0c\n\x04tool\x18\x06 \x01(\tB\t\n\x07_cursor\"\x89\x01\n\x04Join\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05\x63olor\x18\x04 \x01(\t\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\x12\x16\n\x0eparticipant_id\x18\x06 \x01(\t\x12\x12\n\nresume_key\x18\x07 \x01(\t\"\x06\n\x04Undo\"\x06\n\x04Redo\"{\n\x0ePresenceUpdate\x12$\n\x06\x63ursor\x18\x01 \x01(\x0b\x32\x0f.vatlas.v1.Vec2H\x00\x88\x01\x01\x12\r\n\x05\x66rame\x18\x02 \x01(\r\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05\x63olor\x18\x05 \x01(\tB\t\n\x07_cursor\"\x07\n\x05Leave\"\xed\x01\n\rClientMessage\x12\x1f\n\x04join\x18\x01 \x01(\x0b\x32\x0f.vatlas.v1.JoinH\x00\x12\x1f\n\x02op\x18\x02 \x01(\x0b\x32\x11.vatlas.v1.EditOpH\x00\x12\x1f\n\x04undo\x18\x03 \x01(\x0b\x32\x0f.vatlas.v1.UndoH\x00\x12\x1f\n\x04redo\x18\x04 \x01(\x0b\x32\x0f.vatlas.v1.RedoH\x00\x12-\n\x08presence\x18\x05 \x01(\x0b\x32\x19.vatlas.v1.PresenceUpdateH\x00\x12!\n\x05leave\x18\x06 \x01(\x0b\x32\x10.vatlas.v1.LeaveH\x00\x42\x06\n\x04kind\"\xb8\x01\n\x08Snapshot\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.vatlas.v1.SessionInfo\x12)\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x17.vatlas.v1.EditDocument\x12,\n\x0cparticipants\x18\x03 \x03(\x0b\x32\x16.vatlas.v1.Participant\x12\x16\n\x0eparticipant_id\x18\x04 \x01(\t\x12\x12\n\nresume_key\x18\x05 \x01(\t\"(\n\nOpAccepted\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"<\n\nOpRejected\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x1f\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x10.vatlas.v1.Error\"O\n\tOpApplied\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x1d\n\x02op\x18\x03 \x01(\x0b\x32\x11.vatlas.v1.EditOp\"J\n\rPresenceEvent\x12+\n\x0bparticipant\x18\x01 \x01(\x0b\x32\x16.vatlas.v1.Participant\x12\x0c\n\x04left\x18\x02 \x01(\x08\"\x8e\x02\n\x0bServerEvent\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.vatlas.v1.SnapshotH\x00\x12)\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x15.vatlas.v1.OpAcceptedH\x00\x12)\n\x08rejected\x18\x03 \x01(\x0b\x32\x15.vatlas.v1.OpRejectedH\x00\x12\'\n\x07\x61pplied\x18\x04 \x01(\x0b\x32\x14.vatlas.v1.OpAppliedH\x00\x12,\n\x08presence\x18\x05 \x01(\x0b\x32\x18.vatlas.v1.PresenceEventH\x00\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.vatlas.v1.ErrorH\x00\x42\x06\n\x04kind\"@\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\";\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\"\x0e\n\x0cStopPlayback\"\xc9\x04\n\tWsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12!\n\x05hello\x18\x02 \x01(\x0b\x32\x10.vatlas.v1.HelloH\x00\x12\x35\n\x0clist_bundles\x18\x03 \x01(\x0b\x32\x1d.vatlas.v1.ListBundlesRequestH\x00\x12\x39\n\x0e\x63reate_session\x18\x04 \x01(\x0b\x32\x1f.vatlas.v1.CreateSessionRequestH\x00\x12+\n\x07session\x18\x05 \x01(\x0b\x32\x18.vatlas.v1.ClientMessageH\x00\x12*\n\x06render\x18\x06 \x01(\x0b\x32\x18.vatlas.v1.RenderRequestH\x00\x12.\n\x08playback\x18\x07 \x01(\x0b\x32\x1a.vatlas.v1.PlaybackRequestH\x00\x12\x30\n\rstop_playback\x18\x08 \x01(\x0b\x32\x17.vatlas.v1.StopPlaybackH\x00\x12*\n\x06\x65xport\x18\t \x01(\x0b\x32\x18.vatlas.v1.ExportRequestH\x00\x12\x33\n\x0bload_bundle\x18\n \x01(\x0b\x32\x1c.vatlas.v1.LoadBundleRequestH\x00\x12\x37\n\rlist_sessions\x18\x0b \x01(\x0b\x32\x1e.vatlas.v1.ListSessionsRequestH\x00\x12\x36\n\x0b\x62undle_info\x18\x0c \x01(\x0b\x32\x1f.vatlas.v1.GetBundleInfoRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xb8\x03\n\nWsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12%\n\x07welcome\x18\x02 \x01(\x0b\x32\x12.vatlas.v1.WelcomeH\x00\x12\x31\n\x07\x62undles\x18\x03 \x01(\x0b\x32\x1e.vatlas.v1.ListBundlesResponseH\x00\x12.\n\x0csession_info\x18\x04 \x01(\x0b\x32\x16.vatlas.v1.SessionInfoH\x00\x12\'\n\x05\x65vent\x18\x05 \x01(\x0b\x32\x16.vatlas.v1.ServerEventH\x00\x12)\n\x05\x66rame\x18\x06 \x01(\x0b\x32\x18.vatlas.v1.RenderedFrameH\x00\x12(\n\x06\x65xport\x18\x07 \x01(\x0b\x32\x16.vatlas.v1.ExportEventH\x00\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x10.vatlas.v1.ErrorH\x00\x12,\n\x0b\x62undle_info\x18\t \x01(\x0b\x32\x15.vatlas.v1.BundleInfoH\x00\x12\x33\n\x08sessions\x18\n \x01(\x0b\x32\x1f.vatlas.v1.ListSessionsResponseH\x00\x42\x08\n\x06result2\xe6\x01\n\x08Sessions\x12H\n\rCreateSession\x12\x1f.vatlas.v1.CreateSessionRequest\x1a\x16.vatlas.v1.SessionInfo\x12O\n\x0cListSessions\x12\x1e.vatlas.v1.ListSessionsRequest\x1a\x1f.vatlas.v1.ListSessionsResponse\x12?\n\x07\x43onnect\x12\x18.vatlas.v1.ClientMessage\x1a\x16.vatlas.v1.ServerEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,40 +45,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSESSIONSRESPONSE']._serialized_end=411
   _globals['_PARTICIPANT']._serialized_start=414
   _globals['_PARTICIPANT']._serialized_end=558
-  _globals['_JOIN']._serialized_start=560
-  _globals['_JOIN']._serialized_end=677
-  _globals['_UNDO']._serialized_start=679
-  _globals['_UNDO']._serialized_end=685
-  _globals['_REDO']._serialized_start=687
-  _globals['_REDO']._serialized_end=693
-  _globals['_PRESENCEUPDATE']._serialized_start=695
-  _globals['_PRESENCEUPDATE']._serialized_end=818
-  _globals['_LEAVE']._serialized_start=820
-  _globals['_LEAVE']._serialized_end=827
-  _globals['_CLIENTMESSAGE']._serialized_start=830
-  _globals['_CLIENTMESSAGE']._serialized_end=1067
-  _globals['_SNAPSHOT']._serialized_start=1070
-  _globals['_SNAPSHOT']._serialized_end=1234
-  _globals['_OPACCEPTED']._serialized_start=1236
-  _globals['_OPACCEPTED']._serialized_end=1276
-  _globals['_OPREJECTED']._serialized_start=1278
-  _globals['_OPREJECTED']._serialized_end=1338
-  _globals['_OPAPPLIED']._serialized_start=1340
-  _globals['_OPAPPLIED']._serialized_end=1419
-  _globals['_PRESENCEEVENT']._serialized_start=1421
-  _globals['_PRESENCEEVENT']._serialized_end=1495
-  _globals['_SERVEREVENT']._serialized_start=1498
-  _globals['_SERVEREVENT']._serialized_end=1768
-  _globals['_HELLO']._serialized_start=1770
-  _globals['_HELLO']._serialized_end=1834
-  _globals['_WELCOME']._serialized_start=1836
-  _globals['_WELCOME']._serialized_end=1895
-  _globals['_STOPPLAYBACK']._serialized_start=1897
-  _globals['_STOPPLAYBACK']._serialized_end=1911
-  _globals['_WSREQUEST']._serialized_start=1914
-  _globals['_WSREQUEST']._serialized_end=2499
-  _globals['_WSRESPONSE']._serialized_start=2502
-  _globals['_WSRESPONSE']._serialized_end=2942
-  _globals['_SESSIONS']._serialized_start=2945
-  _globals['_SESSIONS']._serialized_end=3175
+  _globals['_JOIN']._serialized_start=561
+  _globals['_JOIN']._serialized_end=698
+  _globals['_UNDO']._serialized_start=700
+  _globals['_UNDO']._serialized_end=706
+  _globals['_REDO']._serialized_start=708
+  _globals['_REDO']._serialized_end=714
+  _globals['_PRESENCEUPDATE']._serialized_start=716
+  _globals['_PRESENCEUPDATE']._serialized_end=839
+  _globals['_LEAVE']._serialized_start=841
+  _globals['_LEAVE']._serialized_end=848
+  _globals['_CLIENTMESSAGE']._serialized_start=851
+  _globals['_CLIENTMESSAGE']._serialized_end=1088
+  _globals['_SNAPSHOT']._serialized_start=1091
+  _globals['_SNAPSHOT']._serialized_end=1275
+  _globals['_OPACCEPTED']._serialized_start=1277
+  _globals['_OPACCEPTED']._serialized_end=1317
+  _globals['_OPREJECTED']._serialized_start=1319
+  _globals['_OPREJECTED']._serialized_end=1379
+  _globals['_OPAPPLIED']._serialized_start=1381
+  _globals['_OPAPPLIED']._serialized_end=1460
+  _globals['_PRESENCEEVENT']._serialized_start=1462
+  _globals['_PRESENCEEVENT']._serialized_end=1536
+  _globals['_SERVEREVENT']._serialized_start=1539
+  _globals['_SERVEREVENT']._serialized_end=1809
+  _globals['_HELLO']._serialized_start=1811
+  _globals['_HELLO']._serialized_end=1875
+  _globals['_WELCOME']._serialized_start=1877
+  _globals['_WELCOME']._serialized_end=1936
+  _globals['_STOPPLAYBACK']._serialized_start=1938
+  _globals['_STOPPLAYBACK']._serialized_end=1952
+  _globals['_WSREQUEST']._serialized_start=1955
+  _globals['_WSREQUEST']._serialized_end=2540
+  _globals['_WSRESPONSE']._serialized_start=2543
+  _globals['_WSRESPONSE']._serialized_end=2983
+  _globals['_SESSIONS']._serialized_start=2986
+  _globals['_SESSIONS']._serialized_end=3216
 # @@protoc_insertion_point(module_scope)

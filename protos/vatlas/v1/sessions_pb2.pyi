@@ -59,20 +59,22 @@ class Participant(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., name: _Optional[str] = ..., color: _Optional[str] = ..., cursor: _Optional[_Union[_edits_pb2.Vec2, _Mapping]] = ..., frame: _Optional[int] = ..., tool: _Optional[str] = ...) -> None: ...
 
 class Join(_message.Message):
-    __slots__ = ("session_id", "join_token", "name", "color", "last_seq", "participant_id")
+    __slots__ = ("session_id", "join_token", "name", "color", "last_seq", "participant_id", "resume_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     COLOR_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     join_token: str
     name: str
     color: str
     last_seq: int
     participant_id: str
-    def __init__(self, session_id: _Optional[str] = ..., join_token: _Optional[str] = ..., name: _Optional[str] = ..., color: _Optional[str] = ..., last_seq: _Optional[int] = ..., participant_id: _Optional[str] = ...) -> None: ...
+    resume_key: str
+    def __init__(self, session_id: _Optional[str] = ..., join_token: _Optional[str] = ..., name: _Optional[str] = ..., color: _Optional[str] = ..., last_seq: _Optional[int] = ..., participant_id: _Optional[str] = ..., resume_key: _Optional[str] = ...) -> None: ...
 
 class Undo(_message.Message):
     __slots__ = ()
@@ -117,16 +119,18 @@ class ClientMessage(_message.Message):
     def __init__(self, join: _Optional[_Union[Join, _Mapping]] = ..., op: _Optional[_Union[_edits_pb2.EditOp, _Mapping]] = ..., undo: _Optional[_Union[Undo, _Mapping]] = ..., redo: _Optional[_Union[Redo, _Mapping]] = ..., presence: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("session", "document", "participants", "participant_id")
+    __slots__ = ("session", "document", "participants", "participant_id", "resume_key")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_KEY_FIELD_NUMBER: _ClassVar[int]
     session: SessionInfo
     document: _edits_pb2.EditDocument
     participants: _containers.RepeatedCompositeFieldContainer[Participant]
     participant_id: str
-    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ..., document: _Optional[_Union[_edits_pb2.EditDocument, _Mapping]] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., participant_id: _Optional[str] = ...) -> None: ...
+    resume_key: str
+    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ..., document: _Optional[_Union[_edits_pb2.EditDocument, _Mapping]] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., participant_id: _Optional[str] = ..., resume_key: _Optional[str] = ...) -> None: ...
 
 class OpAccepted(_message.Message):
     __slots__ = ("op_id", "seq")

@@ -243,6 +243,7 @@ export interface Join {
   color?: string;
   last_seq?: number;
   participant_id?: string;
+  resume_key?: string;
 }
 
 /** vatlas.v1.Undo */
@@ -281,6 +282,7 @@ export interface Snapshot {
   document?: EditDocument;
   participants?: Participant[];
   participant_id?: string;
+  resume_key?: string;
 }
 
 /** vatlas.v1.OpAccepted */
