@@ -181,6 +181,7 @@ def test_reference_cover_sees_a_hole_on_frame_0(scene: SynthScene, exact: Bundle
 def test_real_clip_metrics_on_an_exact_bundle(scene: SynthScene, exact: Bundle) -> None:
     masks = scene.gt_occlusion >= 0.5  # the occluders play the annotated objects
     scores, worst = ee.real_edit_metrics(exact, masks, "cpu")
+    assert set(scores) == set(ee.REAL_KEYS)  # the columns a clip without room for the edit fills with NaN
     assert scores["edit_on_object"] <= 0.01 and scores["edit_on_object_fixed"] > 0.02
     assert scores["edit_eligible_frames"] >= 5 and scores["edit_missing_frames"] == 0
     assert scores["edit_shown_min_ratio"] > 0.9 and scores["untouched"] == 1.0 and scores["ref_cover"] == 1.0
@@ -236,6 +237,7 @@ def rigid_object_clip(frames: int = 8, width: int = 96, height: int = 64, moving
 def test_object_roi_metrics() -> None:
     bundle, masks = rigid_object_clip()
     scores, worst = ee.object_edit_metrics(bundle, masks, "cpu")
+    assert set(scores) == set(ee.OBJECT_KEYS)
     assert scores["obj_ref_cover"] >= 0.995
     assert scores["obj_on_object"] >= 0.98
     assert scores["obj_area_ratio_median"] == pytest.approx(1.0, abs=0.1)

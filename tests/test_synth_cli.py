@@ -121,3 +121,45 @@ def test_missing_out_dir_argument(capsys: pytest.CaptureFixture[str]) -> None:
         main(["synth"])
     assert exc.value.code == 2
     assert "the following arguments are required: OUT_DIR" in capsys.readouterr().err
+
+
+def test_hard_preset_with_a_paste(tmp_path: Path) -> None:
+    """In-process: the hard preset's files, and the ground-truth edited clip of a pasted PNG."""
+    from PIL import Image
+
+    image = np.zeros((10, 14, 4), np.uint8)
+    image[...] = (240, 30, 200, 255)
+    Image.fromarray(image, "RGBA").save(tmp_path / "logo.png")
+    out = tmp_path / "hard"
+    code = main([
+        "synth", str(out), "--preset", "hard", "--frames", "16", "--size", "128x72", "--seed", "2",
+        "--paste", str(tmp_path / "logo.png"), "--paste-frame", "5", "--paste-rect", "50,30",
+    ])  # fmt: skip
+    assert code == 0
+    scene = make_scene(preset="hard", frames=16, size=(128, 72), seed=2)
+    assert np.array_equal(read_video(out / "gt_edited").frames, scene.render_pasted(image, frame=5,
+                                                                                     rect=(50, 30, 14, 10)))
+    assert np.array_equal(np.load(out / "gt_occlusion.npy"), scene.gt_occlusion)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["params"]["preset"] == "hard" and meta["params"]["hard"]["occluders"]["windows"]
+    assert meta["paste"] == {"image": str(tmp_path / "logo.png"), "frame": 5, "rect": [50.0, 30.0, 14.0, 10.0]}
+    assert {"gt_edited/", "gt_occlusion.npy"} <= set(meta["files"])
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--preset", "hard", "--frames", "8"], "the hard preset needs frames >= 16"),
+        (["--paste-rect", "1,2,3"], "expected X,Y or X,Y,W,H"),
+        (["--preset", "extreme"], "invalid choice"),
+    ],
+)
+def test_bad_preset_arguments(tmp_path: Path, args: list[str], pattern: str,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["synth", str(tmp_path / "out"), *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2
+    assert pattern in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

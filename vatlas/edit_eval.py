@@ -46,6 +46,9 @@ COVER_TOL = 24  # levels (max over channels): twice-resampled flat colour and re
 CHANGE_THRESHOLD = 2  # levels: a pixel changed by an edit, not by re-encoding or rounding noise
 MISSING_RATIO = 0.5  # a frame where less than half of the expected area shows the edit "misses" it
 WORST = 5  # worst frames reported per metric
+REAL_KEYS = ("edit_on_object", "edit_on_object_fixed", "edit_eligible_frames", "edit_missing_frames",
+             "edit_shown_min_ratio", "edit_shown_median_ratio", "untouched", "untouched_changed_px", "ref_cover")
+OBJECT_KEYS = ("obj_ref_cover", "obj_on_object", "obj_on_object_fixed", "obj_area_ratio_median")
 Rect = tuple[int, int, int, int]  # x, y, w, h in frame pixels (x, y: the top-left pixel's corner)
 
 
@@ -537,8 +540,8 @@ def real_edit_metrics(bundle: Any, masks: np.ndarray, device: str = "auto") -> t
     out: dict[str, float] = {}
     worst: dict[str, list[list[float]]] = {}
     rect = background_rect(bundle, masks, max(16, width // 8), max(12, height // 6))
-    if rect is None:
-        return out, worst
+    if rect is None:  # no background inside the ROI on the reference frame
+        return {k: math.nan for k in REAL_KEYS}, worst
     x, y, w, h = rect
     checker = checker_rgba(w, h, cell=max(4, w // 12))
     ours = render_edit(bundle, [texture_op("checker", ref, checker, rect)], device)
@@ -598,8 +601,8 @@ def object_edit_metrics(bundle: Any, masks: np.ndarray, device: str = "auto") ->
     out: dict[str, float] = {}
     worst: dict[str, list[list[float]]] = {}
     rect = object_square(masks[ref])
-    if rect is None:
-        return out, worst
+    if rect is None:  # no square fits well inside: say so in every column rather than drop them
+        return {k: math.nan for k in OBJECT_KEYS}, worst
     x, y, w, h = rect
     solid = solid_rgba(w, h, far_colour(bundle.frames[ref, y:y + h, x:x + w]))
     ours = render_edit(bundle, [texture_op("square", ref, solid, rect)], device)
