@@ -145,13 +145,14 @@ class AsyncClient:
 
     async def join(
         self, session: SessionInfo | str, join_token: str | None = None, *, name: str = "python",
-        color: str = "#3b82f6", participant_id: str = "", last_seq: int = 0,
+        color: str = "#3b82f6", participant_id: str = "", last_seq: int = 0, resume_key: str = "",
     ) -> AsyncSession:
         if isinstance(session, SessionInfo):
             join_token = join_token or session.join_token
         core: SessionCore[asyncio.Future[Ack]] = SessionCore(
             _common.session_id_of(session), join_token or "", name, color, participant_id)
         core.seq = last_seq  # > 0: the server replays only the ops after it instead of sending the document
+        core.resume_key = resume_key  # with participant_id: take that identity (and its undo history) back
         live = AsyncSession(self, core)
         await live._start()
         self._live.add(live)
@@ -281,6 +282,10 @@ class AsyncSession:
     @property
     def participant_id(self) -> str:
         return self._core.participant_id
+
+    @property
+    def resume_key(self) -> str:
+        return self._core.resume_key
 
     @property
     def seq(self) -> int:

@@ -178,7 +178,7 @@ class Client:
 
     def join(
         self, session: SessionInfo | str, join_token: str | None = None, *, name: str = "python",
-        color: str = "#3b82f6", participant_id: str = "", last_seq: int = 0,
+        color: str = "#3b82f6", participant_id: str = "", last_seq: int = 0, resume_key: str = "",
     ) -> Session:
         """Join a session (a SessionInfo, or its id plus `join_token`) and start receiving its events."""
         if isinstance(session, SessionInfo):
@@ -186,6 +186,7 @@ class Client:
         session_id = _common.session_id_of(session)
         core: SessionCore[Future[int]] = SessionCore(session_id, join_token or "", name, color, participant_id)
         core.seq = last_seq  # > 0: the server replays only the ops after it instead of sending the document
+        core.resume_key = resume_key  # with participant_id: take that identity (and its undo history) back
         live = Session(self, core)
         live._start()
         self._live.add(live)
@@ -334,6 +335,11 @@ class Session:
     def participant_id(self) -> str:
         """Yours, assigned by the server at the first join and kept across reconnects."""
         return self._core.participant_id
+
+    @property
+    def resume_key(self) -> str:
+        """The secret that proves `participant_id` is yours: pass both to a later `join` to keep undo history."""
+        return self._core.resume_key
 
     @property
     def seq(self) -> int:
