@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
     work_roi = roi.scaled(w / src_w, h / src_h)
     work_roi.ref_frame = roi.ref_frame - start
+    # fit small, deliver at full size: the bundle is baked over the source frames
+    delivered_roi = roi.scaled(1.0, 1.0)
+    delivered_roi.ref_frame = work_roi.ref_frame
+    full_size = {"source_frames": video.frames, "source_roi": delivered_roi} if frames is not video.frames else {}
     config.size = (w, h)
     source = {
         "path": str(args.video.resolve()),
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "frame_range": list(video.frame_range),
         "stride": video.stride,
         "working_size": [w, h],
+        **video.info,  # timestamps, rotation, colour and audio location, for an export like the source
     }
     try:
         device = resolve_device(args.device)
@@ -125,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: the {args.preset!r} preset is sized for a GPU; on this CPU it takes hours "
                   "(--preset draft takes minutes)", file=sys.stderr)
         bundle, metrics = fit(frames, work_roi, config=config, fps=video.fps, device=device.type, out=args.out,
-                              resume=args.resume, show_progress=not args.quiet, source=source)
+                              resume=args.resume, show_progress=not args.quiet, source=source, **full_size)
     except FitError as exc:
         raise CliError(str(exc)) from None
-    print(f"wrote {args.out}: {bundle.num_frames} frames {w}x{h}, atlas {bundle.atlas_size}^2, "
+    print(f"wrote {args.out}: {bundle.num_frames} frames {bundle.width}x{bundle.height} (fitted at {w}x{h}), atlas {bundle.atlas_size}^2, "
           f"ROI PSNR {metrics['roi_psnr']:.2f} dB, {metrics['total_seconds']:.1f} s")
     worst = metrics.get("roi_psnr_worst_frames") or []
     if worst:

@@ -22,8 +22,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frame", type=int, required=True, help="frame number (0-based)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output image (.png, .jpg or .webp)")
     parser.add_argument("--mode", choices=RENDER_MODES, default=RENDER_MODES[0], help=MODE_HELP)
+    add_preview_options(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.set_defaults(func=run)
+
+
+def add_preview_options(parser: argparse.ArgumentParser) -> None:
+    """--scale / --max-side: a smaller preview instead of the bundle's full size (the default)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scale", type=float, default=None, help="preview scale in (0, 1], default 1 (full size)")
+    group.add_argument("--max-side", type=int, default=None, help="preview: fit the long side into this many pixels")
+
+
+def preview_scale_of(args: argparse.Namespace, bundle: Any) -> float:
+    """The render scale that --scale / --max-side ask for (one-line CliError when out of range)."""
+    from vatlas.server.export import preview_scale
+
+    try:
+        return preview_scale((bundle.width, bundle.height), scale=args.scale, max_side=args.max_side)
+    except ValueError as exc:
+        raise CliError(f"--scale/--max-side: {exc}") from None
 
 
 def load_engine(bundle_path: Path, edits_path: Path | None, device: str, *, compile: bool | None = False) -> Any:
@@ -56,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     n = engine.bundle.num_frames
     if not 0 <= args.frame < n:
         raise CliError(f"frame {args.frame} is out of range (the clip has frames 0..{n - 1})")
-    frame = engine.render([args.frame], mode=args.mode)
+    frame = engine.render([args.frame], mode=args.mode, scale=preview_scale_of(args, engine.bundle))
     data = encode(frame, formats[suffix], quality=95)[0]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(data)
