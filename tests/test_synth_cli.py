@@ -65,7 +65,7 @@ def test_fps_lighting_and_odd_size(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     video = read_video(tmp_path / "video.mp4")
-    assert video.fps == 25.0 and video.frames.shape == (5, 48, 66, 3)  # padded to even for yuv420p
+    assert video.fps == 25.0 and video.frames.shape == (5, 47, 65, 3)  # odd sizes exact (yuv444p, vatlas.video)
     assert np.all(np.load(tmp_path / "gt_illumination.npy") == 1.0)
     assert np.load(tmp_path / "gt_uv.npy").shape == (5, 47, 65, 2)
 
