@@ -626,7 +626,7 @@ class _Crossing:
                                           self.k)
         return track + x[:, None] * e + across * self.offset
 
-    def angles(self, frames: int) -> tuple[float, float]:
+    def angles(self) -> tuple[float, float]:
         """(angle0, spin): aligned with the heading when it is over the ROI."""
         t_mid = self.t_in + self.duration / 2.0
         return self.heading - self.spin * t_mid, self.spin
@@ -724,16 +724,12 @@ def _hard_occluders(
     need_run = max(3, int(np.ceil(HARD_MOSTLY_RUN * frames)))
     accepted: tuple[list[_Crossing], dict[str, Any]] | None = None
     for attempt in range(_HARD_ATTEMPTS):
-        plans = [_draw_crossing(rng, frames, poly, centre_ref, main=True)]
-        if count >= 2:
-            plans.append(_draw_crossing(rng, frames, poly, centre_ref, main=False))
-        for _ in range(2, count):
-            plans.append(_draw_crossing(rng, frames, poly, centre_ref, main=False))
+        plans = [_draw_crossing(rng, frames, poly, centre_ref, main=k == 0) for k in range(count)]
         uncovered = np.ones((frames, ch, cw))
         touched = np.zeros((frames, ch, cw), bool)
         for plan in plans:
             path = plan.centres(track)
-            angle0, spin = plan.angles(frames)
+            angle0, spin = plan.angles()
             for t in range(frames):
                 angle = angle0 + spin * t
                 uncovered[t] *= 1.0 - _box_coverage(xs, ys, path[t], angle, plan.half, plan.radius, 0.0, pixel)
@@ -762,7 +758,7 @@ def _hard_occluders(
     plans, stats = accepted
     occluders = []
     for plan in plans:
-        angle0, spin = plan.angles(frames)
+        angle0, spin = plan.angles()
         path = plan.centres(track)
         occluders.append(
             _Occluder(
