@@ -423,10 +423,10 @@ def _visible_paste(scene: Any, width: int, height: int) -> tuple[int, Rect] | No
     order = sorted(range(1, t_count), key=lambda t: (abs(t - t_count // 2), t))
     centre_ref = scene.roi.polygons[0].mean(axis=0, keepdims=True)
     track = scene.gt_track(centre_ref)[:, 0]
-    for scale in (1.0, 0.75, 0.5):
-        w, h = max(4, round(width * scale)), max(4, round(height * scale))
-        for t in order:
-            free = erode(scene.gt_visibility[t] >= 0.999, 2)
+    for t in order:  # the frame nearest the middle first, with a smaller image if need be
+        free = erode(scene.gt_visibility[t] >= 0.999, 2)
+        for scale in (1.0, 0.75, 0.5):
+            w, h = max(4, round(width * scale)), max(4, round(height * scale))
             valid = rect_positions(free, w, h)
             if valid.any():
                 return t, _nearest(valid, w, h, track[t])
