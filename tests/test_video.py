@@ -16,12 +16,17 @@ from conftest import SHARED_DATA
 from vatlas.errors import VideoError
 from vatlas.metrics import psnr
 from vatlas.video import (
+    Timing,
+    audio_from_source,
+    choose_codec,
     content_hash,
     fps_fraction,
     list_image_files,
     read_video,
+    timing_from_source,
     write_mp4,
     write_png_sequence,
+    write_video,
 )
 
 DATA = SHARED_DATA
@@ -70,7 +75,8 @@ def test_mp4_round_trip_keeps_count_size_fps_and_content(clip: tuple[Path, np.nd
 
 @pytest.mark.parametrize(
     ("fps", "rate", "count"),
-    [(29.97002997, Fraction(30000, 1001), 5), (16, Fraction(16), 5), (25.0, 25, 5), (30, 30, 60)],
+    [(29.97002997, Fraction(30000, 1001), 5), (29.97, Fraction(30000, 1001), 3), (23.976, Fraction(24000, 1001), 3),
+     (16, Fraction(16), 5), (25.0, 25, 5), (30, 30, 60)],
 )
 def test_mp4_frame_rate_and_count_are_exact(tmp_path: Path, fps: float, rate: Fraction, count: int) -> None:
     assert fps_fraction(fps) == rate
@@ -85,13 +91,99 @@ def test_mp4_frame_rate_and_count_are_exact(tmp_path: Path, fps: float, rate: Fr
     assert video.fps == pytest.approx(float(rate)) and video.num_frames == count
 
 
-def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
+def test_odd_size_is_written_exactly(tmp_path: Path) -> None:
     frames = smooth_frames(4, 63, 45)
-    video = read_video(write_mp4(tmp_path / "odd.mp4", frames, 30, progress=True))
-    assert video.frames.shape == (4, 46, 64, 3)
-    assert psnr(video.frames[:, :45, :63], frames) > 35
-    # The padding replicates the last column/row.
-    assert np.abs(video.frames[:, :45, 63].astype(int) - frames[:, :, 62].astype(int)).mean() < 3
+    path = write_mp4(tmp_path / "odd.mp4", frames, 30, progress=True)
+    video = read_video(path)
+    assert video.frames.shape == (4, 45, 63, 3)  # no padding: 4:4:4 H.264 codes the odd size itself
+    assert psnr(video.frames, frames) > 35
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv444p"
+    with av.open(str(write_mp4(tmp_path / "even.mp4", smooth_frames(2, 64, 46), 30))) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"  # even sizes stay 4:2:0
+
+
+def test_info_records_timing_rotation_colour_and_audio(tmp_path: Path) -> None:
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=Fraction(30000, 1001))
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 30000)
+        video.codec_context.color_range, video.codec_context.color_primaries = 2, 1
+        video.set_display_rotation(-90)
+        audio = container.add_stream("pcm_s16le", rate=8000)
+        for k, frame in enumerate(smooth_frames(6, 32, 32)):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p",
+                                                                                    dst_color_range=2)
+            video_frame.pts, video_frame.time_base = 1001 * k, Fraction(1, 30000)
+            container.mux(video.encode(video_frame))
+        container.mux(video.encode(None))
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.int16), format="s16", layout="mono")
+        samples.sample_rate, samples.pts = 8000, 0
+        container.mux(audio.encode(samples))
+        container.mux(audio.encode(None))
+    info = read_video(path).info
+    assert info["time_base"] == "1/30000" and info["frame_rate"] == "30000/1001"
+    assert info["pts"] == [1001 * k for k in range(6)] and info["end_pts"] == 6006
+    assert info["at_start"] and info["at_end"]
+    assert info["rotation"] == -90 and len(info["display_matrix"]) == 9
+    assert info["color"]["range"] == "full" and info["color"]["primaries"] == 1
+    assert info["audio"] == {"stream": 1, "codec": "pcm_s16le", "time_base": "1/8000"}
+    cut = read_video(path, frames=(2, 4)).info
+    assert cut["pts"] == [2002, 3003] and cut["end_pts"] == 4004 and not cut["at_start"] and not cut["at_end"]
+    json.dumps(info)  # it goes into a bundle's manifest as is
+    assert read_video(path, frames=(1, 6), stride=2).info["pts"] == [1001, 3003, 5005]
+
+
+def test_timing_and_audio_plans_from_a_source_dict(tmp_path: Path) -> None:
+    source = {"time_base": "1/90000", "frame_rate": "24", "pts": [0, 3000, 9000, 10000], "end_pts": 14000,
+              "at_start": True, "at_end": True}
+    timing = timing_from_source(source, [1, 2, 3], 4, 24.0)
+    assert timing.time_base == Fraction(1, 90000) and timing.pts == (0, 6000, 7000) and timing.end == 11000
+    assert timing_from_source(source, [0, 1], 4, 24.0).end == 9000  # a frame lasts until the next one
+    # No timestamps (folders, older bundles) or a frame count that does not match: a constant rate.
+    assert timing_from_source({}, [0, 1, 2], 3, 29.97) == Timing(Fraction(1001, 30000), (0, 1, 2), 3,
+                                                                 Fraction(30000, 1001))
+    assert timing_from_source(source, [0, 1], 5, 24.0).pts == (0, 1)
+    assert audio_from_source(source, [0, 1], 4) == (None, None)  # the source had no audio
+    clip = write_mp4(tmp_path / "a.mp4", smooth_frames(4, 16, 16), 24)
+    with_audio = {**source, "audio": {"stream": 1}, "path": str(clip), "sha256": content_hash(clip)}
+    copy, note = audio_from_source(with_audio, [0, 1, 2, 3], 4)
+    assert note is None and copy is not None and copy.start is None and copy.stop is None
+    copy, _ = audio_from_source(with_audio, [1, 2], 4)
+    assert copy is not None and (copy.origin, copy.start, copy.stop) == (Fraction(1, 30), Fraction(1, 30),
+                                                                          Fraction(1, 9))
+    assert "contiguous" in str(audio_from_source(with_audio, [0, 2], 4)[1])
+    assert "changed" in str(audio_from_source({**with_audio, "sha256": "0" * 64}, [0], 4)[1])
+    assert "not there" in str(audio_from_source({**with_audio, "path": str(tmp_path / "gone.mp4")}, [0], 4)[1])
+
+
+def test_codec_choice() -> None:
+    assert [choose_codec(p) for p in ("a.mp4", "a.MOV", "frames")] == ["h264", "prores", "png"]
+    assert choose_codec("a.mov", "h264") == "h264" and choose_codec("dir", "png") == "png"
+    for path, codec in (("a.avi", None), ("a.mp4", "prores"), ("a.mkv", "h264"), ("dir", "h264"),
+                        ("a.mov", "png"), ("a.mp4", "vp9")):
+        with pytest.raises(ValueError) as exc:
+            choose_codec(path, codec)
+        assert "\n" not in str(exc.value)
+
+
+def test_prores_and_vfr_write(tmp_path: Path) -> None:
+    # A width that is a multiple of 16: prores_ks in PyAV's FFmpeg 8 does not give the same bytes twice
+    # for other widths (its rate control varies; the quality stays high on real content).
+    frames = smooth_frames(5, 48, 21)
+    timing = Timing(Fraction(1, 1000), (0, 40, 120, 130, 200), 260, Fraction(20))
+    path = write_video(tmp_path / "x.mov", frames, codec="prores", timing=timing)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "prores" and stream.frames == 5
+        times = [f.pts * Fraction(stream.time_base) for f in container.decode(stream)]
+    assert times == [Fraction(t, 1000) for t in timing.pts]
+    assert psnr(read_video(path).frames, frames) > 45
+    with pytest.raises(VideoError, match="5 timestamps for 4 frames"):
+        write_video(tmp_path / "y.mp4", frames[:4], timing=timing)
+    with pytest.raises(VideoError, match="increasing"):
+        Timing(Fraction(1, 10), (0, 2, 2), 3, Fraction(10))
 
 
 def test_frame_range_stride_and_resize(clip: tuple[Path, np.ndarray]) -> None:

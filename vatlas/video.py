@@ -20,6 +20,8 @@ Public API
 ``write_video(path, frames, *, codec="h264", fps=None, timing=None, display_matrix=None, color=None,
 audio=None, crf=18, preset="medium", progress=False) -> Path``
     ``codec`` "h264" (libx264; .mp4 or .mov) or "prores" (ProRes 4444, 4:4:4 10-bit, prores_ks; .mov).
+    Known limit: with the FFmpeg 8 that PyAV bundles, prores_ks output for a width that is not a multiple of
+    16 differs slightly from run to run (rate control; 56-77 dB on an 854x480 ramp), so it is not bit-exact.
     ``timing`` (a ``Timing``: pts in a time base, e.g. the source's) keeps variable frame rates; without it
     frames are stamped at ``fps`` as an exact Fraction. One packet per input frame. H.264 is yuv420p at even
     sizes and yuv444p (High 4:4:4) at odd ones: 4:2:0 H.264 cannot code an odd size (its crop unit is 2 px)
@@ -331,8 +333,17 @@ def _check_frames(frames: np.ndarray | Sequence[np.ndarray], target: Path) -> No
         raise VideoError(f"{target}: frames must be (H, W, 3) uint8, got {first.shape} {first.dtype}")
 
 
-def fps_fraction(fps: float) -> Fraction:
-    """A frame rate as an exact Fraction (29.97002997... -> 30000/1001, 25.0 -> 25)."""
+_NTSC_BASES = (24, 30, 48, 60, 120, 240)
+
+
+def fps_fraction(fps: float | Fraction) -> Fraction:
+    """A frame rate as an exact Fraction (29.97 or 29.97002997... -> 30000/1001, 25.0 -> 25)."""
+    if isinstance(fps, Fraction):
+        return fps
+    for base in _NTSC_BASES:
+        # "29.97" and "23.976" are the NTSC rates rounded for display, never 2997/100 or 2997/125.
+        if abs(fps - base * 1000 / 1001) < 0.002:
+            return Fraction(base * 1000, 1001)
     return Fraction(fps).limit_denominator(1001)
 
 
@@ -389,7 +400,7 @@ class Timing:
     @classmethod
     def constant(cls, fps: float | Fraction, count: int) -> Timing:
         """``count`` frames at a constant rate, stamped 0, 1, 2, ... in a 1/fps time base."""
-        rate = fps if isinstance(fps, Fraction) else fps_fraction(fps)
+        rate = fps_fraction(fps)
         return cls(1 / rate, tuple(range(count)), count, rate)
 
     def duration(self, index: int) -> int:
