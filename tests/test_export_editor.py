@@ -34,8 +34,9 @@ def moving_frames(count: int, width: int, height: int) -> np.ndarray:
 
 def make_clip(path: Path, *, count: int = 12, size: tuple[int, int] = (64, 48), rate: Fraction = Fraction(30),
               time_base: Fraction | None = None, pts: list[int] | None = None, rotation: int | None = None,
-              full_range: bool = False, audio: bool = False) -> Path:
-    """A source clip written with PyAV directly (not with vatlas), optionally with an AAC track."""
+              full_range: bool = False, audio: str | None = None) -> Path:
+    """A source clip written with PyAV directly (not with vatlas), optionally with an audio track
+    (``audio``: "aac", stereo, or "pcm_u8", mono)."""
     time_base = time_base or 1 / rate
     pts = list(range(count)) if pts is None else pts
     with av.open(str(path), "w") as container:
@@ -47,9 +48,10 @@ def make_clip(path: Path, *, count: int = 12, size: tuple[int, int] = (64, 48), 
         video.codec_context.color_range = 2 if full_range else 1
         if rotation is not None:
             video.set_display_rotation(rotation)
-        sound = container.add_stream("aac", rate=SAMPLE_RATE) if audio else None
+        sound = container.add_stream(audio, rate=SAMPLE_RATE) if audio else None
+        layout = "stereo" if audio == "aac" else "mono"
         if sound is not None:
-            sound.layout = "stereo"
+            sound.layout = layout
         for k, rgb in enumerate(moving_frames(count, *size)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
                 format="yuv420p", dst_colorspace="itu709", dst_color_range=2 if full_range else 1)
@@ -60,8 +62,12 @@ def make_clip(path: Path, *, count: int = 12, size: tuple[int, int] = (64, 48), 
             total = int(SAMPLE_RATE * (pts[-1] + pts[-1] - pts[-2]) * time_base)
             tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / SAMPLE_RATE)).astype(np.float32)
             for start in range(0, total, 1024):
-                chunk = np.ascontiguousarray(np.stack([tone[start:start + 1024]] * 2))
-                samples = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+                if audio == "aac":
+                    chunk = np.ascontiguousarray(np.stack([tone[start:start + 1024]] * 2))
+                    samples = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+                else:
+                    chunk = (128 + 100 * tone[None, start:start + 1024]).astype(np.uint8)
+                    samples = av.AudioFrame.from_ndarray(chunk, format="u8", layout=layout)
                 samples.sample_rate, samples.pts, samples.time_base = SAMPLE_RATE, start, Fraction(1, SAMPLE_RATE)
                 container.mux(sound.encode(samples))
             container.mux(sound.encode(None))
@@ -100,7 +106,7 @@ def first_frame(path: Path) -> av.VideoFrame:
 
 @pytest.fixture(scope="module")
 def clip_with_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("audio") / "talk.mp4", count=12, audio=True)
+    return make_clip(tmp_path_factory.mktemp("audio") / "talk.mp4", count=12, audio="aac")
 
 
 def test_audio_is_copied_not_reencoded(clip_with_audio: Path, tmp_path: Path) -> None:
@@ -142,6 +148,20 @@ def test_audio_left_out_when_the_source_changed(clip_with_audio: Path, tmp_path:
     quiet = export_clip(EditEngine(bundle_of(clip_with_audio), "cpu"), tmp_path / "n.mp4", audio=False)
     with av.open(str(quiet)) as container:
         assert not container.streams.audio  # asked for
+
+
+def test_audio_the_container_cannot_hold_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = make_clip(tmp_path / "raw.mkv", count=6, audio="pcm_u8")
+    engine = EditEngine(bundle_of(source), "cpu")
+    with caplog.at_level(logging.WARNING):
+        out = export_clip(engine, tmp_path / "raw.mp4")
+    assert "pcm_u8 audio cannot go in a .mp4 file" in caplog.text
+    with av.open(str(out)) as container:
+        assert not container.streams.audio and container.streams.video[0].frames == 6
+    assert not list(tmp_path.glob("*.part*"))
+    # A .mov takes it, packet for packet.
+    kept = export_clip(engine, tmp_path / "raw.mov", codec="h264")
+    assert [bytes(p) for p in packets(kept, "audio")] == [bytes(p) for p in packets(source, "audio")]
 
 
 @pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "h264"), (".mov", "prores")])
