@@ -7,9 +7,10 @@ only the atlas rectangle it affects. One internal lock makes every public method
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,24 @@ class _Object:
     atlas_op: AtlasOp | None = None
     sticker: StickerTrack | None = None
 
+    def nbytes(self) -> int:
+        """Edit memory this object keeps (counted against OpLimits.max_edit_bytes)."""
+        return sum(part.nbytes() for part in (self.atlas_op, self.sticker) if part is not None)
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_refusal(op_id: str) -> Iterator[None]:
+    """An allocation that fails while an op is placed or drawn refuses that op (RESOURCE_EXHAUSTED), like a
+    budget would; the budgets keep this rare, and the caller leaves no trace of the op either way."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError):
+        raise OpError("RESOURCE_EXHAUSTED", "out of memory while drawing this op", op_id) from None
+    except RuntimeError as exc:  # the CPU allocator says so only in its message
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        raise OpError("RESOURCE_EXHAUSTED", "out of memory while drawing this op", op_id) from None
+
 
 class EditEngine:
     """Applies ops incrementally and renders edited frames (see docs/CONTRACTS.md)."""
@@ -49,15 +68,19 @@ class EditEngine:
         self.device = self.compositor.device
         self.limits = limits or OpLimits.for_bundle(bundle)
         self.geometry = AtlasGeometry(bundle, bundle.atlas_size)
-        self.layers = AtlasLayers(self.geometry, bundle.atlas, self.device, self.compositor.texture_dtype)
+        self.layers = AtlasLayers(self.geometry, bundle.atlas, self.device, self.compositor.texture_dtype,
+                                  self.limits)
         self._objects: dict[str, _Object] = {}
+        self._bytes = 0  # sum of the objects' nbytes()
         self._lock = threading.RLock()
 
     # ---- document ----------------------------------------------------------------------------------------
     def apply(self, op: dict[str, Any]) -> dict[str, Any]:
         """Validate and apply one op; returns the state of the object it created or changed.
 
-        Raises OpError: INVALID_ARGUMENT, NOT_FOUND (unknown target), ALREADY_EXISTS (id reused).
+        Raises OpError: INVALID_ARGUMENT, NOT_FOUND (unknown target), ALREADY_EXISTS (id reused),
+        RESOURCE_EXHAUSTED (over the raster or memory budget). A refused op leaves no trace: the document,
+        the layers and the memory count are as they were.
         """
         clean = validate_op(op, self.limits)
         with self._lock:
@@ -67,14 +90,15 @@ class EditEngine:
             obj = self._objects.get(clean["target"])
             if obj is None:
                 raise OpError("NOT_FOUND", f"no op with id {clean['target']!r}", clean.get("id", ""))
+            op_id = clean.get("id", "")
             if kind == "update":
                 self._update(obj, clean)
             elif kind == "delete":
-                self._set_live(obj, deleted=True)
+                self._set_live(obj, op_id, deleted=True)
             elif kind == "restore":
-                self._set_live(obj, deleted=False)
+                self._set_live(obj, op_id, deleted=False)
             else:
-                self._set_live(obj, visible=clean["visible"])
+                self._set_live(obj, op_id, visible=clean["visible"])
             return self._state(obj)
 
     def apply_many(self, ops: Sequence[dict[str, Any]]) -> None:
@@ -111,60 +135,111 @@ class EditEngine:
             state["deleted"] = True
         return state
 
+    def edit_bytes(self) -> int:
+        """Edit memory the document's objects keep (deleted ones too: they can be restored)."""
+        with self._lock:
+            return self._bytes
+
+    def _check_memory(self, more: int, op_id: str) -> None:
+        if self._bytes + more > self.limits.max_edit_bytes:
+            raise OpError("RESOURCE_EXHAUSTED", f"this session's edits would keep {self._bytes + more} bytes "
+                          f"(limit {self.limits.max_edit_bytes}): delete some or use smaller images", op_id)
+
     def _create(self, op: dict[str, Any]) -> dict[str, Any]:
         if op["id"] in self._objects:
             raise OpError("ALREADY_EXISTS", f"an op with id {op['id']!r} already exists", op["id"])
         obj = _Object(op=op)
         self._prepare(obj)
-        self._objects[op["id"]] = obj
+        size = obj.nbytes()
+        self._check_memory(size, op["id"])
         aop = obj.atlas_op
         if aop is not None:
-            if aop.kind == "paint":
-                self.layers.paint_on_top(aop)
-            else:
-                self.layers.rebuild_adjust(aop.rect, self._live("adjust"))
+            with _out_of_memory_is_refusal(op["id"]):
+                if aop.kind == "paint":
+                    self.layers.paint_on_top(aop)
+                else:
+                    self.layers.rebuild_adjust(aop.rect, [*self._live("adjust"), aop])
+        # Registered only once drawn: an op that failed above is in no later rebuild, undo or document.
+        self._objects[op["id"]] = obj
+        self._bytes += size
         return self._state(obj)
 
     def _prepare(self, obj: _Object) -> None:
+        op_id = obj.op.get("id", "")
         try:
-            if obj.op["type"] == "sticker":
-                obj.sticker = track_sticker(self.geometry, obj.op, self.device)
-            else:
-                obj.atlas_op = self.layers.prepare(obj.op)
+            with _out_of_memory_is_refusal(op_id):
+                if obj.op["type"] == "sticker":
+                    obj.sticker = track_sticker(self.geometry, obj.op, self.device)
+                else:
+                    obj.atlas_op = self.layers.prepare(obj.op)
         except OpError:
             raise
         except (ValueError, np.linalg.LinAlgError) as exc:
-            raise OpError("INVALID_ARGUMENT", f"op cannot be placed: {exc}", obj.op.get("id", "")) from None
+            raise OpError("INVALID_ARGUMENT", f"op cannot be placed: {exc}", op_id) from None
 
     def _update(self, obj: _Object, update: dict[str, Any]) -> None:
+        """Change properties and/or visibility at once: either all of it shows, or (on an error) none."""
+        op_id = update.get("id", "")
         changes = dict(update["set"])
         visible = changes.pop("visible", None)
+        candidate = _Object(op=obj.op, visible=obj.visible if visible is None else visible, deleted=obj.deleted,
+                            atlas_op=obj.atlas_op, sticker=obj.sticker)
         if changes:
             allowed = FIELDS_BY_TYPE[obj.op["type"]]
             bad = sorted(set(changes) - allowed)
             if bad:
-                raise OpError("INVALID_ARGUMENT", f"a {obj.op['type']} has no {', '.join(bad)}",
-                              update.get("id", ""))
-            merged = {**obj.op, **changes}
-            check_object(merged, update.get("id", ""))
-            old_rect = obj.atlas_op.rect if obj.atlas_op else None
-            candidate = _Object(op=merged, visible=obj.visible, deleted=obj.deleted)
-            self._prepare(candidate)  # may raise: leave obj untouched
-            obj.op, obj.atlas_op, obj.sticker = merged, candidate.atlas_op, candidate.sticker
-            if obj.atlas_op is not None and obj.visible and not obj.deleted:
-                self._refresh(union(old_rect, obj.atlas_op.rect), obj.atlas_op.kind)
-        if visible is not None:
-            self._set_live(obj, visible=visible)
+                raise OpError("INVALID_ARGUMENT", f"a {obj.op['type']} has no {', '.join(bad)}", op_id)
+            candidate.op = {**obj.op, **changes}
+            check_object(candidate.op, op_id)
+            candidate.atlas_op = candidate.sticker = None
+            self._prepare(candidate)  # a deleted op is placed too, to refuse what could never be restored
+            if candidate.deleted:
+                candidate.atlas_op = candidate.sticker = None
+        self._replace(obj, candidate, op_id, redraw=bool(changes))
 
-    def _set_live(self, obj: _Object, *, visible: bool | None = None, deleted: bool | None = None) -> None:
-        before = obj.visible and not obj.deleted
-        if visible is not None:
-            obj.visible = visible
-        if deleted is not None:
-            obj.deleted = deleted
-        after = obj.visible and not obj.deleted
-        if before != after and obj.atlas_op is not None:
-            self._refresh(obj.atlas_op.rect, obj.atlas_op.kind)
+    def _set_live(self, obj: _Object, op_id: str, *, visible: bool | None = None,
+                  deleted: bool | None = None) -> None:
+        candidate = _Object(op=obj.op, visible=obj.visible if visible is None else visible,
+                            deleted=obj.deleted if deleted is None else deleted,
+                            atlas_op=obj.atlas_op, sticker=obj.sticker)
+        if candidate.deleted and not obj.deleted:
+            # A deleted op keeps only its op dict (a restore places it again), so deleting frees its memory
+            # and deleted ops cannot pile up beyond the session's budget.
+            candidate.atlas_op = candidate.sticker = None
+        elif obj.deleted and not candidate.deleted:
+            self._prepare(candidate)
+        self._replace(obj, candidate, op_id, redraw=False)
+
+    def _replace(self, obj: _Object, new: _Object, op_id: str, *, redraw: bool) -> None:
+        """obj takes new's state within the memory budget, redrawing what changed (all of it when redraw)."""
+        growth = new.nbytes() - obj.nbytes()
+        if growth > 0:
+            self._check_memory(growth, op_id)
+        was_live, is_live = obj.visible and not obj.deleted, new.visible and not new.deleted
+        rect: Any = None
+        if redraw or was_live != is_live:
+            if was_live and obj.atlas_op is not None:
+                rect = obj.atlas_op.rect
+            if is_live and new.atlas_op is not None:
+                rect = union(rect, new.atlas_op.rect)
+        self._swap(obj, new, rect, op_id)
+        self._bytes += growth
+
+    def _swap(self, obj: _Object, new: _Object, rect: Any, op_id: str) -> None:
+        """Give obj the state of new and redraw rect; if the redraw fails obj keeps its old state (the layers
+        are only written once a redraw is complete, so they keep theirs too)."""
+        old = (obj.op, obj.visible, obj.deleted, obj.atlas_op, obj.sticker)
+        obj.op, obj.visible, obj.deleted, obj.atlas_op, obj.sticker = (new.op, new.visible, new.deleted,
+                                                                        new.atlas_op, new.sticker)
+        aop = obj.atlas_op or old[3]
+        if rect is None or aop is None:
+            return
+        try:
+            with _out_of_memory_is_refusal(op_id):
+                self._refresh(rect, aop.kind)
+        except BaseException:
+            obj.op, obj.visible, obj.deleted, obj.atlas_op, obj.sticker = old
+            raise
 
     def _live(self, kind: str) -> list[AtlasOp]:
         return [o.atlas_op for o in self._objects.values()

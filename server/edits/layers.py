@@ -18,7 +18,9 @@ visibility) re-composites the ops overlapping the affected rectangle, in order.
 
 from __future__ import annotations
 
+import math
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,19 +28,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vatlas.server.edits.adjust import adjustment_affine, is_identity
-from vatlas.server.edits.ops import decode_image
+from vatlas.server.edits.ops import OpError, OpLimits, decode_image
 from vatlas.server.edits.raster import (
     DENSIFY_FRAME_PX,
     AtlasGeometry,
+    Box,
     Rect,
+    Segments,
     brush_coverage,
-    densify,
+    brush_reach,
+    clip_polygon,
+    clip_polyline,
+    densify_pieces,
+    distance_work,
+    intersect,
     polygon_coverage,
+    polygon_reach,
+    polygon_work,
     premultiply,
     rotation_matrix,
     sample_image,
     scale_from_probes,
     scale_probes,
+    shrink_image,
+    union,
 )
 
 DEFAULT_STROKE_WIDTH = 8.0
@@ -50,6 +63,12 @@ WEIGHT_CACHE_TEXELS = 16 * 1024 * 1024
 # Illumination below this is not trusted when dividing an edit by it (deep shadow, or a bad fit).
 MIN_LIGHT = 0.05
 ADJUST_CHANNELS = 12  # K as 3 rows of (r, g, b, offset)
+# A pasted image is kept at no more than this many of its pixels per texel along each axis (the resolution it
+# covers in the atlas, with headroom for the bilinear lookup), and cropped to the part the atlas can show.
+IMAGE_PX_PER_TEXEL = 2.0
+# Frames whose inverse map and light stay on the device for frame-space ops (ops name their frame and look
+# it up when drawn, so no op keeps a frame-sized copy of its own).
+FRAME_FIELDS_CACHE = 8
 
 
 @dataclass
@@ -59,32 +78,36 @@ class AtlasOp:
     kind: str  # "paint" (stroke/texture) or "adjust"
     rect: Rect | None
     op: dict[str, Any]
-    points: torch.Tensor | None = None  # atlas-pixel polyline/polygon
+    points: torch.Tensor | None = None  # atlas-pixel polyline/polygon (NaN rows between clipped pieces)
     width: float = 0.0  # atlas pixels
-    image: torch.Tensor | None = None  # (4, h, w) premultiplied
+    image: torch.Tensor | None = None  # (h, w, 4) uint8 straight RGBA: the stored part of the image
     extra: dict[str, Any] = field(default_factory=dict)
+    segs: Segments | None = None  # the segments points stands for (stroke, path, polygon edges)
+
+    def nbytes(self) -> int:
+        """Memory this op keeps (its caches of derived data aside)."""
+        total = sum(t.numel() * t.element_size() for t in (self.points, self.image) if t is not None)
+        total += 0 if self.segs is None else self.segs.device.numel() * 4 + self.segs.host.nbytes
+        return total + sum(v.numel() * v.element_size() for k, v in self.extra.items()
+                           if isinstance(v, torch.Tensor) and k != "weight")
 
 
-def intersect(a: Rect, b: Rect) -> Rect | None:
-    r0, r1, c0, c1 = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
-    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
-
-
-def union(a: Rect | None, b: Rect | None) -> Rect | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+def raster_budget(op_id: str, work: int, limits: OpLimits) -> None:
+    """Refuse an op whose rasterisation would take more than limits.max_raster_work texel-segment pairs."""
+    if work > limits.max_raster_work:
+        raise OpError("RESOURCE_EXHAUSTED", f"the op needs {work} texel-segment evaluations (limit "
+                      f"{limits.max_raster_work}): use fewer points, a thinner brush or a smaller area", op_id)
 
 
 class AtlasLayers:
     """The edit layers of one session; every method expects the engine's lock to be held."""
 
     def __init__(self, geometry: AtlasGeometry, atlas_u8: np.ndarray, device: torch.device,
-                 texture_dtype: torch.dtype) -> None:
+                 texture_dtype: torch.dtype, limits: OpLimits | None = None) -> None:
         self.geom = geometry
         self.device = device
+        self.limits = limits or OpLimits()
+        self._fields: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
         self.texture_dtype = texture_dtype
         self.base = torch.from_numpy(np.ascontiguousarray(atlas_u8)).to(device).to(torch.float32) / 255.0
         s = self.base.shape[0]
@@ -98,22 +121,50 @@ class AtlasLayers:
         self._weight_owners: weakref.WeakValueDictionary[int, AtlasOp] = weakref.WeakValueDictionary()
 
     # ---- preparation -------------------------------------------------------------------------------------
-    def _to_atlas(self, op: dict[str, Any], pts: np.ndarray, *, closed: bool = False) -> np.ndarray:
-        if op.get("space", "frame") == "atlas":
-            return pts
-        if closed and len(pts) > 1:
-            pts = np.concatenate([pts, pts[:1]])
-        dense = densify(pts, DENSIFY_FRAME_PX)
-        mapped = self.geom.frame_to_atlas(int(op["frame"]), dense)
-        return mapped[:-1] if closed and len(pts) > 1 else mapped
+    # Every op's geometry is clipped to what can reach a texel before anything is densified or rasterised:
+    # frame-space geometry to the frame (T clamps beyond it anyway), atlas-space geometry to the atlas. Then
+    # the points per op are capped and the raster work is counted and refused above its budget.
+    def _frame_box(self, margin: float) -> Box:
+        b = self.geom.bundle
+        return -margin, -margin, b.width + margin, b.height + margin
 
-    def _width_to_atlas(self, op: dict[str, Any], width: float, at: np.ndarray) -> float:
+    def _atlas_box(self, margin: float) -> Box:
+        ox, oy = self.geom.origin
+        span = self.geom.bundle.atlas_span_px
+        return ox - margin, oy - margin, ox + span + margin, oy + span + margin
+
+    def _map_pieces(self, frame: int, pieces: list[np.ndarray], *extra: np.ndarray) -> list[np.ndarray]:
+        """T of several point sets in one lookup (the per-call cost dominates a small op's preparation)."""
+        sets = [*pieces, *extra]
+        if not sets:
+            return []
+        mapped = self.geom.frame_to_atlas(frame, np.concatenate(sets))
+        return np.split(mapped, np.cumsum([len(p) for p in sets])[:-1])
+
+    def _path(self, op: dict[str, Any], width: float) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+        """A brush path -> (atlas pieces, the frame-space dense pieces, width in atlas pixels)."""
+        pts = np.asarray(op["points"], dtype=np.float64)
         if op.get("space", "frame") == "atlas":
-            return width
-        return width * self.geom.local_scale(int(op["frame"]), at)
+            pieces = clip_polyline(pts, self._atlas_box(width / 2.0 + 2.0 * self.geom.texel_px))
+            return pieces, [], width
+        frame = int(op["frame"])
+        pieces = clip_polyline(pts, self._frame_box(width / 2.0 + 1.0))
+        if not pieces:
+            return [], [], width
+        dense = densify_pieces(pieces, DENSIFY_FRAME_PX, self.limits.max_raster_points)
+        *mapped, probes = self._map_pieces(frame, dense, scale_probes(np.concatenate(pieces).mean(axis=0)))
+        return mapped, dense, width * scale_from_probes(probes)
+
+    def _points_tensor(self, pieces: list[np.ndarray]) -> torch.Tensor:
+        gap = np.full((1, 2), np.nan)
+        rows = [r for i, p in enumerate(pieces) for r in ((gap, p) if i else (p,))]
+        return self._tensor(np.concatenate(rows) if rows else np.zeros((0, 2)))
 
     def prepare(self, op: dict[str, Any]) -> AtlasOp:
-        """Map a stroke, texture or adjustment into atlas space and find its texel rectangle."""
+        """Map a stroke, texture or adjustment into atlas space and find its texel rectangle.
+
+        Raises OpError(RESOURCE_EXHAUSTED) when drawing it would exceed the raster budget.
+        """
         kind = op["type"]
         if kind == "stroke":
             return self._prepare_stroke(op)
@@ -125,35 +176,41 @@ class AtlasLayers:
 
     def _frame_fields(self, frame: int) -> dict[str, torch.Tensor]:
         """What a frame-space paint op needs to find its texels' frame points and that frame's light."""
+        cached = self._fields.get(frame)
+        if cached is not None:
+            self._fields.move_to_end(frame)
+            return cached
         bundle = self.geom.bundle
         inv_map = torch.from_numpy(np.ascontiguousarray(bundle.inverse_map[frame]))
         light = torch.from_numpy(np.ascontiguousarray(bundle.illumination[frame].astype(np.float32)))
-        return {"inverse": inv_map.permute(2, 0, 1).unsqueeze(0).to(self.device),
-                "light": light.permute(2, 0, 1).unsqueeze(0).to(self.device)}
+        fields = {"inverse": inv_map.permute(2, 0, 1).unsqueeze(0).to(self.device),
+                  "light": light.permute(2, 0, 1).unsqueeze(0).to(self.device)}
+        self._fields[frame] = fields
+        while len(self._fields) > FRAME_FIELDS_CACHE:
+            self._fields.popitem(last=False)
+        return fields
 
     def _prepare_stroke(self, op: dict[str, Any]) -> AtlasOp:
-        pts = np.asarray(op["points"], dtype=np.float64)
-        width = float(op.get("width", DEFAULT_STROKE_WIDTH))
         color = op.get("color", DEFAULT_COLOR)
         extra: dict[str, Any] = {"rgb": self._tensor(np.asarray(color[:3]))}
-        if op.get("space", "frame") == "atlas":
-            atlas_pts = pts
-        else:
-            # One lookup for the polyline and the 4 scale probes (the per-call cost dominates a stroke's prep).
-            dense = densify(pts, DENSIFY_FRAME_PX)
-            mapped = self.geom.frame_to_atlas(int(op["frame"]), np.concatenate([dense, scale_probes(pts.mean(axis=0))]))
-            atlas_pts = mapped[:-4]
-            width *= scale_from_probes(mapped[-4:])
-            if op.get("mode", "paint") != "erase":  # an erase has no colour to divide
-                extra.update(self._frame_fields(int(op["frame"])))
+        pieces, dense, width = self._path(op, float(op.get("width", DEFAULT_STROKE_WIDTH)))
+        if op.get("space", "frame") != "atlas" and op.get("mode", "paint") != "erase":  # an erase has no colour
+            frame = int(op["frame"])
+            extra["frame"] = frame
+            if dense:
                 # Where B is unknown the stroke's own frame points stand in: their mean light.
-                extra["light_fallback"] = self._light_at(extra["light"], self._tensor(dense)).mean(dim=0)
-        rect = self.geom.rect_around(atlas_pts, width / 2.0)
-        return AtlasOp("paint", rect, op, points=self._tensor(atlas_pts), width=width, extra=extra)
+                light = self._frame_fields(frame)["light"]
+                extra["light_fallback"] = self._light_at(light, self._tensor(np.concatenate(dense))).mean(dim=0)
+            else:
+                extra["light_fallback"] = torch.ones(3, device=self.device)
+        segs = Segments.of_pieces(pieces, self.device)
+        rect = self.geom.rect_around(np.concatenate(pieces), width / 2.0) if pieces else None
+        raster_budget(op.get("id", ""), distance_work(self.geom, rect, segs, brush_reach(width, self.geom.texel_px)),
+                      self.limits)
+        return AtlasOp("paint", rect, op, points=self._points_tensor(pieces), width=width, extra=extra, segs=segs)
 
     def _prepare_texture(self, op: dict[str, Any]) -> AtlasOp:
         rgba = decode_image(op["image"], op_id=op.get("id", ""))
-        image = premultiply(rgba, self.device)
         h, w = rgba.shape[:2]
         if op.get("space", "frame") == "atlas":
             scale = float(op.get("scale", 1.0))
@@ -166,32 +223,96 @@ class AtlasLayers:
             inv = np.linalg.inv(rot * size[None, :])
             # A texel's square projected on the image axes, in image pixels (anti-aliases the image's edge).
             footprint = tuple(self.geom.texel_px * np.abs(inv).sum(axis=1) * [w, h])
-            return AtlasOp("paint", rect, op, image=image,
-                           extra={"centre": self._tensor(centre), "inv": self._tensor(inv), "footprint": footprint})
-        x, y, rw, rh = op["rect"]
-        outline = np.array([[x, y], [x + rw, y], [x + rw, y + rh], [x, y + rh]], dtype=np.float64)
-        atlas_outline = self._to_atlas(op, outline, closed=True)
-        rect = self.geom.rect_around(atlas_outline, 1.0)
-        extra: dict[str, Any] = self._frame_fields(int(op["frame"]))
-        # A texel whose frame point is unknown samples nothing of the image, so any light will do there.
-        extra["light_fallback"] = torch.ones(3, device=self.device)
-        # A texel's size in image pixels, through T's local scale at the rectangle's centre.
-        frame_px = self.geom.texel_px / self.geom.local_scale(int(op["frame"]), np.array([x + rw / 2, y + rh / 2]))
-        extra["footprint"] = (frame_px * w / rw, frame_px * h / rh)
-        return AtlasOp("paint", rect, op, image=image, extra=extra)
+            aop = AtlasOp("paint", rect, op, extra={"centre": self._tensor(centre), "inv": self._tensor(inv),
+                                                    "footprint": footprint})
+        else:
+            x, y, rw, rh = op["rect"]
+            frame = int(op["frame"])
+            outline = clip_polygon(np.array([[x, y], [x + rw, y], [x + rw, y + rh], [x, y + rh]]), self._frame_box(1.0))
+            ring = [np.concatenate([outline, outline[:1]])] if len(outline) else []
+            dense = densify_pieces(ring, DENSIFY_FRAME_PX, self.limits.max_raster_points)
+            mid = outline.mean(axis=0) if len(outline) else np.array([x + rw / 2, y + rh / 2])
+            *mapped, probes = self._map_pieces(frame, dense, scale_probes(mid))
+            rect = self.geom.rect_around(mapped[0], 1.0) if mapped else None
+            # A texel's size in image pixels, through T's local scale in the middle of the rectangle's visible part.
+            frame_px = self.geom.texel_px / scale_from_probes(probes)
+            # A texel whose frame point is unknown samples nothing of the image, so any light will do there.
+            aop = AtlasOp("paint", rect, op, extra={"frame": frame, "light_fallback": torch.ones(3, device=self.device),
+                                                    "footprint": (frame_px * w / rw, frame_px * h / rh)})
+        aop.extra["size"] = (w, h)
+        self._store_image(aop, rgba)
+        return aop
+
+    def _store_image(self, aop: AtlasOp, rgba: np.ndarray) -> None:
+        """Keep only the part of the image its texels can sample, at the resolution the atlas shows it."""
+        h, w = rgba.shape[:2]
+        box = (0, 0, w, h)
+        if aop.rect is not None:
+            coords, _ = self._image_coords(aop, aop.rect)
+            # The texels sample_image gives any coverage (its edge rule), and so the image pixels they read.
+            edge = torch.minimum(coords, 1.0 - coords) * coords.new_tensor([w, h])
+            hit = (edge / coords.new_tensor(aop.extra["footprint"]).clamp_min(1e-6) + 0.5 > 0).all(dim=-1)
+            if not bool(hit.any()):
+                aop.rect = None  # no texel samples the image: nothing to draw, nothing to keep
+            else:
+                picked = coords[hit]
+                lo = (picked.amin(dim=0).clamp(0, 1) * picked.new_tensor([w, h])).tolist()
+                hi = (picked.amax(dim=0).clamp(0, 1) * picked.new_tensor([w, h])).tolist()
+                # Bilinear lookups and the edge's anti-aliasing reach about a footprint (plus a pixel) beyond.
+                fx, fy = aop.extra["footprint"]
+                mx, my = fx + 2.0, fy + 2.0
+                box = (max(int(math.floor(lo[0] - mx)), 0), max(int(math.floor(lo[1] - my)), 0),
+                       min(int(math.ceil(hi[0] + mx)), w), min(int(math.ceil(hi[1] + my)), h))
+        if aop.rect is None:
+            box = (0, 0, 1, 1)
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        fx, fy = aop.extra["footprint"]
+        sw = min(bw, max(1, math.ceil(bw * IMAGE_PX_PER_TEXEL / max(fx, 1e-9))))
+        sh = min(bh, max(1, math.ceil(bh * IMAGE_PX_PER_TEXEL / max(fy, 1e-9))))
+        aop.extra["window"] = (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
+        aop.image = torch.from_numpy(shrink_image(rgba, box, (sw, sh))).to(self.device)
 
     def _prepare_adjustment(self, op: dict[str, Any]) -> AtlasOp:
         pts = np.asarray(op["points"], dtype=np.float64)
         region = op.get("region", "polygon")
-        atlas_pts = self._to_atlas(op, pts, closed=region == "polygon")
         width_frame = float(op.get("width", 0.0 if region == "polygon" else DEFAULT_STROKE_WIDTH))
-        width = self._width_to_atlas(op, width_frame, pts.mean(axis=0)) if width_frame else 0.0
-        rect = self.geom.rect_around(atlas_pts, width / 2.0 + 1.0)
+        hardness = float(op.get("hardness", DEFAULT_HARDNESS))
+        texel = self.geom.texel_px
+        atlas_space = op.get("space", "frame") == "atlas"
+        if region == "path":
+            pieces, _, width = self._path(op, width_frame)
+            outline = np.concatenate(pieces) if pieces else np.zeros((0, 2))
+            segs = Segments.of_pieces(pieces, self.device)
+            points = self._points_tensor(pieces)
+        else:
+            if atlas_space:
+                # Beyond this margin the polygon's coverage of any texel is exactly 0 or 1 whatever its edges there.
+                width = width_frame
+                outline = clip_polygon(pts, self._atlas_box(polygon_reach((1.0 - hardness) * width, texel) + texel))
+            else:
+                ring = clip_polygon(pts, self._frame_box(0.0))
+                closed = [np.concatenate([ring, ring[:1]])] if len(ring) else []
+                dense = densify_pieces(closed, DENSIFY_FRAME_PX, self.limits.max_raster_points)
+                mapped = self._map_pieces(int(op["frame"]), dense)
+                outline = mapped[0][:-1] if mapped else np.zeros((0, 2))
+                width = self._width_to_atlas(op, width_frame, ring.mean(axis=0)) if width_frame and len(ring) else 0.0
+            segs = Segments.of_pieces([np.concatenate([outline, outline[:1]])] if len(outline) else [], self.device)
+            points = self._tensor(outline)
+        rect = self.geom.rect_around(outline, width / 2.0 + 1.0) if len(outline) else None
         if is_identity(op):
             rect = None  # nothing to change anywhere
+        if region == "path":
+            work = distance_work(self.geom, rect, segs, brush_reach(width, texel))
+        else:
+            reach = polygon_reach((1.0 - hardness) * width, texel)
+            work = distance_work(self.geom, rect, segs, reach) + polygon_work(rect, segs)
+        raster_budget(op.get("id", ""), work, self.limits)
         matrix, offset = adjustment_affine(op)
-        return AtlasOp("adjust", rect, op, points=self._tensor(atlas_pts), width=width,
+        return AtlasOp("adjust", rect, op, points=points, width=width, segs=segs,
                        extra={"matrix": matrix.to(self.device), "offset": offset.to(self.device)})
+
+    def _width_to_atlas(self, op: dict[str, Any], width: float, at: np.ndarray) -> float:
+        return width * self.geom.local_scale(int(op["frame"]), at)
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         """Host array -> float32 tensor on the device, without waiting for the GPU (pinned, non-blocking)."""
@@ -219,47 +340,52 @@ class AtlasLayers:
     def _frame_points(self, aop: AtlasOp, sub: Rect) -> torch.Tensor:
         """B: the op's frame points of the texel centres of sub (h, w, 2); NaN where unknown."""
         uv = self.geom.texel_uv(sub, self.device)
-        frame_xy = F.grid_sample(aop.extra["inverse"], uv.unsqueeze(0), mode="bilinear", padding_mode="border",
+        inverse = self._frame_fields(aop.extra["frame"])["inverse"]
+        frame_xy = F.grid_sample(inverse, uv.unsqueeze(0), mode="bilinear", padding_mode="border",
                                  align_corners=False)[0]
         return frame_xy.permute(1, 2, 0)
 
     def _light_of_texels(self, aop: AtlasOp, frame_xy: torch.Tensor) -> torch.Tensor:
         """The op's frame light at each texel's frame point (h, w, 3); its fallback where B is unknown."""
         known = torch.isfinite(frame_xy).all(dim=-1, keepdim=True)
-        light = self._light_at(aop.extra["light"], torch.nan_to_num(frame_xy, nan=0.0))
+        light = self._light_at(self._frame_fields(aop.extra["frame"])["light"], torch.nan_to_num(frame_xy, nan=0.0))
         return torch.where(known, light, aop.extra["light_fallback"])
+
+    def _image_coords(self, aop: AtlasOp, sub: Rect) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A texture's image [0, 1] coords at the texel centres of sub (h, w, 2), and their frame points (frame
+        space only)."""
+        if "inv" in aop.extra:
+            return (self._centres_of(sub) - aop.extra["centre"]) @ aop.extra["inv"].T + 0.5, None
+        frame_xy = self._frame_points(aop, sub)
+        x, y, rw, rh = aop.op["rect"]
+        coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
+        return torch.nan_to_num(coords, nan=-10.0), frame_xy  # unknown B: outside the image
 
     # ---- rasterisation -----------------------------------------------------------------------------------
     def _paint_into(self, target: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
         """Alpha-over one paint op into target, the (h, w, 4) premultiplied view of E over `sub`."""
         op = aop.op
-        centres = self._centres_of(sub)
         opacity = float(op.get("opacity", 1.0))
         if op["type"] == "stroke":
-            assert aop.points is not None
-            cov = brush_coverage(centres, aop.points, aop.width, float(op.get("hardness", DEFAULT_HARDNESS)),
-                                 self.geom.texel_px)
+            assert aop.segs is not None
+            cov = brush_coverage(self.geom, sub, aop.segs, aop.width, float(op.get("hardness", DEFAULT_HARDNESS)),
+                                 self.device)
             color = op.get("color", DEFAULT_COLOR)
             alpha = (cov * (opacity * float(color[3]))).unsqueeze(-1)
             target.mul_(1.0 - alpha)
             if op.get("mode", "paint") == "erase":
                 return  # erase only removes what lies beneath
             rgb = aop.extra["rgb"]
-            if "light" in aop.extra:
+            if "frame" in aop.extra:
                 rgb = rgb / self._light_of_texels(aop, self._frame_points(aop, sub))
             target[..., :3].add_(alpha * rgb)
             target[..., 3:].add_(alpha)
             return
         assert aop.image is not None
-        if "inv" in aop.extra:
-            coords = (centres - aop.extra["centre"]) @ aop.extra["inv"].T + 0.5
-            src = sample_image(aop.image, coords, aop.extra["footprint"]) * opacity
-        else:
-            frame_xy = self._frame_points(aop, sub)
-            x, y, rw, rh = op["rect"]
-            coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
-            coords = torch.nan_to_num(coords, nan=-10.0)  # unknown B: outside the image
-            src = sample_image(aop.image, coords, aop.extra["footprint"]) * opacity
+        coords, frame_xy = self._image_coords(aop, sub)
+        src = sample_image(premultiply(aop.image), coords, aop.extra["footprint"], aop.extra["size"],
+                           aop.extra["window"]) * opacity
+        if frame_xy is not None:
             src[..., :3] /= self._light_of_texels(aop, frame_xy)
         target.mul_(1.0 - src[..., 3:4]).add_(src)
 
@@ -280,13 +406,12 @@ class AtlasLayers:
 
     def _coverage_weight(self, aop: AtlasOp, rect: Rect) -> torch.Tensor:
         op = aop.op
-        assert aop.points is not None
-        centres = self._centres_of(rect)
+        assert aop.segs is not None
         hardness = float(op.get("hardness", DEFAULT_HARDNESS))
         if op.get("region", "polygon") == "path":
-            cov = brush_coverage(centres, aop.points, aop.width, hardness, self.geom.texel_px)
+            cov = brush_coverage(self.geom, rect, aop.segs, aop.width, hardness, self.device)
         else:
-            cov = polygon_coverage(centres, aop.points, (1.0 - hardness) * aop.width, self.geom.texel_px)
+            cov = polygon_coverage(self.geom, rect, aop.segs, (1.0 - hardness) * aop.width, self.device)
         return (cov * float(op.get("opacity", 1.0))).unsqueeze(-1)
 
     @staticmethod
@@ -294,11 +419,16 @@ class AtlasLayers:
         r0, r1, c0, c1 = rect
         return t[r0:r1, c0:c1]
 
+    # Every change is drawn into a scratch copy of its rectangle and copied into the layers only once it is
+    # complete, so an op that fails half-way (out of memory, say) leaves the layers exactly as they were.
     def paint_on_top(self, aop: AtlasOp) -> None:
         """A new paint op above every other paint op: alpha-over it into E over its rectangle."""
         if aop.rect is None:
             return
-        self._paint_into(self._view(self.paint, aop.rect), aop, aop.rect)
+        view = self._view(self.paint, aop.rect)
+        scratch = view.clone()
+        self._paint_into(scratch, aop, aop.rect)
+        view.copy_(scratch)
         self.version += 1
 
     def rebuild(self, rect: Rect | None, paints: list[AtlasOp], adjustments: list[AtlasOp]) -> None:
@@ -310,11 +440,13 @@ class AtlasLayers:
         """E over rect from transparent, every live paint op overlapping it in order."""
         if rect is None:
             return
-        self._view(self.paint, rect).zero_()
+        scratch = torch.zeros_like(self._view(self.paint, rect))
         for aop in paints:
             sub = intersect(aop.rect, rect) if aop.rect else None
             if sub:
-                self._paint_into(self._view(self.paint, sub), aop, sub)
+                local = (sub[0] - rect[0], sub[1] - rect[0], sub[2] - rect[2], sub[3] - rect[2])
+                self._paint_into(self._view(scratch, local), aop, sub)
+        self._view(self.paint, rect).copy_(scratch)
         self.version += 1
 
     def rebuild_adjust(self, rect: Rect | None, adjustments: list[AtlasOp]) -> None:
@@ -325,9 +457,8 @@ class AtlasLayers:
                 self.adjust = None
                 self.version += 1
             return
-        if self.adjust is None:
-            s = self.layer.shape[-1]
-            self.adjust = torch.zeros((1, ADJUST_CHANNELS, s, s), device=self.device, dtype=self.texture_dtype)
+        fresh = self.adjust is None
+        if fresh:
             # A fresh K holds nothing yet: every live adjustment's rectangle has to be filled, not just rect.
             for a in placed:
                 rect = union(rect, a.rect)
@@ -349,6 +480,10 @@ class AtlasLayers:
             m_view.copy_(step @ m_view)
             b_view.copy_((step @ b_view.unsqueeze(-1)).squeeze(-1) + w[..., 0] * aop.extra["offset"])
         delta = torch.cat([matrix - eye, offset.unsqueeze(-1)], dim=-1)  # (h, w, 3, 4): K - [I | 0]
+        if fresh:  # allocated only now that the work is done, so a failure above leaves no K behind
+            s = self.layer.shape[-1]
+            self.adjust = torch.zeros((1, ADJUST_CHANNELS, s, s), device=self.device, dtype=self.texture_dtype)
+        assert self.adjust is not None
         self.adjust[0, :, r0:r1, c0:c1] = delta.reshape(r1 - r0, c1 - c0, ADJUST_CHANNELS).permute(2, 0, 1)
         self.version += 1
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # Coordinates beyond this are surely a client bug (and would overflow float32 arithmetic later).
 MAX_COORD = 1.0e6
+# Decoded images kept for reuse, process-wide (validation and the engine both decode an op's image).
+DECODE_CACHE_BYTES = 128 * 1024 * 1024
 
 # Fields each object type may carry (besides id/type); anything else is rejected.
 FIELDS_BY_TYPE: dict[str, frozenset[str]] = {
@@ -65,6 +68,13 @@ class OpLimits:
     max_image_pixels: int = 4096 * 4096
     num_frames: int | None = None
     max_abs_coord: float = MAX_COORD
+    # Checked once an op is placed in the atlas (engine): points after clipping to the frame and densifying
+    # (a longer path is followed more coarsely), texel-segment distance evaluations per op (a second or two
+    # of a busy CPU core, milliseconds on a GPU), and the edit memory one session's ops may keep (images at
+    # atlas resolution, geometry; deleted ops too, since they can be restored).
+    max_raster_points: int = 16384
+    max_raster_work: int = 1 << 25
+    max_edit_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def for_bundle(cls, bundle: Any, **overrides: Any) -> OpLimits:
@@ -152,19 +162,44 @@ def image_info(data: bytes, limits: OpLimits, op_id: str = "") -> tuple[int, int
     return w, h
 
 
-@lru_cache(maxsize=64)
-def _decode_cached(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        arr = np.asarray(img.convert("RGBA"), dtype=np.uint8).copy()
-    arr.setflags(write=False)
-    return arr
+class _DecodeCache:
+    """Decoded images by content, least recently used first out, bounded by bytes (encoded + decoded) rather
+    than by count: 64 decoded 4096 x 4096 images would be 4 GB."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, data: bytes) -> np.ndarray:
+        with self._lock:
+            hit = self._items.get(data)
+            if hit is not None:
+                self._items.move_to_end(data)
+                return hit
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img.convert("RGBA"), dtype=np.uint8).copy()
+        arr.setflags(write=False)
+        cost = len(data) + arr.nbytes
+        with self._lock:
+            if data not in self._items and cost <= self.max_bytes:
+                self._items[data] = arr
+                self.bytes += cost
+                while self.bytes > self.max_bytes:
+                    key, old = self._items.popitem(last=False)
+                    self.bytes -= len(key) + old.nbytes
+        return arr
+
+
+_decoded = _DecodeCache(DECODE_CACHE_BYTES)
 
 
 def decode_image(data: bytes, limits: OpLimits | None = None, op_id: str = "") -> np.ndarray:
     """Encoded image -> (h, w, 4) uint8 RGBA (read-only, cached by content)."""
     image_info(bytes(data), limits or OpLimits(), op_id)
     try:
-        return _decode_cached(bytes(data))
+        return _decoded.get(bytes(data))
     except (OSError, ValueError, SyntaxError) as exc:
         raise _fail(f"image could not be decoded ({exc})", op_id) from None
 

@@ -14,12 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from vatlas.models.bundle import Bundle, decode_uv
 
 Rect = tuple[int, int, int, int]  # r0, r1, c0, c1 (texel rows/cols, half-open)
 # Long segments in frame space are split so T's curvature is followed (vector, not raster, resampling).
 DENSIFY_FRAME_PX = 4.0
 SEGMENT_CHUNK = 64
+TILE = 16  # texels per side of a distance tile: each tile looks only at the segments near it
+MAX_PAIRS_PER_STEP = 1 << 20  # texel-segment pairs per batched step (bounds the temporaries to a few MB each)
+FAR_AWAY = 1.0e9  # the padding segment's coordinates: farther than any reach
+DIRECT_PAIRS = 1 << 16  # below this many texel-segment pairs a rect skips the tiling (its planning costs more)
 
 
 def bilinear_points(field: np.ndarray, xy: np.ndarray,
@@ -160,35 +165,259 @@ def scale_from_probes(a: np.ndarray) -> float:
     return s if np.isfinite(s) and s > 1e-3 else 1.0
 
 
-def densify(points: np.ndarray, step: float) -> np.ndarray:
-    """Insert points so no segment of the polyline is longer than `step`."""
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+def clip_polyline(points: np.ndarray, box: Box) -> list[np.ndarray]:
+    """The pieces of a polyline inside box (Liang-Barsky per segment); a single point is kept if inside.
+
+    Vertices inside the box come back bit for bit, so a polyline that never leaves it is unchanged.
+    """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    x0, y0, x1, y1 = box
     if len(pts) < 2:
-        return pts
-    out = [pts[:1]]
-    for a, b in zip(pts[:-1], pts[1:], strict=True):
-        n = max(int(np.ceil(np.linalg.norm(b - a) / step)), 1)
-        t = (np.arange(1, n + 1) / n)[:, None]
-        out.append(a + (b - a) * t)
-    return np.concatenate(out)
+        inside = len(pts) == 1 and x0 <= pts[0, 0] <= x1 and y0 <= pts[0, 1] <= y1
+        return [pts] if inside else []
+    a, d = pts[:-1], pts[1:] - pts[:-1]
+    t0, t1 = np.zeros(len(a)), np.ones(len(a))
+    for p, q in ((-d[:, 0], a[:, 0] - x0), (d[:, 0], x1 - a[:, 0]), (-d[:, 1], a[:, 1] - y0),
+                 (d[:, 1], y1 - a[:, 1])):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = q / p
+        t0 = np.where(p < 0, np.maximum(t0, r), t0)
+        t1 = np.where(p > 0, np.minimum(t1, r), t1)
+        t1 = np.where((p == 0) & (q < 0), -1.0, t1)  # parallel to this edge and outside it
+    keep = t0 <= t1
+    pieces: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    for i in np.flatnonzero(keep):
+        start = pts[i] if t0[i] == 0.0 else a[i] + t0[i] * d[i]
+        stop = pts[i + 1] if t1[i] == 1.0 else a[i] + t1[i] * d[i]
+        joined = current and i > 0 and keep[i - 1] and t1[i - 1] == 1.0 and t0[i] == 0.0
+        if not joined:
+            if current:
+                pieces.append(np.stack(current))
+            current = [start]
+        current.append(stop)
+    if current:
+        pieces.append(np.stack(current))
+    return pieces
 
 
-def polyline_distance(centres: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Distance from each texel centre (h, w, 2) to the polyline `points` (n, 2), n >= 1 (a dot when n = 1)."""
-    p = centres.reshape(-1, 1, 2)
-    if points.shape[0] == 1:
-        return (p[:, 0] - points[0]).norm(dim=-1).reshape(centres.shape[:2])
-    best = torch.full((p.shape[0],), float("inf"), device=centres.device)
-    a_all, b_all = points[:-1], points[1:]
-    for s in range(0, a_all.shape[0], SEGMENT_CHUNK):
-        a, b = a_all[s:s + SEGMENT_CHUNK], b_all[s:s + SEGMENT_CHUNK]
-        ab = b - a
-        inv_len2 = 1.0 / (ab * ab).sum(-1).clamp_min(1e-12)
-        ap = p - a
-        t = ((ap * ab).sum(-1) * inv_len2).clamp_(0.0, 1.0)
-        diff = ap - t.unsqueeze(-1) * ab
-        best = torch.minimum(best, (diff * diff).sum(-1).amin(dim=1))
-    return best.sqrt().reshape(centres.shape[:2])
+def clip_polygon(points: np.ndarray, box: Box) -> np.ndarray:
+    """A polygon clipped to box (Sutherland-Hodgman, vectorised per box edge); (0, 2) when nothing is left."""
+    out = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    x0, y0, x1, y1 = box
+    for axis, bound, keep_above in ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False)):
+        if len(out) == 0:
+            break
+        inside = out[:, axis] >= bound if keep_above else out[:, axis] <= bound
+        if inside.all():
+            continue
+        prev, prev_in = np.roll(out, 1, axis=0), np.roll(inside, 1)
+        cross = inside != prev_in
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (bound - prev[:, axis]) / (out[:, axis] - prev[:, axis])
+        inter = prev + np.where(cross, t, 0.0)[:, None] * (out - prev)
+        inter[cross, axis] = bound  # exactly on the edge
+        out = np.stack([inter, out], axis=1)[np.stack([cross, inside], axis=1)]
+    return out if len(out) >= 3 else np.zeros((0, 2))
+
+
+def densify_pieces(pieces: list[np.ndarray], step: float, max_points: int) -> list[np.ndarray]:
+    """Insert points so no segment is longer than `step`, stretching the step so that at most max_points come
+    out in all (a very long path is followed more coarsely instead of without bound)."""
+    lengths = [np.linalg.norm(np.diff(p, axis=0), axis=1) for p in pieces]
+    total = float(sum(seg.sum() for seg in lengths))
+    n_seg = sum(len(seg) for seg in lengths)
+    budget = max_points - n_seg - len(pieces)  # ceil() adds at most one point per segment over length/step
+    if budget <= 0 or total / step > budget:
+        step = max(step, total / max(budget, 1))
+    out = []
+    for pts, seg in zip(pieces, lengths, strict=True):
+        if len(pts) < 2:
+            out.append(pts)
+            continue
+        n = np.maximum(np.ceil(seg / step).astype(np.int64), 1)
+        chunks = [pts[:1]]
+        for a, b, k in zip(pts[:-1], pts[1:], n, strict=True):
+            t = (np.arange(1, k + 1) / k)[:, None]
+            chunks.append(a + (b - a) * t)
+        out.append(np.concatenate(chunks))
+    return out
+
+
+def densify(points: np.ndarray, step: float, max_points: int = 1 << 62) -> np.ndarray:
+    """Insert points so no segment of the polyline is longer than `step` (see densify_pieces)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return densify_pieces([pts], step, max_points)[0] if len(pts) >= 2 else pts
+
+
+@dataclass
+class Segments:
+    """Line segments (ax, ay, bx, by) in atlas pixels: on the host for planning, on the device for the work.
+
+    The device copy has one extra far-away segment at index m, the padding of candidate lists.
+    """
+
+    host: np.ndarray  # (m, 4) float64 holding the float32 values the device sees
+    device: torch.Tensor  # (m + 1, 4) float32
+
+    @classmethod
+    def of_pieces(cls, pieces: list[np.ndarray], device: torch.device) -> Segments:
+        """Polyline pieces -> their segments; a one-point piece is a dot (a zero-length segment)."""
+        rows = [np.concatenate([p[:-1], p[1:]], axis=1) if len(p) > 1 else np.concatenate([p, p], axis=1)
+                for p in pieces if len(p)]
+        segs = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 4), np.float32)
+        padded = np.concatenate([segs, np.full((1, 4), FAR_AWAY, np.float32)])
+        host = torch.from_numpy(padded)
+        dev = host if device.type != "cuda" else host.pin_memory().to(device, non_blocking=True)
+        return cls(host=segs.astype(np.float64), device=dev)
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+
+def _tile_pairs(geom: AtlasGeometry, rect: Rect, segs: Segments, reach: float,
+                count_only: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tile, segment) pairs of every segment with each TILE x TILE tile of rect its bounding box comes within
+    `reach` of, sorted by tile (tile = row * ntx + col); and ntx. Vectorised: no loop over tiles or segments.
+    count_only: the number of tiles per segment instead (twice), without listing the pairs."""
+    r0, r1, c0, c1 = rect
+    nty, ntx = -(-(r1 - r0) // TILE), -(-(c1 - c0) // TILE)
+    ox, oy = geom.origin
+    k = geom.texel_px
+    h = segs.host
+    pad = reach + 1e-3 * (1.0 + k)  # float32 rounding of the device's arithmetic
+
+    def tiles(lo: np.ndarray, hi: np.ndarray, origin: float, first: int, last: int, n: int) -> tuple[np.ndarray, ...]:
+        # texel j's centre is origin + (j + 0.5) k; the texels whose centres lie in [lo, hi], as tile indices
+        j0 = np.maximum(np.ceil((lo - origin) / k - 0.5), first)
+        j1 = np.minimum(np.floor((hi - origin) / k - 0.5), last - 1)
+        ok = j1 >= j0
+        return ((np.where(ok, j0, first) - first) // TILE).astype(np.int64), \
+            ((np.where(ok, j1, first) - first) // TILE).astype(np.int64), ok
+
+    tx0, tx1, okx = tiles(np.minimum(h[:, 0], h[:, 2]) - pad, np.maximum(h[:, 0], h[:, 2]) + pad, ox, c0, c1, ntx)
+    ty0, ty1, oky = tiles(np.minimum(h[:, 1], h[:, 3]) - pad, np.maximum(h[:, 1], h[:, 3]) + pad, oy, r0, r1, nty)
+    wx = tx1 - tx0 + 1
+    counts = np.where(okx & oky, wx * (ty1 - ty0 + 1), 0)
+    if count_only:
+        return counts, counts, ntx
+    seg = np.repeat(np.arange(len(h)), counts)
+    local = np.arange(len(seg)) - np.repeat(np.cumsum(counts) - counts, counts)
+    tile = (ty0[seg] + local // wx[seg]) * ntx + tx0[seg] + local % wx[seg]
+    order = np.argsort(tile, kind="stable")
+    return tile[order], seg[order], ntx
+
+
+def distance_work(geom: AtlasGeometry, rect: Rect | None, segs: Segments, reach: float) -> int:
+    """Texel-segment pairs segment_distance will evaluate over rect (its cost, known before doing it)."""
+    if rect is None or len(segs) == 0:
+        return 0
+    direct = (rect[1] - rect[0]) * (rect[3] - rect[2]) * len(segs)
+    if direct <= DIRECT_PAIRS:
+        return direct
+    counts, _, _ = _tile_pairs(geom, rect, segs, reach, count_only=True)
+    return int(counts.sum()) * TILE * TILE
+
+
+def segment_distance(geom: AtlasGeometry, rect: Rect, segs: Segments, reach: float,
+                     device: torch.device) -> torch.Tensor:
+    """Distance from each texel centre of rect to the nearest segment, (h, w) float32; exact below `reach`,
+    `reach` beyond it.
+
+    Texels are taken in TILE x TILE tiles and each tile looks only at the segments whose bounding box comes
+    within reach of it, so the work follows the area a stroke covers rather than rect x segments.
+    """
+    r0, r1, c0, c1 = rect
+    h, w = r1 - r0, c1 - c0
+    if h * w * len(segs) <= DIRECT_PAIRS:  # small enough to take every texel against every segment
+        p = geom.texel_centres(rect, device).reshape(1, h * w, 1, 2)
+        cand = torch.arange(len(segs), device=device).unsqueeze(0)
+        return _nearest_sq(p, segs.device, cand).sqrt().clamp_max(float(reach)).reshape(h, w)
+    nty, ntx = -(-h // TILE), -(-w // TILE)
+    out = torch.full((nty * ntx, TILE * TILE), float(reach), device=device)
+    ox, oy = geom.origin
+    k = geom.texel_px
+    # The same float32 arithmetic as texel_centres, over the rect padded to whole tiles.
+    xs = (ox + (torch.arange(c0, c0 + ntx * TILE, device=device, dtype=torch.float32) + 0.5) * k).view(ntx, TILE)
+    ys = (oy + (torch.arange(r0, r0 + nty * TILE, device=device, dtype=torch.float32) + 0.5) * k).view(nty, TILE)
+    tile, seg, _ = _tile_pairs(geom, rect, segs, reach)
+    tiles, first, count = np.unique(tile, return_index=True, return_counts=True)
+    rank = np.arange(len(tile)) - np.repeat(first, count)  # a segment's place in its tile's list
+    size = 1 << np.ceil(np.log2(count)).astype(np.int64)  # power-of-two buckets: at most 2x padding
+    group = np.repeat(np.arange(len(tiles)), count)
+    for bucket in np.unique(size):
+        members = np.flatnonzero(size == bucket)
+        slot = np.full(len(tiles), -1)
+        slot[members] = np.arange(len(members))
+        lists = np.full((len(members), int(bucket)), len(segs))  # padded with the far-away segment
+        mine = slot[group] >= 0
+        lists[slot[group[mine]], rank[mine]] = seg[mine]
+        tile_ids = torch.as_tensor(tiles[members], device=device)
+        cand = torch.as_tensor(lists, device=device)
+        per_step = max(1, MAX_PAIRS_PER_STEP // (TILE * TILE * min(int(bucket), SEGMENT_CHUNK)))
+        for s in range(0, len(members), per_step):
+            ids = tile_ids[s:s + per_step]
+            gy, gx = ys[ids // ntx], xs[ids % ntx]  # (n, TILE)
+            p = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+            best = _nearest_sq(p.reshape(len(ids), TILE * TILE, 1, 2), segs.device, cand[s:s + per_step])
+            out[ids] = best.sqrt().clamp_max(float(reach))
+    grid = out.view(nty, ntx, TILE, TILE).permute(0, 2, 1, 3).reshape(nty * TILE, ntx * TILE)
+    return grid[:h, :w]
+
+
+def _nearest_sq(p: torch.Tensor, segs: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Squared distance from points p (n, P, 1, 2) to the nearest of their candidate segments cand (n, k)
+    (indices into segs (m, 4)) -> (n, P), SEGMENT_CHUNK candidates at a time.
+
+    x and y are kept apart (no trailing axis of 2): the same float32 sums, in half the memory traffic.
+    """
+    px, py = p[..., 0], p[..., 1]  # (n, P, 1)
+    best = torch.full(p.shape[:2], float("inf"), device=p.device)
+    for c in range(0, cand.shape[1], SEGMENT_CHUNK):
+        seg = segs[cand[:, c:c + SEGMENT_CHUNK]].unsqueeze(1)  # (n, 1, C, 4)
+        ax, ay = seg[..., 0], seg[..., 1]
+        abx, aby = seg[..., 2] - ax, seg[..., 3] - ay
+        inv_len2 = 1.0 / (abx * abx + aby * aby).clamp_min(1e-12)
+        apx, apy = px - ax, py - ay
+        t = ((apx * abx + apy * aby) * inv_len2).clamp_(0.0, 1.0)
+        dx = apx.sub_(t * abx)
+        dy = apy.sub_(t * aby)
+        best = torch.minimum(best, (dx.mul_(dx).add_(dy * dy)).amin(dim=-1))
+    return best
+
+
+def even_odd_inside(geom: AtlasGeometry, rect: Rect, segs: Segments, device: torch.device) -> torch.Tensor:
+    """Inside mask (h, w) of the closed polygon whose edges are segs (even-odd rule), one scanline at a time:
+    per row the edge crossings are sorted once and each texel counts those to its right by binary search."""
+    r0, r1, c0, c1 = rect
+    ox, oy = geom.origin
+    k = geom.texel_px
+    px = ox + (torch.arange(c0, c1, device=device, dtype=torch.float32) + 0.5) * k
+    py = oy + (torch.arange(r0, r1, device=device, dtype=torch.float32) + 0.5) * k
+    edges = segs.device[:-1]
+    ax, ay, bx, by = edges.unbind(-1)
+    dy = by - ay
+    safe_dy = dy.where(dy.abs() > 1e-12, torch.full_like(dy, 1e-12))
+    inside = torch.zeros((r1 - r0, c1 - c0), dtype=torch.bool, device=device)
+    rows_per_step = max(1, MAX_PAIRS_PER_STEP // max(len(segs), 1))
+    for s in range(0, r1 - r0, rows_per_step):
+        y = py[s:s + rows_per_step, None]
+        crosses = (ay > y) != (by > y)
+        x_at = ax + (y - ay) * (bx - ax) / safe_dy
+        x_at = torch.where(crosses, x_at, torch.full_like(x_at, float("-inf"))).sort(dim=1).values
+        # crossings strictly right of each texel: all minus those at or left of it
+        right = len(segs) - torch.searchsorted(x_at, px.expand(len(y), -1).contiguous(), right=True)
+        inside[s:s + rows_per_step] = right % 2 == 1
+    return inside
+
+
+def polygon_work(rect: Rect | None, segs: Segments) -> int:
+    """Scanline work of even_odd_inside over rect (rows x edges)."""
+    return 0 if rect is None else (rect[1] - rect[0]) * len(segs)
+
 
 def falloff(signed_inside: torch.Tensor, feather: float, texel: float) -> torch.Tensor:
     """Coverage from a signed distance (positive inside): 1-texel anti-aliasing plus a smooth feather."""
@@ -197,50 +426,93 @@ def falloff(signed_inside: torch.Tensor, feather: float, texel: float) -> torch.
     return c * c * (3.0 - 2.0 * c)
 
 
-def brush_coverage(centres: torch.Tensor, points: torch.Tensor, width: float, hardness: float,
-                   texel: float) -> torch.Tensor:
-    """Round-jointed, round-capped polyline coverage: radius width/2, soft over the outer (1 - hardness)."""
+def brush_reach(width: float, texel: float) -> float:
+    """Distance beyond which a brush of this width covers nothing (see falloff)."""
+    return width / 2.0 + texel
+
+
+def polygon_reach(feather: float, texel: float) -> float:
+    """Distance from the edge beyond which a polygon's coverage is exactly 0 or 1 (see falloff)."""
+    return max(feather, texel) + texel
+
+
+def brush_coverage(geom: AtlasGeometry, rect: Rect, segs: Segments, width: float, hardness: float,
+                   device: torch.device) -> torch.Tensor:
+    """Round-jointed, round-capped polyline coverage over rect: radius width/2, soft over the outer
+    (1 - hardness)."""
+    texel = geom.texel_px
     radius = width / 2.0
-    d = polyline_distance(centres, points)
+    d = segment_distance(geom, rect, segs, brush_reach(width, texel), device)
     return falloff(radius - d, (1.0 - hardness) * radius, texel)
 
 
-def polygon_coverage(centres: torch.Tensor, points: torch.Tensor, feather: float, texel: float) -> torch.Tensor:
-    """Anti-aliased filled polygon (even-odd rule), optionally feathered inward by `feather`."""
-    closed = torch.cat([points, points[:1]], dim=0)
-    p = centres.reshape(-1, 1, 2)
-    a, b = closed[:-1], closed[1:]
-    px, py = p[..., 0], p[..., 1]
-    crosses = (a[:, 1] > py) != (b[:, 1] > py)
-    x_at = a[:, 0] + (py - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1]).where(
-        (b[:, 1] - a[:, 1]).abs() > 1e-12, torch.full_like(a[:, 1], 1e-12))
-    inside = ((crosses & (px < x_at)).sum(dim=1) % 2 == 1).reshape(centres.shape[:2])
-    d = polyline_distance(centres, closed)
-    signed = torch.where(inside, d, -d)
-    return falloff(signed, feather, texel)
+def polygon_coverage(geom: AtlasGeometry, rect: Rect, segs: Segments, feather: float,
+                     device: torch.device) -> torch.Tensor:
+    """Anti-aliased filled polygon (even-odd rule) over rect, optionally feathered inward by `feather`."""
+    texel = geom.texel_px
+    inside = even_odd_inside(geom, rect, segs, device)
+    d = segment_distance(geom, rect, segs, polygon_reach(feather, texel), device)
+    return falloff(torch.where(inside, d, -d), feather, texel)
 
 
-def sample_image(image: torch.Tensor, coords01: torch.Tensor, footprint: tuple[float, float]) -> torch.Tensor:
+def sample_image(image: torch.Tensor, coords01: torch.Tensor, footprint: tuple[float, float],
+                 size: tuple[int, int] | None = None,
+                 window: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> torch.Tensor:
     """Bilinear sample of a (4, h, w) premultiplied image at coords in [0, 1]^2 (h', w', 2) -> (h', w', 4).
 
     The colour is the image's, clamped at its border; its edge is anti-aliased by each texel's own coverage of
     the image rectangle (a box `footprint` = (x, y) image pixels wide), not by the image's bilinear filter: a
     texel wholly inside keeps the image's full alpha, so a pasted image comes back unmixed up to its edge, and
     an upscaled image keeps a sharp one. Zero outside.
+
+    `image` may be a crop of the pasted image, possibly downsampled: `window` = (u0, v0, u1, v1) is the part of
+    the whole image in [0, 1] coords that it holds, and `size` = (w, h) the whole image's pixels (coords,
+    footprint and the edge stay the whole image's).
     """
-    grid = (coords01 * 2.0 - 1.0).unsqueeze(0).to(image.dtype)
+    u0, v0, u1, v1 = window
+    local = coords01 if window == (0.0, 0.0, 1.0, 1.0) else (
+        (coords01 - coords01.new_tensor([u0, v0])) / coords01.new_tensor([u1 - u0, v1 - v0]))
+    grid = (local * 2.0 - 1.0).unsqueeze(0).to(image.dtype)
     out = F.grid_sample(image.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    h, w = image.shape[1:]
+    w, h = size if size is not None else (image.shape[2], image.shape[1])
     inside = torch.minimum(coords01, 1.0 - coords01) * coords01.new_tensor([w, h])  # image px to the nearest edge
     box = coords01.new_tensor(footprint).clamp_min(1e-6)
     coverage = (inside / box + 0.5).clamp(0.0, 1.0).prod(dim=-1, keepdim=True)
     return out[0].permute(1, 2, 0) * coverage
 
 
-def premultiply(rgba_u8: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(h, w, 4) uint8 straight alpha -> (4, h, w) float32 premultiplied in [0, 1]."""
-    t = torch.from_numpy(np.array(rgba_u8, dtype=np.uint8)).to(device).permute(2, 0, 1).to(torch.float32) / 255.0
+def premultiply(rgba_u8: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """(h, w, 4) uint8 straight alpha (host array or tensor) -> (4, h, w) float32 premultiplied in [0, 1]."""
+    if isinstance(rgba_u8, torch.Tensor):
+        t = rgba_u8.to(device) if device is not None else rgba_u8
+    else:
+        t = torch.from_numpy(np.array(rgba_u8, dtype=np.uint8)).to(device)
+    t = t.permute(2, 0, 1).to(torch.float32) / 255.0
     return torch.cat([t[:3] * t[3:4], t[3:4]], dim=0).contiguous()
+
+
+def shrink_image(rgba: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """Crop rgba (h, w, 4) uint8 to box (x0, y0, x1, y1) and area-filter it to size (w', h'), premultiplied so
+    transparent pixels lend no colour; a crop alone copies pixels exactly."""
+    x0, y0, x1, y1 = box
+    crop = rgba[y0:y1, x0:x1]
+    if size == (x1 - x0, y1 - y0):
+        return np.array(crop)  # a copy: the decoded image may be a shared, read-only cache entry
+    img = Image.fromarray(np.ascontiguousarray(crop), "RGBA").convert("RGBa")
+    return np.asarray(img.resize(size, Image.Resampling.BOX).convert("RGBA"), dtype=np.uint8).copy()
+
+
+def intersect(a: Rect, b: Rect) -> Rect | None:
+    r0, r1, c0, c1 = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
+    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
+
+
+def union(a: Rect | None, b: Rect | None) -> Rect | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
 
 
 def rotation_matrix(degrees: float) -> np.ndarray:

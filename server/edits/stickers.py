@@ -15,7 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vatlas.server.edits.ops import decode_image
-from vatlas.server.edits.raster import AtlasGeometry, premultiply, rotation_matrix
+from vatlas.server.edits.raster import AtlasGeometry, premultiply, rotation_matrix, shrink_image
+
+# A sticker's image is kept at no more than this many of its pixels per frame pixel it covers on any frame.
+IMAGE_PX_PER_PIXEL = 2.0
 
 
 @dataclass
@@ -25,8 +28,12 @@ class StickerTrack:
 
     centre: np.ndarray
     matrix: np.ndarray
-    image: torch.Tensor  # (4, h, w) premultiplied
+    image: torch.Tensor  # (h, w, 4) uint8 straight RGBA, at most IMAGE_PX_PER_PIXEL per frame pixel it covers
     opacity: float
+
+    def nbytes(self) -> int:
+        """Memory this sticker keeps."""
+        return self.centre.nbytes + self.matrix.nbytes + self.image.numel() * self.image.element_size()
 
 
 def _polar(mat: np.ndarray) -> tuple[float, float]:
@@ -76,8 +83,21 @@ def track_sticker(geom: AtlasGeometry, op: dict[str, Any], device: torch.device)
         if follow_scale:
             follow = follow * scale
         matrix[t] = follow @ base
-    return StickerTrack(centre=centre, matrix=matrix, image=premultiply(rgba, device),
+    return StickerTrack(centre=centre, matrix=matrix, image=_stored_image(rgba, matrix, device),
                         opacity=float(op.get("opacity", 1.0)))
+
+
+def _stored_image(rgba: np.ndarray, matrix: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The sticker image downsampled to the largest size it is drawn at (frame pixels per axis, any frame)."""
+    h, w = rgba.shape[:2]
+    lengths = np.linalg.norm(matrix, axis=1)  # (T, 2): frame pixels along the sticker's x and y axes
+    lengths = lengths[np.isfinite(lengths).all(axis=1)]
+    if len(lengths) == 0:
+        return torch.from_numpy(rgba.copy()).to(device)
+    span_x, span_y = lengths.max(axis=0)
+    sw = min(w, max(1, int(np.ceil(span_x * IMAGE_PX_PER_PIXEL))))
+    sh = min(h, max(1, int(np.ceil(span_y * IMAGE_PX_PER_PIXEL))))
+    return torch.from_numpy(shrink_image(rgba, (0, 0, w, h), (sw, sh))).to(device)
 
 
 def draw_sticker(out: torch.Tensor, mask: torch.Tensor, track: StickerTrack, frame: int) -> None:
@@ -100,7 +120,7 @@ def draw_sticker(out: torch.Tensor, mask: torch.Tensor, track: StickerTrack, fra
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     offset = torch.stack([gx, gy], dim=-1) - torch.as_tensor(centre, dtype=torch.float32, device=device)
     local = offset @ inv.T  # in [-0.5, 0.5] inside the sticker
-    src = F.grid_sample(track.image.unsqueeze(0), (local * 2.0).unsqueeze(0), mode="bilinear",
+    src = F.grid_sample(premultiply(track.image).unsqueeze(0), (local * 2.0).unsqueeze(0), mode="bilinear",
                         padding_mode="zeros", align_corners=False)[0].permute(1, 2, 0)
     m = mask[y0:y1, x0:x1].to(torch.float32).unsqueeze(-1) * (track.opacity / 255.0)
     alpha = src[..., 3:4] * m
