@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import io
 import math
 import random
+import time
 from pathlib import Path
 
 import grpc
 import msgpack
+import numpy as np
 import pytest
 from conftest import TINY_BUNDLE, start_in_process_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
 from vatlas.server.doors import wire
 from vatlas.server.session.limits import ServerLimits
@@ -286,3 +290,95 @@ def test_upload_over_the_limit_is_refused_and_removed(small_server) -> None:
         assert ok.bytes == 200 * 1024
     finally:
         stubs.close()
+
+
+def _big_png() -> bytes:
+    """4096 x 4096, some 75 KB: decoded it is 64 MB, and 256 MB as a float image."""
+    img = np.zeros((4096, 4096, 4), np.uint8)
+    img[..., 1], img[..., 3] = 200, 255
+    img[::64, :, 0] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_hostile_raster_ops_are_answered_fast_and_spare_everyone(small_server) -> None:
+    """H1-H3 through a real server: the huge polygon, strokes across the world, a 4096 x 4096 paste and an op
+    over the raster budget each get their answer quickly; nothing of a refused op is left, and every
+    participant's ops and undo go on working."""
+    rng = np.random.default_rng(0)
+    hostile = [
+        ({"id": "h-poly", "type": "adjustment", "space": "frame", "frame": 0,
+          "points": [[0, 0], [1e6, 0], [0, 1e6]], "exposure": 0.5}, "accepted"),
+        ({**stroke_op("h-wide"), "points": [[-1e6, 10.0], [1e6, 10.0]]}, "accepted"),
+        ({**stroke_op("h-1000"), "points": [[-1000.0, 10.0], [1000.0, 10.0]]}, "accepted"),
+        ({"id": "h-png", "type": "texture", "space": "frame", "frame": 0, "rect": [0, 0, 64, 48],
+          "image": _big_png()}, "accepted"),
+        ({**stroke_op("h-budget"), "points": rng.uniform(0, 64, (4096, 2)).tolist(), "width": 400.0}, "rejected"),
+    ]
+
+    async def answer(member: GrpcSession, op_id: str) -> tuple[str, object]:
+        """The op's OpAccepted or OpRejected, whichever comes (other events stay in the backlog)."""
+
+        def mine(ev: sessions_pb2.ServerEvent) -> bool:
+            kind = ev.WhichOneof("kind")
+            return kind in ("accepted", "rejected") and getattr(ev, kind).op_id == op_id
+
+        for i, ev in enumerate(member.backlog):
+            if mine(ev):
+                del member.backlog[i]
+                return ev.WhichOneof("kind"), getattr(ev, ev.WhichOneof("kind"))
+        while True:
+            ev = await asyncio.wait_for(member.call.read(), 60)
+            assert ev is not grpc.aio.EOF
+            if mine(ev):
+                return ev.WhichOneof("kind"), getattr(ev, ev.WhichOneof("kind"))
+            member.backlog.append(ev)
+
+    async def scenario() -> None:
+        stubs = AioStubs(small_server.grpc_target, small_server.token)
+        info, join, bystander = await _session_with_one_member(stubs)
+        attacker = GrpcSession(stubs)
+        attacker.send(join=join)
+        await attacker.event("snapshot")
+        engine = small_server.core._session(info.session_id).engine
+        for op, expected in hostile:
+            start = time.monotonic()
+            attacker.send_op(op)
+            kind, event = await answer(attacker, op["id"])
+            print(f"\n{op['id']}: {kind} in {(time.monotonic() - start) * 1e3:.0f} ms")
+            assert kind == expected, event
+            if kind == "rejected":
+                assert event.error.code == "RESOURCE_EXHAUSTED", event
+                assert engine.get(op["id"]) is None
+        # The 4096 x 4096 paste keeps what the 64 x 64 atlas shows of it, not 256 MB.
+        kept = engine._objects["h-png"].atlas_op.nbytes()
+        print(f"4096x4096 paste keeps {kept} B; the session's edits {engine.edit_bytes()} B")
+        assert kept < 256 * 1024 and engine.edit_bytes() < 1024 * 1024
+        # Everybody carries on: strokes, textures and undo from both participants.
+        bystander.send_op(stroke_op("b-stroke", x=5.0))
+        bystander.send_op({"id": "b-tex", "type": "texture", "space": "frame", "frame": 1, "rect": [4, 4, 8, 8],
+                           "image": _small_png()})
+        for op_id in ("b-stroke", "b-tex"):
+            assert (await answer(bystander, op_id))[0] == "accepted"
+        attacker.send_op(stroke_op("h-budget", x=30.0))  # the refused id is free: nothing of it was kept
+        assert (await answer(attacker, "h-budget"))[0] == "accepted"
+        for member, target in ((bystander, "b-tex"), (attacker, "h-budget"), (attacker, "h-png")):
+            member.send(undo=sessions_pb2.Undo())
+            undone = await member.event("applied", where=lambda a, target=target: a.op.target == target)
+            assert undone.op.type == "delete"
+        assert [o["id"] for o in engine.objects()] == ["h-poly", "h-wide", "h-1000", "b-stroke"]
+        frame = await stubs.render.RenderFrame(render_pb2.RenderRequest(
+            session_id=info.session_id, join_token=info.join_token, frame=0), metadata=stubs.metadata)
+        assert frame.seq == small_server.core._session(info.session_id).seq
+        await attacker.close()
+        await bystander.close()
+        await stubs.close()
+
+    asyncio.run(scenario())
+
+
+def _small_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((6, 6, 4), 200, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
