@@ -31,6 +31,7 @@ from vatlas.server.edits.adjust import adjustment_affine, is_identity
 from vatlas.server.edits.ops import OpError, OpLimits, decode_image
 from vatlas.server.edits.raster import (
     DENSIFY_FRAME_PX,
+    IMAGE_OVERSAMPLE,
     AtlasGeometry,
     Box,
     Rect,
@@ -63,9 +64,6 @@ WEIGHT_CACHE_TEXELS = 16 * 1024 * 1024
 # Illumination below this is not trusted when dividing an edit by it (deep shadow, or a bad fit).
 MIN_LIGHT = 0.05
 ADJUST_CHANNELS = 12  # K as 3 rows of (r, g, b, offset)
-# A pasted image is kept at no more than this many of its pixels per texel along each axis (the resolution it
-# covers in the atlas, with headroom for the bilinear lookup), and cropped to the part the atlas can show.
-IMAGE_PX_PER_TEXEL = 2.0
 # Frames whose inverse map and light stay on the device for frame-space ops (ops name their frame and look
 # it up when drawn, so no op keeps a frame-sized copy of its own).
 FRAME_FIELDS_CACHE = 8
@@ -244,7 +242,8 @@ class AtlasLayers:
         return aop
 
     def _store_image(self, aop: AtlasOp, rgba: np.ndarray) -> None:
-        """Keep only the part of the image its texels can sample, at the resolution the atlas shows it."""
+        """Keep only the part of the image its texels can sample, at the resolution the atlas shows it
+        (IMAGE_OVERSAMPLE image pixels a texel at most)."""
         h, w = rgba.shape[:2]
         box = (0, 0, w, h)
         if aop.rect is not None:
@@ -267,8 +266,8 @@ class AtlasLayers:
             box = (0, 0, 1, 1)
         bw, bh = box[2] - box[0], box[3] - box[1]
         fx, fy = aop.extra["footprint"]
-        sw = min(bw, max(1, math.ceil(bw * IMAGE_PX_PER_TEXEL / max(fx, 1e-9))))
-        sh = min(bh, max(1, math.ceil(bh * IMAGE_PX_PER_TEXEL / max(fy, 1e-9))))
+        sw = min(bw, max(1, math.ceil(bw * IMAGE_OVERSAMPLE / max(fx, 1e-9))))
+        sh = min(bh, max(1, math.ceil(bh * IMAGE_OVERSAMPLE / max(fy, 1e-9))))
         aop.extra["window"] = (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
         aop.image = torch.from_numpy(shrink_image(rgba, box, (sw, sh))).to(self.device)
 

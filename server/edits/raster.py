@@ -24,6 +24,9 @@ SEGMENT_CHUNK = 64
 TILE = 16  # texels per side of a distance tile: each tile looks only at the segments near it
 MAX_PAIRS_PER_STEP = 1 << 20  # texel-segment pairs per batched step (bounds the temporaries to a few MB each)
 FAR_AWAY = 1.0e9  # the padding segment's coordinates: farther than any reach
+# A pasted image or sticker is kept at no more than this many of its pixels per texel (per frame pixel for a
+# sticker) along each axis: the resolution it is shown at, with headroom for the bilinear lookup.
+IMAGE_OVERSAMPLE = 2.0
 DIRECT_PAIRS = 1 << 16  # below this many texel-segment pairs a rect skips the tiling (its planning costs more)
 
 
@@ -245,12 +248,6 @@ def densify_pieces(pieces: list[np.ndarray], step: float, max_points: int) -> li
             chunks.append(a + (b - a) * t)
         out.append(np.concatenate(chunks))
     return out
-
-
-def densify(points: np.ndarray, step: float, max_points: int = 1 << 62) -> np.ndarray:
-    """Insert points so no segment of the polyline is longer than `step` (see densify_pieces)."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    return densify_pieces([pts], step, max_points)[0] if len(pts) >= 2 else pts
 
 
 @dataclass

@@ -15,10 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vatlas.server.edits.ops import decode_image
-from vatlas.server.edits.raster import AtlasGeometry, premultiply, rotation_matrix, shrink_image
-
-# A sticker's image is kept at no more than this many of its pixels per frame pixel it covers on any frame.
-IMAGE_PX_PER_PIXEL = 2.0
+from vatlas.server.edits.raster import (
+    IMAGE_OVERSAMPLE,
+    AtlasGeometry,
+    premultiply,
+    rotation_matrix,
+    shrink_image,
+)
 
 
 @dataclass
@@ -28,7 +31,7 @@ class StickerTrack:
 
     centre: np.ndarray
     matrix: np.ndarray
-    image: torch.Tensor  # (h, w, 4) uint8 straight RGBA, at most IMAGE_PX_PER_PIXEL per frame pixel it covers
+    image: torch.Tensor  # (h, w, 4) uint8 straight RGBA, at most IMAGE_OVERSAMPLE per frame pixel it covers
     opacity: float
 
     def nbytes(self) -> int:
@@ -95,8 +98,8 @@ def _stored_image(rgba: np.ndarray, matrix: np.ndarray, device: torch.device) ->
     if len(lengths) == 0:
         return torch.from_numpy(rgba.copy()).to(device)
     span_x, span_y = lengths.max(axis=0)
-    sw = min(w, max(1, int(np.ceil(span_x * IMAGE_PX_PER_PIXEL))))
-    sh = min(h, max(1, int(np.ceil(span_y * IMAGE_PX_PER_PIXEL))))
+    sw = min(w, max(1, int(np.ceil(span_x * IMAGE_OVERSAMPLE))))
+    sh = min(h, max(1, int(np.ceil(span_y * IMAGE_OVERSAMPLE))))
     return torch.from_numpy(shrink_image(rgba, (0, 0, w, h), (sw, sh))).to(device)
 
 
