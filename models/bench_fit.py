@@ -9,6 +9,7 @@ driver; the metrics live in vatlas.edit_eval.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -133,27 +134,32 @@ def object_report(bundle: Any, gt_object_masks: np.ndarray, device: str = "cpu")
     return out, worst
 
 
-def load_clip(name: str, data_dir: Path, size: tuple[int, int], max_frames: int
-              ) -> tuple[np.ndarray, Any, float, np.ndarray | None]:
-    """Frames at `size`, the ROI scaled to it (None without roi.json), fps and GT object masks (if the clip has
-    one per frame)."""
+def load_clip(name: str, data_dir: Path, size: tuple[int, int], max_frames: int) -> dict[str, Any]:
+    """A real clip: working frames at `size` and the ROI scaled to them (None without roi.json), the source
+    frames and ROI at their own size (the bundle is delivered there), fps and GT object masks at the source size
+    (if the clip has one per frame)."""
     from vatlas.roi import load_roi
     from vatlas.video import read_video
 
     clip = data_dir / name
     src = clip / "frames" if (clip / "frames").is_dir() else clip / "clip.mp4"
-    video = read_video(src, size=size)  # then cut: a clip may be shorter than max_frames
-    video.frames = video.frames[:max_frames]
-    roi = None
+    video = read_video(src)  # then cut: a clip may be shorter than max_frames
+    source = video.frames[:max_frames]
+    sw, sh = video.source_size
+    frames = source if (sw, sh) == size else np.stack(
+        [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in source])
+    roi = source_roi = None
     if (clip / "roi.json").is_file():
-        roi = load_roi(clip / "roi.json").scaled(size[0] / video.source_size[0], size[1] / video.source_size[1])
+        source_roi = load_roi(clip / "roi.json")
+        roi = source_roi.scaled(size[0] / sw, size[1] / sh)
     masks = None
     if (clip / "masks").is_dir():
-        files = sorted((clip / "masks").glob("*.png"))[: len(video.frames)]
-        if len(files) == len(video.frames):  # the edit metrics compare frame by frame
-            masks = np.stack([cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), size,
+        files = sorted((clip / "masks").glob("*.png"))[: len(source)]
+        if len(files) == len(source):  # the edit metrics compare frame by frame
+            masks = np.stack([cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (sw, sh),
                                          interpolation=cv2.INTER_NEAREST) > 127 for f in files])
-    return video.frames, roi, video.fps, masks
+    return {"frames": frames, "roi": roi, "fps": video.fps, "masks": masks, "source_frames": source,
+            "source_roi": source_roi}
 
 
 # --synth-preset -> (scenes, size, frames, occluders) when not given
@@ -181,6 +187,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("--out-dir", type=Path, default=None, help="also keep the bundles here")
+    parser.add_argument("--seeds", default=None, help="synthetic scene indices to run, e.g. 0,1,2 (default all)")
+    parser.add_argument("--set", default=None, help="FitConfig overrides as JSON, e.g. '{\"visibility\": \"learned\"}'")
+    parser.add_argument("--compare-visibility", action="store_true",
+                        help="also bake each fit with the learned visibility and report its metrics (suffix _learned)")
+    parser.add_argument("--working-size-delivery", action="store_true",
+                        help="deliver real clips at the working size (default: at the source's size)")
+
+
+def _at_size(masks: np.ndarray | None, bundle: Any) -> np.ndarray | None:
+    """Object masks (T, H, W) bool at the bundle's frame size."""
+    if masks is None or masks.shape[1:] == (bundle.height, bundle.width):
+        return masks
+    return np.stack([cv2.resize(m.astype(np.uint8), (bundle.width, bundle.height),
+                                interpolation=cv2.INTER_NEAREST) > 0 for m in masks])
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -200,15 +220,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vatlas.synth import make_scene
 
     from .config import FitConfig
-    from .fit import fit, resolve_device
+    from .fit import FitData, Fitter, resolve_device
 
     device = resolve_device(args.device)
+    overrides = json.loads(args.set) if args.set else {}
+    seeds = None if args.seeds is None else {int(k) for k in args.seeds.split(",")}
     engine_device = str(device.type)
     rows: list[dict[str, Any]] = []
     worst_frames: dict[str, Worst] = {}
 
-    def one(name: str, frames: np.ndarray, roi: Any, fps: float, quality: Any, read_s: float = 0.0) -> None:
-        cfg = FitConfig.preset(args.preset, hash_backend=args.hash_backend)
+    def one(name: str, frames: np.ndarray, roi: Any, fps: float, quality: Any, read_s: float = 0.0,
+            source_frames: np.ndarray | None = None, source_roi: Any = None) -> None:
+        cfg = FitConfig.preset(args.preset, hash_backend=args.hash_backend, **overrides)
         if args.batch_size:
             cfg.batch_size = args.batch_size
         if args.iters:
@@ -218,10 +241,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = args.out_dir / f"{name.replace(':', '-')}.vatlas" if args.out_dir else None
         if out is not None:
             args.out_dir.mkdir(parents=True, exist_ok=True)
-        bundle, m = fit(frames, roi, config=cfg, fps=fps, device=str(device.type), out=out,
-                        show_progress=args.progress, log=lambda msg: print(f"[{name}] {msg}", flush=True))
+        if args.working_size_delivery:
+            source_frames = source_roi = None
+        data = FitData(np.ascontiguousarray(frames), roi, roi.mask(frames.shape[1], frames.shape[2]), float(fps),
+                       {}, source_frames, source_roi)
+        fitter = Fitter(data, cfg, device, show_progress=args.progress,
+                        log=lambda msg: print(f"[{name}] {msg}", flush=True))
+        bundle, m = fitter.run(out)
         began = time.perf_counter()
         q, worst = quality(bundle)
+        if args.compare_visibility:
+            learned = fitter.bake(dataclasses.replace(cfg, visibility="learned"))
+            q.update({f"{k}_learned": v for k, v in quality(learned)[0].items()})
+            del learned
         row = {"clip": name, "frames": int(frames.shape[0]), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
         row["t_read"] = round(read_s, 3)
         row.update({f"t_{k}": v for k, v in m["stage_seconds"].items()})
@@ -238,6 +270,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = _size(args.synth_size or synth_size)
     synth_frames = args.synth_frames or synth_frames
     for k in range(count):
+        if seeds is not None and k not in seeds:
+            continue
         scene = make_scene(frames=synth_frames, size=size, seed=100 + k, occluders=occluders, lighting=True,
                            preset=args.synth_preset)
         label = f"synth{k}" if args.synth_preset == "default" else f"{args.synth_preset}{k}"
@@ -246,18 +280,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         del scene
     for name in args.clips:
         began = time.perf_counter()
-        frames, roi, fps, masks = load_clip(name, args.data, _size(args.size), args.max_frames)
+        clip = load_clip(name, args.data, _size(args.size), args.max_frames)
+        frames, masks, source = clip["frames"], clip["masks"], clip["source_frames"]
         if args.object_roi:
             if masks is None or not masks[0].any():
                 print(f"[{name}] skipped: --object-roi needs an object mask on every frame", flush=True)
                 continue
-            one(f"{name}:object", frames, object_roi(masks[0]), fps,
-                lambda b, gt=masks: object_report(b, gt, engine_device), time.perf_counter() - began)
-        elif roi is None:
+            source_roi = object_roi(masks[0])
+            roi = source_roi.scaled(frames.shape[2] / source.shape[2], frames.shape[1] / source.shape[1])
+            one(f"{name}:object", frames, roi, clip["fps"],
+                lambda b, gt=masks: object_report(b, _at_size(gt, b), engine_device), time.perf_counter() - began,
+                source, source_roi)
+        elif clip["roi"] is None:
             print(f"[{name}] skipped: no roi.json", flush=True)
         else:
-            one(name, frames, roi, fps, lambda b, gt=masks: real_report(b, gt, engine_device),
-                time.perf_counter() - began)
+            one(name, frames, clip["roi"], clip["fps"],
+                lambda b, gt=masks: real_report(b, _at_size(gt, b), engine_device), time.perf_counter() - began,
+                source, clip["source_roi"])
     keys = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
     rows = [{k: r.get(k, "") for k in keys} for r in rows]
     meta = {

@@ -90,10 +90,21 @@ class FitData:
     roi_mask: np.ndarray  # (H, W) bool
     fps: float
     source: dict[str, Any] = field(default_factory=dict)
+    # the frames and ROI at the source's size, when the fit runs smaller: the bundle is delivered at this size
+    source_frames: np.ndarray | None = None
+    source_roi: Roi | None = None
 
     @property
     def ref_frame(self) -> int:
         return self.roi.ref_frame
+
+    @property
+    def delivered_frames(self) -> np.ndarray:
+        return self.frames_np if self.source_frames is None else self.source_frames
+
+    @property
+    def delivered_roi(self) -> Roi:
+        return self.roi if self.source_roi is None else self.source_roi
 
 
 class Fitter:
@@ -537,6 +548,12 @@ class Fitter:
         ij = ((uv + 1.0) * 0.5 * size).floor().long().clamp(0, size - 1)
         return self.potential[ij[:, 1], ij[:, 0]]
 
+    def bake(self, cfg: FitConfig | None = None) -> Bundle:
+        """Bake the fitted model again (after run), e.g. with other bake settings (cfg.visibility)."""
+        if cfg is not None:
+            self.cfg = cfg
+        return self._stage_bake()
+
     def _stage_bake(self) -> Bundle:
         assert self.corr is not None
         if self.potential is None:
@@ -552,8 +569,12 @@ class Fitter:
 def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: float = 30.0,
         device: str = "auto", out: Path | str | None = None, resume: bool = False, show_progress: bool = True,
         source: dict[str, Any] | None = None, callback: Callable[[str, int], None] | None = None,
-        log: Callable[[str], None] | None = None) -> tuple[Bundle, dict[str, Any]]:
+        log: Callable[[str], None] | None = None, source_frames: np.ndarray | None = None,
+        source_roi: Roi | None = None) -> tuple[Bundle, dict[str, Any]]:
     """Fit (T, H, W, 3) uint8 frames with an ROI at the same resolution; returns the bundle and its metrics.
+
+    With `source_frames` (T, Hs, Ws, 3) and `source_roi` (the same ROI in their pixels) the fit still runs on
+    `frames`, and the bundle is baked at the source's size over the source frames.
 
     With `out`, the bundle is written there and Ctrl-C leaves a checkpoint `<out>.ckpt` for `resume=True`.
     `log` receives one-line status messages (default: printed beside the progress bars, silent without them).
@@ -567,6 +588,17 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
     t, h, w = frames.shape[:3]
     roi.validate(w, h, t)
     roi_mask = roi.mask(h, w)
-    data = FitData(frames, roi, roi_mask, float(fps), dict(source or {}))
+    if (source_frames is None) != (source_roi is None):
+        raise FitError("source_frames and source_roi go together")
+    if source_frames is not None and source_roi is not None:
+        source_frames = np.ascontiguousarray(source_frames)
+        if source_frames.ndim != 4 or source_frames.shape[0] != t or source_frames.shape[3] != 3 or \
+                source_frames.dtype != np.uint8:
+            raise FitError(f"source frames must be ({t}, H, W, 3) uint8, got {source_frames.shape} "
+                           f"{source_frames.dtype}")
+        if source_roi.ref_frame != roi.ref_frame:
+            raise FitError("source_roi and roi must share the reference frame")
+        source_roi.validate(source_frames.shape[2], source_frames.shape[1], t)
+    data = FitData(frames, roi, roi_mask, float(fps), dict(source or {}), source_frames, source_roi)
     fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback, log=log)
     return fitter.run(Path(out) if out is not None else None, resume=resume)

@@ -24,16 +24,19 @@ def grid_uv(grid: int, device: torch.device | str = "cpu") -> torch.Tensor:
 
 @torch.no_grad()
 def bake_inverse_map(model: RnaModel, grid: int, *, domain: np.ndarray | None = None, cycle_px: float = 2.0,
+                     uv_to_model: tuple[float, float] = (1.0, 1.0), xy_scale: tuple[float, float] = (1.0, 1.0),
                      chunk: int = 1 << 16) -> np.ndarray:
     """(T, G, G, 2) float32 frame pixels (x, y) of B at the grid's uv; NaN outside the fitted domain.
 
     A cell is in the domain for frame t when B lands inside the frame, T(B(uv, t), t) returns to uv within
     `cycle_px` reference pixels (B is only trusted where it inverts T), and `domain[i, j]` (an atlas-space
-    footprint at G x G, if given) is set.
+    footprint at G x G, if given) is set. uv_to_model and xy_scale carry a bundle delivered at another size
+    than the fit's (models/bake.py Delivery): the grid's uv times uv_to_model is the model's, and the frame
+    pixels come back times xy_scale.
     """
     cfg = model.cfg
     device = next(model.parameters()).device
-    uv = grid_uv(grid, device)
+    uv = grid_uv(grid, device) * torch.tensor(uv_to_model, device=device)
     half = cfg.atlas_span_px / 2.0
     out = np.empty((cfg.num_frames, grid, grid, 2), np.float32)
     for t in range(cfg.num_frames):
@@ -49,7 +52,7 @@ def bake_inverse_map(model: RnaModel, grid: int, *, domain: np.ndarray | None = 
             cycle = (back - part).norm(dim=-1) * half < cycle_px
             xy_parts.append(xy)
             ok_parts.append(inside & cycle)
-        xy = torch.cat(xy_parts).cpu().numpy().reshape(grid, grid, 2)
+        xy = torch.cat(xy_parts).cpu().numpy().reshape(grid, grid, 2) * np.asarray(xy_scale, np.float32)
         ok = torch.cat(ok_parts).cpu().numpy().reshape(grid, grid)
         if domain is not None:
             ok &= domain

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,10 @@ from vatlas.models.bundle import load_bundle
 from vatlas.models.config import FitConfig
 from vatlas.models.fit import FitData, FitError, Fitter, checkpoint_path, fit
 
+from vatlas import edit_eval
 from vatlas.roi import Roi
 from vatlas.synth import make_scene
+from vatlas.video import read_video
 
 DATA = SHARED_DATA
 
@@ -202,8 +205,13 @@ def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):
                "--device", "cpu", "--quiet")
     assert res.returncode == 0, res.stderr
     bundle = load_bundle(out)
-    assert bundle.frames.shape == (4, 54, 96, 3) and bundle.source["frame_range"] == [0, 4]
-    assert math.isfinite(bundle.metrics["ref_roi_psnr"]) and bundle.mask.shape == (4, 54, 96)
+    # fitted at 96x54, delivered at the source's 854x480 over the source frames themselves
+    assert bundle.frames.shape == (4, 480, 854, 3) and bundle.source["frame_range"] == [0, 4]
+    assert bundle.metrics["working_size"] == [96, 54]
+    source = read_video(DATA / "libby" / "frames", frames=(0, 4)).frames
+    assert np.array_equal(bundle.frames, source)
+    assert math.isfinite(bundle.metrics["ref_roi_psnr"]) and bundle.mask.shape == (4, 480, 854)
+    assert bundle.uv.shape == (4, 480, 854, 2) and bundle.inverse_map.shape[0] == 4
     assert res.stdout.startswith(f"wrote {out}")
     assert ("worst-fitting frames:" in res.stdout) == bool(bundle.metrics["roi_psnr_worst_frames"])
     info = _cli("info", str(out), "--json")
@@ -212,3 +220,30 @@ def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):
     assert "atlas_size: 1024" in text.stdout
     bad = _cli("info", str(tmp_path / "missing.vatlas"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_fit_at_half_size_is_delivered_at_the_source_size(tmp_path):
+    """Fit small, deliver at full size: the fields are evaluated at the source's pixel centres."""
+    big = make_scene(frames=4, size=(128, 96), seed=3, occluders=1, lighting=True)
+    small = np.stack([cv2.resize(f, (64, 48), interpolation=cv2.INTER_AREA) for f in big.frames])
+    roi_small = big.roi.scaled(0.5, 0.5)
+    bundle, _ = fit(small, roi_small, config=tiny_config(extra={"cache_dir": str(tmp_path)}), device="cpu",
+                    show_progress=False, source_frames=big.frames, source_roi=big.roi)
+    assert (bundle.width, bundle.height) == (128, 96) and np.array_equal(bundle.frames, big.frames)
+    assert bundle.mask.shape == (4, 96, 128) and bundle.metrics["working_size"] == [64, 48]
+    assert bundle.atlas_span_px == pytest.approx(big.atlas_span_px)
+    # T on the reference ROI is near the identity in source pixels too (the position loss anchors it)
+    err = np.linalg.norm(bundle.uv_float(0) - big.gt_uv[0], axis=-1)[big.roi.mask(96, 128)]
+    assert np.median(err * bundle.atlas_span_px / 2.0) < 2.0
+    # the inverse map returns source pixels: B(T(p)) ~ p on the reference ROI
+    ys, xs = np.nonzero(big.roi.mask(96, 128))
+    pick = slice(None, None, max(1, len(xs) // 50))
+    uv = bundle.uv_float(0)[ys[pick], xs[pick]]
+    back = edit_eval.sample_inverse(bundle, uv)[0]
+    ok = np.isfinite(back).all(-1)
+    assert ok.mean() > 0.8
+    dist = np.linalg.norm(back[ok] - np.stack([xs[pick], ys[pick]], 1)[ok] - 0.5, axis=-1)
+    assert np.median(dist) < 3.0
+    # the reference frame shows the whole ROI
+    inner = cv2.erode(big.roi.mask(96, 128).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert (bundle.mask[0][inner] >= 128).all()
