@@ -8,6 +8,12 @@ their message; op rejections travel in-band as `OpRejected` on the Connect strea
 Render calls are coalesced per client when the client names itself with `vatlas-client-id` metadata: a
 RenderFrame still waiting when the same client sends a newer one fails with ABORTED (latest request wins).
 Calls without that metadata are never coalesced with each other. Every Playback call is its own viewer.
+Rate limits never look at the client id: they are per connection and per client address (L2).
+
+Connections: grpc.aio has no hook where a new connection could be refused by its address, so the door caps
+what it can: connections in all (`grpc.max_allowed_incoming_connections`), connections without calls are
+closed after `grpc_idle_seconds`, and calls in flight per client address (`max_grpc_calls_per_address`,
+RESOURCE_EXHAUSTED beyond). A per-address *connection* cap needs a reverse proxy in front.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from vatlas.server.doors import wire
 from vatlas.server.doors.auth import bearer, check_protocol, check_token
-from vatlas.server.session.core import ServerCore
+from vatlas.server.session.core import ServerCore, Viewer
 from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import (
     bundles_pb2,
@@ -42,7 +48,6 @@ SERVICE_NAMES = (
     sessions_pb2.DESCRIPTOR.services_by_name["Sessions"].full_name,
     render_pb2.DESCRIPTOR.services_by_name["Render"].full_name,
 )
-MAX_CLIENT_KEYS = 4096
 
 
 class _Door:
@@ -66,11 +71,29 @@ class _Door:
 
     @staticmethod
     def client_key(context: grpc.aio.ServicerContext) -> str:
-        # channels of one process may share a connection, so the peer address does not name a client:
-        # without a client id each call is its own client (nothing to coalesce with)
+        """The render coalescing slot: the client id within its connection (ids only group a client's own
+        calls: a chosen id can never reach another connection's slot); without one each call is its own."""
         meta = dict(context.invocation_metadata() or ())
         client = meta.get("vatlas-client-id")
-        return f"grpc:{client}" if isinstance(client, str) and client else f"grpc-call:{id(context)}"
+        if isinstance(client, str) and client:
+            return f"grpc:{context.peer()}:{client[:128]}"
+        return f"grpc-call:{id(context)}"
+
+    @staticmethod
+    def viewer(context: grpc.aio.ServicerContext) -> Viewer:
+        """Rate limits and GPU share (L2): per connection (the peer's address and port) and per client address
+        (every gRPC call carries the server token, so the address is the identity); never the client id."""
+        peer = context.peer() or "?"
+        return Viewer(f"grpc-peer:{peer}", ("grpc", peer_address(peer)))
+
+
+def peer_address(peer: str) -> str:
+    """The client address of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5", "unix:...")."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, _, _ = rest.rpartition(":")
+        return host.strip("[]") or rest
+    return peer
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: CoreError) -> None:
@@ -200,7 +223,7 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
     async def RenderFrame(self, request: Any, context: Any) -> render_pb2.RenderedFrame:
         await self.check(context)
         try:
-            return await self.core.render(self.client_key(context), request, rate_key=self._rate_key(context))
+            return await self.core.render(self.client_key(context), request, viewer=self.viewer(context))
         except CoreError as exc:
             await abort(context, exc)
             raise
@@ -208,8 +231,7 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
     async def Playback(self, request: Any, context: Any) -> AsyncIterator[render_pb2.RenderedFrame]:
         await self.check(context)
         try:
-            frames = await self.core.playback(f"grpc-playback:{id(context)}", request,
-                                              rate_key=self._rate_key(context))
+            frames = await self.core.playback(f"grpc-playback:{id(context)}", request, viewer=self.viewer(context))
             async with contextlib.aclosing(frames):
                 async for frame in frames:
                     yield frame
@@ -225,16 +247,6 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
                     yield event
         except CoreError as exc:
             await abort(context, exc)
-
-    def _rate_key(self, context: Any) -> str:
-        """Rate limits are per client id, else per connection."""
-        meta = dict(context.invocation_metadata() or ())
-        client = meta.get("vatlas-client-id")
-        key = f"grpc:{client}" if isinstance(client, str) and client else f"grpc-peer:{context.peer()}"
-        buckets = self.core._render_buckets
-        if key not in buckets and len(buckets) >= MAX_CLIENT_KEYS:
-            self.core.forget_client(next(iter(buckets)))  # forget the oldest gRPC viewer's rate bucket
-        return key
 
 
 class Undecodable:
@@ -273,15 +285,38 @@ async def _fail(context: Any, exc: BaseException) -> None:
 _PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError)
 
 
-def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool) -> Any:
+class CallCounter:
+    """gRPC calls in flight per client address (the part of M3 grpc.aio lets a server enforce)."""
+
+    def __init__(self, per_address: int) -> None:
+        self.per_address = per_address
+        self.by_address: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def call(self, context: Any) -> AsyncIterator[None]:
+        address = peer_address(context.peer() or "?")
+        if self.by_address.get(address, 0) >= self.per_address:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"more than {self.per_address} calls in flight from one address")
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        try:
+            yield
+        finally:
+            self.by_address[address] -= 1
+            if not self.by_address[address]:
+                del self.by_address[address]
+
+
+def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool, counter: CallCounter) -> Any:
     """Turn undecodable requests into INVALID_ARGUMENT before the servicer sees them, and any failure into a
-    typed status (see `_fail`)."""
+    typed status (see `_fail`); every call counts against its address's calls in flight."""
     if client_streaming:
         if server_streaming:
             async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
                 try:
-                    async for item in behaviour(_checked_stream(requests), context):
-                        yield item
+                    async with counter.call(context):
+                        async for item in behaviour(_checked_stream(requests), context):
+                            yield item
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:  # noqa: BLE001 - see _fail
@@ -290,7 +325,8 @@ def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool) -> Any
 
         async def stream_unary(requests: Any, context: Any) -> Any:
             try:
-                return await behaviour(_checked_stream(requests), context)
+                async with counter.call(context):
+                    return await behaviour(_checked_stream(requests), context)
             except _PASS_THROUGH:
                 raise
             except Exception as exc:  # noqa: BLE001 - see _fail
@@ -301,8 +337,9 @@ def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool) -> Any
             if isinstance(request, Undecodable):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
             try:
-                async for item in behaviour(request, context):
-                    yield item
+                async with counter.call(context):
+                    async for item in behaviour(request, context):
+                        yield item
             except _PASS_THROUGH:
                 raise
             except Exception as exc:  # noqa: BLE001 - see _fail
@@ -313,7 +350,8 @@ def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool) -> Any
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
         try:
-            return await behaviour(request, context)
+            async with counter.call(context):
+                return await behaviour(request, context)
         except _PASS_THROUGH:
             raise
         except Exception as exc:  # noqa: BLE001 - see _fail
@@ -321,7 +359,7 @@ def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool) -> Any
     return unary_unary
 
 
-def checked_handler(servicer: Any, service: Any) -> grpc.GenericRpcHandler:
+def checked_handler(servicer: Any, service: Any, counter: CallCounter) -> grpc.GenericRpcHandler:
     """Method handlers for a service built from its descriptor, with lenient decoding (see `_wrap`)."""
     factories = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -335,7 +373,7 @@ def checked_handler(servicer: Any, service: Any) -> grpc.GenericRpcHandler:
         out_cls = message_factory.GetMessageClass(method.output_type)
         streaming = (bool(method.client_streaming), bool(method.server_streaming))
         handlers[method.name] = factories[streaming](
-            _wrap(getattr(servicer, method.name), *streaming),
+            _wrap(getattr(servicer, method.name), *streaming, counter),
             request_deserializer=_safe_deserializer(in_cls),
             response_serializer=out_cls.SerializeToString,
         )
@@ -344,16 +382,20 @@ def checked_handler(servicer: Any, service: Any) -> grpc.GenericRpcHandler:
 
 async def start_grpc(core: ServerCore, host: str, port: int, token: str | None) -> tuple[grpc.aio.Server, int, Any]:
     """Start the gRPC server; returns (server, bound port, health servicer)."""
-    size = core.limits.max_message_bytes
-    server = grpc.aio.server(maximum_concurrent_rpcs=core.limits.max_concurrent_rpcs, options=[
+    limits = core.limits
+    size = limits.max_message_bytes
+    server = grpc.aio.server(maximum_concurrent_rpcs=limits.max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_allowed_incoming_connections", limits.max_grpc_connections),
+        ("grpc.max_connection_idle_ms", int(limits.grpc_idle_seconds * 1000)),
     ])
+    counter = CallCounter(limits.max_grpc_calls_per_address)
     server.add_generic_rpc_handlers((
-        checked_handler(BundlesDoor(core, token), bundles_pb2.DESCRIPTOR.services_by_name["Bundles"]),
-        checked_handler(SessionsDoor(core, token), sessions_pb2.DESCRIPTOR.services_by_name["Sessions"]),
-        checked_handler(RenderDoor(core, token), render_pb2.DESCRIPTOR.services_by_name["Render"]),
+        checked_handler(BundlesDoor(core, token), bundles_pb2.DESCRIPTOR.services_by_name["Bundles"], counter),
+        checked_handler(SessionsDoor(core, token), sessions_pb2.DESCRIPTOR.services_by_name["Sessions"], counter),
+        checked_handler(RenderDoor(core, token), render_pb2.DESCRIPTOR.services_by_name["Render"], counter),
     ))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -7,6 +7,9 @@ Endpoint and framing
     maps keyed by proto field names, ``Vec2`` as ``[x, y]``, bytes as bin, a oneof as the single key of the
     member that is set, unset fields left out, enums as integers. Text frames are refused with an error.
     Frames larger than the server's max message size (64 MiB by default) close the connection (code 1009).
+    A connection's frames that were read but not yet handled may hold at most ``ws_inbound_bytes`` (96 MiB):
+    beyond that the server stops reading the socket until they are handled (backpressure, H3), so a client
+    sending faster than its ops are committed is slowed down by TCP, not queued in server memory.
 
 Hello
     The first request must be ``{"request_id": n, "hello": {"protocol_version": 1, "token": T}}``
@@ -51,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from typing import Any
 
 import msgpack
@@ -58,7 +62,7 @@ from vatlas.server.doors import wire
 from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_token
 from vatlas.server.doors.grpc_door import dispatch_session_message
 from vatlas.server.doors.http import OriginPolicy, StaticFiles, text_response, webapp_root
-from vatlas.server.session.core import ServerCore
+from vatlas.server.session.core import ServerCore, Viewer
 from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import bundles_pb2, common_pb2, sessions_pb2
 from websockets.asyncio.server import ServerConnection, serve
@@ -71,6 +75,8 @@ log = logging.getLogger(__name__)
 
 MAX_TASKS = 64  # concurrent requests of one connection (renders, exports, ...)
 CLOSE_POLICY = 1008
+FRAME_OVERHEAD = 1024  # bytes charged per frame besides its length (the decoded message, bookkeeping)
+LIVE: weakref.WeakSet[WsConnection] = weakref.WeakSet()  # open connections (stats and tests)
 
 
 class ConnectionCaps:
@@ -122,10 +128,36 @@ class WsConnection:
         self.session_request_id = 0
         self.tasks: set[asyncio.Task] = set()
         self.playback: asyncio.Task | None = None
-        self.session_inbox: asyncio.Queue[sessions_pb2.ClientMessage] = asyncio.Queue(maxsize=1024)
+        # session messages in order, each with the bytes it holds of the inbound budget
+        self.session_inbox: asyncio.Queue[tuple[sessions_pb2.ClientMessage, int]] = asyncio.Queue()
         self.session_task: asyncio.Task | None = None
         self.pump_task: asyncio.Task | None = None
         self.scope: str | None = None  # set when hello carried a join token: the one session it may use
+        address = ws.remote_address[0] if ws.remote_address else "?"
+        self.address = str(address)
+        self.inbound = 0  # bytes of frames read and not yet handled
+        self.peak_inbound = 0
+        self._drained = asyncio.Event()
+        LIVE.add(self)
+
+    @property
+    def viewer(self) -> Viewer:
+        """Rate limits and GPU share (L2): this connection, and its address with the credential it showed."""
+        return Viewer(self.key, ("ws", self.address, self.scope or "token"))
+
+    async def _charge(self, size: int) -> None:
+        """Wait until `size` more bytes fit the inbound budget (a lone frame always fits); not reading the
+        socket meanwhile is the backpressure."""
+        budget = self.core.limits.ws_inbound_bytes
+        while self.inbound and self.inbound + size > budget:
+            self._drained.clear()
+            await self._drained.wait()
+        self.inbound += size
+        self.peak_inbound = max(self.peak_inbound, self.inbound)
+
+    def _release(self, size: int) -> None:
+        self.inbound -= size
+        self._drained.set()
 
     async def send(self, request_id: int, **result: Any) -> None:
         await self.ws.send(wire.pack(sessions_pb2.WsResponse(request_id=request_id, **result)))
@@ -138,7 +170,10 @@ class WsConnection:
             if not await self._hello():
                 return
             async for frame in self.ws:
-                await self._handle_frame(frame)
+                size = len(frame) + FRAME_OVERHEAD
+                await self._charge(size)
+                if not await self._handle_frame(frame, size):
+                    self._release(size)
         except ConnectionClosed:
             pass
         finally:
@@ -174,16 +209,18 @@ class WsConnection:
                                                                           server_version=vatlas.__version__))
         return True
 
-    async def _handle_frame(self, frame: Any) -> None:
+    async def _handle_frame(self, frame: Any, size: int) -> bool:
+        """Handle or dispatch one frame; True when its bytes are held until a task or the session handles it."""
         request_id = _peek_request_id(frame)
         if isinstance(frame, str):
             await self.send_error(request_id, "INVALID_ARGUMENT", "frames must be binary msgpack, not text")
-            return
+            return False
         try:
             request = wire.unpack(frame, sessions_pb2.WsRequest)
         except wire.WireError as exc:
             await self.send_error(request_id, "INVALID_ARGUMENT", str(exc))
-            return
+            return False
+        del frame  # the decoded request holds what counts now
         call = request.WhichOneof("call")
         rid = request.request_id
         if call is None:
@@ -194,19 +231,22 @@ class WsConnection:
             await self.send_error(rid, "PERMISSION_DENIED", "this connection was opened with a session's join "
                                                             "token: it may only use that session")
         elif call == "session":
-            await self._session_message(rid, request.session)
+            return await self._session_message(rid, request.session, size)
         elif call == "stop_playback":
             self._stop_playback()
         else:
             if len(self.tasks) >= MAX_TASKS:
                 await self.send_error(rid, "RESOURCE_EXHAUSTED", f"more than {MAX_TASKS} requests in flight")
-                return
+                return False
             task = asyncio.create_task(self._guard(rid, call, getattr(request, call)))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(lambda _: self._release(size))
             if call == "playback":
                 self._stop_playback()
                 self.playback = task
+            return True
+        return False
 
     def _in_scope(self, call: str, request: Any) -> bool:
         """Whether a connection limited to one session (see `scope`) may make this call."""
@@ -263,11 +303,11 @@ class WsConnection:
 
     async def _call_render(self, rid: int, request: Any) -> None:
         request.request_id = request.request_id or rid
-        frame = await self.core.render(self.key, request, self.authorized)
+        frame = await self.core.render(self.key, request, self.authorized, viewer=self.viewer)
         await self.send(rid, frame=frame)
 
     async def _call_playback(self, rid: int, request: Any) -> None:
-        frames = await self.core.playback(self.key, request, self.authorized)
+        frames = await self.core.playback(self.key, request, self.authorized, viewer=self.viewer)
         async with contextlib.aclosing(frames):  # stop_playback ends the producer at once
             async for frame in frames:
                 frame.request_id = rid
@@ -281,38 +321,39 @@ class WsConnection:
 
     # ---------------------------------------------------------------- the session stream
 
-    async def _session_message(self, rid: int, message: sessions_pb2.ClientMessage) -> None:
+    async def _session_message(self, rid: int, message: sessions_pb2.ClientMessage, size: int) -> bool:
+        """Join, or queue a session message for `_run_session`; True when the queue now holds its bytes."""
         kind = message.WhichOneof("kind")
         if self.participant is None:
             if kind != "join":
                 await self.send_error(rid, "FAILED_PRECONDITION", "join a session first")
-                return
+                return False
             try:
                 participant = await self.core.join(message.join)
             except CoreError as exc:
                 await self.send_error(rid, exc.code, exc.message)
-                return
+                return False
             self.participant = participant
             self.session_request_id = rid
             self.authorized.add(message.join.session_id)
             self.pump_task = asyncio.create_task(self._pump_events(participant, rid))
             self.session_task = asyncio.create_task(self._run_session(participant))
-            return
+            return False
         if self.participant.closed:
             await self.send_error(rid, "FAILED_PRECONDITION", "the session stream has ended; join again")
-            return
-        try:
-            self.session_inbox.put_nowait(message)  # processed in order by _run_session
-        except asyncio.QueueFull:
-            op_id = message.op.id if kind == "op" else ""
-            await self.send_error(rid, "RESOURCE_EXHAUSTED", "too many session messages in flight", op_id)
+            return False
+        self.session_inbox.put_nowait((message, size))  # in order; bounded by the inbound bytes, not a count
+        return True
 
     async def _run_session(self, participant: Any) -> None:
         while True:
-            message = await self.session_inbox.get()
-            if not await dispatch_session_message(self.core, participant, message):
-                self.core.leave(participant)
-                return
+            message, size = await self.session_inbox.get()
+            try:
+                if not await dispatch_session_message(self.core, participant, message):
+                    self.core.leave(participant)
+                    return
+            finally:
+                self._release(size)
 
     async def _pump_events(self, participant: Any, rid: int) -> None:
         """Forward the participant's events; when its stream ends, the connection may join again."""
@@ -330,7 +371,7 @@ class WsConnection:
                 if self.session_task is not None:
                     self.session_task.cancel()
                 while not self.session_inbox.empty():
-                    self.session_inbox.get_nowait()
+                    self._release(self.session_inbox.get_nowait()[1])
 
     async def _cleanup(self) -> None:
         for task in (*self.tasks, self.session_task, self.pump_task):

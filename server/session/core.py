@@ -9,6 +9,13 @@ Op path (per session, under the session's lock, so sequence order = log order = 
     rate limit -> validate_op -> Document.check -> EditEngine.apply (thread) -> seq += 1
     -> OpLog.append (write + fsync, thread) -> OpAccepted to the sender -> OpApplied to every participant
 
+Memory (H3, L7): every `compact_every` ops the document is snapshotted and the log compacted (see
+`oplog`), so replay and the records kept in memory are bounded. At most `max_loaded_sessions` sessions hold
+their state (edit engine, document, open log) in memory: the least recently used one without participants
+is unloaded to make room, and idle ones are unloaded after `session_idle_seconds`. With `--data` an unloaded
+session is only on disk and is loaded again by the next join, op or render; without it only its engine is
+dropped (and rebuilt from the document when needed).
+
 Undo/redo are per participant (history kept in memory across reconnects of one participant id, not across
 server restarts): the inverse of each accepted op is computed against the state it replaced and submitted as
 a new op when the participant undoes, so everyone sees undo as an ordinary op in the log. Every undo/redo
@@ -37,7 +44,7 @@ from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
 from vatlas.server.session.jobs import Jobs
-from vatlas.server.session.limits import ServerLimits, TokenBucket
+from vatlas.server.session.limits import ServerLimits, TokenBucket, take_all
 from vatlas.server.session.oplog import Damage, OpLog, SessionStore
 from vatlas.server.session.presence import (
     MAX_TOOL,
@@ -53,6 +60,16 @@ from vatlas.v1 import common_pb2, edits_pb2, render_pb2, sessions_pb2
 log = logging.getLogger(__name__)
 
 MAX_HISTORY = 1000
+MAX_RATE_KEYS = 4096  # rate buckets kept per table (gRPC says nothing when a connection goes away)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who a render is for: its connection (rate bucket and GPU share) and its identity (the client's address
+    and credential: one bucket over all of its connections). Doors build these; clients cannot pick them."""
+
+    connection: Any
+    identity: Any = None
 
 
 def storage_reason(exc: BaseException) -> str:
@@ -81,23 +98,44 @@ class History:
 class Session:
     """One editing session on one bundle."""
 
-    def __init__(self, session_id: str, bundle_name: str, join_token: str, created: float) -> None:
+    def __init__(self, session_id: str, bundle_name: str, join_token: str, created: float,
+                 persisted: bool = False) -> None:
         self.session_id = session_id
         self.bundle_name = bundle_name
         self.join_token = join_token
         self.created = created
+        self.persisted = persisted  # its op log is on disk: unloading may drop everything but the metadata
         self.bundle: Any = None
         self.engine: Any = None
         self.op_limits = OpLimits()
-        self.doc = Document()
+        self.doc: Document | None = Document()  # None: unloaded (state on disk only)
         self.seq = 0
         self.applied_seq = 0  # read by the render thread
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []  # every record after `records_from`, in seq order
+        self.records_from = 0  # a participant may resume from any last_seq >= this
+        self.base: dict[str, Any] | None = None  # the snapshot the engine is rebuilt from (None: empty)
+        self.snap_seq: int | None = None  # seq of the snapshot file (None: there is none)
+        self.prev_seq = 0  # seq of the fallback snapshot (0: none; the log then starts at seq 1)
+        self.next_compact = 0  # compaction is tried again from this seq after a failure
+        self.compacting = False
         self.participants: dict[str, Participant] = {}
         self.history: dict[str, History] = {}
         self.lock = asyncio.Lock()
         self.oplog: OpLog | None = None
         self.colors_used = 0
+        self.last_used = time.monotonic()
+
+    @property
+    def base_seq(self) -> int:
+        return int(self.base["seq"]) if self.base is not None else 0
+
+    @property
+    def holds_memory(self) -> bool:
+        """Counts against max_loaded_sessions: an engine, or (with --data) a document and an open log."""
+        return self.engine is not None or (self.persisted and self.doc is not None)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
 
     def info(self, *, with_token: bool) -> sessions_pb2.SessionInfo:
         return sessions_pb2.SessionInfo(session_id=self.session_id, bundle=self.bundle_name,
@@ -154,51 +192,150 @@ class ServerCore:
         self.bundles = BundleRegistry(config.models_dir)
         self.store = SessionStore(config.data_dir) if config.data_dir is not None else None
         self.sessions: dict[str, Session] = {}
-        self._render_buckets: dict[Any, TokenBucket] = {}
+        self._render_buckets: dict[Any, TokenBucket] = {}  # per connection
+        self._identity_buckets: dict[Any, TokenBucket] = {}  # per identity
         self.worker: RenderWorker | None = None
         self.started = time.time()
         self._closing = False
         self.jobs = Jobs(self, config.data_dir)
         self._resume_secret = secrets.token_bytes(32)  # undo history lives in memory too: per process is enough
         self.damaged_logs: list[tuple[str, Damage]] = []  # repaired at start: reported by the server's banner
+        self._tasks: set[asyncio.Task] = set()  # compactions and the idle sweeper
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Replay stored sessions (truncating torn log tails) and start the render worker."""
+        """Replay stored sessions (repairing their logs) and start the render worker and the idle sweeper.
+
+        Every stored session is read once (so damage is reported at start and `seq` is known); the most
+        recently created `max_loaded_sessions` stay loaded, the others are loaded again when used.
+        """
+        await asyncio.to_thread(self.jobs.clean_orphans)
         if self.store is not None:
-            for session_id, meta in self.store.stored_sessions():
-                await asyncio.to_thread(self._restore_session, session_id, meta)
+            stored = self.store.stored_sessions()
+            keep = {sid for sid, _ in stored[-self.limits.max_loaded_sessions:]}
+            for session_id, meta in stored:
+                session = Session(session_id, str(meta.get("bundle", "")), str(meta.get("join_token", "")),
+                                  float(meta.get("created", 0.0)), persisted=True)
+                await asyncio.to_thread(self._load_state, session, True)
+                if session_id not in keep:
+                    await asyncio.to_thread(self._drop_state, session)
+                self.sessions[session_id] = session
         from vatlas.server.encoders import encode
 
-        self.worker = RenderWorker(encode)
+        self.worker = RenderWorker(encode, self.limits.render_batch)
         self.worker.start()
+        self._spawn(self._sweep_idle())
 
-    def _restore_session(self, session_id: str, meta: dict[str, Any]) -> None:
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _load_state(self, session: Session, at_start: bool = False) -> None:
+        """Read a persisted session's snapshot and log into memory (a worker thread; caller holds the lock or
+        the session is not registered yet)."""
         assert self.store is not None
-        session = Session(session_id, str(meta.get("bundle", "")), str(meta.get("join_token", "")),
-                          float(meta.get("created", 0.0)))
+        session_id = session.session_id
         oplog, replay = self.store.open_log(session_id)
-        session.oplog = oplog
-        if replay.damage is not None:
-            self.damaged_logs.append((session_id, replay.damage))
+        snap = self.store.read_snapshot(session_id)
+        state = snap.state
+        doc = Document.from_state(state) if state is not None else Document()
+        base_seq = int(state["seq"]) if state is not None else 0
+        if state is None:
+            snap_seq, prev_seq = None, 0
+        elif snap.name == "current":
+            snap_seq, prev_seq = base_seq, int(state.get("fallback_seq", 0))
+        else:  # the newest snapshot was unreadable: the fallback and the log behind it rebuild the session
+            snap_seq, prev_seq = None, base_seq
+        seq, lost = base_seq, []
         for record in replay.records:
+            rseq = record.get("seq")
+            if not isinstance(rseq, int) or rseq <= base_seq:
+                continue
+            lost.extend(range(seq + 1, rseq))
             op = record.get("op")
             try:
-                session.doc.check(op)  # type: ignore[arg-type]
-                session.doc.apply(op)  # type: ignore[arg-type]
+                doc.check(op)  # type: ignore[arg-type]
+                doc.apply(op, rseq)  # type: ignore[arg-type]
             except (OpError, KeyError, TypeError) as exc:
-                log.warning("session %s: record %s does not apply (%s); kept in the log", session_id,
-                            record.get("seq"), exc)
-            session.records.append(record)
-            session.seq = int(record.get("seq", session.seq + 1))
-        session.applied_seq = session.seq
-        self.sessions[session_id] = session
-        log.info("restored session %s: %d ops (%d torn bytes cut)", session_id, session.seq, replay.truncated_bytes)
+                log.warning("session %s: record %s does not apply (%s); kept in the log", session_id, rseq, exc)
+            seq = rseq
+        records = [r for r in replay.records if isinstance(r.get("seq"), int) and r["seq"] > prev_seq]
+        records_from = seq
+        for record in reversed(records):  # resumable from where the records are complete
+            if record["seq"] != records_from:
+                break
+            records_from -= 1
+        session.records = [r for r in records if r["seq"] > records_from]
+        session.records_from = records_from
+        session.oplog, session.doc, session.base = oplog, doc, state
+        session.snap_seq, session.prev_seq, session.next_compact = snap_seq, prev_seq, 0
+        session.seq = session.applied_seq = seq
+        damage = replay.damage
+        if snap.damaged or lost:
+            if lost:
+                log.error("session %s: ops %s are lost (damaged snapshot or log)", session_id, lost[:20])
+            damage = Damage(damage.ranges if damage else [], sorted(set(lost) | set(damage.missing_seqs
+                                                                                    if damage else ())),
+                            damage.quarantined if damage and damage.quarantined else
+                            (snap.damaged[0] if snap.damaged else None))
+        if damage is not None and at_start:
+            self.damaged_logs.append((session_id, damage))
+        log.info("loaded session %s: seq %d, snapshot at %d, %d records (%d torn bytes cut)", session_id, seq,
+                 base_seq, len(replay.records), replay.truncated_bytes)
+
+    @staticmethod
+    def _drop_state(session: Session) -> None:
+        """Unload: free the engine, and with --data the document, records and open log too (a thread)."""
+        session.engine = None
+        if session.persisted:
+            if session.oplog is not None:
+                session.oplog.close()
+            session.oplog, session.doc, session.base, session.records = None, None, None, []
+
+    async def _ensure_loaded(self, session: Session) -> Document:
+        """The session's document, loading a persisted session that was unloaded. Caller holds the lock."""
+        if session.doc is None:
+            await self._make_room(session)
+            await asyncio.to_thread(self._load_state, session)
+        assert session.doc is not None
+        return session.doc
+
+    async def _make_room(self, session: Session) -> None:
+        """Unload the least recently used idle session when loading `session` would pass max_loaded_sessions."""
+        cap = self.limits.max_loaded_sessions
+        loaded = [s for s in self.sessions.values() if s.holds_memory and s is not session]
+        if len(loaded) < cap:
+            return
+        idle = sorted((s for s in loaded if not s.participants and not s.lock.locked()), key=lambda s: s.last_used)
+        for victim in idle[:len(loaded) - cap + 1]:
+            async with victim.lock:
+                if not victim.participants:
+                    await asyncio.to_thread(self._drop_state, victim)
+        if sum(s.holds_memory for s in self.sessions.values() if s is not session) >= cap:
+            raise CoreError("RESOURCE_EXHAUSTED", f"the server already holds {cap} sessions in memory, all in use: "
+                                                  "try again when one is left")
+
+    async def _sweep_idle(self) -> None:
+        """Unload sessions nobody has used for session_idle_seconds."""
+        idle = self.limits.session_idle_seconds
+        while not self._closing:
+            await asyncio.sleep(min(30.0, max(0.05, idle / 4)))
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if (session.holds_memory and not session.participants and not session.lock.locked()
+                        and now - session.last_used >= idle):
+                    async with session.lock:
+                        if not session.participants and not self._closing:
+                            await asyncio.to_thread(self._drop_state, session)
+                            log.info("session %s unloaded after %.0f s idle", session.session_id, idle)
 
     async def close(self) -> None:
         """Finish in-flight ops, end every participant's stream, stop rendering, flush and close the logs."""
         self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
         for session in list(self.sessions.values()):
             async with session.lock:  # an op being committed finishes first
                 for participant in list(session.participants.values()):
@@ -230,32 +367,43 @@ class ServerCore:
         return session
 
     async def _ensure_engine(self, session: Session) -> Any:
-        """Load the bundle, build the engine and replay the log into it (once, lazily)."""
+        """Load the session if it was unloaded, then build its engine from the snapshot and the records after
+        it (once, lazily)."""
+        session.touch()
         if session.engine is not None:
             return session.engine
         async with session.lock:
-            if session.engine is not None:
-                return session.engine
-            bundle = await self.bundles.load(session.bundle_name)
-            from vatlas.server.edits.engine import EditEngine
+            return await self._ensure_engine_locked(session)
 
-            records = list(session.records)
+    async def _ensure_engine_locked(self, session: Session) -> Any:
+        if session.engine is not None:
+            return session.engine
+        await self._ensure_loaded(session)
+        if session.engine is None and not session.persisted:
+            await self._make_room(session)  # a persisted session made room when it was loaded
+        bundle = await self.bundles.load(session.bundle_name)
+        from vatlas.server.edits.engine import EditEngine
 
-            def build() -> Any:
-                engine = EditEngine(bundle, device=self.config.device)
-                for record in records:
-                    try:
-                        engine.apply(record["op"])
-                    except OpError as exc:
-                        log.warning("session %s: replayed op %s refused by the engine: %s", session.session_id,
-                                    record.get("seq"), exc)
-                return engine
+        base_ops = Document.from_state(session.base).engine_ops() if session.base is not None else []
+        base_seq = session.base_seq
+        ops = base_ops + [r["op"] for r in session.records if r["seq"] > base_seq]
 
-            engine = await asyncio.to_thread(build)
-            session.bundle = bundle
-            session.op_limits = OpLimits.for_bundle(bundle)
-            session.engine = engine
+        def build() -> Any:
+            engine = EditEngine(bundle, device=self.config.device)
+            for op in ops:
+                try:
+                    engine.apply(op)
+                except OpError as exc:
+                    log.warning("session %s: replayed op %s refused by the engine: %s", session.session_id,
+                                op.get("id") or op.get("target"), exc)
             return engine
+
+        engine = await asyncio.to_thread(build)
+        session.bundle = bundle
+        session.op_limits = OpLimits.for_bundle(bundle)
+        session.engine = engine
+        session.touch()
+        return engine
 
     async def create_session(self, request: sessions_pb2.CreateSessionRequest) -> sessions_pb2.SessionInfo:
         """A new session on a bundle, optionally seeded with a document; the answer carries the join token."""
@@ -285,7 +433,8 @@ class ServerCore:
                 ops.append({"type": "set_visible", "target": op["id"], "visible": False})
                 scratch.apply(ops[-1])
         session_id = "s" + secrets.token_hex(8)
-        session = Session(session_id, name, secrets.token_urlsafe(18), time.time())
+        session = Session(session_id, name, secrets.token_urlsafe(18), time.time(), persisted=self.store is not None)
+        await self._make_room(session)
         if self.store is not None:
             meta = {"session_id": session_id, "bundle": name, "join_token": session.join_token,
                     "created": session.created}
@@ -318,6 +467,8 @@ class ServerCore:
         color = check_color(request.color, PALETTE[session.colors_used % len(PALETTE)])
         await self._ensure_engine(session)
         async with session.lock:
+            await self._ensure_engine_locked(session)  # unloaded again while this join waited for the lock
+            assert session.doc is not None
             if request.last_seq > session.seq:
                 raise CoreError("OUT_OF_RANGE", f"last_seq {request.last_seq} is ahead of the session "
                                                 f"(seq {session.seq})")
@@ -339,11 +490,13 @@ class ServerCore:
                 session=session.info(with_token=True), participant_id=pid, resume_key=self.resume_key(session, pid),
                 participants=[p.to_proto() for p in session.participants.values()],
             )
-            if request.last_seq == 0:
+            resume = request.last_seq > 0 and request.last_seq >= session.records_from
+            if not resume:  # a first join, or a resume point compacted away: the whole document instead
                 snapshot.document.CopyFrom(edits_pb2.EditDocument(
                     version=1, ops=[op_to_proto(op) for op in session.doc.live_ops()]))
             participant.send(_event(snapshot=snapshot))
-            if request.last_seq:
+            session.touch()
+            if resume:
                 for record in session.records[self._index_after(session, request.last_seq):]:
                     participant.send(_event(applied=sessions_pb2.OpApplied(
                         seq=record["seq"], participant_id=record["participant_id"], op=op_to_proto(record["op"]))))
@@ -380,6 +533,7 @@ class ServerCore:
         session: Session = participant.session
         if session.participants.get(participant.participant_id) is participant:
             del session.participants[participant.participant_id]
+            session.touch()
             session.broadcast(_event(presence=sessions_pb2.PresenceEvent(participant=participant.to_proto(),
                                                                          left=True)))
         participant.close()
@@ -414,9 +568,54 @@ class ServerCore:
                 raise CoreError("INTERNAL", "the engine failed on this op (see the server log)", op_id) from None
         session.seq = seq
         session.records.append(record)
-        session.doc.apply(op)
+        assert session.doc is not None
+        session.doc.apply(op, seq)
         session.applied_seq = seq
+        session.touch()
+        if (seq - session.base_seq >= self.limits.compact_every and seq >= session.next_compact
+                and not session.compacting):
+            session.compacting = True
+            self._spawn(self._compact(session))
         return seq
+
+    async def _compact(self, session: Session) -> None:
+        """Snapshot the document and cut the log back to the records after the fallback snapshot (L7).
+
+        The snapshot is taken under the session's lock and written outside it (ops go on meanwhile); the log
+        is rewritten under the lock. A failure (full disk) leaves files that still hold everything; it is
+        tried again after another quarter of compact_every ops.
+        """
+        try:
+            async with session.lock:
+                if session.doc is None or (session.persisted and session.oplog is None):
+                    return  # unloaded meanwhile: the next load compacts when it is due
+                # only a "restore" step can bring a deleted object back: the others are kept for it
+                keep = {step.get("target", "") for h in session.history.values() for step in (*h.undo, *h.redo)
+                        if step.get("type") == "restore"}
+                session.doc.compact(keep)
+                fallback = session.snap_seq if session.snap_seq is not None else session.prev_seq
+                state = {"seq": session.seq, "fallback_seq": fallback, "time": time.time(), **session.doc.state()}
+            if session.persisted:
+                assert self.store is not None
+                await asyncio.to_thread(self.store.write_snapshot, session.session_id, state)
+            async with session.lock:
+                # the files now hold this snapshot, whatever the log rewrite below does
+                session.base, session.snap_seq, session.prev_seq = state, int(state["seq"]), fallback
+                kept = [r for r in session.records if r["seq"] > fallback]
+                if session.persisted:
+                    if session.oplog is None:
+                        return
+                    await asyncio.to_thread(session.oplog.compact, kept)
+                session.records = kept
+                session.records_from = max(session.records_from, fallback)
+                log.info("session %s: snapshot at seq %d, %d records kept", session.session_id, state["seq"],
+                         len(kept))
+        except (OSError, RuntimeError) as exc:
+            session.next_compact = session.seq + max(1, self.limits.compact_every // 4)
+            log.error("session %s: cannot snapshot the op log (%s); it keeps growing until this works",
+                      session.session_id, storage_reason(exc))
+        finally:
+            session.compacting = False
 
     @staticmethod
     async def _unlog(session: Session, offset: int | None) -> None:
@@ -456,6 +655,8 @@ class ServerCore:
         async def sequence() -> None:
             async with session.lock:
                 try:
+                    await self._ensure_engine_locked(session)
+                    assert session.doc is not None
                     session.doc.check(op)
                     inverse = session.doc.inverse(op)
                     seq = await self._commit(session, participant.participant_id, op, "op")
@@ -487,6 +688,12 @@ class ServerCore:
 
         async def sequence() -> None:
             async with session.lock:
+                try:
+                    await self._ensure_engine_locked(session)
+                except CoreError as exc:
+                    self._reject(participant, exc.code, f"cannot {word}: {exc.message}", "")
+                    return
+                assert session.doc is not None
                 history = session.history.setdefault(participant.participant_id, History())
                 source, sink = (history.redo, history.undo) if redo else (history.undo, history.redo)
                 if not source:
@@ -540,48 +747,65 @@ class ServerCore:
 
     def _viewable(self, session_id: str, join_token: str, authorized: frozenset[str] | set[str]) -> Session:
         session = self._session(session_id)
+        session.touch()
         if session_id in authorized:
             return session
         if not join_token or not hmac.compare_digest(join_token.encode(), session.join_token.encode()):
             raise CoreError("PERMISSION_DENIED", "a valid join_token is needed to view this session")
         return session
 
-    def _take_render_token(self, client_key: Any) -> None:
-        bucket = self._render_buckets.get(client_key)
-        if bucket is None:
-            bucket = self._render_buckets[client_key] = TokenBucket(self.limits.renders_per_second,
-                                                                    self.limits.renders_burst)
-        if not bucket.take():
+    def _buckets(self, viewer: Viewer) -> list[TokenBucket]:
+        """The connection's and the identity's render buckets (made on first use; the oldest forgotten)."""
+        out = []
+        for table, key, rate, burst in (
+                (self._render_buckets, viewer.connection, self.limits.renders_per_second, self.limits.renders_burst),
+                (self._identity_buckets, viewer.identity, self.limits.identity_renders_per_second,
+                 self.limits.identity_renders_burst)):
+            if key is None:
+                continue
+            bucket = table.get(key)
+            if bucket is None:
+                if len(table) >= MAX_RATE_KEYS:
+                    table.pop(next(iter(table)))
+                bucket = table[key] = TokenBucket(rate, burst)
+            out.append(bucket)
+        return out
+
+    def _take_render_token(self, viewer: Viewer) -> None:
+        if not take_all(self._buckets(viewer)):
             raise CoreError("RESOURCE_EXHAUSTED", "too many render requests: slow down")
 
-    def forget_client(self, client_key: Any) -> None:
-        """A viewer went away: drop its rate bucket and any waiting render."""
-        self._render_buckets.pop(client_key, None)
+    def forget_client(self, connection: Any) -> None:
+        """A connection went away: drop its rate bucket and any waiting render."""
+        self._render_buckets.pop(connection, None)
         if self.worker is not None:
-            self.worker.cancel(client_key)
-            self.worker.cancel((client_key, "playback"))
+            self.worker.cancel(connection)
+            self.worker.cancel((connection, "playback"))
 
     async def render(self, client_key: Any, request: render_pb2.RenderRequest,
                      authorized: frozenset[str] | set[str] = frozenset(),
-                     rate_key: Any = None) -> render_pb2.RenderedFrame:
+                     viewer: Viewer | None = None) -> render_pb2.RenderedFrame:
         """One frame (or the atlas), coalesced per client: a newer request aborts a waiting older one.
 
-        `rate_key` names the rate bucket when it differs from the coalescing key.
+        `viewer` names the rate buckets and the GPU share (default: the client key is the connection).
         """
+        viewer = viewer or Viewer(client_key)
         session = self._viewable(request.session_id, request.join_token, authorized)
-        self._take_render_token(client_key if rate_key is None else rate_key)
+        self._take_render_token(viewer)
         await self._ensure_engine(session)
         bundle = session.bundle
         params = check_render_request(request, bundle.num_frames, bundle.width, bundle.height, bundle.atlas_size,
                                       self.limits.min_scale)
-        return await self._submit_render(client_key, session, params, request.request_id)
+        return await self._submit_render(client_key, session, params, request.request_id, viewer)
 
-    async def _submit_render(self, key: Any, session: Session, params: Any, request_id: int) -> Any:
+    async def _submit_render(self, key: Any, session: Session, params: Any, request_id: int,
+                             viewer: Viewer, interactive: bool = True) -> Any:
         if self.worker is None or self._closing:
             raise CoreError("UNAVAILABLE", "the server is not rendering")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.worker.submit(key, RenderJob(session, params, request_id, future, loop))
+        self.worker.submit(key, RenderJob(session, params, request_id, future, loop, engine=session.engine,
+                                          owner=viewer.connection, interactive=interactive))
         try:
             return await future
         finally:
@@ -590,14 +814,15 @@ class ServerCore:
 
     async def playback(self, client_key: Any, request: render_pb2.PlaybackRequest,
                        authorized: frozenset[str] | set[str] = frozenset(),
-                       rate_key: Any = None) -> AsyncIterator[render_pb2.RenderedFrame]:
+                       viewer: Viewer | None = None) -> AsyncIterator[render_pb2.RenderedFrame]:
         """Frames at the requested fps, paced by the wall clock: a slow reader skips frames, nothing queues.
 
         One render is in flight and at most one finished frame waits for the reader; a newer frame replaces
-        a waiting one.
+        a waiting one. Every frame takes a render token (L2): over its rate a playback skips frames.
         """
+        viewer = viewer or Viewer(client_key)
         session = self._viewable(request.session_id, request.join_token, authorized)
-        self._take_render_token(client_key if rate_key is None else rate_key)
+        self._take_render_token(viewer)
         await self._ensure_engine(session)
         bundle = session.bundle
         fmt, quality, scale = check_format(request.format, request.quality, request.scale, self.limits.min_scale)
@@ -608,11 +833,11 @@ class ServerCore:
         if not request.start_frame < end <= bundle.num_frames:
             raise CoreError("INVALID_ARGUMENT", f"frame range [{request.start_frame}, {end}) is not inside the clip "
                                                 f"(0..{bundle.num_frames})")
-        return self._playback_frames(client_key, session, request, fmt, quality, scale, fps, end)
+        return self._playback_frames(client_key, session, request, fmt, quality, scale, fps, end, viewer)
 
     async def _playback_frames(self, client_key: Any, session: Session, request: render_pb2.PlaybackRequest,
-                               fmt: str, quality: int, scale: float, fps: float,
-                               end: int) -> AsyncIterator[render_pb2.RenderedFrame]:
+                               fmt: str, quality: int, scale: float, fps: float, end: int,
+                               viewer: Viewer) -> AsyncIterator[render_pb2.RenderedFrame]:
         from vatlas.server.session.render import RenderParams
 
         loop = asyncio.get_running_loop()
@@ -621,17 +846,25 @@ class ServerCore:
         ready = asyncio.Event()
         state: dict[str, Any] = {"frame": None, "done": False, "error": None}
 
+        buckets = self._buckets(viewer)
+
         async def produce() -> None:
             t0 = loop.time()
             n = 0
+            first = True  # playback() already took the first frame's token
             try:
                 while True:
+                    if not first:
+                        while not take_all(buckets):  # over the rate: wait, and the clock skips frames
+                            await asyncio.sleep(max(b.wait_time() for b in buckets))
+                    first = False
                     i = int((loop.time() - t0) * fps)
                     if i >= count and not request.loop:
                         break
+                    session.touch()
                     params = RenderParams(request.start_frame + i % count, fmt, quality, scale, None)
                     try:
-                        frame = await self._submit_render(key, session, params, n)
+                        frame = await self._submit_render(key, session, params, n, viewer, interactive=False)
                     except CoreError as exc:
                         if exc.code != "ABORTED":
                             raise

@@ -3,6 +3,10 @@
 The edit engine keeps its own (GPU) state; this light mirror lets the core check ops against the current
 state before they are sequenced (unknown target, duplicate id, delete of a deleted object), compute the
 inverse of an op for undo, and build snapshots for late joiners, without reaching into the engine.
+
+`state()` / `Document.from_state()` are the document as a compacted op log keeps it (L7): every object's
+merged create op with its flags, in creation order. Deleted objects nobody can restore any more are dropped
+by `compact()`; their ids stay taken (`retired`), so a retried create still answers ALREADY_EXISTS.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class DocObject:
     order: int  # creation order (document order)
     deleted: bool = False
     visible: bool = True
+    seq: int = 0  # the sequence number of the op that created it
 
 
 class Document:
@@ -36,19 +41,22 @@ class Document:
 
     def __init__(self) -> None:
         self.objects: dict[str, DocObject] = {}
+        self.retired: set[str] = set()  # ids of deleted objects dropped by compact()
+        self._next_order = 0
 
     def check(self, op: dict[str, Any]) -> None:
         """Raise OpError if a validated op cannot apply to the current state."""
         op_id = op.get("id", "")
         kind = op["type"]
         if kind in OBJECT_TYPES:
-            if op_id in self.objects:
+            if op_id in self.objects or op_id in self.retired:
                 raise OpError("ALREADY_EXISTS", f"an object with id {op_id!r} already exists", op_id)
             return
         target = op["target"]
         obj = self.objects.get(target)
         if obj is None:
-            raise OpError("NOT_FOUND", f"{kind}: no object with id {target!r}", op_id)
+            gone = " (it was deleted long ago)" if target in self.retired else ""
+            raise OpError("NOT_FOUND", f"{kind}: no object with id {target!r}{gone}", op_id)
         if kind == "delete" and obj.deleted:
             raise OpError("FAILED_PRECONDITION", f"object {target!r} is already deleted", op_id)
         if kind == "restore" and not obj.deleted:
@@ -86,11 +94,12 @@ class Document:
                 previous[key] = NEUTRAL_VALUES[key]
         return {"type": "update", "target": target, "set": previous} if previous else None
 
-    def apply(self, op: dict[str, Any]) -> None:
-        """Apply a checked op."""
+    def apply(self, op: dict[str, Any], seq: int = 0) -> None:
+        """Apply a checked op (`seq`: its sequence number, kept for objects it creates)."""
         kind = op["type"]
         if kind in OBJECT_TYPES:
-            self.objects[op["id"]] = DocObject(op=copy.deepcopy(op), order=len(self.objects))
+            self.objects[op["id"]] = DocObject(op=copy.deepcopy(op), order=self._next_order, seq=seq)
+            self._next_order += 1
             return
         obj = self.objects[op["target"]]
         if kind == "delete":
@@ -116,4 +125,43 @@ class Document:
             if not obj.visible:
                 op["visible"] = False
             out.append(op)
+        return out
+
+    def compact(self, keep: set[str]) -> int:
+        """Drop deleted objects whose ids are not in `keep` (undo/redo steps may still restore those); their
+        ids stay taken. Returns how many were dropped."""
+        gone = [k for k, o in self.objects.items() if o.deleted and k not in keep]
+        for key in gone:
+            del self.objects[key]
+        self.retired.update(gone)
+        return len(gone)
+
+    def state(self) -> dict[str, Any]:
+        """The document as a snapshot record keeps it (op dicts shared, not copied: updates replace values)."""
+        ordered = sorted(self.objects.values(), key=lambda o: o.order)
+        return {"objects": [{"op": dict(o.op), "deleted": o.deleted, "visible": o.visible, "seq": o.seq}
+                            for o in ordered],
+                "retired": sorted(self.retired), "next_order": self._next_order}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Document:
+        doc = cls()
+        for i, item in enumerate(state.get("objects", ())):
+            op = item["op"]
+            doc.objects[op["id"]] = DocObject(op=op, order=i, deleted=bool(item.get("deleted")),
+                                              visible=bool(item.get("visible", True)), seq=int(item.get("seq", 0)))
+        doc.retired = set(state.get("retired", ()))
+        doc._next_order = max(int(state.get("next_order", 0)), len(doc.objects))
+        return doc
+
+    def engine_ops(self) -> list[dict[str, Any]]:
+        """Ops that rebuild this document in an empty edit engine: each object's merged create op in
+        creation order, then what hides or deletes it."""
+        out: list[dict[str, Any]] = []
+        for obj in sorted(self.objects.values(), key=lambda o: o.order):
+            out.append(obj.op)
+            if not obj.visible:
+                out.append({"type": "set_visible", "target": obj.op["id"], "visible": False})
+            if obj.deleted:
+                out.append({"type": "delete", "target": obj.op["id"]})
         return out

@@ -6,6 +6,13 @@ Uploads are untrusted: FFmpeg's automatic format detection would follow an HLS p
 files and URLs of the server's choosing. Before a fit, the upload is opened only with the demuxers of
 `ALLOWED_DEMUXERS` and only the ``file`` protocol, and its video stream is remuxed (packets copied, nothing
 re-encoded) into a Matroska file the server wrote itself; the fit reads that file, never the upload.
+
+Quotas (M4): the uploads kept on disk share `max_upload_store_bytes` (the oldest unused ones are removed to
+make room); a cancelled upload is removed at once, and uploads left by an earlier run (their ids lived in its
+memory) are removed at start. A fit runs as a `vatlas fit` child process within `max_fit_pixels`,
+`max_fit_iterations` and `max_fit_video_bytes`; it is stopped, and its slot freed, when its caller goes away,
+unless the request says `detach`. An export's slot and folder are freed only once its worker has stopped
+(L8): a cancelled export stops at its next frame.
 """
 
 from __future__ import annotations
@@ -15,14 +22,18 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
 import zipfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +53,20 @@ EXPORT_FORMATS = ("mp4", "png_zip")
 PRESETS = ("", "draft", "standard", "best")
 
 
+@dataclass
+class Upload:
+    """An upload kept on disk until it is removed to make room (or the server restarts)."""
+
+    path: Path
+    size: int  # the upload and the sanitized copy made of it
+    created: float = field(default_factory=time.monotonic)
+    fits: int = 0  # fits reading it now: never removed then
+
+
+class ExportCancelled(Exception):
+    """Raised in an export's worker thread at its next frame once the export's caller went away."""
+
+
 class Jobs:
     """Uploads, fits and exports for one ServerCore."""
 
@@ -49,18 +74,49 @@ class Jobs:
         self.core = core
         self._tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="vatlas-jobs-")
         self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
-        self.uploads: dict[str, Path] = {}
-        self._exports = asyncio.Semaphore(2)  # exports share the GPU with live rendering
-        self._fitting: set[str] = set()
+        self.uploads: dict[str, Upload] = {}
+        self._uploading = 0  # bytes of uploads still streaming in (count against the store too)
+        self._exports = asyncio.Semaphore(core.limits.max_concurrent_exports)
+        self.exports_running = 0  # export worker threads alive (holding a slot)
+        self._fitting: dict[str, asyncio.subprocess.Process | None] = {}  # bundle name -> fit process
+        self._background: set[asyncio.Future] = set()  # fits finishing without a caller
+
+    def clean_orphans(self) -> None:
+        """Remove uploads and export folders an earlier run left (nobody can name them any more)."""
+        shutil.rmtree(self.work_dir / "uploads", ignore_errors=True)
+        for stale in self.work_dir.glob("export-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def close(self) -> None:
+        for process in list(self._fitting.values()):
+            if process is not None and process.returncode is None:
+                _kill_group(process, signal.SIGKILL)
         if self._tmp is not None:
             self._tmp.cleanup()
 
     # ---------------------------------------------------------------- uploads
 
+    def store_bytes(self) -> int:
+        """Bytes of the uploads on disk, the ones still streaming in included."""
+        return sum(u.size for u in self.uploads.values()) + self._uploading
+
+    def _make_room(self, more: int) -> None:
+        """Remove the oldest unused uploads until `more` bytes fit max_upload_store_bytes, or refuse."""
+        quota = self.core.limits.max_upload_store_bytes
+        for upload_id, upload in sorted(self.uploads.items(), key=lambda kv: kv[1].created):
+            if self.store_bytes() + more <= quota:
+                break
+            if upload.fits == 0:
+                del self.uploads[upload_id]
+                shutil.rmtree(upload.path.parent, ignore_errors=True)
+                log.info("upload %s removed to make room for a new one", upload_id)
+        if self.store_bytes() + more > quota:
+            raise CoreError("RESOURCE_EXHAUSTED", f"uploads on this server already take {self.store_bytes()} "
+                                                  f"bytes (limit {quota}); try again when a fit has finished")
+
     async def upload(self, chunks: AsyncIterator[bundles_pb2.UploadChunk]) -> bundles_pb2.UploadResult:
-        """Store a streamed file; the first chunk names it. Larger than max_upload_bytes -> RESOURCE_EXHAUSTED."""
+        """Store a streamed file; the first chunk names it. Larger than max_upload_bytes, or than what the
+        upload store has room for -> RESOURCE_EXHAUSTED. Anything that ends it early removes it."""
         limit = self.core.limits.max_upload_bytes
         upload_id = "u" + secrets.token_hex(8)
         directory = self.work_dir / "uploads" / upload_id
@@ -76,41 +132,46 @@ class Jobs:
                     directory.mkdir(parents=True, exist_ok=True)
                     path = directory / name
                     handle = open(path, "wb")  # noqa: SIM115 - closed in finally
-                total += len(chunk.data)
-                if total > limit:
+                size = len(chunk.data)
+                if total + size > limit:
                     raise CoreError("RESOURCE_EXHAUSTED", f"upload is larger than {limit} bytes")
+                self._make_room(size)
+                total += size
+                self._uploading += size
                 handle.write(chunk.data)
-        except CoreError:
+        except BaseException:  # a refusal, a cancelled call or a lost client: nothing stays on disk
             if handle is not None:
                 handle.close()
                 handle = None
             shutil.rmtree(directory, ignore_errors=True)
             raise
         finally:
+            self._uploading -= total
             if handle is not None:
                 handle.close()
         if path is None:
             raise CoreError("INVALID_ARGUMENT", "empty upload")
-        self.uploads[upload_id] = path
+        self.uploads[upload_id] = Upload(path, total)
         return bundles_pb2.UploadResult(upload_id=upload_id, bytes=total)
 
     # ---------------------------------------------------------------- fits
 
     async def start_fit(self, request: bundles_pb2.StartFitRequest) -> AsyncIterator[bundles_pb2.FitProgress]:
-        """Validate, then run `vatlas fit` (models.fit) in a worker thread and stream progress.
+        """Validate, then run `vatlas fit` (models.fit) in a child process and stream progress.
 
         UNIMPLEMENTED when this build has no fit module. The fit reports no per-iteration progress to callers,
         so the stream carries a heartbeat (stage "fitting", elapsed seconds in `message`) until it is done.
         """
         _require_fit_module()
-        path = self.uploads.get(request.upload_id)
-        if path is None:
+        limits = self.core.limits
+        upload = self.uploads.get(request.upload_id)
+        if upload is None:
             raise CoreError("NOT_FOUND", f"no upload {request.upload_id!r}")
         name = check_bundle_name(request.name)
         out = self.core.bundles.path(name)
         if out.exists() or name in self._fitting:
             raise CoreError("ALREADY_EXISTS", f"a bundle named {name!r} already exists")
-        if len(self._fitting) >= MAX_CONCURRENT_FITS:  # a fit takes the GPU for minutes: one at a time
+        if len(self._fitting) >= limits.max_concurrent_fits:
             raise CoreError("RESOURCE_EXHAUSTED", f"a fit is already running ({', '.join(sorted(self._fitting))})")
         if request.preset not in PRESETS:
             raise CoreError("INVALID_ARGUMENT", f"preset {request.preset!r} is not one of draft, standard, best")
@@ -120,10 +181,14 @@ class Jobs:
             raise CoreError("INVALID_ARGUMENT", f"roi_json is not JSON: {exc}") from None
         if not isinstance(roi, dict) or not isinstance(roi.get("polygons"), list):
             raise CoreError("INVALID_ARGUMENT", 'roi_json must look like {"ref_frame": 0, "polygons": [[[x, y], ...]]}')
-        if request.width > 8192 or request.height > 8192 or request.iterations > 10_000_000:
-            raise CoreError("INVALID_ARGUMENT", "width/height must be <= 8192 and iterations <= 10^7")
         if bool(request.width) != bool(request.height):
             raise CoreError("INVALID_ARGUMENT", "give both width and height, or neither")
+        if request.width * request.height > limits.max_fit_pixels:
+            raise CoreError("INVALID_ARGUMENT", f"a fit works on at most {limits.max_fit_pixels} pixels a frame; "
+                                                f"{request.width}x{request.height} is more")
+        if request.iterations > limits.max_fit_iterations:
+            raise CoreError("INVALID_ARGUMENT", f"iterations must be <= {limits.max_fit_iterations}")
+        path = upload.path
         roi_path = path.with_name(f"{name}.roi.json")
         roi_path.write_text(json.dumps(roi))
         device = str(self.core.config.device)
@@ -132,48 +197,113 @@ class Jobs:
                 "--device", "cuda" if device.startswith("cuda") else device]
         if request.iterations:
             argv += ["--iters", str(request.iterations)]
-        if request.width:
-            argv += ["--size", f"{request.width}x{request.height}"]
-        return self._run_fit(argv, name, path)
+        size = (request.width, request.height) if request.width else None
+        if size is not None:
+            argv += ["--size", f"{size[0]}x{size[1]}"]
+        self._fitting[name] = None  # the slot is taken from here until the fit process has ended
+        return self._run_fit(argv, name, upload, size, request.detach)
 
-    async def _run_fit(self, argv: list[str], name: str, upload: Path) -> AsyncIterator[bundles_pb2.FitProgress]:
-        from vatlas.cli import build_parser
+    def _prepare_fit(self, upload: Upload, size: tuple[int, int] | None) -> None:
+        """Sanitize the upload (a worker thread) and refuse a clip whose decoded frames pass the budget."""
+        sanitized = upload.path.with_name(SANITIZED_NAME)
+        existed = sanitized.exists()
+        frames, width, height = sanitize_upload(upload.path, sanitized)
+        if not existed and sanitized.exists():
+            upload.size += sanitized.stat().st_size
+        if not frames:
+            return
+        from vatlas.models.config import FitConfig
 
-        def work() -> None:
-            try:
-                args = build_parser().parse_args(argv)
-            except SystemExit:
-                raise CoreError("INVALID_ARGUMENT", f"bad fit options: {' '.join(argv[5:])}") from None
-            sanitize_upload(upload, upload.with_name(SANITIZED_NAME))
-            try:
-                args.func(args)
-            except Exception as exc:  # noqa: BLE001 - every failure of the fit is reported to the client
-                user = type(exc).__name__ in _USER_ERRORS
-                if not user:
-                    log.exception("fit %s failed", name)
-                detail = scrub_paths(str(exc), self.work_dir, self.core.bundles.models_dir) if user else \
-                    INTERNAL_MESSAGE
-                raise CoreError("FAILED_PRECONDITION" if user else "INTERNAL", f"fit failed: {detail}") from None
+        from vatlas.commands.fit import working_size
 
-        self._fitting.add(name)
+        w, h = working_size((width, height), size, FitConfig().max_side)
+        need = frames * 3 * (width * height + (w * h if (w, h) != (width, height) else 0))
+        budget = self.core.limits.max_fit_video_bytes
+        if need > budget:
+            raise CoreError("RESOURCE_EXHAUSTED", f"the fit would hold {need} bytes of decoded frames ({frames} "
+                                                  f"frames of {width}x{height}; limit {budget}): trim the clip")
+
+    async def _run_fit(self, argv: list[str], name: str, upload: Upload, size: tuple[int, int] | None,
+                       detach: bool) -> AsyncIterator[bundles_pb2.FitProgress]:
         started = time.monotonic()
-        task = _in_daemon_thread(work, f"vatlas-fit-{name}")
+        process: asyncio.subprocess.Process | None = None
+        prepare: asyncio.Future | None = None
+        upload.fits += 1
         try:
             yield bundles_pb2.FitProgress(stage="fitting", fraction=0.0, message="started")
-            while not task.done():
-                await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
-                if not task.done():
+            prepare = asyncio.ensure_future(asyncio.to_thread(self._prepare_fit, upload, size))
+            await asyncio.shield(prepare)  # a thread cannot be stopped: the slot waits for it (below)
+            env = dict(os.environ)
+            device = str(self.core.config.device)
+            if device.startswith("cuda:"):  # the CLI takes "cuda": show it only the server's GPU
+                env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "vatlas.cli", *argv, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+            self._fitting[name] = process
+            errors = asyncio.ensure_future(_tail(process.stderr))
+            while process.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(process.wait()), HEARTBEAT_SECONDS)
+                if process.returncode is None:
                     yield bundles_pb2.FitProgress(stage="fitting", fraction=0.0,
                                                   message=f"{time.monotonic() - started:.0f} s elapsed")
-            task.result()
+            lines = await errors
+            if process.returncode != 0:
+                raise self._fit_error(name, process.returncode, lines)
             info = self.core.bundles.info(name)
             yield bundles_pb2.FitProgress(stage="done", fraction=1.0, done=True, bundle=info,
                                           message=f"fit finished in {time.monotonic() - started:.1f} s")
         finally:
-            if task.done():
-                self._fitting.discard(name)
-            else:  # the client went away: a thread cannot be stopped; it finishes and writes the bundle
-                task.add_done_callback(lambda t: (self._fitting.discard(name), t.exception()))
+            running = process is not None and process.returncode is None
+            if running or (prepare is not None and not prepare.done()):
+                if running and not detach:
+                    log.info("fit %s stopped: its caller went away", name)
+                task = asyncio.ensure_future(self._finish_fit(name, process, prepare, upload, stop=not detach))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            else:
+                upload.fits -= 1
+                self._fitting.pop(name, None)
+
+    async def _finish_fit(self, name: str, process: asyncio.subprocess.Process | None,
+                          prepare: asyncio.Future | None, upload: Upload, *, stop: bool) -> None:
+        """Wait for a fit nobody streams any more (stopping it first unless detached), then free its slot."""
+        try:
+            if process is None:  # its caller left while the upload was being sanitized
+                if prepare is not None:
+                    await asyncio.wait({prepare})
+                    if not prepare.cancelled():
+                        prepare.exception()
+            elif stop:
+                _kill_group(process, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), FIT_STOP_SECONDS)
+                except TimeoutError:
+                    _kill_group(process, signal.SIGKILL)
+                    await process.wait()
+                out = self.core.bundles.path(name)
+                for partial in (out, out.with_name(out.name + ".ckpt")):
+                    if partial.is_dir():
+                        shutil.rmtree(partial, ignore_errors=True)
+                    else:
+                        partial.unlink(missing_ok=True)
+            else:
+                await process.wait()
+                log.info("detached fit %s ended with exit code %s", name, process.returncode)
+        finally:
+            upload.fits -= 1
+            self._fitting.pop(name, None)
+
+    def _fit_error(self, name: str, code: int, lines: list[str]) -> CoreError:
+        """The child's failure as a client-safe error: its one-line message for bad input, else INTERNAL."""
+        prefix = "vatlas fit: error: "
+        message = next((line[len(prefix):] for line in reversed(lines) if line.startswith(prefix)), None)
+        if code == 2 and message is not None:
+            detail = scrub_paths(message, self.work_dir, self.core.bundles.models_dir)
+            return CoreError("FAILED_PRECONDITION", f"fit failed: {detail}")
+        log.error("fit %s exited with %s:\n%s", name, code, "\n".join(lines[-30:]))
+        return CoreError("INTERNAL", f"fit failed: {INTERNAL_MESSAGE}")
 
     # ---------------------------------------------------------------- exports
 
@@ -201,36 +331,58 @@ class Jobs:
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        directory = Path(tempfile.mkdtemp(prefix="export-", dir=self.work_dir))
+        cancelled = threading.Event()
         filename = f"{session_id}.mp4" if fmt == "mp4" else f"{session_id}.zip"
 
         def progress(done: int, total: int) -> None:
+            if cancelled.is_set():
+                raise ExportCancelled
             loop.call_soon_threadsafe(queue.put_nowait, done / max(total, 1))
 
-        def work() -> Path:
-            if fmt == "mp4":
-                return export_clip(engine, directory / filename, frames=frames, crf=crf, progress=progress)
-            pngs = export_clip(engine, directory / "frames", frames=frames, progress=progress)
-            archive = directory / filename
-            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
-                for png in sorted(pngs.iterdir()):
-                    zf.write(png, png.name)
-            return archive
+        await self._exports.acquire()  # released when the worker has stopped, never before
+        directory = Path(tempfile.mkdtemp(prefix="export-", dir=self.work_dir))
+        holders = [2]  # the worker and this stream: the folder goes when both are done with it
 
+        def let_go() -> None:
+            holders[0] -= 1
+            if holders[0] == 0:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        def work() -> Path:
+            try:
+                if fmt == "mp4":
+                    return export_clip(engine, directory / filename, frames=frames, crf=crf, progress=progress)
+                pngs = export_clip(engine, directory / "frames", frames=frames, progress=progress)
+                archive = directory / filename
+                with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+                    for png in sorted(pngs.iterdir()):
+                        if cancelled.is_set():
+                            raise ExportCancelled
+                        zf.write(png, png.name)
+                return archive
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        def worker_done(_: Any) -> None:
+            self.exports_running -= 1
+            self._exports.release()
+            let_go()
+
+        self.exports_running += 1
+        task = _in_daemon_thread(work, f"vatlas-export-{session_id}")
+        task.add_done_callback(worker_done)
         try:
-            async with self._exports:
-                task = asyncio.ensure_future(asyncio.to_thread(work))
-                task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
-                while True:
-                    item = await queue.get()
-                    if item is None:
-                        break
-                    yield render_pb2.ExportEvent(fraction=float(item) * 0.99, stage="rendering")
-                try:
-                    path = task.result()
-                except (ValueError, OSError) as exc:
-                    log.error("export of session %s failed: %s", session_id, exc)
-                    raise CoreError("INTERNAL", f"export failed: {INTERNAL_MESSAGE}") from None
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                yield render_pb2.ExportEvent(fraction=float(item) * 0.99, stage="rendering")
+            await asyncio.wait({task})
+            try:
+                path = task.result()
+            except (ValueError, OSError) as exc:
+                log.error("export of session %s failed: %s", session_id, exc)
+                raise CoreError("INTERNAL", f"export failed: {INTERNAL_MESSAGE}") from None
             total = path.stat().st_size
             sent = 0
             with open(path, "rb") as f:
@@ -243,26 +395,52 @@ class Jobs:
                     if last:
                         break
         finally:
-            shutil.rmtree(directory, ignore_errors=True)
+            cancelled.set()  # a worker still rendering stops at its next frame
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: an ExportCancelled after a cancel is expected
+            let_go()
 
 
-def sanitize_upload(upload: Path, out: Path) -> None:
+async def _tail(stream: Any, keep: int = 200) -> list[str]:
+    """The last `keep` lines of a child's output (read to the end, so the child never blocks on a full pipe)."""
+    lines: list[str] = []
+    while True:
+        line = await stream.readline()
+        if not line:
+            return lines
+        lines.append(line.decode(errors="replace").rstrip())
+        del lines[:-keep]
+
+
+def _kill_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def sanitize_upload(upload: Path, out: Path) -> tuple[int, int, int]:
     """Copy the upload's video stream into `out` (Matroska), reading only allowed containers from the file itself.
 
-    Raises FAILED_PRECONDITION (the fit's error for bad input) for anything else: playlists, concat lists,
-    unknown or broken files.
+    Returns (frames, width, height) of the stream (frames counted as packets copied; also kept beside `out`
+    as JSON). Raises FAILED_PRECONDITION (the fit's error for bad input) for anything else: playlists, concat
+    lists, unknown or broken files.
     """
     import av
 
-    if out.exists():
-        return  # an earlier fit of this upload made it
+    info = out.with_name(out.name + ".json")
+    if out.exists():  # an earlier fit of this upload made it
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            known = json.loads(info.read_text())
+            return int(known["frames"]), int(known["width"]), int(known["height"])
+        return 0, 0, 0
     partial = out.with_name(out.name + ".part")
     allowed = "MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
+    frames = 0
     try:
         with av.open(str(upload), mode="r", options=UNTRUSTED_OPEN_OPTIONS) as source:
             if not source.streams.video:
                 raise CoreError("FAILED_PRECONDITION", "fit failed: the upload has no video stream")
             stream = source.streams.video[0]
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
             with av.open(str(partial), mode="w", format="matroska") as sink:
                 copy = sink.add_stream_from_template(stream)
                 for packet in source.demux(stream):
@@ -270,6 +448,7 @@ def sanitize_upload(upload: Path, out: Path) -> None:
                         continue  # the demuxer's end-of-stream marker
                     packet.stream = copy
                     sink.mux(packet)
+                    frames += 1
     except CoreError:
         partial.unlink(missing_ok=True)
         raise
@@ -279,6 +458,8 @@ def sanitize_upload(upload: Path, out: Path) -> None:
         raise CoreError("FAILED_PRECONDITION", f"fit failed: the upload is not a video file in an allowed "
                                                f"container ({allowed})") from None
     partial.replace(out)
+    info.write_text(json.dumps({"frames": frames, "width": width, "height": height}))
+    return frames, width, height
 
 
 def _in_daemon_thread(fn: Any, name: str) -> asyncio.Future:
@@ -306,9 +487,8 @@ def _in_daemon_thread(fn: Any, name: str) -> asyncio.Future:
     return future
 
 
-_USER_ERRORS = ("CliError", "VatlasError", "VideoError", "RoiError", "FitError", "BundleError", "ValueError")
 HEARTBEAT_SECONDS = 2.0
-MAX_CONCURRENT_FITS = 1
+FIT_STOP_SECONDS = 5.0  # SIGTERM, then SIGKILL
 
 
 def _require_fit_module() -> None:

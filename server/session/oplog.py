@@ -5,6 +5,8 @@ Layout under the data directory::
     sessions/<session_id>/meta.json   session metadata (written atomically: temp file, fsync, rename)
     sessions/<session_id>/ops.log     records: 4-byte little-endian payload length, 4-byte CRC32 of the
                                       payload, then the payload (msgpack of one log record dict)
+    sessions/<session_id>/snapshot    the document at sequence number S, one record framed the same way
+    sessions/<session_id>/snapshot.prev   the snapshot before it (its fallback)
 
 `OpLog.append` returns only after the record is on disk (write + fsync), so an op is acknowledged only once
 it survives a crash. A failed write or fsync (full disk, I/O error) cuts the file back to the end of the last
@@ -17,6 +19,13 @@ page) does not end the replay: the reader resyncs to the next offset where a who
 CRC and a later sequence number starts, the original file is kept beside the log as
 ``ops.log.damaged-<UTC time>``, the log is rewritten with every record that survived, and the loss is logged
 at ERROR level (`ReplayResult.damage` says what was lost).
+
+Snapshots bound replay time and memory (L7): every `compact_every` ops the session writes the document as
+of seq S (atomically: temp file, fsync, rename; the older snapshot becomes ``snapshot.prev``) and rewrites the
+log to hold only the records after the *previous* snapshot. So the log always reaches back to the fallback
+snapshot: a damaged ``snapshot`` costs nothing (``snapshot.prev`` plus the log rebuild it), and a client can
+resume from any seq after the fallback. A crash between the steps leaves either the old files or records the
+snapshot already holds (skipped on replay).
 
 Why a framed file and not SQLite: every record carries its own CRC32, so a flipped bit is detected and costs
 exactly the records it touches; SQLite as shipped with Python has no page checksums (a flipped bit in a row is
@@ -44,7 +53,10 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
 MAX_RECORD_BYTES = 256 * 1024 * 1024  # a length beyond this is corruption, not a record
+MAX_SNAPSHOT_BYTES = 1 << 32  # a snapshot holds a whole document (images as uploaded)
 DAMAGED_SUFFIX = ".damaged-"
+SNAPSHOT = "snapshot"
+PREVIOUS_SNAPSHOT = "snapshot.prev"
 
 
 class LogCorruption(Exception):
@@ -89,7 +101,8 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _record_at(data: bytes | memoryview, pos: int, after_seq: int | None) -> tuple[dict[str, Any] | None, int]:
+def _record_at(data: bytes | memoryview, pos: int, after_seq: int | None,
+               max_bytes: int = MAX_RECORD_BYTES) -> tuple[dict[str, Any] | None, int]:
     """The record framed at `pos` and its end, or (None, pos) when there is none."""
     if pos + HEADER.size > len(data):
         return None, pos
@@ -97,7 +110,7 @@ def _record_at(data: bytes | memoryview, pos: int, after_seq: int | None) -> tup
     start = pos + HEADER.size
     end = start + length
     # length 0 is never written (crc32(b"") == 0 would make a zeroed page look like records)
-    if length == 0 or length > MAX_RECORD_BYTES or end > len(data):
+    if length == 0 or length > max_bytes or end > len(data):
         return None, pos
     payload = bytes(data[start:end])
     if zlib.crc32(payload) != crc:
@@ -259,6 +272,31 @@ class OpLog:
                 self._dirty = True
                 raise
 
+    def compact(self, records: list[dict[str, Any]]) -> None:
+        """Replace the log by `records` (what it holds after the fallback snapshot), atomically, and go on
+        appending to the new file. On OSError the old log stays as it was."""
+        with self._lock:
+            if self._file is None:
+                raise RuntimeError(f"{self.path}: log is closed")
+            tmp = self.path.with_name(self.path.name + ".compact")
+            try:
+                with open(tmp, "wb") as f:
+                    for record in records:
+                        f.write(encode_record(record))
+                    f.flush()
+                    if self._fsync:
+                        os.fsync(f.fileno())
+                tmp.replace(self.path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+            if self._fsync:
+                _fsync_dir(self.path.parent)
+            self._file.close()
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open for the session's life
+            self._size = self.path.stat().st_size
+            self._dirty = False
+
     def _cut_back(self) -> None:
         # ftruncate frees what a partial write took, so it works on a full disk
         os.ftruncate(self._file.fileno(), self._size)
@@ -295,6 +333,56 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _fsync_dir(path.parent)
 
 
+@dataclass
+class SnapshotRead:
+    """The newest readable snapshot of a session (None: none yet, or none readable) and what was damaged."""
+
+    state: dict[str, Any] | None
+    name: str = ""  # "current" or "previous": which file it came from
+    damaged: list[Path] = field(default_factory=list)  # quarantined copies of unreadable snapshots
+
+
+def write_snapshot(directory: Path, state: dict[str, Any], *, fsync: bool = True) -> None:
+    """Write `state` as the session's snapshot; the one it replaces becomes the fallback."""
+    frame = encode_record(state)
+    current, previous = directory / SNAPSHOT, directory / PREVIOUS_SNAPSHOT
+    tmp = directory / (SNAPSHOT + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(frame)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        if current.exists():
+            current.replace(previous)  # a crash right here: the fallback and the log still hold everything
+        tmp.replace(current)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(directory)
+
+
+def read_snapshot(directory: Path) -> SnapshotRead:
+    """The newest snapshot whose CRC holds; an unreadable one is quarantined and reported."""
+    found = SnapshotRead(None)
+    for name, which in ((SNAPSHOT, "current"), (PREVIOUS_SNAPSHOT, "previous")):
+        path = directory / name
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        record, end = _record_at(data, 0, None, MAX_SNAPSHOT_BYTES)
+        if record is not None and end == len(data) and isinstance(record.get("seq"), int):
+            found.state, found.name = record, which
+            break
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        quarantine = path.with_name(f"{name}{DAMAGED_SUFFIX}{stamp}")
+        path.replace(quarantine)
+        found.damaged.append(quarantine)
+        log.error("DAMAGED SNAPSHOT %s: the CRC does not match; kept at %s", path, quarantine)
+    return found
+
+
 class SessionStore:
     """Where sessions live on disk (`--data DIR`)."""
 
@@ -311,6 +399,12 @@ class SessionStore:
     def open_log(self, session_id: str) -> tuple[OpLog, ReplayResult]:
         oplog = OpLog(self.session_dir(session_id) / "ops.log")
         return oplog, oplog.open()
+
+    def write_snapshot(self, session_id: str, state: dict[str, Any]) -> None:
+        write_snapshot(self.session_dir(session_id), state)
+
+    def read_snapshot(self, session_id: str) -> SnapshotRead:
+        return read_snapshot(self.session_dir(session_id))
 
     def stored_sessions(self) -> list[tuple[str, dict[str, Any]]]:
         """(session_id, meta) of every session with readable metadata, oldest first."""

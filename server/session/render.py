@@ -2,9 +2,13 @@
 
 Every client (a viewer) owns one slot keyed by a client key. A new request replaces the one still waiting in
 the slot (the replaced request fails with ABORTED: latest request wins), so a client scrubbing fast never
-builds a queue. The worker thread takes all waiting requests at once, groups those that share a session and
-geometry into one `EditEngine.render` call, encodes each distinct (frame, format, quality) once, and hands
-results back to the event loop with `loop.call_soon_threadsafe`.
+builds a queue. The worker thread takes up to `batch` waiting requests at once, groups those that share a
+session and geometry into one `EditEngine.render` call, encodes each distinct (frame, format, quality) once,
+and hands results back to the event loop with `loop.call_soon_threadsafe`.
+
+Fair share (L2): when more requests wait than one batch takes, single renders go before playback frames, and
+among them the owners (connections) served least lately go first, so a connection running many playbacks
+cannot make another one's render wait more than a batch or two.
 """
 
 from __future__ import annotations
@@ -80,12 +84,15 @@ def check_render_request(req: render_pb2.RenderRequest, num_frames: int, width: 
 
 @dataclass
 class RenderJob:
-    session: Any  # server.session.core.Session (engine + applied_seq)
+    session: Any  # server.session.core.Session (applied_seq)
     params: RenderParams
     request_id: int
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     submitted: float = field(default_factory=time.perf_counter)
+    engine: Any = None  # the session's engine when submitted (an unloaded session keeps it for this job)
+    owner: Any = None  # whose GPU share this counts against (the connection)
+    interactive: bool = True  # a single render (playback frames are not)
 
 
 Encoder = Callable[[Any, str, int], list[bytes]]
@@ -94,8 +101,10 @@ Encoder = Callable[[Any, str, int], list[bytes]]
 class RenderWorker:
     """One thread rendering for every client; a slot of one waiting request per client key."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, batch: int = 16) -> None:
         self._encode = encoder
+        self.batch = max(1, int(batch))
+        self._served: dict[Any, float] = {}  # frames rendered per owner lately (halved after every batch)
         self._pending: dict[Any, RenderJob] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -143,14 +152,31 @@ class RenderWorker:
                     self._cond.wait()
                 if self._stopping and not self._pending:
                     return
-                jobs = list(self._pending.values())
-                self._pending.clear()
+                jobs = self._take_batch()
             try:
                 self._render_batch(jobs)
             except Exception:  # noqa: BLE001 - a render failure must never kill the worker
                 log.exception("render batch failed")
                 for job in jobs:
                     _resolve(job, error=CoreError("INTERNAL", f"render failed: {INTERNAL_MESSAGE}"))
+
+    def _take_batch(self) -> list[RenderJob]:
+        """Up to `batch` waiting jobs, fairly (see the module docstring). Caller holds the condition."""
+        if len(self._pending) <= self.batch:
+            chosen = list(self._pending)
+        else:
+            served = self._served
+            chosen = sorted(self._pending, key=lambda k: (not self._pending[k].interactive,
+                                                          served.get(self._pending[k].owner, 0.0),
+                                                          self._pending[k].submitted))[:self.batch]
+        jobs = [self._pending.pop(k) for k in chosen]
+        for owner in list(self._served):
+            self._served[owner] *= 0.5
+            if self._served[owner] < 0.01:
+                del self._served[owner]
+        for job in jobs:
+            self._served[job.owner] = self._served.get(job.owner, 0.0) + 1.0
+        return jobs
 
     def _render_batch(self, jobs: list[RenderJob]) -> None:
         """Render each (session, geometry) group once, then encode across groups in as few calls as possible."""
@@ -159,7 +185,7 @@ class RenderWorker:
             if job.future.done():  # the caller gave up (client gone, superseded on the loop side)
                 continue
             p = job.params
-            groups.setdefault((id(job.session), p.atlas, p.scale, p.region), []).append(job)
+            groups.setdefault((id(job.session), id(job.engine), p.atlas, p.scale, p.region), []).append(job)
         rendered: list[_Rendered] = []
         for group in groups.values():
             try:
@@ -200,7 +226,9 @@ class RenderWorker:
     def _render_group(self, group: list[RenderJob]) -> _Rendered:
         session = group[0].session
         params = group[0].params
-        engine = session.engine
+        engine = group[0].engine if group[0].engine is not None else session.engine
+        if engine is None:
+            raise CoreError("UNAVAILABLE", "the session was unloaded: render again")
         seq = session.applied_seq  # read before rendering: the frame includes at least this op
         start = time.perf_counter()
         if params.atlas:

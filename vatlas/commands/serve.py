@@ -86,8 +86,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="largest gRPC message / WebSocket frame in MiB (default 64)")
     parser.add_argument("--max-upload-mb", type=_positive_int, default=4096,
                         help="largest uploaded video in MiB (default 4096)")
+    parser.add_argument("--limit", action="append", default=[], type=_limit, metavar="NAME=VALUE",
+                        help="set one of the server's limits (docs/SECURITY.md lists them), e.g. "
+                             "--limit max_loaded_sessions=16; repeatable")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
+
+
+def _limit(text: str) -> tuple[str, object]:
+    from vatlas.server.session.limits import parse_limit
+
+    try:
+        return parse_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         args.data.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = ServerLimits(max_message_bytes=args.max_message_mb * 1024 * 1024,
-                          max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+    limits = ServerLimits(**{"max_message_bytes": args.max_message_mb * 1024 * 1024,
+                             "max_upload_bytes": args.max_upload_mb * 1024 * 1024, **dict(args.limit)})
     token = resolve_token(args)
     if token is None and not all(_is_loopback(h) for h in (args.grpc[0], args.http[0])):
         logging.getLogger("vatlas.serve").warning("serving without a token on a non-loopback address: anyone on "

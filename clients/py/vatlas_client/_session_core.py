@@ -129,9 +129,15 @@ class SessionCore(Generic[W]):
                 self.resume_key = snap.resume_key
             if snap.HasField("session"):
                 self.info = SessionInfo.from_proto(snap.session)
-            if not self._resuming:
+            if not self._resuming or snap.HasField("document"):
+                # a first join, or a resume point the server no longer has (its log was compacted): the
+                # document replaces ours, and an op in doubt that it holds was applied
                 self.seq = snap.session.seq
                 self.document = list(snap.document.ops)
+                if self._resuming:
+                    present = {op.id for op in snap.document.ops}
+                    for op_id in [i for i in self._in_doubt if i in present and i in self.pending_ops]:
+                        self._answer(op_id, out, snap.session.seq, None)
             self.participants = {p.participant_id: Participant.from_proto(p) for p in snap.participants}
         elif kind == "accepted":
             # Every op sequenced before this one was already delivered (one ordered queue per participant),

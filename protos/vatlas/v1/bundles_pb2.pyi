@@ -69,7 +69,7 @@ class UploadResult(_message.Message):
     def __init__(self, upload_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StartFitRequest(_message.Message):
-    __slots__ = ("upload_id", "name", "roi_json", "preset", "iterations", "width", "height")
+    __slots__ = ("upload_id", "name", "roi_json", "preset", "iterations", "width", "height", "detach")
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROI_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class StartFitRequest(_message.Message):
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
     upload_id: str
     name: str
     roi_json: str
@@ -84,7 +85,8 @@ class StartFitRequest(_message.Message):
     iterations: int
     width: int
     height: int
-    def __init__(self, upload_id: _Optional[str] = ..., name: _Optional[str] = ..., roi_json: _Optional[str] = ..., preset: _Optional[str] = ..., iterations: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    detach: bool
+    def __init__(self, upload_id: _Optional[str] = ..., name: _Optional[str] = ..., roi_json: _Optional[str] = ..., preset: _Optional[str] = ..., iterations: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., detach: _Optional[bool] = ...) -> None: ...
 
 class FitProgress(_message.Message):
     __slots__ = ("stage", "fraction", "iteration", "losses", "eta_seconds", "done", "bundle", "message")

@@ -118,6 +118,7 @@ export interface StartFitRequest {
   iterations?: number;
   width?: number;
   height?: number;
+  detach?: boolean;
 }
 
 /** vatlas.v1.FitProgress */
