@@ -195,6 +195,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deliver real clips at the working size (default: at the source's size)")
 
 
+def fit_clip(frames: np.ndarray, roi: Any, cfg: Any, fps: float, device: torch.device, out: Path | None, *,
+             show_progress: bool, log: Any, source_frames: np.ndarray | None = None, source_roi: Any = None
+             ) -> tuple[Any, dict[str, Any], Any]:
+    """One fit: (bundle, metrics, rebake(cfg) -> the same fit baked again with other bake settings)."""
+    from .fit import FitData, Fitter
+
+    data = FitData(np.ascontiguousarray(frames), roi, roi.mask(frames.shape[1], frames.shape[2]), float(fps), {},
+                   source_frames, source_roi)
+    fitter = Fitter(data, cfg, device, show_progress=show_progress, log=log)
+    bundle, metrics = fitter.run(out)
+    return bundle, metrics, fitter.bake
+
+
 def _at_size(masks: np.ndarray | None, bundle: Any) -> np.ndarray | None:
     """Object masks (T, H, W) bool at the bundle's frame size."""
     if masks is None or masks.shape[1:] == (bundle.height, bundle.width):
@@ -220,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vatlas.synth import make_scene
 
     from .config import FitConfig
-    from .fit import FitData, Fitter, resolve_device
+    from .fit import resolve_device
 
     device = resolve_device(args.device)
     overrides = json.loads(args.set) if args.set else {}
@@ -243,15 +256,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.out_dir.mkdir(parents=True, exist_ok=True)
         if args.working_size_delivery:
             source_frames = source_roi = None
-        data = FitData(np.ascontiguousarray(frames), roi, roi.mask(frames.shape[1], frames.shape[2]), float(fps),
-                       {}, source_frames, source_roi)
-        fitter = Fitter(data, cfg, device, show_progress=args.progress,
-                        log=lambda msg: print(f"[{name}] {msg}", flush=True))
-        bundle, m = fitter.run(out)
+        bundle, m, rebake = fit_clip(frames, roi, cfg, fps, device, out, show_progress=args.progress,
+                                     log=lambda msg: print(f"[{name}] {msg}", flush=True),
+                                     source_frames=source_frames, source_roi=source_roi)
         began = time.perf_counter()
         q, worst = quality(bundle)
         if args.compare_visibility:
-            learned = fitter.bake(dataclasses.replace(cfg, visibility="learned"))
+            learned = rebake(dataclasses.replace(cfg, visibility="learned"))
             q.update({f"{k}_learned": v for k, v in quality(learned)[0].items()})
             del learned
         row = {"clip": name, "frames": int(frames.shape[0]), "size": f"{frames.shape[2]}x{frames.shape[1]}"}

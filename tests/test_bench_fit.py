@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 from vatlas.models import bench_fit
-from vatlas.models import fit as fit_module
 
 from vatlas.synth import SynthScene, make_scene
 from vatlas.video import write_png_sequence
@@ -42,16 +41,17 @@ def exact_fit(monkeypatch: pytest.MonkeyPatch, scene: SynthScene) -> list[Any]:
     """fit() -> the scene's ground-truth bundle (frames must be the scene's), with the ROI it was given."""
     calls: list[Any] = []
 
-    def fake_fit(frames: np.ndarray, roi: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    def fake_fit(frames: np.ndarray, roi: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Any]:
         assert np.array_equal(frames, scene.frames)
         calls.append(roi)
         bundle = scene.ground_truth_bundle(atlas_size=256)
         bundle.roi_polygons = roi.to_json()["polygons"]
         if len(calls) > 1:  # a real-clip fit: the mask is the ROI minus the annotated objects
             bundle.mask = np.where(scene.roi_footprint() & (scene.gt_occlusion < 0.5), 255, 0).astype(np.uint8)
-        return bundle, {"stage_seconds": {"flow": 0.0}, "total_seconds": 0.0, "flow": {"ref_valid": 1.0}}
+        metrics = {"stage_seconds": {"flow": 0.0}, "total_seconds": 0.0, "flow": {"ref_valid": 1.0}}
+        return bundle, metrics, lambda cfg: bundle
 
-    monkeypatch.setattr(fit_module, "fit", fake_fit)
+    monkeypatch.setattr(bench_fit, "fit_clip", fake_fit)
     return calls
 
 
