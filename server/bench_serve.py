@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="client processes for playback (default: half the CPUs, at most 8; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny CPU run for tests (128x72, short phases)")
+    parser.add_argument("--chaos", type=int, default=None, metavar="KILLS",
+                        help="instead: SIGKILL the server KILLS times while two clients stream ops, and check "
+                             "that every acknowledged op survives (restart and replay times too)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of --chaos (kill moments, damage)")
 
 
 # ---------------------------------------------------------------- server process and memory
@@ -182,15 +186,6 @@ def _stroke(op_id: str, frame: int, rng: random.Random, width: int, height: int)
     return {"id": op_id, "type": "stroke", "space": "frame", "frame": frame,
             "points": [[x, y], [x + 0.05 * width, y + 0.03 * height], [x + 0.1 * width, y]],
             "width": max(2.0, width / 200), "color": [rng.random(), rng.random(), rng.random(), 1.0]}
-
-
-async def _create_session(target: str, bundle: str) -> Any:
-    import grpc
-    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
-
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = sessions_pb2_grpc.SessionsStub(channel)
-        return await stub.CreateSession(sessions_pb2.CreateSessionRequest(bundle=bundle))
 
 
 async def _queued(outbox: asyncio.Queue) -> Any:
@@ -425,6 +420,44 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def run_chaos_bench(args: argparse.Namespace, device: str, width: int, height: int) -> dict[str, Any]:
+    """`--chaos KILLS`: the chaos loop over the bench bundle; a table of what survived and how fast."""
+    from vatlas.models.bundle import save_bundle
+    from vatlas.server.bench_render import synthetic_bundle
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vatlas-bench-chaos-") as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        save_bundle(synthetic_bundle(width, height, args.frames, args.atlas, seed=0), models / "bench.vatlas")
+        result = run_chaos(models, "bench", Path(tmp) / "data", args.chaos, seed=args.seed, device=device,
+                           size=(width, height), frames=args.frames,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    wall = time.monotonic() - started
+    restart = [t * 1000.0 for t in result["restart_s"]]
+    resume = [t * 1000.0 for t in result["resume_s"]]
+    rows = [
+        {"measure": "SIGKILLs", "value": result["kills"], "unit": "", "target": ">= 100"},
+        {"measure": "acknowledged ops", "value": result["acked"], "unit": "ops", "target": ""},
+        {"measure": "acknowledged ops lost", "value": len(result["lost"]), "unit": "ops", "target": "0"},
+        {"measure": "answers out of order", "value": len(result["disorder"]), "unit": "", "target": "0"},
+        {"measure": "ops rejected", "value": len(result["rejected"]), "unit": "ops", "target": "0"},
+        {"measure": "torn tails repaired", "value": result["torn"], "unit": "", "target": ""},
+        {"measure": "damaged snapshots recovered", "value": result["flipped"], "unit": "", "target": ""},
+        {"measure": "snapshots written", "value": result["snapshots"], "unit": "", "target": ""},
+        {"measure": "restart to ready p50", "value": _percentile(restart, 0.5), "unit": "ms", "target": ""},
+        {"measure": "restart to ready p95", "value": _percentile(restart, 0.95), "unit": "ms", "target": ""},
+        {"measure": "resume (load + replay) p50", "value": _percentile(resume, 0.5), "unit": "ms", "target": ""},
+        {"measure": "resume (load + replay) p95", "value": _percentile(resume, 0.95), "unit": "ms", "target": ""},
+        {"measure": "wall time", "value": wall, "unit": "s", "target": ""},
+    ]
+    meta = {"device": device, "size": [width, height], "frames": args.frames, "seed": args.seed,
+            "final_seq": result["max_seq"], "lost": result["lost"][:50], "disorder": result["disorder"][:50],
+            "rejected": result["rejected"][:50], "full_document_resumes": result["full_document_resumes"],
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {"rows": rows, "meta": meta}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from vatlas.models.bundle import save_bundle
@@ -439,6 +472,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.size, args.frames, args.atlas = "128x72", 8, 128
         args.clients = args.clients if args.clients != "1,4,16" else "1,2"
     width, height = parse_size(args.size)
+    if args.chaos is not None:
+        return run_chaos_bench(args, device, width, height)
     duration = args.duration if args.duration is not None else (600.0 if on_gpu else 30.0)
     if args.quick and args.duration is None:
         duration = 6.0
@@ -538,3 +573,489 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return {"rows": rows, "meta": meta}
+
+
+# ---------------------------------------------------------------- chaos: SIGKILL at random moments
+#
+# Many short kill/restart cycles of a real `vatlas serve` process while a gRPC and a WebSocket participant
+# stream ops into one session. Starting a Python process that imports torch takes seconds, so a launcher
+# process imports the server once and forks one server per cycle; each child runs `vatlas.cli.main(["serve",
+# ...])` exactly as the command line does and is killed with SIGKILL. After every kill the files are checked,
+# a torn tail or a damaged snapshot is injected now and then, and after every restart a participant resumes
+# from the last verified seq: every acknowledged op must come back with its sequence number, in order.
+
+FORK_PREFIX = "VATLAS_FORKED "
+
+
+def fork_launcher() -> None:
+    """Import the server once, then fork a `vatlas serve` per JSON argv line on stdin (its pid on stdout).
+
+    Nothing here may start threads or run torch ops before forking (OpenMP and gRPC do not survive a fork).
+    """
+    import importlib
+    import traceback
+
+    for module in ("torch", "vatlas.cli", "vatlas.server.app", "vatlas.server.edits.engine", "vatlas.server.encoders",
+                   "vatlas.models.bundle", "vatlas.commands.serve"):
+        importlib.import_module(module)
+    from vatlas import cli
+
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return
+        with_exits = []
+        while True:  # reap earlier children so they do not stay zombies
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            with_exits.append(pid)
+        argv = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = int(cli.main(argv) or 0)
+            except SystemExit as exc:
+                code = int(exc.code or 0) if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001 - reported on stderr, the exit code says it failed
+                traceback.print_exc()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        print(f"{FORK_PREFIX}{pid}", flush=True)
+
+
+class ForkedServers:
+    """The launcher process and the server it forked last."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from vatlas.server.bench_serve import fork_launcher; fork_launcher()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.lines: Any = __import__("queue").Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
+        self.pid: int | None = None
+
+    @staticmethod
+    def _read(stream: Any, sink: Any) -> None:
+        for line in stream:
+            sink(line)
+
+    def start(self, argv: list[str], timeout: float = 120.0) -> dict[str, Any]:
+        """Fork a server; returns its READY line (addresses)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(argv) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        info = None
+        while info is None:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - queue.Empty: it never got ready
+                raise RuntimeError("the forked server did not get ready:\n" + "".join(self.stderr[-30:])) from None
+            if line.startswith(FORK_PREFIX):
+                self.pid = int(line[len(FORK_PREFIX):])
+            elif line.startswith(READY_PREFIX):
+                info = json.loads(line[len(READY_PREFIX):])
+        return info
+
+    def kill(self) -> None:
+        """SIGKILL the server and wait until it is gone (its files are quiescent then)."""
+        if self.pid is None:
+            return
+        with contextlib_suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.005)
+        self.pid = None
+
+    def close(self) -> None:
+        self.kill()
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def contextlib_suppress(*exceptions: type[BaseException]) -> Any:
+    import contextlib
+
+    return contextlib.suppress(*exceptions)
+
+
+class ChaosEditor:
+    """One participant streaming ops until its server dies; records what it sent and what was acknowledged.
+
+    Ops: new strokes, the oldest of its own acknowledged strokes deleted once more than six are live, every
+    fifth op toggles the shared "base" stroke; at most `window` ops wait for their answer at a time.
+    """
+
+    def __init__(self, name: str, rng: random.Random, size: tuple[int, int], frames: int) -> None:
+        self.name = name
+        self.rng = rng
+        self.size = size
+        self.frames = frames
+        self.n = 0
+        self.sent: list[str] = []  # op ids in the order sent
+        self.acked: list[tuple[str, int]] = []  # (op id, seq) in the order the answers came
+        self.rejected: list[tuple[str, str]] = []
+        self.alive_strokes: list[str] = []  # own strokes acknowledged, no delete sent for them
+        self.strokes: set[str] = set()  # own strokes acknowledged
+        self.first_ack: asyncio.Event | None = None  # made on each cycle's event loop
+        self.reader: asyncio.Task | None = None  # reads answers until the connection ends
+
+    def next_op(self, cycle: int) -> dict[str, Any]:
+        self.n += 1
+        op_id = f"{self.name}{cycle}-{self.n}"
+        if self.n % 5 == 0:
+            return {"id": op_id, "type": "set_visible", "target": "base", "visible": bool(self.n % 2)}
+        if len(self.alive_strokes) > 6:  # few live objects: replay time is what a restart measures
+            return {"id": op_id, "type": "delete", "target": self.alive_strokes.pop(0)}
+        return _stroke(op_id, self.n % self.frames, self.rng, *self.size)
+
+    def answered(self, op_id: str, seq: int | None, op: dict[str, Any] | None, error: str = "") -> None:
+        if seq is None:
+            self.rejected.append((op_id, error))
+            return
+        self.acked.append((op_id, seq))
+        if op is not None and op["type"] == "stroke":
+            self.alive_strokes.append(op_id)
+            self.strokes.add(op_id)
+        if self.first_ack is not None:
+            self.first_ack.set()
+
+
+async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEditor, cycle: int,
+                             window: int) -> None:
+    import grpc
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, sessions_pb2, sessions_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),)
+    pending: dict[str, dict[str, Any]] = {}
+    room = asyncio.Semaphore(window)
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            outbox: asyncio.Queue = asyncio.Queue()
+            call = sessions_pb2_grpc.SessionsStub(channel).Connect(_queued(outbox), metadata=metadata)
+            outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+                session_id=info.session_id, join_token=info.join_token, name=editor.name)))
+
+            async def read() -> None:
+                with contextlib_suppress(Exception):  # the stream ends when the server is killed
+                    await read_events()
+
+            async def read_events() -> None:
+                async for event in call:
+                    kind = event.WhichOneof("kind")
+                    if kind == "accepted":
+                        editor.answered(event.accepted.op_id, event.accepted.seq, pending.pop(event.accepted.op_id,
+                                                                                              None))
+                        room.release()
+                    elif kind == "rejected":
+                        pending.pop(event.rejected.op_id, None)
+                        editor.answered(event.rejected.op_id, None, None, event.rejected.error.code)
+                        room.release()
+
+            reader = editor.reader = asyncio.create_task(read())
+            while not reader.done():
+                await room.acquire()
+                op = editor.next_op(cycle)
+                pending[op["id"]] = op
+                editor.sent.append(op["id"])
+                outbox.put_nowait(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+                await asyncio.sleep(0.002)
+            await reader
+    except Exception:  # noqa: BLE001 - the server was killed under us: that is the point
+        return
+
+
+async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor, cycle: int, window: int) -> None:
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, sessions_pb2
+    from websockets.asyncio.client import connect
+
+    pending: dict[str, dict[str, Any]] = {}
+    room = asyncio.Semaphore(window)
+    try:
+        async with connect(url, max_size=None, compression=None) as ws:
+            rid = 0
+
+            async def send(**call: Any) -> None:
+                nonlocal rid
+                rid += 1
+                await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
+
+            await send(hello=sessions_pb2.Hello(protocol_version=1, token=token))
+            await send(session=sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+                session_id=info.session_id, join_token=info.join_token, name=editor.name)))
+
+            async def read() -> None:
+                with contextlib_suppress(Exception):  # the socket closes when the server is killed
+                    await read_frames()
+
+            async def read_frames() -> None:
+                async for data in ws:
+                    resp = wire.unpack(data, sessions_pb2.WsResponse)
+                    if resp.WhichOneof("result") != "event":
+                        continue
+                    event = resp.event
+                    kind = event.WhichOneof("kind")
+                    if kind == "accepted":
+                        editor.answered(event.accepted.op_id, event.accepted.seq, pending.pop(event.accepted.op_id,
+                                                                                              None))
+                        room.release()
+                    elif kind == "rejected":
+                        pending.pop(event.rejected.op_id, None)
+                        editor.answered(event.rejected.op_id, None, None, event.rejected.error.code)
+                        room.release()
+
+            reader = editor.reader = asyncio.create_task(read())
+            while not reader.done():
+                await room.acquire()
+                op = editor.next_op(cycle)
+                pending[op["id"]] = op
+                editor.sent.append(op["id"])
+                await send(session=sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+                await asyncio.sleep(0.002)
+            await reader
+    except Exception:  # noqa: BLE001 - the server was killed under us
+        return
+
+
+async def _chaos_resume(target: str, token: str, info: Any, last_seq: int) -> tuple[Any, list[Any], float]:
+    """Join from `last_seq`; the snapshot, every applied op up to the session's seq, and seconds to the snapshot."""
+    import grpc
+    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),)
+    start = time.perf_counter()
+    async with grpc.aio.insecure_channel(target) as channel:
+        outbox: asyncio.Queue = asyncio.Queue()
+        call = sessions_pb2_grpc.SessionsStub(channel).Connect(_queued(outbox), metadata=metadata)
+        outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+            session_id=info.session_id, join_token=info.join_token, name="verifier", last_seq=last_seq)))
+        snapshot, applied, took = None, [], 0.0
+        async for event in call:
+            kind = event.WhichOneof("kind")
+            if kind == "snapshot":
+                snapshot, took = event.snapshot, time.perf_counter() - start
+            elif kind == "applied":
+                applied.append(event.applied)
+            if snapshot is not None and (snapshot.session.seq == last_seq or snapshot.HasField("document")
+                                         or (applied and applied[-1].seq >= snapshot.session.seq)):
+                break
+        outbox.put_nowait(None)
+        call.cancel()
+    if snapshot is None:
+        raise RuntimeError("the restarted server sent no snapshot")
+    return snapshot, applied, took
+
+
+def check_files(session_dir: Path, acked: dict[int, str], strokes: set[str]) -> tuple[list[str], int]:
+    """What a session's files lack of the acknowledged ops (seq -> op id; `strokes`: the ids that created
+    objects): ([] when they hold every one, the snapshot's seq). Ops the snapshot holds are checked by the
+    objects they created; the others are merged into those objects."""
+    from vatlas.server.session.oplog import read_records, read_snapshot
+
+    problems: list[str] = []
+    snap = read_snapshot(session_dir)
+    records, _ = read_records(session_dir / "ops.log")
+    state = snap.state or {}
+    base = int(state.get("seq", 0))
+    by_seq = {r["seq"]: r for r in records}
+    created = {item["op"]["id"]: item["seq"] for item in state.get("objects", ())}
+    retired = set(state.get("retired", ()))
+    for seq, op_id in acked.items():
+        if seq > base:
+            record = by_seq.get(seq)
+            if record is None or record["op"].get("id") != op_id:
+                problems.append(f"seq {seq} ({op_id}) is not in the log")
+        elif op_id in strokes and created.get(op_id, seq) != seq:
+            problems.append(f"{op_id} was created at seq {seq}, the snapshot says {created[op_id]}")
+        elif op_id in strokes and op_id not in created and op_id not in retired:
+            problems.append(f"{op_id} (seq {seq}) is in neither the snapshot nor the log")
+    seqs = [r["seq"] for r in records if r["seq"] > base]
+    if seqs != list(range(base + 1, base + 1 + len(seqs))):
+        problems.append(f"the log after the snapshot at {base} is not contiguous")
+    return problems, base
+
+
+def _inject_torn_tail(log_path: Path, rng: random.Random) -> int:
+    """Append part of a record, as a write cut off by a crash leaves it; returns the bytes added."""
+    from vatlas.server.session.oplog import encode_record
+
+    frame = encode_record({"seq": 10**9, "participant_id": "torn", "kind": "op", "time": 0.0,
+                           "op": {"id": "torn", "type": "set_visible", "target": "base", "visible": True}})
+    cut = rng.randrange(1, len(frame))
+    with open(log_path, "ab") as f:
+        f.write(frame[:cut])
+    return cut
+
+
+def _flip_snapshot_bit(session_dir: Path, rng: random.Random) -> bool:
+    path = session_dir / "snapshot"
+    if not path.exists() or not (session_dir / "snapshot.prev").exists():
+        return False
+    data = bytearray(path.read_bytes())
+    pos = rng.randrange(8, len(data))
+    data[pos] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(data))
+    return True
+
+
+def run_chaos(models: Path, bundle: str, data: Path, kills: int, *, seed: int = 0, device: str = "cpu",
+              token: str = "chaos-token", compact_every: int = 32, max_alive: float = 0.3,
+              torn_every: int = 7, flip_every: int = 23, window: int = 16,
+              size: tuple[int, int] = (64, 48), frames: int = 8, log: Any = None) -> dict[str, Any]:
+    """`kills` SIGKILL/restart cycles against one session (see the comment above); returns the tallies.
+
+    Tallies: kills, acked (ops acknowledged), lost (acknowledged ops missing after a restart or in the
+    files), disorder (answers out of send order or seqs not increasing), rejected, torn tails and flipped
+    snapshot bits injected, restart and resume times, snapshots seen.
+    """
+    rng = random.Random(seed)
+    argv = ["serve", "--models", str(models), "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--token", token,
+            "--data", str(data), "--device", device, "--log-level", "WARNING",
+            "--limit", f"compact_every={compact_every}"]
+    servers = ForkedServers({"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    tally: dict[str, Any] = {"kills": 0, "acked": 0, "lost": [], "disorder": [], "rejected": [], "torn": 0,
+                             "flipped": 0, "full_document_resumes": 0, "restart_s": [], "resume_s": [],
+                             "snapshots": set(), "max_seq": 0}
+    acked: dict[int, str] = {}  # every acknowledged op over the run: seq -> op id
+    try:
+        ready = servers.start(argv)
+        info = asyncio.run(_create_session(ready["grpc"], bundle, token))
+        session_dir = data / "sessions" / info.session_id
+        asyncio.run(_seed_base(ready["grpc"], token, info, acked))
+        verified = max(acked)
+        editors = [ChaosEditor("g", random.Random(seed + 1), size, frames),
+                   ChaosEditor("w", random.Random(seed + 2), size, frames)]
+        for cycle in range(kills):
+            alive = rng.uniform(0.02, max_alive)
+
+            async def storm(ready: dict[str, Any] = ready, cycle: int = cycle, alive: float = alive) -> None:
+                for editor in editors:
+                    editor.first_ack, editor.reader = asyncio.Event(), None
+                tasks = [asyncio.create_task(_chaos_grpc_editor(ready["grpc"], token, info, editors[0], cycle,
+                                                                window)),
+                         asyncio.create_task(_chaos_ws_editor(ready["ws"], token, info, editors[1], cycle, window))]
+                with contextlib_suppress(TimeoutError):
+                    await asyncio.wait_for(editors[0].first_ack.wait(), 30)  # type: ignore[union-attr]
+                await asyncio.sleep(alive)
+                servers.kill()  # SIGKILL at a random moment, ops in flight
+                await asyncio.wait([e.reader for e in editors if e.reader is not None], timeout=30)
+                for task in tasks:  # a writer may wait for room an answer would have made
+                    task.cancel()
+                await asyncio.wait(tasks, timeout=30)
+
+            marks = [len(e.acked) for e in editors]
+            asyncio.run(storm())
+            tally["kills"] += 1
+            for editor, mark in zip(editors, marks, strict=True):
+                new = editor.acked[mark:]
+                for op_id, seq in new:
+                    if seq in acked and acked[seq] != op_id:
+                        tally["disorder"].append(f"seq {seq} acknowledged for {acked[seq]} and {op_id}")
+                    acked[seq] = op_id
+                order = [editor.sent.index(op_id) for op_id, _ in new]
+                seqs = [seq for _, seq in new]
+                if order != sorted(order) or seqs != sorted(seqs) or len(set(seqs)) != len(seqs):
+                    tally["disorder"].append(f"cycle {cycle}: {editor.name}'s answers out of order")
+            tally["rejected"] += [r for e in editors for r in e.rejected]
+            for editor in editors:
+                editor.rejected.clear()
+            strokes = {op_id for e in editors for op_id in e.strokes} | {"base"}
+            problems, base = check_files(session_dir, acked, strokes)
+            tally["lost"] += [f"cycle {cycle}: {p}" for p in problems]
+            tally["snapshots"].add(base)
+            if torn_every and cycle % torn_every == torn_every - 1:
+                _inject_torn_tail(session_dir / "ops.log", rng)
+                tally["torn"] += 1
+            if flip_every and cycle % flip_every == flip_every - 1 and _flip_snapshot_bit(session_dir, rng):
+                tally["flipped"] += 1
+            t0 = time.perf_counter()
+            ready = servers.start(argv)
+            tally["restart_s"].append(time.perf_counter() - t0)
+            snapshot, applied, took = asyncio.run(_chaos_resume(ready["grpc"], token, info, verified))
+            tally["resume_s"].append(took)
+            seq = snapshot.session.seq
+            if snapshot.HasField("document"):  # the resume point was compacted away: check the document
+                tally["full_document_resumes"] += 1
+                live = {op.id for op in snapshot.document.ops}
+                tally["lost"] += [f"cycle {cycle}: {op_id} is not in the document" for e in editors
+                                  for op_id in e.alive_strokes if op_id not in live]
+            else:
+                got = {a.seq: a.op.id for a in applied}
+                if sorted(got) != list(range(verified + 1, seq + 1)):
+                    tally["lost"].append(f"cycle {cycle}: resuming from {verified} gave seqs {sorted(got)[:5]}... "
+                                         f"up to {seq}")
+                for s, op_id in acked.items():
+                    if s > verified and got.get(s) != op_id:
+                        tally["lost"].append(f"cycle {cycle}: acknowledged {op_id} (seq {s}) came back as "
+                                             f"{got.get(s)!r}")
+            if acked and seq < max(acked):
+                tally["lost"].append(f"cycle {cycle}: the server is at seq {seq}, {max(acked)} was acknowledged")
+            verified = seq
+            tally["max_seq"] = seq
+            if log is not None:
+                log(f"cycle {cycle}: seq {seq}, {sum(len(e.acked) for e in editors)} acked so far")
+        tally["acked"] = len(acked)
+        tally["session_id"] = info.session_id
+        final, _, _ = asyncio.run(_chaos_resume(ready["grpc"], token, info, 0))
+        tally["final_live"] = [op.id for op in final.document.ops]
+        tally["alive_strokes"] = sorted(op_id for e in editors for op_id in e.alive_strokes)
+    finally:
+        servers.close()
+    tally["snapshots"] = len(tally["snapshots"] - {0})
+    tally["server_stderr"] = servers.stderr[-50:]
+    return tally
+
+
+async def _create_session(target: str, bundle: str, token: str | None = None) -> Any:
+    import grpc
+    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = sessions_pb2_grpc.SessionsStub(channel)
+        return await stub.CreateSession(sessions_pb2.CreateSessionRequest(bundle=bundle), metadata=metadata)
+
+
+async def _seed_base(target: str, token: str, info: Any, acked: dict[int, str]) -> None:
+    """The shared "base" stroke every editor toggles."""
+    import grpc
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, sessions_pb2, sessions_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(target) as channel:
+        outbox: asyncio.Queue = asyncio.Queue()
+        call = sessions_pb2_grpc.SessionsStub(channel).Connect(_queued(outbox), metadata=metadata)
+        outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+            session_id=info.session_id, join_token=info.join_token)))
+        op = _stroke("base", 0, random.Random(0), 64, 48)
+        outbox.put_nowait(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+        async for event in call:
+            if event.WhichOneof("kind") == "accepted":
+                acked[event.accepted.seq] = event.accepted.op_id
+                break
+        outbox.put_nowait(None)
+        call.cancel()

@@ -1,4 +1,9 @@
-"""Storage chaos against the real `vatlas serve` process: a full disk and a damaged op log lose no acknowledged op.
+"""Storage chaos against the real `vatlas serve` process: SIGKILL at random moments, a full disk, torn tails and
+damaged files lose no acknowledged op.
+
+The SIGKILL storm (`vatlas.server.bench_serve.run_chaos`, also `vatlas bench serve --chaos KILLS`) kills a
+server over a hundred times while a gRPC and a WebSocket participant stream ops, injects torn tails and
+flipped snapshot bits between kills, and after each restart resumes from the last verified seq.
 
 The full disk is a small tmpfs when this process may mount one (root with CAP_SYS_ADMIN); the same scenario
 also runs with the server's file size limit squeezed (RLIMIT_FSIZE via prlimit, so write() fails with EFBIG
@@ -21,7 +26,8 @@ import pytest
 from conftest import TINY_BUNDLE
 from PIL import Image
 from serve_helpers import AioStubs, GrpcSession, stroke_op
-from vatlas.server.session.oplog import DAMAGED_SUFFIX, read_records
+from vatlas.server.bench_serve import run_chaos
+from vatlas.server.session.oplog import DAMAGED_SUFFIX, read_records, read_snapshot
 from vatlas.v1 import render_pb2, sessions_pb2
 
 ROOM = 8 * 1024  # what is left on the "disk" when the big op arrives
@@ -188,3 +194,136 @@ def test_damaged_log_is_resynced_quarantined_and_reported(server_process_factory
     assert clean == log_path.stat().st_size and len(records) == 400 - len(lost)
     report = "".join(server.stderr_lines)
     assert "DAMAGED OP LOG" in report and str(quarantined[0].name) in report, report[-2000:]
+
+
+KILLS = 105
+
+
+def test_sigkill_storm_loses_no_acknowledged_op(tiny_models_dir: Path, tmp_path: Path, server_process_factory) -> None:
+    """Over a hundred SIGKILLs at random moments, torn tails and damaged snapshots between them, snapshots and
+    compactions under way: every acknowledged op comes back with its seq, in order, after every restart."""
+    result = run_chaos(tiny_models_dir, TINY_BUNDLE, tmp_path / "data", KILLS, seed=17)
+    print({k: v for k, v in result.items() if k not in ("restart_s", "resume_s", "server_stderr", "final_live",
+                                                        "alive_strokes")})
+    assert result["kills"] == KILLS and result["acked"] > 5 * KILLS
+    assert not result["lost"], result["lost"][:10]
+    assert not result["disorder"], result["disorder"][:10]
+    assert not result["rejected"], result["rejected"][:10]
+    # the damage was there to repair, and the log was compacted many times under the kills
+    assert result["torn"] >= KILLS // 7 and result["flipped"] >= 3 and result["snapshots"] >= 20
+    assert result["full_document_resumes"] <= KILLS // 10  # nearly every restart was checked op by op
+    # a fresh `vatlas serve` process (not a forked one) replays the same session
+    server = server_process_factory(token="chaos-token", data_dir=tmp_path / "data")
+    snap = asyncio.run(_snapshot(server, result["session_id"], _join_token(tmp_path / "data", result["session_id"])))
+    assert snap.session.seq == result["max_seq"]
+    assert [op.id for op in snap.document.ops] == result["final_live"]
+    assert set(result["alive_strokes"]) <= set(result["final_live"])
+    session_dir = tmp_path / "data" / "sessions" / result["session_id"]
+    assert list(session_dir.glob(f"snapshot{DAMAGED_SUFFIX}*")), "the flipped snapshots were not quarantined"
+    records, clean = read_records(session_dir / "ops.log")
+    assert clean == (session_dir / "ops.log").stat().st_size  # torn tails were cut
+    assert len(records) < result["acked"] // 5  # compacted: the log reaches back only to the fallback snapshot
+
+
+def _join_token(data: Path, session_id: str) -> str:
+    import json
+
+    return json.loads((data / "sessions" / session_id / "meta.json").read_text())["join_token"]
+
+
+async def _edit(server, n: int, prefix: str, info: sessions_pb2.SessionInfo | None = None) -> sessions_pb2.SessionInfo:
+    stubs = AioStubs(server.grpc_target, server.token)
+    try:
+        if info is None:
+            info = await stubs.sessions.CreateSession(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE),
+                                                      metadata=stubs.metadata)
+        s = GrpcSession(stubs)
+        s.send(join=sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token))
+        await s.event("snapshot")
+        for i in range(n):
+            s.send_op(stroke_op(f"{prefix}{i}", i % 8, x=float(i % 30)))
+        await s.event("accepted", where=lambda a: a.op_id == f"{prefix}{n - 1}", timeout=120)
+        await s.close()
+        return info
+    finally:
+        await stubs.close()
+
+
+def test_a_damaged_snapshot_falls_back_and_loses_nothing(server_process_factory, tmp_path: Path) -> None:
+    """A flipped bit in the newest snapshot: the fallback snapshot and the log rebuild the session exactly."""
+    server = server_process_factory(data_dir=tmp_path / "data", extra_args=("--limit", "compact_every=30"))
+    info = asyncio.run(_edit(server, 100, "s"))
+    server.kill()
+    session_dir = server.data_dir / "sessions" / info.session_id
+    assert read_snapshot(session_dir).state["seq"] >= 60 and (session_dir / "snapshot.prev").exists()
+    data = bytearray((session_dir / "snapshot").read_bytes())
+    data[len(data) // 2] ^= 0x04
+    (session_dir / "snapshot").write_bytes(bytes(data))
+    server.restart()
+    snap = asyncio.run(_snapshot(server, info.session_id, info.join_token))
+    assert snap.session.seq == 100 and [op.id for op in snap.document.ops] == [f"s{i}" for i in range(100)]
+    quarantined = list(session_dir.glob(f"snapshot{DAMAGED_SUFFIX}*"))
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == bytes(data)
+    report = "".join(server.stderr_lines)
+    assert "DAMAGED SNAPSHOT" in report and "damaged and repaired" not in report.split("DAMAGED SNAPSHOT")[0]
+    # and the session goes on: the next snapshot is written over the repaired state
+    asyncio.run(_edit(server, 40, "t", info))
+    server.kill()
+    server.restart()
+    snap = asyncio.run(_snapshot(server, info.session_id, info.join_token))
+    assert snap.session.seq == 140 and len(snap.document.ops) == 140
+
+
+def test_a_full_disk_while_snapshotting_loses_nothing(server_process_factory, tmp_path: Path) -> None:
+    """The snapshot cannot be written (the file size limit lets log records in, not the whole document): the
+    session goes on logging, a restart has every acknowledged op, and once there is room again the next
+    snapshot is written."""
+    server = server_process_factory(data_dir=tmp_path / "data", extra_args=("--limit", "compact_every=20"))
+    pid = server.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    info = asyncio.run(_edit_textures(server, None, 10))  # seq 1-10: 75 KB of images every snapshot holds
+    asyncio.run(_edit(server, 30, "a", info))  # seq 11-40: snapshots at 20 and 40, the log cut back to 21-40
+    session_dir = server.data_dir / "sessions" / info.session_id
+    log_path = session_dir / "ops.log"
+    _wait_for(lambda: (read_snapshot(session_dir).state or {}).get("seq") == 40 and len(read_records(log_path)[0]) == 20)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (log_path.stat().st_size + 16 * 1024, hard))
+    asyncio.run(_edit(server, 25, "b", info))  # seq 41-65: the snapshot due at 60 does not fit
+    _wait_for(lambda: "cannot snapshot the op log" in "".join(server.stderr_lines))
+    assert read_snapshot(session_dir).state["seq"] == 40
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+    asyncio.run(_edit(server, 10, "c", info))  # seq 66-75: tried again, and written
+    _wait_for(lambda: read_snapshot(session_dir).state["seq"] >= 65)
+    server.kill()
+    server.restart()
+    snap = asyncio.run(_snapshot(server, info.session_id, info.join_token))
+    expected = ([f"t{i}" for i in range(10)] + [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(25)]
+                + [f"c{i}" for i in range(10)])
+    assert snap.session.seq == len(expected) and [op.id for op in snap.document.ops] == expected
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+async def _edit_textures(server, info: sessions_pb2.SessionInfo | None, n: int) -> sessions_pb2.SessionInfo:
+    """A session (new unless given) and n texture ops of 7.5 KB of noise each."""
+    stubs = AioStubs(server.grpc_target, server.token)
+    try:
+        if info is None:
+            info = await stubs.sessions.CreateSession(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE),
+                                                      metadata=stubs.metadata)
+        s = GrpcSession(stubs)
+        s.send(join=sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token))
+        await s.event("snapshot")
+        for i in range(n):
+            s.send_op(texture_op(f"t{i}", noise_png(100 + i, side=50)))
+            await s.event("accepted", where=lambda a, i=i: a.op_id == f"t{i}", timeout=60)
+        await s.close()
+        return info
+    finally:
+        await stubs.close()
