@@ -110,3 +110,23 @@ def test_a_learned_mask_that_lost_the_surface_does_not_matter(scene: SynthScene)
     alone, _ = evidence_visibility(scene.frames[[0, t]], one["uv"], one["coverage"], one["light_ratio"], 0,
                                    scene.atlas_span_px, flows=None)
     assert metrics.iou(alone[1], scene.gt_visibility[t]) >= 0.9
+
+
+def test_an_occluder_the_relighting_explains_is_still_hidden_by_its_motion(scene: SynthScene) -> None:
+    """A fitted L can absorb a dark occluder (a car on asphalt): its colours then agree, its motion does not."""
+    x = inputs(scene)
+    t_, h, w = scene.gt_visibility.shape
+    span = scene.atlas_span_px
+    ratio = x["light_ratio"].copy()
+    footprint = np.stack([roi_coverage(scene.gt_uv[t:t + 1], scene.roi, span, w, h)[0]
+                          for t in range(FRAMES)]) >= 0.5
+    occluded = footprint & (scene.gt_visibility < 0.5)
+    for t in range(1, FRAMES):
+        warped = sample_reference(scene.frames[0].astype(np.float32) / 255.0, x["uv"][t], span, w, h)
+        explained = scene.frames[t].astype(np.float32) / 255.0 / np.maximum(warped, 1e-3)
+        ratio[t][occluded[t]] = explained[occluded[t]]
+    vis, _ = evidence_visibility(scene.frames, x["uv"], x["coverage"], ratio, 0, span, flows=x["flows"],
+                                 reference_cover=reference_coverage(scene.roi, w, h))
+    inner = np.stack([cv2.erode(o.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for o in occluded])
+    assert inner.sum() > 500
+    assert (vis[inner] >= 0.5).mean() <= 0.2
