@@ -378,6 +378,19 @@ class SynthScene:
 # Scene construction
 
 
+def _camera_pose(centre: np.ndarray, pan: np.ndarray, zoom: float, angle: float, tilt: np.ndarray) -> np.ndarray:
+    """Frame -> world homography: perspective tilt, then zoom and rotation about the centre, then the pan."""
+    rotation_scale = np.array(
+        [
+            [zoom * np.cos(angle), -zoom * np.sin(angle), 0.0],
+            [zoom * np.sin(angle), zoom * np.cos(angle), 0.0],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+    perspective = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [tilt[0], tilt[1], 1.0]])
+    return _translate(*(centre + pan)) @ rotation_scale @ perspective @ _translate(*(-centre))
+
+
 def _camera_path(rng: np.random.Generator, frames: int, width: int, height: int) -> np.ndarray:
     """(T, 3, 3) smooth frame -> world homographies (world = frame 0's view up to the path's own start)."""
     tau = np.linspace(0.0, 1.0, frames)
@@ -398,16 +411,7 @@ def _camera_path(rng: np.random.Generator, frames: int, width: int, height: int)
         pan = pan_fraction * s * np.array([np.cos(direction) * width, np.sin(direction) * height]) + wobble
         zoom = np.exp(zoom_rate * s + 0.03 * np.sin(2 * np.pi * wobble_freq[0] * s))
         angle = spin * s
-        rotation_scale = np.array(
-            [
-                [zoom * np.cos(angle), -zoom * np.sin(angle), 0.0],
-                [zoom * np.sin(angle), zoom * np.cos(angle), 0.0],
-                [0.0, 0.0, 1.0],
-            ]
-        )
-        tilt = tilt0 + (tilt1 - tilt0) * s
-        perspective = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [tilt[0], tilt[1], 1.0]])
-        out[k] = _translate(*(centre + pan)) @ rotation_scale @ perspective @ _translate(*(-centre))
+        out[k] = _camera_pose(centre, pan, zoom, angle, tilt0 + (tilt1 - tilt0) * s)
     return out
 
 
@@ -565,16 +569,7 @@ def _hard_camera_path(
         # zoom_end ** s and a linear angle stay inside [1, zoom_end] and [0, rotation_end] for every frame.
         zoom = zoom_end**s
         angle = np.deg2rad(rotation_end) * s
-        rotation_scale = np.array(
-            [
-                [zoom * np.cos(angle), -zoom * np.sin(angle), 0.0],
-                [zoom * np.sin(angle), zoom * np.cos(angle), 0.0],
-                [0.0, 0.0, 1.0],
-            ]
-        )
-        tilt = tilt0 + (tilt1 - tilt0) * s
-        perspective = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [tilt[0], tilt[1], 1.0]])
-        out[k] = _translate(*(centre + pan)) @ rotation_scale @ perspective @ _translate(*(-centre))
+        out[k] = _camera_pose(centre, pan, zoom, angle, tilt0 + (tilt1 - tilt0) * s)
     info = {"pan_fraction": pan_fraction, "pan_direction": direction, "zoom_end": zoom_end,
             "rotation_deg": rotation_end}
     return out, info
