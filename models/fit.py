@@ -185,7 +185,8 @@ class Fitter:
     def _prepare_tensors(self) -> None:
         dev, corr = self.device, self.corr
         assert corr is not None
-        self.frames = torch.from_numpy(self.data.frames_np).to(dev).float().div_(255.0)
+        # uint8 on the device (a quarter of float32: 1,000 frames at 768x432 hold 1 GB, not 4); batches convert
+        self.frames = torch.from_numpy(self.data.frames_np).to(dev)
         self.ref_flow = torch.from_numpy(corr.ref_flow).to(dev)
         self.ref_valid = torch.from_numpy(corr.ref_valid).to(dev)
         self.init_mask = torch.from_numpy(corr.init_mask).to(dev)
@@ -212,7 +213,7 @@ class Fitter:
         t = self._rand(n, self.num_frames)
         y = self._rand(n, self.height)
         x = self._rand(n, self.width)
-        batch = {"t": t, "x": x.float() + 0.5, "y": y.float() + 0.5, "rgb": self.frames[t, y, x]}
+        batch = {"t": t, "x": x.float() + 0.5, "y": y.float() + 0.5, "rgb": self.frames[t, y, x].float() / 255.0}
         flow = self.ref_flow[t, y, x]
         batch["ref_x"], batch["ref_y"] = batch["x"] + flow[:, 0], batch["y"] + flow[:, 1]
         batch["ref_valid"] = self.ref_valid[t, y, x].float()
@@ -502,7 +503,7 @@ class Fitter:
         xyt = self._reference_roi_xyt()
         uv = self.model.mapping(xyt)
         shown = self.model.illumination(uv, xyt[:, 2:3]) * self.model.atlas(uv)
-        rgb = self.frames[self.data.ref_frame, self.roi_pixels[:, 1], self.roi_pixels[:, 0]]
+        rgb = self.frames[self.data.ref_frame, self.roi_pixels[:, 1], self.roi_pixels[:, 0]].float() / 255.0
         return shown, rgb
 
     @torch.no_grad()
