@@ -44,8 +44,8 @@ class VisibilitySettings:
     pixel_tau: float = 0.04  # per-pixel residual that decides the boundary band
     motion_px: float = 1.0  # atlas disagreement along the flow (px) that marks occlusion...
     motion_support: float = 0.4  # ...where the colour residual is at least this fraction of tau
-    motion_strong_px: float = 5.0  # atlas disagreement that marks occlusion whatever the colours say (3 px cost
-    # 0.4 % IoU on hard synthetic scenes through flow errors; a passing car moves far more)
+    motion_strong_px: float = 8.0  # atlas disagreement that marks occlusion whatever the colours say (3 and 5 px cost
+    # 0.4 and 0.3 % IoU on hard synthetic scenes through flow errors, 8 px nothing; a passing car moves more)
     gain_sigma: float = 8.0  # px: the smooth local gain that absorbs illumination the fitted L missed
     matting_radius: int = 2
     matting_eps: float = 1e-3
