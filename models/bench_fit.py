@@ -83,7 +83,7 @@ def composite_psnr(bundle: Any) -> float:
     for t in range(bundle.num_frames):
         if not cov[t].any():
             continue
-        out = reference_composite(bundle, t, mode="reconstruct")
+        out = reference_composite(bundle, t, mode="reconstruction")
         diff = out[cov[t]] - bundle.frames[t][cov[t]].astype(np.float64)
         sq += float((diff ** 2).sum())
         count += diff.size

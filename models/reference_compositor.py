@@ -49,8 +49,6 @@ def upsample_bilinear(field: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 MODES = ("layers", "reconstruction")
-# The older name of "reconstruction", still used by models/bench_fit.py.
-ALIASES = {"reconstruct": "reconstruction"}
 
 
 def edited_atlas(bundle: Bundle, edit_rgba_atlas: np.ndarray | None) -> np.ndarray:
@@ -89,7 +87,6 @@ def reference_composite(bundle: Bundle, frame: int, edit_rgba_atlas: np.ndarray 
     mode "reconstruction": out = c + m * (l * X(uv) * 255 - c), X = `atlas_edit` (S, S, 3) if given, else E over A.
     Then, with K: out = out + m * (K(uv) [out / 255; 1] * 255 - out).
     """
-    mode = ALIASES.get(mode, mode)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
     if layer is None and edit_rgba_atlas is not None:
