@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from vatlas.models.bundle import decode_uv
 from vatlas.server.edits.adjust import adjustment_affine, is_identity
 from vatlas.server.edits.ops import OpError, OpLimits, decode_image
 from vatlas.server.edits.raster import (
@@ -36,17 +37,22 @@ from vatlas.server.edits.raster import (
     Box,
     Rect,
     Segments,
+    TexelLookups,
     brush_coverage,
     brush_reach,
+    cell_points,
     clip_polygon,
     clip_polyline,
     densify_pieces,
     distance_work,
+    fit_premultiplied,
     intersect,
     polygon_coverage,
     polygon_reach,
     polygon_work,
     premultiply,
+    quadrature_load,
+    refine_inverse,
     rotation_matrix,
     sample_image,
     scale_from_probes,
@@ -67,6 +73,26 @@ ADJUST_CHANNELS = 12  # K as 3 rows of (r, g, b, offset)
 # Frames whose inverse map and light stay on the device for frame-space ops (ops name their frame and look
 # it up when drawn, so no op keeps a frame-sized copy of its own).
 FRAME_FIELDS_CACHE = 8
+# Fitting a frame-space paste (raster.fit_texels), on atlases of at most FIT_MAX_TEXEL_PX frame pixels per texel
+# (coarser texels cannot follow an opaque edge: the fit rings inside it, and plain sampling is kept):
+# * FIT_ITERS preconditioned CG steps (converged after about 4);
+# * FIT_CENTRE_WEIGHT, how much frame N's pixel centres weigh against the paste as a continuous surface (1: a
+#   centre counts as much as a pixel's area of the surface); full below EXACT_TEXEL_PX per texel, falling with
+#   the texel's area above (coarser texels cannot honour neighbouring centres exactly, and weighing them then
+#   only sharpens the paste on the other frames);
+# * the surface's edge ramps over 1 frame pixel (what a warp of the pasted frame shows), widened to
+#   EDGE_RAMP_TEXELS texels where texels are coarser (a sharper ramp than the texels can hold rings);
+# * FIT_SAMPLES_PER_PX quadrature samples per frame pixel and axis (2..4 per cell between texel centres);
+# * pixel centres up to FIT_REACH_PX outside the rectangle are fitted too (to transparent).
+FIT_MAX_TEXEL_PX = 0.75
+FIT_ITERS = 6
+FIT_CENTRE_WEIGHT = 0.5
+EXACT_TEXEL_PX = 0.5
+EDGE_RAMP_TEXELS = 2.0
+FIT_SAMPLES_PER_PX = 4.0
+FIT_MIN_SAMPLES, FIT_MAX_SAMPLES = 2, 4
+FIT_BLOCK_SAMPLES = 1 << 20  # quadrature samples evaluated at a time (bounds the temporaries)
+FIT_REACH_PX = 1.0
 
 
 @dataclass
@@ -236,7 +262,8 @@ class AtlasLayers:
             frame_px = self.geom.texel_px / scale_from_probes(probes)
             # A texel whose frame point is unknown samples nothing of the image, so any light will do there.
             aop = AtlasOp("paint", rect, op, extra={"frame": frame, "light_fallback": torch.ones(3, device=self.device),
-                                                    "footprint": (frame_px * w / rw, frame_px * h / rh)})
+                                                    "footprint": (frame_px * w / rw, frame_px * h / rh),
+                                                    "texel_frame_px": frame_px})
         aop.extra["size"] = (w, h)
         self._store_image(aop, rgba)
         return aop
@@ -338,7 +365,10 @@ class AtlasLayers:
 
     def _frame_points(self, aop: AtlasOp, sub: Rect) -> torch.Tensor:
         """B: the op's frame points of the texel centres of sub (h, w, 2); NaN where unknown."""
-        uv = self.geom.texel_uv(sub, self.device)
+        return self._inverse_at(aop, self.geom.texel_uv(sub, self.device))
+
+    def _inverse_at(self, aop: AtlasOp, uv: torch.Tensor) -> torch.Tensor:
+        """B on the op's frame at uv points (h, w, 2) -> frame points (h, w, 2); NaN where unknown."""
         inverse = self._frame_fields(aop.extra["frame"])["inverse"]
         frame_xy = F.grid_sample(inverse, uv.unsqueeze(0), mode="bilinear", padding_mode="border",
                                  align_corners=False)[0]
@@ -381,12 +411,115 @@ class AtlasLayers:
             target[..., 3:].add_(alpha)
             return
         assert aop.image is not None
-        coords, frame_xy = self._image_coords(aop, sub)
-        src = sample_image(premultiply(aop.image), coords, aop.extra["footprint"], aop.extra["size"],
-                           aop.extra["window"]) * opacity
-        if frame_xy is not None:
+        if "frame" in aop.extra:
+            src, frame_xy = self._frame_texture(aop, sub)
+            src = src * opacity
             src[..., :3] /= self._light_of_texels(aop, frame_xy)
+        else:
+            coords, _ = self._image_coords(aop, sub)
+            src = sample_image(premultiply(aop.image), coords, aop.extra["footprint"], aop.extra["size"],
+                               aop.extra["window"]) * opacity
         target.mul_(1.0 - src[..., 3:4]).add_(src)
+
+    # ---- frame-space textures: fitted so that frame N shows them as pasted ----------------------------------
+    def _frame_texture(self, aop: AtlasOp, sub: Rect) -> tuple[torch.Tensor, torch.Tensor]:
+        """A frame-space texture's premultiplied texels over sub (frame N's colours, before the light is
+        divided out) and their frame points (h, w, 2).
+
+        Fitted over the op's whole rectangle, then cropped, so a partial rebuild gets the very same texels.
+        """
+        assert aop.rect is not None and aop.image is not None
+        rect = aop.rect
+        r0, r1, c0, c1 = rect
+        image = premultiply(aop.image)
+        fields = self._paste_fields(aop)
+        uv = self.geom.texel_uv(rect, self.device)
+        frame_xy = self._inverse_at(aop, uv)
+        if fields is not None:
+            frame_xy = refine_inverse(frame_xy, uv, fields["uv"], fields["origin"])
+        texels = sample_image(image, self._paste_coords(aop, frame_xy), aop.extra["footprint"], aop.extra["size"],
+                              aop.extra["window"])
+        if fields is not None and FIT_ITERS > 0 and float(aop.extra["texel_frame_px"]) <= FIT_MAX_TEXEL_PX:
+            texels = self._fit_texture(aop, image, texels, frame_xy, fields)
+        s0, s1, t0, t1 = sub
+        crop = (slice(s0 - r0, s1 - r0), slice(t0 - c0, t1 - c0))
+        return texels[crop], frame_xy[crop]
+
+    def _paste_coords(self, aop: AtlasOp, frame_xy: torch.Tensor) -> torch.Tensor:
+        """Frame-N points (..., 2) -> the pasted image's [0, 1] coords; unknown points fall outside it."""
+        x, y, rw, rh = aop.op["rect"]
+        coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
+        return torch.nan_to_num(coords, nan=-10.0)
+
+    def _paste_fields(self, aop: AtlasOp) -> dict[str, Any] | None:
+        """Frame N's fields around the pasted rectangle, for fitting its texels: the pixels the fit constrains
+        (centres within FIT_REACH_PX + 0.5 of the rectangle), their uv and visibility, and a wider uv crop that
+        also holds the frame points of the op's texels. None when no pixel of the frame is near the rectangle."""
+        b = self.geom.bundle
+        frame = int(aop.extra["frame"])
+        x, y, rw, rh = (float(v) for v in aop.op["rect"])
+        reach = FIT_REACH_PX + 0.5
+        px0, py0 = max(math.ceil(x - reach - 0.5), 0), max(math.ceil(y - reach - 0.5), 0)
+        px1, py1 = min(math.floor(x + rw + reach - 0.5) + 1, b.width), min(math.floor(y + rh + reach - 0.5) + 1, b.height)
+        if px1 <= px0 or py1 <= py0:
+            return None
+        # The texels reach about 1 atlas pixel and 1.5 texels past the rectangle (rect_around): a few frame pixels.
+        margin = 4 + math.ceil(2.0 * float(aop.extra["texel_frame_px"]))
+        cx0, cy0 = max(px0 - margin, 0), max(py0 - margin, 0)
+        cx1, cy1 = min(px1 + margin, b.width), min(py1 + margin, b.height)
+        uv = torch.from_numpy(decode_uv(np.asarray(b.uv[frame, cy0:cy1, cx0:cx1]))).to(self.device)
+        mask = torch.from_numpy(np.asarray(b.mask[frame, py0:py1, px0:px1], dtype=np.float32) / 255.0)
+        return {"uv": uv.permute(2, 0, 1).contiguous(), "origin": (cx0, cy0), "pixels": (px0, py0, px1, py1),
+                "pixel_uv": uv[py0 - cy0:py1 - cy0, px0 - cx0:px1 - cx0], "mask": mask.to(self.device)}
+
+    def _fit_texture(self, aop: AtlasOp, image: torch.Tensor, start: torch.Tensor, texel_xy: torch.Tensor,
+                     fields: dict[str, Any]) -> torch.Tensor:
+        """raster.fit_texels for a frame-space texture: frame N's visible pixel centres read back the image as
+        pasted there, and between them the texels follow the image as a continuous surface (bilinear in its
+        pixels, its edge a ramp of 1 px or EDGE_RAMP_TEXELS texels: about what a warp of the pasted frame
+        shows on the other frames)."""
+        assert aop.rect is not None
+        r0, r1, c0, c1 = aop.rect
+        h, w = r1 - r0, c1 - c0
+        s = self.geom.size
+        x, y, rw, rh = (float(v) for v in aop.op["rect"])
+        iw, ih = aop.extra["size"]
+        texel_px = float(aop.extra["texel_frame_px"])
+        pixel = (iw / rw, ih / rh)  # one frame pixel, in image pixels: the 1 px edge ramp of the pasted frame
+        ramp = max(1.0, EDGE_RAMP_TEXELS * texel_px)
+        corner = start.new_tensor([c0, r0])
+
+        def image_at(frame_xy: torch.Tensor, footprint: tuple[float, float] = pixel) -> torch.Tensor:
+            return sample_image(image, self._paste_coords(aop, frame_xy), footprint, aop.extra["size"],
+                                aop.extra["window"])
+
+        # Frame N's pixel centres, read through the compositor's own uv.
+        px0, py0, px1, py1 = fields["pixels"]
+        ys = torch.arange(py0, py1, device=self.device, dtype=torch.float32) + 0.5
+        xs = torch.arange(px0, px1, device=self.device, dtype=torch.float32) + 0.5
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([gx, gy], dim=-1)
+        lookups = TexelLookups.at(((fields["pixel_uv"] + 1.0) / 2.0 * s - 0.5 - corner).reshape(-1, 2), (h, w))
+        # Hidden pixels show nothing of the paste on frame N: only the visible ones constrain it there.
+        weights = FIT_CENTRE_WEIGHT * min(1.0, (EXACT_TEXEL_PX / texel_px) ** 2) * fields["mask"]
+        targets = image_at(centres).reshape(-1, 4)
+
+        # The continuous term: the midpoint rule over the cells between texel centres, at frame points
+        # interpolated from the texels' (refined) ones.
+        n = int(min(FIT_MAX_SAMPLES, max(FIT_MIN_SAMPLES, math.ceil(FIT_SAMPLES_PER_PX * texel_px))))
+        rows = max(1, FIT_BLOCK_SAMPLES // ((w + 1) * n * n) - 1)
+        load = start.new_zeros(start.shape)
+        for top in range(0, h, rows):
+            bottom = min(top + rows, h)
+            frame_xy = cell_points(texel_xy, (top * n, (bottom + 1) * n), n)
+            load[top:bottom] = quadrature_load(image_at(frame_xy, (pixel[0] * ramp, pixel[1] * ramp)), n)
+        # Only texels within reach of the pixels the fit constrains may change: the rest of the op's rectangle
+        # stays exactly transparent, so pixels away from the paste stay the source's bit for bit.
+        gap = torch.hypot((x - texel_xy[..., 0]).clamp_min(0) + (texel_xy[..., 0] - x - rw).clamp_min(0),
+                          (y - texel_xy[..., 1]).clamp_min(0) + (texel_xy[..., 1] - y - rh).clamp_min(0))
+        free = (gap <= FIT_REACH_PX + texel_px).unsqueeze(-1)  # NaN (unknown B) compares False
+        return fit_premultiplied(torch.where(free, start, 0.0), lookups, weights.reshape(-1), targets, load, n,
+                                 (texel_px / n) ** 2, FIT_ITERS, free)
 
     def _adjust_weight(self, aop: AtlasOp, sub: Rect) -> torch.Tensor:
         """Coverage x opacity of an adjustment over sub (h, w, 1); cached over its whole rect when it fits."""

@@ -478,6 +478,258 @@ def sample_image(image: torch.Tensor, coords01: torch.Tensor, footprint: tuple[f
     return out[0].permute(1, 2, 0) * coverage
 
 
+# ---- fitting a frame-space paste into the atlas -------------------------------------------------------------
+# The compositor reads the atlas bilinearly, so texels that merely sample the pasted image are read back blurred
+# (resampled twice). fit_texels instead solves for the texels whose bilinear read-back best matches the paste:
+# at frame N's pixel centres (so frame N shows it as pasted) and, as a continuous surface, everywhere between
+# them (so the other frames, which read the atlas elsewhere, see the image warped rather than sharpened).
+
+
+@dataclass
+class TexelLookups:
+    """Bilinear reads of an (h, w, C) block of texels at P points, zero outside the block, as explicit taps.
+
+    The weights are grid_sample's (bilinear, align_corners=False) with zero padding, so `gather` is the
+    compositor's read of this block, and `scatter` is its exact transpose.
+    """
+
+    index: torch.Tensor  # (P, 4) flat texel index of each tap (0 for a tap outside the block)
+    weight: torch.Tensor  # (P, 4) its bilinear weight (0 outside the block)
+    size: tuple[int, int]  # (h, w)
+
+    @classmethod
+    def at(cls, points: torch.Tensor, size: tuple[int, int]) -> TexelLookups:
+        """points (P, 2): continuous texel index coords (col, row) within the block; NaN reads nothing."""
+        h, w = size
+        ok = torch.isfinite(points).all(dim=-1)
+        pts = torch.where(ok[:, None], points, torch.full_like(points, -10.0))
+        base = torch.floor(pts)
+        frac = pts - base
+        col, row = base[:, 0].long(), base[:, 1].long()
+        fx, fy = frac[:, 0], frac[:, 1]
+        cols = torch.stack([col, col + 1, col, col + 1], dim=1)
+        rows = torch.stack([row, row, row + 1, row + 1], dim=1)
+        weight = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)
+        inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+        index = torch.where(inside, rows * w + cols, torch.zeros_like(cols))
+        return cls(index=index, weight=torch.where(inside, weight, torch.zeros_like(weight)), size=(h, w))
+
+    def gather(self, texels: torch.Tensor) -> torch.Tensor:
+        """(h, w, C) -> (P, C): the bilinear value at each point."""
+        flat = texels.reshape(-1, texels.shape[-1])
+        return (flat[self.index] * self.weight[..., None]).sum(dim=1)
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """(P, C) -> (h, w, C): the transpose of gather (each point's value spread onto its taps)."""
+        h, w = self.size
+        out = values.new_zeros((h * w, values.shape[-1]))
+        out.index_add_(0, self.index.reshape(-1), (values[:, None, :] * self.weight[..., None]).reshape(-1, values.shape[-1]))
+        return out.reshape(h, w, -1)
+
+
+def quadrature_offsets(n: int) -> np.ndarray:
+    """The n sample offsets in (0, 1) of the continuous term's midpoint rule, per cell between texel centres."""
+    return (np.arange(n) + 0.5) / n
+
+
+def cell_samples(rows: tuple[int, int], w: int, n: int) -> torch.Tensor:
+    """Continuous texel index coords (col, row) of the quadrature samples of fine rows [k0, k1) -> (k1-k0,
+    (w+1) n, 2). The fine grid has n samples per cell between texel centres, from the cell before the first
+    texel to the one after the last: fine row k lies at texel row -1 + (k + 0.5) / n."""
+    k0, k1 = rows
+    ys = torch.arange(k0, k1, dtype=torch.float32).add_(0.5).div_(n).sub_(1.0)
+    xs = torch.arange((w + 1) * n, dtype=torch.float32).add_(0.5).div_(n).sub_(1.0)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
+
+
+def _hat_weights(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The load kernel (2n,) (hat function at the fine samples around a texel) and the mass stencil (3,)
+    (sum over one axis' samples of the products of two neighbouring hats) of the midpoint rule."""
+    o = quadrature_offsets(n)
+    hat = np.concatenate([o, 1.0 - o])  # fine samples of the cell before a texel, then of the cell after it
+    mass = np.array([(o * (1 - o)).sum(), (o * o + (1 - o) * (1 - o)).sum(), (o * (1 - o)).sum()])
+    return torch.tensor(hat, dtype=torch.float32), torch.tensor(mass, dtype=torch.float32)
+
+
+def quadrature_load(fine: torch.Tensor, n: int) -> torch.Tensor:
+    """sum_q hat_j(q) f(q) per texel: fine (rows, (w+1) n, C) of fine rows [r n, (r+R+1) n) -> (R, w, C)."""
+    hat, _ = _hat_weights(n)
+    kernel = torch.outer(hat, hat).to(fine)[None, None]
+    x = fine.permute(2, 0, 1).unsqueeze(1)  # (C, 1, rows, cols)
+    return F.conv2d(x, kernel, stride=n)[:, 0].permute(1, 2, 0)
+
+
+def _apply_mass(x: torch.Tensor, n: int) -> torch.Tensor:
+    """sum_q hat_i(q) hat_j(q) x_j over the fine grid: a separable 3-tap stencil per axis (zero beyond the
+    block), as shifted adds (a 3 x 3 convolution of 4 single-channel planes is far slower on the CPU)."""
+    _, mass = _hat_weights(n)
+    side, middle = float(mass[0]), float(mass[1])
+
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        out = t * middle
+        size = t.shape[dim]
+        if size > 1:
+            out.narrow(dim, 1, size - 1).add_(t.narrow(dim, 0, size - 1), alpha=side)
+            out.narrow(dim, 0, size - 1).add_(t.narrow(dim, 1, size - 1), alpha=side)
+        return out
+
+    return along(along(x, 0), 1)
+
+
+def cell_points(points: torch.Tensor, rows: tuple[int, int], n: int) -> torch.Tensor:
+    """Texel-centre points (h, w, 2) (e.g. their frame points) interpolated to the cell_samples of fine rows
+    [k0, k1) -> (k1-k0, (w+1) n, 2): bilinear between texel centres, extrapolated linearly by half a texel
+    beyond the block's outer ones (the map they sample is smooth at that scale)."""
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        size = t.shape[dim]
+        first, last = t.narrow(dim, 0, 1), t.narrow(dim, size - 1, 1)
+        if size > 1:
+            before = 2 * first - t.narrow(dim, 1, 1)
+            after = 2 * last - t.narrow(dim, size - 2, 1)
+        else:
+            before, after = first, last
+        return torch.cat([before, t, after], dim=dim)
+
+    def along(t: torch.Tensor, dim: int, k0: int, k1: int) -> torch.Tensor:
+        # fine sample k lies at padded index (k + 0.5) / n: between padded entries j and j + 1
+        pos = (torch.arange(k0, k1, dtype=torch.float32, device=t.device) + 0.5) / n
+        j = pos.floor().long()
+        f = (pos - j).to(t.dtype)
+        shape = [1] * t.dim()
+        shape[dim] = -1
+        return t.index_select(dim, j) * (1 - f).view(shape) + t.index_select(dim, j + 1) * f.view(shape)
+
+    h, w = points.shape[:2]
+    k0, k1 = rows
+    padded = pad(pad(points, 0), 1)
+    return along(along(padded, 0, k0, k1), 1, 0, (w + 1) * n)
+
+
+def fit_texels(start: torch.Tensor, lookups: TexelLookups, weights: torch.Tensor, targets: torch.Tensor,
+               load: torch.Tensor, n: int, area: float, iters: int, free: torch.Tensor | None = None) -> torch.Tensor:
+    """Texels (h, w, C) minimising  area * sum_q |bilinear(x)(q) - f(q)|^2 + sum_p w_p |gather_p(x) - t_p|^2.
+
+    q runs over the fine grid of cell_samples (n per cell and axis; `load` = quadrature_load of f there), p
+    over the lookups (weights (P,), targets (P, C)). Conjugate gradients on the normal equations, per channel,
+    from `start`, `iters` steps, changing only the texels where `free` (h, w, C or broadcastable) is set; not
+    clamped. fit_texels_reference is the same problem solved densely.
+    """
+    w = weights[:, None]
+    keep = torch.ones_like(start) if free is None else free.to(start.dtype).expand_as(start)
+
+    def normal(x: torch.Tensor) -> torch.Tensor:
+        return keep * (area * _apply_mass(x, n) + lookups.scatter(w * lookups.gather(x)))
+
+    # Jacobi preconditioner: the normal matrix's diagonal (the centres weigh on a few texels each, very unevenly)
+    _, mass = _hat_weights(n)
+    diag = area * float(mass[1]) ** 2 + TexelLookups(lookups.index, lookups.weight.square(), lookups.size).scatter(w)
+    inv_diag = keep / diag.clamp_min(1e-30)
+    x = start.clone()
+    r = keep * (area * load + lookups.scatter(w * targets)) - normal(x)
+    z = inv_diag * r
+    p = z.clone()
+    rz = (r * z).sum(dim=(0, 1))
+    for _ in range(iters):
+        q = normal(p)
+        step = rz / (p * q).sum(dim=(0, 1)).clamp_min(1e-30)
+        x.add_(step * p)
+        r.sub_(step * q)
+        z = inv_diag * r
+        rz_next = (r * z).sum(dim=(0, 1))
+        p = z + (rz_next / rz.clamp_min(1e-30)) * p
+        rz = rz_next
+    return x
+
+
+def fit_premultiplied(start: torch.Tensor, lookups: TexelLookups, weights: torch.Tensor, targets: torch.Tensor,
+                      load: torch.Tensor, n: int, area: float, iters: int, free: torch.Tensor) -> torch.Tensor:
+    """fit_texels for premultiplied RGBA, kept valid (clamp_premultiplied) by one active-set round: the texels
+    the first solution pushes out of range are clamped and held there, and the others are solved again, so the
+    clamping does not undo the fit around them (e.g. at an opaque image's edge). Texels outside `free` (h, w, 1)
+    keep `start`."""
+    raw = fit_texels(start, lookups, weights, targets, load, n, area, iters, free)
+    valid = clamp_premultiplied(raw)
+    held = free & (valid == raw)
+    return clamp_premultiplied(fit_texels(valid, lookups, weights, targets, load, n, area, iters, held))
+
+
+def fit_texels_reference(points: np.ndarray, weights: np.ndarray, targets: np.ndarray, fine: np.ndarray, n: int,
+                         area: float, size: tuple[int, int]) -> np.ndarray:
+    """fit_texels' problem solved exactly in float64 with dense matrices (for tests on small blocks).
+
+    points (P, 2) texel index coords, weights (P,), targets (P, C); fine ((h+1) n, (w+1) n, C) the
+    continuous target at cell_samples. Returns the minimiser (h, w, C).
+    """
+    h, w = size
+
+    def bilinear_rows(pts: np.ndarray) -> np.ndarray:
+        rows = np.zeros((len(pts), h * w))
+        for i, (x, y) in enumerate(pts):
+            c0, r0 = int(np.floor(x)), int(np.floor(y))
+            fx, fy = x - c0, y - r0
+            for dr, dc, wt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy),
+                               (1, 1, fx * fy)):
+                if 0 <= r0 + dr < h and 0 <= c0 + dc < w:
+                    rows[i, (r0 + dr) * w + c0 + dc] += wt
+        return rows
+
+    quad = bilinear_rows(cell_samples((0, (h + 1) * n), w, n).reshape(-1, 2).double().numpy())
+    look = bilinear_rows(np.asarray(points, np.float64))
+    f = np.asarray(fine, np.float64).reshape(len(quad), -1)
+    lhs = area * quad.T @ quad + look.T @ (np.asarray(weights, np.float64)[:, None] * look)
+    rhs = area * quad.T @ f + look.T @ (np.asarray(weights, np.float64)[:, None] * np.asarray(targets, np.float64))
+    return np.linalg.solve(lhs, rhs).reshape(h, w, -1)
+
+
+def clamp_premultiplied(x: torch.Tensor) -> torch.Tensor:
+    """(..., 4) premultiplied RGBA -> the nearest valid one: alpha in [0, 1], colour in [0, alpha]."""
+    alpha = x[..., 3:].clamp(0.0, 1.0)
+    return torch.cat([torch.minimum(x[..., :3].clamp_min(0.0), alpha), alpha], dim=-1)
+
+
+def refine_inverse(points: torch.Tensor, target_uv: torch.Tensor, uv_field: torch.Tensor,
+                   origin: tuple[int, int], iters: int = 2, max_shift: float = 1.0) -> torch.Tensor:
+    """Frame points (..., 2) of B moved so the frame's own uv field maps them onto target_uv (..., 2).
+
+    The compositor places a texel where the baked uv field (T, read at pixel centres) says, while B (the
+    inverse map, a coarse grid) only approximates T's inverse. Newton steps on T, bilinear in uv_field (2, h, w)
+    (the field's crop whose first pixel is frame pixel `origin`), make the two agree. A point keeps B's position
+    where T does not bring it closer to target_uv within max_shift frame pixels (occluders, unknown B).
+    """
+    _, fh, fw = uv_field.shape
+    field = uv_field.unsqueeze(0)
+    size = points.new_tensor([fw, fh])
+    offset = points.new_tensor(origin, dtype=points.dtype)
+
+    def t_of(p: torch.Tensor) -> torch.Tensor:
+        grid = ((p - offset) / size * 2.0 - 1.0).reshape(1, -1, 1, 2)
+        out = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[0, :, :, 0].T.reshape(p.shape)
+
+    def sq(v: torch.Tensor) -> torch.Tensor:
+        return (v * v).sum(dim=-1, keepdim=True)
+
+    known = torch.isfinite(points).all(dim=-1, keepdim=True)
+    origin_xy = torch.nan_to_num(points, nan=0.0)
+    p = best = origin_xy
+    res = target_uv - t_of(p)
+    err = sq(res)
+    dx, dy = p.new_tensor([0.5, 0.0]), p.new_tensor([0.0, 0.5])
+    for _ in range(iters):
+        jx, jy = t_of(p + dx) - t_of(p - dx), t_of(p + dy) - t_of(p - dy)  # d uv per frame pixel
+        a, b, c, d = jx[..., 0], jy[..., 0], jx[..., 1], jy[..., 1]
+        det = a * d - b * c
+        step = torch.stack([d * res[..., 0] - b * res[..., 1], a * res[..., 1] - c * res[..., 0]], dim=-1)
+        p = p + torch.where(det.abs()[..., None] > 1e-12, step / det[..., None], torch.zeros_like(step))
+        res = target_uv - t_of(p)
+        new_err = sq(res)
+        better = (new_err < err) & (sq(p - origin_xy) <= max_shift * max_shift)
+        best = torch.where(better, p, best)
+        err = torch.where(better, new_err, err)
+    return torch.where(known, best, points)
+
+
 def premultiply(rgba_u8: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
     """(h, w, 4) uint8 straight alpha (host array or tensor) -> (4, h, w) float32 premultiplied in [0, 1]."""
     if isinstance(rgba_u8, torch.Tensor):
