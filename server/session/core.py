@@ -113,7 +113,7 @@ class Session:
         self.applied_seq = 0  # read by the render thread
         self.records: list[dict[str, Any]] = []  # every record after `records_from`, in seq order
         self.records_from = 0  # a participant may resume from any last_seq >= this
-        self.base: dict[str, Any] | None = None  # the snapshot the engine is rebuilt from (None: empty)
+        self.base_seq = 0  # seq of the document state last snapshotted (0: none yet)
         self.snap_seq: int | None = None  # seq of the snapshot file (None: there is none)
         self.prev_seq = 0  # seq of the fallback snapshot (0: none; the log then starts at seq 1)
         self.next_compact = 0  # compaction is tried again from this seq after a failure
@@ -124,10 +124,6 @@ class Session:
         self.oplog: OpLog | None = None
         self.colors_used = 0
         self.last_used = time.monotonic()
-
-    @property
-    def base_seq(self) -> int:
-        return int(self.base["seq"]) if self.base is not None else 0
 
     @property
     def holds_memory(self) -> bool:
@@ -169,6 +165,12 @@ async def _uncancellable(coroutine: Any) -> None:
         if not task.done():
             await asyncio.wait({task})  # finish first; the cancellation still reaches the caller
         raise
+
+
+def restorable(session: Session) -> set[str]:
+    """Objects an undo or redo step may restore (only a "restore" step brings a deleted object back)."""
+    return {step.get("target", "") for h in session.history.values() for step in (*h.undo, *h.redo)
+            if step.get("type") == "restore"}
 
 
 def check_op_ids(raw: dict[str, Any], op_id: str) -> None:
@@ -269,7 +271,9 @@ class ServerCore:
             records_from -= 1
         session.records = [r for r in records if r["seq"] > records_from]
         session.records_from = records_from
-        session.oplog, session.doc, session.base = oplog, doc, state
+        # deleted objects no undo step can restore are not kept (after a restart: none can)
+        doc.compact(restorable(session))
+        session.oplog, session.doc, session.base_seq = oplog, doc, base_seq
         session.snap_seq, session.prev_seq, session.next_compact = snap_seq, prev_seq, 0
         session.seq = session.applied_seq = seq
         damage = replay.damage
@@ -292,7 +296,7 @@ class ServerCore:
         if session.persisted:
             if session.oplog is not None:
                 session.oplog.close()
-            session.oplog, session.doc, session.base, session.records = None, None, None, []
+            session.oplog, session.doc, session.records = None, None, []
 
     async def _ensure_loaded(self, session: Session) -> Document:
         """The session's document, loading a persisted session that was unloaded. Caller holds the lock."""
@@ -384,9 +388,8 @@ class ServerCore:
         bundle = await self.bundles.load(session.bundle_name)
         from vatlas.server.edits.engine import EditEngine
 
-        base_ops = Document.from_state(session.base).engine_ops() if session.base is not None else []
-        base_seq = session.base_seq
-        ops = base_ops + [r["op"] for r in session.records if r["seq"] > base_seq]
+        assert session.doc is not None
+        ops = session.doc.engine_ops()  # the document's objects as they are now: no history replayed
 
         def build() -> Any:
             engine = EditEngine(bundle, device=self.config.device)
@@ -589,10 +592,7 @@ class ServerCore:
             async with session.lock:
                 if session.doc is None or (session.persisted and session.oplog is None):
                     return  # unloaded meanwhile: the next load compacts when it is due
-                # only a "restore" step can bring a deleted object back: the others are kept for it
-                keep = {step.get("target", "") for h in session.history.values() for step in (*h.undo, *h.redo)
-                        if step.get("type") == "restore"}
-                session.doc.compact(keep)
+                session.doc.compact(restorable(session))
                 fallback = session.snap_seq if session.snap_seq is not None else session.prev_seq
                 state = {"seq": session.seq, "fallback_seq": fallback, "time": time.time(), **session.doc.state()}
             if session.persisted:
@@ -600,7 +600,7 @@ class ServerCore:
                 await asyncio.to_thread(self.store.write_snapshot, session.session_id, state)
             async with session.lock:
                 # the files now hold this snapshot, whatever the log rewrite below does
-                session.base, session.snap_seq, session.prev_seq = state, int(state["seq"]), fallback
+                session.base_seq, session.snap_seq, session.prev_seq = int(state["seq"]), int(state["seq"]), fallback
                 kept = [r for r in session.records if r["seq"] > fallback]
                 if session.persisted:
                     if session.oplog is None:
