@@ -438,6 +438,109 @@ def test_scrubbing_asks_for_drafts_then_refines(running_server: Any, tiny_bundle
     assert (data["width"], data["height"]) == (tiny_bundle.width, tiny_bundle.height)  # refined at full size
 
 
+def record_renders(page: Any) -> list[dict[str, Any]]:
+    """Every `render` request the page sends from now on, decoded from its WebSocket frames (msgpack)."""
+    import msgpack
+
+    renders: list[dict[str, Any]] = []
+
+    def on_frame(payload: Any) -> None:
+        if isinstance(payload, (bytes, bytearray)):
+            message = msgpack.unpackb(payload, raw=False)
+            if isinstance(message, dict) and "render" in message:
+                renders.append(message["render"])
+
+    page.on("websocket", lambda ws: ws.on("framesent", on_frame))
+    return renders
+
+
+def test_dragging_the_timeline_renders_small_frames_then_a_full_size_one(
+        running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
+    page = new_page()
+    renders = record_renders(page)
+    open_bundle(page, running_server.http_url)
+    box = page.locator("#scrubber").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 4, y)
+    page.mouse.down()
+    for i in range(1, 13):  # across the track to its end, in small steps (a user's drag)
+        page.mouse.move(box["x"] + 4 + (box["width"] - 8) * i / 12, y, steps=2)
+    during = len(renders)
+    page.mouse.up()
+    last = tiny_bundle.num_frames - 1
+    wait_frame(page, frame=last, min_seq=0)
+    dragged = [r for r in renders[:during] if r.get("frame", 0) > 0]
+    assert dragged, renders
+    assert all(0 < r["scale"] < 1 for r in dragged), dragged  # smaller frames while the timeline moves
+    final = renders[-1]
+    assert final["frame"] == last and final["scale"] == 1 and "region" not in final
+    data = page.evaluate("window.vatlas.frameData()")
+    assert (data["width"], data["height"]) == (tiny_bundle.width, tiny_bundle.height)  # refined at full size
+    assert page.get_attribute("#view-canvas", "data-draft") == "false"
+
+
+def test_renders_follow_the_viewport(running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
+    page = new_page(scale=2.0)
+    renders = record_renders(page)
+    open_bundle(page, running_server.http_url)
+    page.keyboard.press("ArrowRight")
+    wait_frame(page, frame=1, min_seq=0)
+    whole = page.evaluate("window.vatlas.frameData()")
+    assert (whole["width"], whole["height"]) == (tiny_bundle.width, tiny_bundle.height)
+
+    # Zoomed in on the top-left corner, then on to the next frame: only the part on the canvas is rendered,
+    # at full resolution.
+    page.locator("#view-canvas").hover()
+    for _ in range(6):
+        page.keyboard.press("+")
+    canvas = page.locator("#view-canvas").bounding_box()
+    centre = (canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+    corner = page.evaluate("([x, y]) => window.vatlas.clientPoint(x, y)", [2, 2])
+    page.mouse.move(*centre)
+    page.keyboard.down("Alt")  # Alt+drag pans with any tool: frame pixel (2, 2) to the canvas centre
+    page.mouse.down()
+    page.mouse.move(2 * centre[0] - corner[0], 2 * centre[1] - corner[1], steps=4)
+    page.mouse.up()
+    page.keyboard.up("Alt")
+    page.keyboard.press("ArrowLeft")
+    wait_frame(page, frame=0, min_seq=0)
+    final = renders[-1]
+    region = final["region"]
+    assert final["frame"] == 0 and final["scale"] == 1
+    assert region.get("x", 0) == 0 and region.get("y", 0) == 0  # msgpack's mirror form leaves zeros out
+    assert region["width"] < tiny_bundle.width and region["height"] < tiny_bundle.height
+    # The region is what the canvas shows of the frame, to the pixel.
+    view = page.evaluate("window.vatlas.viewport")
+    origin = page.evaluate("window.vatlas.clientPoint(0, 0)")
+    assert region["width"] == int(np.ceil((canvas["x"] + canvas["width"] - origin[0]) / view["zoom"]))
+    assert region["height"] == int(np.ceil((canvas["y"] + canvas["height"] - origin[1]) / view["zoom"]))
+    data = page.evaluate("window.vatlas.frameData()")
+    assert (data["width"], data["height"]) == (region["width"], region["height"])
+    assert data["region"] == [0, 0, region["width"], region["height"]]
+    page.keyboard.press("0")  # fit: the whole frame again, for comparison
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowLeft")
+    wait_frame(page, frame=0, min_seq=0)
+    assert "region" not in renders[-1]
+    full = page.evaluate("window.vatlas.frameData()")
+    whole = np.asarray(full["data"], dtype=np.float64).reshape(full["height"], full["width"], 4)
+    part = np.asarray(data["data"], dtype=np.float64).reshape(data["height"], data["width"], 4)
+    assert np.abs(part - whole[:data["height"], :data["width"]]).mean() < 4.0  # the same pixels (JPEG aside)
+
+    # Zoomed far out on a 2x screen: under one device pixel per frame pixel, so a smaller frame.
+    for _ in range(24):
+        page.keyboard.press("-")
+    view = page.evaluate("window.vatlas.viewport")
+    device = view["zoom"] * view["dpr"]
+    assert device < 1
+    page.keyboard.press("ArrowRight")
+    wait_frame(page, frame=1, min_seq=0)
+    final = renders[-1]
+    assert "region" not in final and device - 1 / 64 - 1e-6 < final["scale"] <= device
+    data = page.evaluate("window.vatlas.frameData()")
+    assert data["width"] == max(1, round(tiny_bundle.width * final["scale"]))
+
+
 def test_edits_made_offline_and_by_others_meanwhile_survive_a_dropped_connection(
         running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
     alice = new_page()

@@ -15,17 +15,20 @@ import { hexToRgb, rounded, simplify } from "./geometry";
 import { adjustmentOp, stickerOp, strokeOp, textureOp } from "./ops";
 import { renderLayers, renderMarks, renderParticipants } from "./panels";
 import { $, byId, el, readNumber } from "./dom";
-import { View, type Preview } from "./view";
+import { View, type Preview, type Rect, type ShownFrame } from "./view";
 
 type Tool = "brush" | "eraser" | "image" | "adjust" | "sticker" | "pan";
 const TOOLS: Tool[] = ["brush", "eraser", "image", "adjust", "sticker", "pan"];
 const TOOL_KEYS: Record<string, Tool> = { b: "brush", e: "eraser", i: "image", a: "adjust", s: "sticker", h: "pan" };
 const PALETTE = ["#ff6b6b", "#4da3ff", "#34c759", "#ffb020", "#bf5af2", "#5ac8fa", "#ff9f0a", "#ff375f"];
-/** Renders while scrubbing/drawing: quick and small; refined once the user pauses. */
-const DRAFT = { scale: 0.5, quality: 60 };
-const FINAL = { scale: 1, quality: 90 };
+/** Renders while scrubbing, drawing, panning or zooming: half the final scale, quick; refined once the user
+ *  pauses. The final scale and region follow the viewport: the frame's visible part, at one rendered pixel per
+ *  device pixel (at most the frame's own resolution). */
+const DRAFT = { factor: 0.5, quality: 60 };
+const FINAL_QUALITY = 90;
 const IDLE_MS = 250;
-const MIN_SCALE = 0.25;
+const MIN_SCALE = 1 / 16; // the server's floor
+const SCALE_STEP = 64; // scales are whole 64ths, rounded down (never more pixels than the canvas shows)
 const MAX_POINTS = 4000;
 
 interface Params {
@@ -345,20 +348,23 @@ export class App {
     const draft = this.interactive();
     const frame = this.frame;
     const atlas = this.atlas;
-    const quality = draft ? DRAFT : { scale: atlas ? 1 : this.finalScale(), quality: FINAL.quality };
+    const view = atlas ? { scale: 1, region: null } : this.viewport();
+    const scale = draft ? snapScale(view.scale * DRAFT.factor) : view.scale;
+    const region = view.region;
     const counter = ++this.renderCounter;
     try {
       const render = {
         session_id: this.session.session_id ?? "",
         frame,
         format: "jpeg",
-        quality: quality.quality,
-        scale: quality.scale,
+        quality: draft ? DRAFT.quality : FINAL_QUALITY,
+        scale,
         atlas,
         request_id: counter,
+        ...(region ? { region: { x: region[0], y: region[1], width: region[2], height: region[3] } } : {}),
       };
       const response = await this.conn.request({ render }, 15_000);
-      if (response.frame) await this.display(response.frame, atlas, draft, quality.scale);
+      if (response.frame) await this.display(response.frame, atlas, draft, scale, region);
     } catch (error) {
       if (this.conn.isOpen) this.toast(`Render failed: ${messageOf(error)}`);
     } finally {
@@ -370,15 +376,41 @@ export class App {
 
   /** Full resolution unless the frame is shown smaller: then only the pixels the screen can show. */
   private finalScale(): number {
-    const onScreen = this.view.zoom * (window.devicePixelRatio || 1);
-    return Math.min(FINAL.scale, Math.max(MIN_SCALE, Math.ceil(onScreen * 8) / 8));
+    return snapScale(this.view.zoom * (window.devicePixelRatio || 1));
+  }
+
+  /** What the canvas shows of the frame: its visible part in full-resolution pixels (null when all of it is
+   *  on the canvas) and the final scale, so a render holds no more pixels than the canvas shows of it. */
+  private viewport(): { scale: number; region: Rect | null } {
+    const scale = this.finalScale();
+    const width = this.bundle?.width ?? 0;
+    const height = this.bundle?.height ?? 0;
+    const visible = this.view.visibleRect(width, height);
+    const whole = !visible || (visible[2] === width && visible[3] === height);
+    return { scale, region: whole ? null : visible };
+  }
+
+  /** Whether the frame on the canvas covers what the viewport shows now, at its resolution. */
+  private shownCoversView(): boolean {
+    const shown = this.view.shown;
+    if (!shown || shown.atlas) return true;
+    const want = this.viewport();
+    if (shown.scale < want.scale) return false;
+    const [x, y, w, h] = shown.region ?? [0, 0, shown.width, shown.height];
+    const [vx, vy, vw, vh] = want.region ?? [0, 0, shown.width, shown.height];
+    return x <= vx && y <= vy && x + w >= vx + vw && y + h >= vy + vh;
   }
 
   private onTransform(): void {
     this.updateZoomLabel();
-    // Zoomed in past what the last render resolved: ask again at the sharper scale.
-    const shown = this.view.shown;
-    if (shown && !shown.atlas && !this.playing && shown.scale < this.finalScale()) this.renderNow();
+    // Zoomed in past what the last render resolved, or panned beyond its region: ask again.
+    if (!this.playing && !this.shownCoversView()) this.renderNow();
+  }
+
+  /** A zoom or pan by the user: interactive (drafts) until it pauses, then refined to the new viewport. */
+  private userTransform(): void {
+    this.lastActivity = performance.now();
+    this.onTransform();
   }
 
   private scheduleRefine(): void {
@@ -390,7 +422,8 @@ export class App {
   }
 
   /** Decode off the main thread (createImageBitmap) and show it. */
-  private async display(frame: RenderedFrame, atlas: boolean, draft: boolean, scale: number): Promise<void> {
+  private async display(frame: RenderedFrame, atlas: boolean, draft: boolean, scale: number,
+                        region: Rect | null = null): Promise<void> {
     const data = frame.data ?? new Uint8Array();
     const format = frame.format || "jpeg";
     let bitmap: ImageBitmap;
@@ -411,7 +444,8 @@ export class App {
     const full: [number, number] = atlas
       ? [Math.round(bitmap.width / scale), Math.round(bitmap.height / scale)]
       : [this.bundle?.width ?? bitmap.width, this.bundle?.height ?? bitmap.height];
-    this.view.show({ bitmap, frame: frame.frame ?? 0, atlas, seq: frame.seq ?? 0, scale, width: full[0], height: full[1] });
+    this.view.show({ bitmap, frame: frame.frame ?? 0, atlas, seq: frame.seq ?? 0, scale, width: full[0], height: full[1],
+                     region });
     this.shownDraft = draft;
     this.renders++;
     if (draft) this.drafts++;
@@ -423,6 +457,8 @@ export class App {
     canvas.dataset.drafts = String(this.drafts);
     canvas.dataset.atlas = String(atlas);
     canvas.dataset.renderMs = String(frame.render_ms ?? 0);
+    canvas.dataset.scale = String(scale);
+    canvas.dataset.region = region ? region.join(",") : "";
     byId("render-label").textContent = `${draft ? "draft" : `${Math.round(scale * 100)}%`} · ${(frame.render_ms ?? 0).toFixed(1)} ms`;
     if (this.playing) this.setFrame(frame.frame ?? 0, false);
   }
@@ -649,7 +685,7 @@ export class App {
     if (this.drag.kind === "pan") {
       this.view.pan(event.clientX - this.drag.last[0], event.clientY - this.drag.last[1]);
       this.drag.last = [event.clientX, event.clientY];
-      this.updateZoomLabel();
+      this.userTransform();
       return;
     }
     const live = this.view.live;
@@ -804,8 +840,8 @@ export class App {
       "wheel",
       (e) => {
         e.preventDefault();
+        this.lastActivity = performance.now();
         this.view.zoomAt(Math.exp(-e.deltaY * 0.0015), e.clientX, e.clientY);
-        this.updateZoomLabel();
       },
       { passive: false },
     );
@@ -818,7 +854,7 @@ export class App {
     byId<HTMLInputElement>("atlas-toggle").addEventListener("change", (e) => {
       this.stopPlayback();
       this.atlas = (e.target as HTMLInputElement).checked;
-      this.view.shown = null;
+      this.view.clear();
       this.view.setSize(this.bundle?.width ?? 1, this.bundle?.height ?? 1);
       this.renderNow();
     });
@@ -927,8 +963,8 @@ export class App {
   }
 
   private zoomBy(factor: number): void {
+    this.lastActivity = performance.now(); // zoomCentre reports the transform (onTransform) itself
     this.view.zoomCentre(factor);
-    this.updateZoomLabel();
   }
 
   private updateZoomLabel(): void {
@@ -996,20 +1032,29 @@ export class App {
       get editLatencies() {
         return [...app.editLatencies];
       },
-      /** RGBA of the server's last frame at full-resolution pixel (x, y), without previews or cursors. */
+      /** RGBA of the server's last frame at full-resolution pixel (x, y), without previews or cursors (from
+       *  the backdrop outside a region render; [] where neither holds it). */
       framePixel(x: number, y: number): number[] {
-        const shown = app.view.shown;
+        const inside = (f: ShownFrame): boolean => {
+          const [rx, ry, rw, rh] = f.region ?? [0, 0, f.width, f.height];
+          return x >= rx && y >= ry && x < rx + rw && y < ry + rh;
+        };
+        const view = app.view;
+        const shown = [view.shown, view.backdrop].find((f): f is ShownFrame => f !== null && inside(f));
         if (!shown) return [];
         const canvas = new OffscreenCanvas(1, 1);
         const ctx = canvas.getContext("2d");
         if (!ctx) return [];
-        const sx = shown.bitmap.width / shown.width;
-        const sy = shown.bitmap.height / shown.height;
-        ctx.drawImage(shown.bitmap, Math.floor(x * sx), Math.floor(y * sy), 1, 1, 0, 0, 1, 1);
+        const [rx, ry, rw, rh] = shown.region ?? [0, 0, shown.width, shown.height];
+        const sx = shown.bitmap.width / rw;
+        const sy = shown.bitmap.height / rh;
+        ctx.drawImage(shown.bitmap, Math.floor((x - rx) * sx), Math.floor((y - ry) * sy), 1, 1, 0, 0, 1, 1);
         return [...ctx.getImageData(0, 0, 1, 1).data];
       },
-      /** The server's last frame (or atlas) as RGBA at its delivered resolution, without previews or cursors. */
-      frameData(): { width: number; height: number; frame: number; seq: number; data: number[] } | null {
+      /** The server's last frame (or atlas) as RGBA at its delivered resolution, without previews or cursors;
+       *  `region` is the part of the frame it holds ([x, y, w, h] full-resolution pixels) and `scale` its scale. */
+      frameData(): { width: number; height: number; frame: number; seq: number; data: number[]; scale: number;
+                     region: Rect } | null {
         const shown = app.view.shown;
         if (!shown) return null;
         const { width, height } = shown.bitmap;
@@ -1017,7 +1062,13 @@ export class App {
         const ctx = canvas.getContext("2d");
         if (!ctx) return null;
         ctx.drawImage(shown.bitmap, 0, 0);
-        return { width, height, frame: shown.frame, seq: shown.seq, data: [...ctx.getImageData(0, 0, width, height).data] };
+        return { width, height, frame: shown.frame, seq: shown.seq, data: [...ctx.getImageData(0, 0, width, height).data],
+                 scale: shown.scale, region: shown.region ?? [0, 0, shown.width, shown.height] };
+      },
+      /** The view: zoom (CSS px per frame px), device pixel ratio, canvas size in CSS px. */
+      get viewport() {
+        const rect = app.view.canvas.getBoundingClientRect();
+        return { zoom: app.view.zoom, dpr: window.devicePixelRatio || 1, width: rect.width, height: rect.height };
       },
       /** Client position (CSS px) of frame pixel (x, y): lets a test draw at exact frame coordinates. */
       clientPoint(x: number, y: number): [number, number] {
@@ -1029,6 +1080,11 @@ export class App {
       },
     };
   }
+}
+
+/** A scale in whole 1/SCALE_STEP steps, rounded down, within [MIN_SCALE, 1]. */
+function snapScale(scale: number): number {
+  return Math.min(1, Math.max(MIN_SCALE, Math.floor(scale * SCALE_STEP + 1e-6) / SCALE_STEP));
 }
 
 function storedName(): string {

@@ -23,16 +23,24 @@ export interface ShownFrame {
   seq: number;
   /** The render's scale (1 = full resolution). */
   scale: number;
-  /** Size in full-resolution pixels the bitmap covers (it may be a lower-resolution render). */
+  /** Size in full-resolution pixels of the whole picture (the bitmap may be a lower-resolution render). */
   width: number;
   height: number;
+  /** The part of the picture the bitmap holds, [x, y, w, h] in full-resolution pixels; null = all of it. */
+  region: Rect | null;
 }
+
+/** [x, y, w, h] */
+export type Rect = [number, number, number, number];
 
 export class View {
   readonly ctx: CanvasRenderingContext2D;
   zoom = 1;
   offset: Vec2 = [0, 0];
   shown: ShownFrame | null = null;
+  /** The last whole-picture render, kept under a region render of the same frame (so a pan shows something
+   *  where the region ends until the next render arrives). */
+  backdrop: ShownFrame | null = null;
   previews: Preview[] = [];
   /** Preview being drawn right now (not yet sent). */
   live: Preview | null = null;
@@ -71,7 +79,11 @@ export class View {
     const [w, h] = previous ? [previous.width, previous.height] : this.size;
     // A different picture size (frame <-> atlas) needs a new fit; same size keeps the user's zoom and pan.
     if (frame.width !== w || frame.height !== h) this.fitted = false;
-    previous?.bitmap.close();
+    // The latest whole-picture render stays under region renders of the same frame; anything else is closed.
+    const whole = previous && !previous.region ? previous : this.backdrop;
+    const keep = frame.region && whole && whole.frame === frame.frame && whole.atlas === frame.atlas ? whole : null;
+    for (const old of [previous, this.backdrop]) if (old && old !== keep) old.bitmap.close();
+    this.backdrop = keep;
     this.shown = frame;
     // Previews are only placeholders until the server's own pixels include the op.
     const now = performance.now();
@@ -81,6 +93,15 @@ export class View {
       return !done;
     });
     if (!this.fitted) this.fit();
+    this.invalidate();
+  }
+
+  /** Forget the pictures shown (e.g. when switching between the frame and the atlas). */
+  clear(): void {
+    this.shown?.bitmap.close();
+    this.backdrop?.bitmap.close();
+    this.shown = null;
+    this.backdrop = null;
     this.invalidate();
   }
 
@@ -128,6 +149,16 @@ export class View {
     this.invalidate();
   }
 
+  /** The part of a w x h picture on the canvas, [x, y, w, h] in its pixels (whole pixels), or null if none. */
+  visibleRect(w: number, h: number): Rect | null {
+    const rect = this.canvas.getBoundingClientRect();
+    const x0 = Math.max(0, Math.floor(-this.offset[0] / this.zoom));
+    const y0 = Math.max(0, Math.floor(-this.offset[1] / this.zoom));
+    const x1 = Math.min(w, Math.ceil((rect.width - this.offset[0]) / this.zoom));
+    const y1 = Math.min(h, Math.ceil((rect.height - this.offset[1]) / this.zoom));
+    return x1 > x0 && y1 > y0 ? [x0, y0, x1 - x0, y1 - y0] : null;
+  }
+
   private displaySize(): Vec2 {
     if (this.shown) return [this.shown.width, this.shown.height];
     return this.size;
@@ -155,7 +186,9 @@ export class View {
     ctx.fillRect(0, 0, w, h);
     if (this.shown) {
       ctx.imageSmoothingEnabled = this.zoom < 2;
-      ctx.drawImage(this.shown.bitmap, 0, 0, w, h);
+      if (this.backdrop && this.shown.region) ctx.drawImage(this.backdrop.bitmap, 0, 0, w, h);
+      const [rx, ry, rw, rh] = this.shown.region ?? [0, 0, w, h];
+      ctx.drawImage(this.shown.bitmap, rx, ry, rw, rh);
     }
     if (!this.shown?.atlas) {
       for (const preview of [...this.previews, ...(this.live ? [this.live] : [])]) {
