@@ -286,7 +286,8 @@ def test_upload_over_the_limit_is_refused_and_removed(small_server) -> None:
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         uploads = small_server.core.jobs.work_dir / "uploads"
         assert not any(uploads.glob("*/big.mp4"))
-        ok = stubs.bundles.UploadVideo(iter(chunks[:2]), metadata=stubs.metadata)
+        ok = stubs.bundles.UploadVideo(iter([chunks[0], bundles_pb2.UploadChunk(data=chunks[1].data, last=True)]),
+                                       metadata=stubs.metadata)
         assert ok.bytes == 200 * 1024
     finally:
         stubs.close()

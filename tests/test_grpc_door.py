@@ -78,7 +78,7 @@ def test_bundles_list_info_load(stubs) -> None:
 
 
 def test_fit_requests_are_validated_before_any_work(stubs) -> None:
-    upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename="c.mp4", data=b"x" * 10)]),
+    upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename="c.mp4", data=b"x" * 10, last=True)]),
                                        metadata=stubs.metadata)
     roi = '{"ref_frame": 0, "polygons": [[[1, 1], [20, 1], [20, 20]]]}'
     cases = [
@@ -97,7 +97,7 @@ def test_fit_requests_are_validated_before_any_work(stubs) -> None:
 
 
 def test_a_failing_fit_reports_its_error_in_the_stream(stubs) -> None:
-    upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename="c.mp4", data=b"not a video")]),
+    upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename="c.mp4", data=b"not a video", last=True)]),
                                        metadata=stubs.metadata)
     roi = '{"ref_frame": 0, "polygons": [[[1, 1], [20, 1], [20, 20]]]}'
     events = []
@@ -110,7 +110,7 @@ def test_a_failing_fit_reports_its_error_in_the_stream(stubs) -> None:
 
 
 def test_upload_is_stored(stubs) -> None:
-    chunks = [bundles_pb2.UploadChunk(filename="clip.mp4", data=b"a" * 1000), bundles_pb2.UploadChunk(data=b"b" * 24)]
+    chunks = [bundles_pb2.UploadChunk(filename="clip.mp4", data=b"a" * 1000), bundles_pb2.UploadChunk(data=b"b" * 24, last=True)]
     result = stubs.bundles.UploadVideo(iter(chunks), metadata=stubs.metadata)
     assert result.bytes == 1024 and result.upload_id
     with pytest.raises(grpc.RpcError) as info:

@@ -50,7 +50,7 @@ def test_a_crafted_upload_cannot_make_a_fit_read_server_files(upload_server, sec
     stubs = GrpcStubs(upload_server.grpc_target, upload_server.token)
     try:
         filename, data = crafted(kind, secret_clip)
-        upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename=filename, data=data)]),
+        upload = stubs.bundles.UploadVideo(iter([bundles_pb2.UploadChunk(filename=filename, data=data, last=True)]),
                                            metadata=stubs.metadata)
         name = f"stolen-{kind}"
         with pytest.raises(grpc.RpcError) as info:

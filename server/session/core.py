@@ -348,7 +348,7 @@ class ServerCore:
                     await asyncio.to_thread(session.oplog.close)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-        self.jobs.close()
+        await self.jobs.close()
 
     # ---------------------------------------------------------------- bundles
 

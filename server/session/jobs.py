@@ -87,10 +87,13 @@ class Jobs:
         for stale in self.work_dir.glob("export-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop running fits, detached ones too (they are this server's children), and wait for them."""
         for process in list(self._fitting.values()):
             if process is not None and process.returncode is None:
                 _kill_group(process, signal.SIGKILL)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=FIT_STOP_SECONDS)
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -115,16 +118,22 @@ class Jobs:
                                                   f"bytes (limit {quota}); try again when a fit has finished")
 
     async def upload(self, chunks: AsyncIterator[bundles_pb2.UploadChunk]) -> bundles_pb2.UploadResult:
-        """Store a streamed file; the first chunk names it. Larger than max_upload_bytes, or than what the
-        upload store has room for -> RESOURCE_EXHAUSTED. Anything that ends it early removes it."""
+        """Store a streamed file; the first chunk names it, the last has `last` set. Larger than
+        max_upload_bytes, or than what the upload store has room for -> RESOURCE_EXHAUSTED. Anything that ends
+        it early removes it: a refusal, an error, a cancelled call (whose stream gRPC ends as if it were
+        complete: hence `last`)."""
         limit = self.core.limits.max_upload_bytes
         upload_id = "u" + secrets.token_hex(8)
         directory = self.work_dir / "uploads" / upload_id
         path: Path | None = None
         total = 0
         handle = None
+        finished = False
         try:
             async for chunk in chunks:
+                if finished:
+                    raise CoreError("INVALID_ARGUMENT", "an upload chunk came after the one marked last")
+                finished = chunk.last
                 if path is None:
                     name = FILENAME.sub("_", Path(chunk.filename).name)[:128].lstrip(".")
                     if not name:
@@ -139,6 +148,9 @@ class Jobs:
                 total += size
                 self._uploading += size
                 handle.write(chunk.data)
+            if path is not None and not finished:
+                raise CoreError("INVALID_ARGUMENT", "the upload ended without a chunk marked last (cancelled?): "
+                                                    "nothing was kept")
         except BaseException:  # a refusal, a cancelled call or a lost client: nothing stays on disk
             if handle is not None:
                 handle.close()

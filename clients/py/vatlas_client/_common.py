@@ -86,15 +86,16 @@ def roi_json(roi: RoiLike) -> str:
 
 
 def upload_chunks(path: Path, chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> Iterator[bundles_pb2.UploadChunk]:
-    """The UploadVideo stream: the first chunk names the file, every chunk carries data."""
+    """The UploadVideo stream: the first chunk names the file, every chunk carries data, the last says so."""
     with path.open("rb") as f:
         first = True
+        data = f.read(chunk_bytes)
         while True:
-            data = f.read(chunk_bytes)
-            if not data and not first:
+            following = f.read(chunk_bytes) if data else b""
+            yield bundles_pb2.UploadChunk(filename=path.name if first else "", data=data, last=not following)
+            if not following:
                 return
-            yield bundles_pb2.UploadChunk(filename=path.name if first else "", data=data)
-            first = False
+            data, first = following, False
 
 
 def video_path(video: str | PathLike) -> Path:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vatlas/v1/bundles.proto\x12\tvatlas.v1\"\xb7\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x11\n\tref_frame\x18\x07 \x01(\r\x12\x12\n\natlas_size\x18\x08 \x01(\r\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12\x12\n\nfile_bytes\x18\n \x01(\x04\"\x14\n\x12ListBundlesRequest\"=\n\x13ListBundlesResponse\x12&\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x15.vatlas.v1.BundleInfo\"!\n\x11LoadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetBundleInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x0bUploadChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"0\n\x0cUploadResult\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x97\x01\n\x0fStartFitRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08roi_json\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x12\n\niterations\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65tach\x18\x08 \x01(\x08\"\xff\x01\n\x0b\x46itProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x11\n\titeration\x18\x03 \x01(\r\x12\x32\n\x06losses\x18\x04 \x03(\x0b\x32\".vatlas.v1.FitProgress.LossesEntry\x12\x13\n\x0b\x65ta_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12%\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x15.vatlas.v1.BundleInfo\x12\x0f\n\x07message\x18\x08 \x01(\t\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\xe7\x02\n\x07\x42undles\x12L\n\x0bListBundles\x12\x1d.vatlas.v1.ListBundlesRequest\x1a\x1e.vatlas.v1.ListBundlesResponse\x12\x41\n\nLoadBundle\x12\x1c.vatlas.v1.LoadBundleRequest\x1a\x15.vatlas.v1.BundleInfo\x12G\n\rGetBundleInfo\x12\x1f.vatlas.v1.GetBundleInfoRequest\x1a\x15.vatlas.v1.BundleInfo\x12@\n\x0bUploadVideo\x12\x16.vatlas.v1.UploadChunk\x1a\x17.vatlas.v1.UploadResult(\x01\x12@\n\x08StartFit\x12\x1a.vatlas.v1.StartFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vatlas/v1/bundles.proto\x12\tvatlas.v1\"\xb7\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x11\n\tref_frame\x18\x07 \x01(\r\x12\x12\n\natlas_size\x18\x08 \x01(\r\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12\x12\n\nfile_bytes\x18\n \x01(\x04\"\x14\n\x12ListBundlesRequest\"=\n\x13ListBundlesResponse\x12&\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x15.vatlas.v1.BundleInfo\"!\n\x11LoadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetBundleInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x0bUploadChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"0\n\x0cUploadResult\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x97\x01\n\x0fStartFitRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08roi_json\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x12\n\niterations\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65tach\x18\x08 \x01(\x08\"\xff\x01\n\x0b\x46itProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x11\n\titeration\x18\x03 \x01(\r\x12\x32\n\x06losses\x18\x04 \x03(\x0b\x32\".vatlas.v1.FitProgress.LossesEntry\x12\x13\n\x0b\x65ta_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12%\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x15.vatlas.v1.BundleInfo\x12\x0f\n\x07message\x18\x08 \x01(\t\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\xe7\x02\n\x07\x42undles\x12L\n\x0bListBundles\x12\x1d.vatlas.v1.ListBundlesRequest\x1a\x1e.vatlas.v1.ListBundlesResponse\x12\x41\n\nLoadBundle\x12\x1c.vatlas.v1.LoadBundleRequest\x1a\x15.vatlas.v1.BundleInfo\x12G\n\rGetBundleInfo\x12\x1f.vatlas.v1.GetBundleInfoRequest\x1a\x15.vatlas.v1.BundleInfo\x12@\n\x0bUploadVideo\x12\x16.vatlas.v1.UploadChunk\x1a\x17.vatlas.v1.UploadResult(\x01\x12@\n\x08StartFit\x12\x1a.vatlas.v1.StartFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,15 +44,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETBUNDLEINFOREQUEST']._serialized_start=344
   _globals['_GETBUNDLEINFOREQUEST']._serialized_end=380
   _globals['_UPLOADCHUNK']._serialized_start=382
-  _globals['_UPLOADCHUNK']._serialized_end=427
-  _globals['_UPLOADRESULT']._serialized_start=429
-  _globals['_UPLOADRESULT']._serialized_end=477
-  _globals['_STARTFITREQUEST']._serialized_start=480
-  _globals['_STARTFITREQUEST']._serialized_end=631
-  _globals['_FITPROGRESS']._serialized_start=634
-  _globals['_FITPROGRESS']._serialized_end=889
-  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_start=844
-  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_end=889
-  _globals['_BUNDLES']._serialized_start=892
-  _globals['_BUNDLES']._serialized_end=1251
+  _globals['_UPLOADCHUNK']._serialized_end=441
+  _globals['_UPLOADRESULT']._serialized_start=443
+  _globals['_UPLOADRESULT']._serialized_end=491
+  _globals['_STARTFITREQUEST']._serialized_start=494
+  _globals['_STARTFITREQUEST']._serialized_end=645
+  _globals['_FITPROGRESS']._serialized_start=648
+  _globals['_FITPROGRESS']._serialized_end=903
+  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_start=858
+  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_end=903
+  _globals['_BUNDLES']._serialized_start=906
+  _globals['_BUNDLES']._serialized_end=1265
 # @@protoc_insertion_point(module_scope)

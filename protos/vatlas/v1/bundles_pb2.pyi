@@ -53,12 +53,14 @@ class GetBundleInfoRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("filename", "data")
+    __slots__ = ("filename", "data", "last")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     filename: str
     data: bytes
-    def __init__(self, filename: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    last: bool
+    def __init__(self, filename: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class UploadResult(_message.Message):
     __slots__ = ("upload_id", "bytes")

@@ -101,6 +101,7 @@ export interface GetBundleInfoRequest {
 export interface UploadChunk {
   filename?: string;
   data?: Uint8Array;
+  last?: boolean;
 }
 
 /** vatlas.v1.UploadResult */
