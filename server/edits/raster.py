@@ -523,7 +523,14 @@ class TexelLookups:
         """(P, C) -> (h, w, C): the transpose of gather (each point's value spread onto its taps)."""
         h, w = self.size
         out = values.new_zeros((h * w, values.shape[-1]))
-        out.index_add_(0, self.index.reshape(-1), (values[:, None, :] * self.weight[..., None]).reshape(-1, values.shape[-1]))
+        index = self.index.reshape(-1)
+        spread = (values[:, None, :] * self.weight[..., None]).reshape(-1, values.shape[-1])
+        if out.device.type == "cuda":
+            # index_add_ sums with atomics there (run to run the last bits differ); index_put_'s accumulate
+            # sorts first, so the same op always gives the same texels (replays, reloads)
+            out.index_put_((index,), spread, accumulate=True)
+        else:
+            out.index_add_(0, index, spread)  # serial on the CPU, so deterministic
         return out.reshape(h, w, -1)
 
 
