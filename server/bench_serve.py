@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead: SIGKILL the server KILLS times while two clients stream ops, and check "
                              "that every acknowledged op survives (restart and replay times too)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of --chaos (kill moments, damage)")
+    parser.add_argument("--soak", type=float, default=None, metavar="SECONDS",
+                        help="instead: --clients N clients (the largest count given) edit and render for SECONDS "
+                             "(half over gRPC, half over WebSocket, four to a session, rejoining now and then); "
+                             "the server's RSS and GPU memory over time and their slope")
 
 
 # ---------------------------------------------------------------- server process and memory
@@ -68,7 +72,8 @@ class ServerUnderTest:
 
     def __init__(self, models: Path, device: str, data: Path | None) -> None:
         cmd = [sys.executable, "-m", "vatlas.cli", "serve", "--models", str(models), "--grpc", "127.0.0.1:0",
-               "--http", "127.0.0.1:0", "--device", device, "--log-level", "WARNING"]
+               "--http", "127.0.0.1:0", "--device", device, "--log-level", "WARNING",
+               "--no-token"]  # loopback only, and the clients here bring no token
         if data is not None:
             cmd += ["--data", str(data)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -105,33 +110,35 @@ class ServerUnderTest:
 
 
 class MemorySampler(threading.Thread):
-    """RSS every second and GPU memory every 5 s of one process."""
+    """RSS every second and GPU memory every `gpu_every` seconds of one process."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, gpu_every: int = 5) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.gpu_every = gpu_every
         self.rss: list[tuple[float, float]] = []  # (t, MiB)
         self.gpu: list[tuple[float, float]] = []
         self.marks: dict[str, float] = {}
         self._halt = threading.Event()
         self._nvidia = shutil.which("nvidia-smi")
+        self.started = time.monotonic()
 
     def run(self) -> None:
-        start = time.monotonic()
+        start = self.started
         n = 0
         while not self._halt.wait(1.0):
             t = time.monotonic() - start
             rss = _rss_mib(self.pid)
             if rss is not None:
                 self.rss.append((t, rss))
-            if self._nvidia and n % 5 == 0:
+            if self._nvidia and n % self.gpu_every == 0:
                 gpu = _gpu_mib(self._nvidia, self.pid)
                 if gpu is not None:
                     self.gpu.append((t, gpu))
             n += 1
 
     def mark(self, name: str) -> None:
-        self.marks[name] = self.rss[-1][0] if self.rss else 0.0
+        self.marks[name] = time.monotonic() - self.started
 
     def stop(self) -> None:
         self._halt.set()
@@ -474,6 +481,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     width, height = parse_size(args.size)
     if args.chaos is not None:
         return run_chaos_bench(args, device, width, height)
+    if args.soak is not None:
+        return run_soak(args, device, width, height)
     duration = args.duration if args.duration is not None else (600.0 if on_gpu else 30.0)
     if args.quick and args.duration is None:
         duration = 6.0
@@ -1059,3 +1068,265 @@ async def _seed_base(target: str, token: str, info: Any, acked: dict[int, str]) 
                 break
         outbox.put_nowait(None)
         call.cancel()
+
+
+# ---------------------------------------------------------------- soak: many clients editing and rendering
+
+
+SOAK_GROUP = 4  # clients per session
+SOAK_OWN_STROKES = 8  # each client deletes its oldest stroke beyond this: the documents stay the same size
+
+
+async def _soak_client(transport: str, grpc_target: str, ws_url: str, session_id: str, join_token: str,
+                       index: int, seconds: float, t0: float, size: tuple[int, int], frames: int,
+                       quality: int) -> dict[str, Any]:
+    """One client for `seconds` from t0: an op (stroke, update, delete of its oldest, undo, redo), its answer,
+    a render of the frame; now and then a second of playback, and a rejoin on a new connection.
+
+    Returns per-second counts of ops answered and frames received, and the errors seen.
+    """
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, render_pb2, sessions_pb2
+
+    rng = random.Random(1000 + index)
+    slots = int(seconds) + 2
+    out: dict[str, Any] = {"ops": [0] * slots, "frames": [0] * slots, "rejected": 0, "errors": [], "rejoins": 0}
+    mine: list[str] = []
+    end = t0 + seconds
+    rejoin_every = max(5.0, seconds / 6)
+    n = 0
+
+    def count(kind: str, k: int = 1) -> None:
+        out[kind][min(slots - 1, max(0, int(time.monotonic() - t0)))] += k
+
+    def next_message() -> tuple[Any, str]:
+        nonlocal n
+        n += 1
+        if n % 10 == 0:
+            return sessions_pb2.ClientMessage(undo=sessions_pb2.Undo()), "undo:"
+        if n % 10 == 1 and n > 1:
+            return sessions_pb2.ClientMessage(redo=sessions_pb2.Redo()), "redo:"
+        op_id = f"c{index}-{n}"
+        if len(mine) > SOAK_OWN_STROKES:
+            op = {"id": op_id, "type": "delete", "target": mine.pop(0)}
+        elif mine and n % 3 == 0:
+            op = {"id": op_id, "type": "update", "target": mine[-1], "set": {"opacity": rng.uniform(0.3, 1.0)}}
+        else:
+            op = _stroke(op_id, n % frames, rng, *size)
+            mine.append(op_id)
+        return sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)), op_id
+
+    def matches(event: Any, want: str) -> bool:
+        kind = event.WhichOneof("kind")
+        if kind == "accepted":
+            return event.accepted.op_id == want or (want.endswith(":") and event.accepted.op_id.startswith(want))
+        if kind == "rejected":
+            return event.rejected.op_id == want or (want.endswith(":") and event.rejected.op_id == "")
+        return False
+
+    playback = render_pb2.PlaybackRequest(session_id=session_id, join_token=join_token, fps=30, loop=True,
+                                          format="jpeg", quality=quality)
+    while time.monotonic() < end:
+        stint = min(end, time.monotonic() + rejoin_every)
+        try:
+            if transport == "grpc":
+                import grpc
+                from vatlas.v1 import render_pb2_grpc, sessions_pb2_grpc
+
+                async with grpc.aio.insecure_channel(grpc_target) as channel:
+                    outbox: asyncio.Queue = asyncio.Queue()
+                    call = sessions_pb2_grpc.SessionsStub(channel).Connect(_queued(outbox))
+                    render = render_pb2_grpc.RenderStub(channel)
+                    outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+                        session_id=session_id, join_token=join_token, name=f"soak-{index}")))
+                    while (await call.read()).WhichOneof("kind") != "snapshot":
+                        pass
+                    while time.monotonic() < stint:
+                        message, want = next_message()
+                        outbox.put_nowait(message)
+                        while True:
+                            event = await call.read()
+                            if matches(event, want):
+                                out["rejected"] += event.WhichOneof("kind") == "rejected"
+                                break
+                        count("ops")
+                        await render.RenderFrame(render_pb2.RenderRequest(
+                            session_id=session_id, join_token=join_token, frame=n % frames, quality=quality))
+                        count("frames")
+                        if n % 25 == 0:
+                            stream = render.Playback(playback)
+                            until = time.monotonic() + 1.0
+                            async for _ in stream:
+                                count("frames")
+                                if time.monotonic() > until:
+                                    break
+                            stream.cancel()
+                    outbox.put_nowait(None)
+                    call.cancel()
+            else:
+                from websockets.asyncio.client import connect
+
+                async with connect(ws_url, max_size=None, compression=None) as ws:
+                    rid = 0
+
+                    async def send(**call: Any) -> int:
+                        nonlocal rid
+                        rid += 1
+                        await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
+                        return rid
+
+                    async def recv() -> Any:
+                        return wire.unpack(await ws.recv(), sessions_pb2.WsResponse)
+
+                    await send(hello=sessions_pb2.Hello(protocol_version=1))
+                    await recv()
+                    await send(session=sessions_pb2.ClientMessage(join=sessions_pb2.Join(
+                        session_id=session_id, join_token=join_token, name=f"soak-{index}")))
+                    while time.monotonic() < stint:
+                        message, want = next_message()
+                        await send(session=message)
+                        while True:
+                            resp = await recv()
+                            if resp.WhichOneof("result") == "event" and matches(resp.event, want):
+                                out["rejected"] += resp.event.WhichOneof("kind") == "rejected"
+                                break
+                        count("ops")
+                        want_rid = await send(render=render_pb2.RenderRequest(
+                            session_id=session_id, frame=n % frames, quality=quality))
+                        while True:
+                            resp = await recv()
+                            if resp.request_id == want_rid:
+                                if resp.WhichOneof("result") != "frame":
+                                    out["errors"].append(str(resp.error))
+                                break
+                        count("frames")
+                        if n % 25 == 0:
+                            play = await send(playback=playback)
+                            until = time.monotonic() + 1.0
+                            while time.monotonic() < until:
+                                resp = await recv()
+                                if resp.request_id == play and resp.WhichOneof("result") == "frame":
+                                    count("frames")
+                            await send(stop_playback=sessions_pb2.StopPlayback())
+        except Exception as exc:  # noqa: BLE001 - reported in the results; the soak goes on
+            out["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            await asyncio.sleep(0.5)
+        out["rejoins"] += 1
+    out["rejoins"] -= 1
+    return out
+
+
+def _soak_worker(job: tuple) -> list[dict[str, Any]]:
+    """One process's share of soak clients."""
+    clients, grpc_target, ws_url, seconds, t0, size, frames, quality = job
+
+    async def main() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(
+            _soak_client("grpc" if i % 2 == 0 else "websocket", grpc_target, ws_url, sid, token, i, seconds, t0,
+                         size, frames, quality) for i, sid, token in clients)))
+
+    return asyncio.run(main())
+
+
+def run_soak(args: argparse.Namespace, device: str, width: int, height: int) -> dict[str, Any]:
+    """`--soak SECONDS`: --clients N clients edit and render; the server's memory over time, and its slope."""
+    import torch
+    from vatlas.models.bundle import save_bundle
+    from vatlas.server.bench_render import synthetic_bundle
+
+    clients = max(int(c) for c in args.clients.split(",") if c.strip())
+    seconds = float(args.soak)
+    workers = args.workers or max(1, min(clients, (os.cpu_count() or 2) // 2, 8))
+    with tempfile.TemporaryDirectory(prefix="vatlas-bench-soak-") as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        save_bundle(synthetic_bundle(width, height, args.frames, args.atlas, seed=0), models / "bench.vatlas")
+        server = ServerUnderTest(models, device, Path(tmp) / "data" if args.data else None)
+        sampler = MemorySampler(server.proc.pid, gpu_every=1)
+        sampler.start()
+        try:
+            infos = [asyncio.run(_create_session(server.grpc, "bench")) for _ in range(-(-clients // SOAK_GROUP))]
+            plan = [(i, infos[i // SOAK_GROUP].session_id, infos[i // SOAK_GROUP].join_token) for i in range(clients)]
+            time.sleep(1.0)
+            sampler.mark("soak")
+            t0 = time.monotonic() + 0.5
+            jobs = [(plan[w::workers], server.grpc, server.ws, seconds, t0, (width, height), args.frames,
+                     args.quality) for w in range(workers) if plan[w::workers]]
+            if len(jobs) == 1:
+                results = _soak_worker(jobs[0])
+            else:
+                with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+                    results = [r for part in pool.map(_soak_worker, jobs) for r in part]
+            sampler.mark("end")
+        finally:
+            server.stop()
+            sampler.stop()
+    start, stop = sampler.marks.get("soak", 0.0), sampler.marks.get("end", float("inf"))
+    rss = [(t - start, v) for t, v in sampler.rss if start <= t <= stop]
+    gpu = [(t - start, v) for t, v in sampler.gpu if start <= t <= stop]
+    ops = [sum(r["ops"][k] for r in results) for k in range(int(seconds) + 2)]
+    frames = [sum(r["frames"][k] for r in results) for k in range(int(seconds) + 2)]
+    timeline = _timeline(rss, gpu, ops, frames, seconds)
+    warm = seconds * 0.15  # allocator pools and compiled kernels fill up first
+    rss_slope = _slope_per_min([s for s in rss if s[0] >= warm])
+    gpu_slope = _slope_per_min([s for s in gpu if s[0] >= warm])
+    errors = [e for r in results for e in r["errors"]]
+    rows: list[dict[str, Any]] = []
+    for point in timeline:
+        rows.append({"measure": "memory at", "setting": f"t={point['t']:.0f} s ({point['ops_per_s']:.0f} ops/s, "
+                                                        f"{point['frames_per_s']:.0f} frames/s)",
+                     "value": f"RSS {point['rss_mib']:.0f} / GPU {_fmt_mib(point['gpu_mib'])}", "unit": "MiB",
+                     "target": ""})
+    rows += [
+        {"measure": "clients", "setting": f"{clients} ({-(-clients // SOAK_GROUP)} sessions)", "value": clients,
+         "unit": "", "target": ""},
+        {"measure": "ops answered", "setting": f"{seconds:.0f} s", "value": sum(ops), "unit": "ops", "target": ""},
+        {"measure": "frames received", "setting": f"{seconds:.0f} s", "value": sum(frames), "unit": "frames",
+         "target": ""},
+        {"measure": "client errors", "setting": "", "value": len(errors), "unit": "", "target": "0"},
+        {"measure": "server RSS start/end/peak", "setting": "MiB",
+         "value": "/".join(f"{v:.0f}" for v in _start_end_peak(rss)), "unit": "MiB", "target": ""},
+        {"measure": "server RSS slope after warm-up", "setting": f"from t={warm:.0f} s", "value": rss_slope,
+         "unit": "MiB/min", "target": "flat"},
+    ]
+    if gpu:
+        rows += [
+            {"measure": "server GPU memory start/end/peak", "setting": "MiB",
+             "value": "/".join(f"{v:.0f}" for v in _start_end_peak(gpu)), "unit": "MiB", "target": ""},
+            {"measure": "server GPU memory slope after warm-up", "setting": f"from t={warm:.0f} s",
+             "value": gpu_slope, "unit": "MiB/min", "target": "flat"},
+        ]
+    meta = {"device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "size": [width, height], "frames": args.frames, "atlas": args.atlas, "clients": clients,
+            "soak_seconds": seconds, "persisted": bool(args.data), "client_workers": len(jobs),
+            "timeline": timeline, "rss_samples": rss, "gpu_samples": gpu, "errors": errors[:50],
+            "rejected": sum(r["rejected"] for r in results), "rejoins": sum(r["rejoins"] for r in results),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {"rows": rows, "meta": meta}
+
+
+def _fmt_mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _start_end_peak(samples: list[tuple[float, float]]) -> tuple[float, float, float]:
+    if not samples:
+        return (float("nan"),) * 3  # type: ignore[return-value]
+    return samples[0][1], samples[-1][1], max(v for _, v in samples)
+
+
+def _timeline(rss: list[tuple[float, float]], gpu: list[tuple[float, float]], ops: list[int], frames: list[int],
+              seconds: float, points: int = 12) -> list[dict[str, Any]]:
+    """Up to `points` moments over the soak (whole seconds apart at least): the memory last sampled by then,
+    ops and frames per second in the stretch before."""
+    out = []
+    points = max(1, min(points, int(seconds)))
+    edges = [round(seconds * k / points) for k in range(points + 1)]
+    for a, b in zip(edges, edges[1:], strict=False):
+        near = [v for t, v in rss if t <= b]
+        g = [v for t, v in gpu if t <= b]
+        span = range(a, max(a + 1, b))
+        out.append({"t": b, "rss_mib": near[-1] if near else float("nan"), "gpu_mib": g[-1] if g else None,
+                    "ops_per_s": sum(ops[k] for k in span if k < len(ops)) / max(b - a, 1e-9),
+                    "frames_per_s": sum(frames[k] for k in span if k < len(frames)) / max(b - a, 1e-9)})
+    return out

@@ -28,3 +28,24 @@ def test_bench_serve_quick_on_cpu(tmp_path: Path) -> None:
     assert any(m == "server RSS start/peak" for m, _ in measures)
     assert result["meta"]["device"] == "cpu" and result["meta"]["rss_samples"]
     assert "edit->pixels p95" in proc.stdout  # the table is printed too
+
+
+def test_bench_serve_soak_on_cpu(tmp_path: Path) -> None:
+    """The soak mode (the GPU runs it for 10 minutes with 16 clients): clients edit and render, and the server's
+    memory is reported over time."""
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vatlas.cli", "bench", "serve", "--quick", "--device", "cpu", "--soak", "8",
+         "--clients", "4", "--data", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    measures = {row["measure"]: row["value"] for row in result["rows"]}
+    assert measures["client errors"] == 0, result["meta"]["errors"]
+    assert measures["ops answered"] > 50 and measures["frames received"] > 50
+    assert "server RSS slope after warm-up" in measures and measures["server RSS start/end/peak"].count("/") == 2
+    timeline = result["meta"]["timeline"]
+    assert len(timeline) == 8 and all(p["rss_mib"] > 0 and p["ops_per_s"] > 0 for p in timeline)
+    assert result["meta"]["clients"] == 4 and result["meta"]["persisted"] and result["meta"]["rejoins"] >= 4
+    assert "memory at" in proc.stdout  # the table is printed too
