@@ -3,14 +3,19 @@
 Stages: flow (correspondences) -> init (T toward identity) -> main (T, A, M, L jointly, RNA eq. 2-8) ->
 refine (only M, RNA eq. 9-10) -> inverse (only B, INVE 3.3) -> bake (soft mask by matting, dense fields, metrics).
 Ctrl-C during a training stage writes a resumable checkpoint next to the output; `resume=True` continues it.
+The checkpoint holds what training changed: weights that differ from their seeded initialisation (rebuilt on
+resume), the best-PSNR snapshot only where it differs from the weights, and the current stage's optimizer.
+One progress bar covers the whole fit (FitProgress).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,18 +26,21 @@ from tqdm.auto import tqdm
 
 from vatlas.roi import Roi
 
+from . import bake as bake_module
 from . import losses
-from .bake import bake_bundle
+from .bake import bake_bundle, delivery_atlas_size
 from .bundle import Bundle, save_bundle
 from .config import FitConfig
-from .correspondence import Correspondences, compute_correspondences, get_flow_backend
+from .correspondence import Correspondences, compute_correspondences, get_flow_backend, reference_pairs
 from .encoding import FusedReluMLP, HashGridConfig
 from .inverse_map import inverse_loss
 from .networks import NetworkConfig, RnaModel
 
 STAGES = ("flow", "init", "main", "refine", "inverse", "bake")
 TRAIN_STAGES = ("init", "main", "refine", "inverse")
-CHECKPOINT_VERSION = 3  # 2: T may hold per-frame affine maps; 3: L is a module of its own kind
+# 2: T may hold per-frame affine maps; 3: L is a module of its own kind; 4: only what training changed
+CHECKPOINT_VERSION = 4
+READABLE_CHECKPOINTS = (3, 4)
 POTENTIAL_MASK_SIZE = 512
 
 
@@ -81,6 +89,253 @@ def unfuse_mlps(model: torch.nn.Module) -> None:
                 setattr(parent, name, torch.nn.Sequential(*child))
 
 
+# ---------------------------------------------------------------- progress
+# Seconds per iteration of each training stage relative to the main stage's (measured on a CPU, draft preset):
+# they place a stage on the overall bar until its own rate is measured.
+RELATIVE_COST = {"init": 0.18, "main": 1.0, "refine": 0.41, "inverse": 0.25}
+# A main-stage iteration costs about this many network-point evaluations per batch pixel (six T lookups,
+# three M, one A, one L, forward and backward): the bake's point count is weighed against it.
+MAIN_POINTS_PER_PIXEL = 35.0
+# Readout per stage besides the total loss: at most two terms (all of them with verbose=True).
+READOUT_TERMS = {"main": ("recon",), "refine": ("recon", "no")}
+HEARTBEAT_S = 1.0  # the bar is redrawn at least this often, so elapsed time and ETA move in silent steps
+RATE_WINDOW_S = 2.0  # a stage's warm-up, left out of its rate; rates need this long (GPU steps are queued)
+
+
+@dataclass
+class StagePlan:
+    """One stage's share of the overall bar."""
+
+    name: str
+    units: int  # iterations, flow pairs or frames
+    done: float = 0.0
+    elapsed: float = 0.0  # seconds spent in this stage so far (finished stages: all of it)
+    finished: bool = False
+    rate: float | None = None  # measured seconds per unit, smoothed
+    expected: float | None = None  # bake: expected seconds, from the main stage's measured rate
+    _mark: tuple[float, float] | None = None  # (time, done) where the rate's averaging began
+    _windows: int = 0
+
+
+class FitProgress:
+    """One bar over a whole fit: stage names, a short loss readout and an ETA over all stages.
+
+    The ETA adds each remaining stage's units times its seconds per unit: measured (averaged over the stage, its
+    first RATE_WINDOW_S left out as warm-up) or, before that, the main stage's rate times RELATIVE_COST. The shown ETA eases toward that sum, so a stage switch does not make it jump.
+    """
+
+    def __init__(self, plan: list[StagePlan], *, enabled: bool, bake_seconds_per_main_iter: float) -> None:
+        self.plan = {s.name: s for s in plan}
+        self.order = [s.name for s in plan]
+        self.bake_per_main = bake_seconds_per_main_iter
+        self.enabled = enabled
+        self.stage = self.order[0]
+        self.readout = ""
+        self._began = time.perf_counter()
+        self._stage_began = self._began
+        self._eta_shown: float | None = None
+        self._eta_at = self._began
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._bar = tqdm(total=1000, disable=not enabled, dynamic_ncols=True, leave=False,
+                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+        self._heartbeat: threading.Thread | None = None
+        if enabled:
+            self._heartbeat = threading.Thread(target=self._beat, name="fit-progress", daemon=True)
+            self._heartbeat.start()
+
+    # ---- events from the fit
+    def begin(self, stage: str, done: float = 0.0) -> None:
+        with self._lock:
+            for name in self.order[:self.order.index(stage)]:
+                self.plan[name].finished = True
+            self.stage, self.readout = stage, ""
+            s = self.plan[stage]
+            s.done, s._mark, s._windows = done, None, 0
+            self._stage_began = time.perf_counter() - s.elapsed
+            self._draw()
+
+    def advance(self, done: float) -> None:
+        """The current stage has `done` units; samples its rate and redraws (at most every 0.1 s)."""
+        with self._lock:
+            self._advance(done)
+
+    def add(self, units: int = 1) -> None:
+        """`units` more done in the current stage (flow pairs arrive from worker threads)."""
+        with self._lock:
+            self._advance(self.plan[self.stage].done + units)
+
+    def _advance(self, done: float) -> None:
+        s = self.plan[self.stage]
+        s.done = done
+        now = time.perf_counter()
+        if s._mark is None:
+            s._mark = (now, done)
+        elif now - s._mark[0] >= RATE_WINDOW_S and done > s._mark[1]:
+            rate = (now - s._mark[0]) / (done - s._mark[1])
+            if s._windows == 0:
+                # the first window (warm-up: allocations, caches) only stands in: the rate is then averaged
+                # over everything after it, which a busy machine's bursts barely move
+                s.rate, s._mark = rate, (now, done)
+                s._windows = 1
+            else:
+                s.rate = rate
+        if now - self._eta_at >= 0.1 or done >= s.units:
+            self._draw()
+
+    def finish(self, stage: str, elapsed: float) -> None:
+        with self._lock:
+            s = self.plan[stage]
+            s.done, s.elapsed, s.finished = s.units, elapsed, True
+            if s.units and s.rate is None:
+                s.rate = elapsed / s.units
+            self._draw()
+
+    def set_readout(self, text: str) -> None:
+        self.readout = text
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=2.0)
+        self._bar.close()
+
+    # ---- estimates
+    def _main_rate(self) -> float | None:
+        """Seconds per main-stage iteration: measured, or inferred from a measured training stage."""
+        main = self.plan.get("main")
+        if main is not None and main.rate is not None:
+            return main.rate
+        for name in ("refine", "inverse", "init"):
+            s = self.plan.get(name)
+            if s is not None and s.rate is not None:
+                return s.rate / RELATIVE_COST[name]
+        return None
+
+    def _seconds(self, s: StagePlan) -> tuple[float, float] | None:
+        """(seconds spent, seconds left) for stage s, or None while its cost cannot be estimated."""
+        if s.finished:
+            return s.elapsed, 0.0
+        main_rate = self._main_rate()
+        if s.name == "bake":
+            if main_rate is None:
+                return None
+            expected = max(main_rate * self.bake_per_main, s.elapsed * 1.1)  # past its estimate: not done yet
+            return s.elapsed, expected - s.elapsed
+        rate = s.rate if s.rate is not None else \
+            main_rate * RELATIVE_COST[s.name] if main_rate is not None and s.name in RELATIVE_COST else None
+        if rate is None:
+            return None
+        return s.done * rate, max(s.units - s.done, 0.0) * rate
+
+    def _draw(self) -> None:
+        """Redraw the bar; the caller holds the lock."""
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        s = self.plan[self.stage]
+        if not s.finished:
+            s.elapsed = now - self._stage_began
+        parts = [self._seconds(self.plan[name]) for name in self.order]
+        eta_text = "ETA …"
+        if all(p is not None for p in parts):
+            spent = sum(p[0] for p in parts if p is not None)
+            left = sum(p[1] for p in parts if p is not None)
+            if self._eta_shown is None:
+                self._eta_shown = left
+            else:  # count down, then ease toward the estimate (a time constant of 5 s)
+                shown = self._eta_shown - (now - self._eta_at)
+                self._eta_shown = max(shown + (left - shown) * min(1.0, (now - self._eta_at) / 5.0), 0.0)
+            eta_text = "ETA " + tqdm.format_interval(round(self._eta_shown))
+            fraction = spent / max(spent + left, 1e-9)
+            self._bar.n = max(self._bar.n, min(int(fraction * 1000), 999))  # never backwards, full when done
+        self._eta_at = now
+        number = self.order.index(self.stage) + 1
+        unit = "pairs" if self.stage == "flow" else "frames" if self.stage == "bake" else "it"
+        counted = f" {int(s.done)}/{s.units} {unit}" if s.units else ""
+        self._bar.set_description_str(f"fit {self.stage} ({number}/{len(self.order)}){counted}", refresh=False)
+        self._bar.set_postfix_str(eta_text + (f", {self.readout}" if self.readout else ""), refresh=False)
+        self._bar.refresh()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with self._lock:
+                self._draw()
+
+    def complete(self) -> None:
+        with self._lock:
+            self._bar.n = 1000
+            self._eta_shown = 0.0
+            self._draw()
+
+    def count_frames(self, iterable: Any) -> Any:
+        """Wraps the bake's per-frame loop: frames baked show on the bar."""
+        for i, item in enumerate(iterable):
+            yield item
+            self.advance(i + 1)
+        if self.plan["bake"].units:
+            self.set_readout("frames done, baking the atlas and maps")
+
+
+def format_terms(terms: dict[str, float], stage: str, verbose: bool, psnr: float | None = None) -> str:
+    """'loss 0.0312, recon 0.0102, ROI 27.4 dB': the total and the stage's key terms (all with verbose)."""
+    shown = list(terms) if verbose else [k for k in READOUT_TERMS.get(stage, ()) if k in terms]
+    text = ", ".join([f"loss {sum(terms.values()):.4f}"] + [f"{k} {terms[k]:.4f}" for k in shown])
+    if psnr is not None and math.isfinite(psnr):
+        text += f", ROI {psnr:.1f} dB"
+    return text
+
+
+# ---------------------------------------------------------------- checkpoint packing
+def pack_tensor(value: torch.Tensor, base: torch.Tensor | None, *, half: bool = False) -> Any:
+    """`value` for a checkpoint, against `base` (None: zeros) that the loader can rebuild: None where it equals
+    a given base, else a bitmap of the changed entries and their values (fp16 when `half` and it holds them)."""
+    value = value.detach().cpu()
+    base = base.detach().cpu() if base is not None else None
+    if not value.is_floating_point() or value.numel() < 1024:  # small or integer: whole, unless unchanged
+        same = torch.equal(value, base) if base is not None and base.shape == value.shape else False
+        return None if same else value.clone()
+    changed = value != (base if base is not None else 0)
+    if base is not None and not bool(changed.any()):
+        return None
+    values = value[changed]
+    if half and value.dtype == torch.float32 and torch.isfinite(values.half()).all():
+        values = values.half()
+    return {"changed": torch.from_numpy(np.packbits(changed.reshape(-1).numpy())), "values": values.clone(),
+            "shape": tuple(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+
+
+def unpack_tensor(entry: Any, base: torch.Tensor | None) -> torch.Tensor | None:
+    """The tensor pack_tensor stored (None stays None: the caller keeps `base`)."""
+    if entry is None or isinstance(entry, torch.Tensor):
+        return entry
+    shape, dtype = tuple(entry["shape"]), getattr(torch, entry["dtype"])
+    out = base.detach().cpu().to(dtype).clone() if base is not None else torch.zeros(shape, dtype=dtype)
+    bits = np.unpackbits(entry["changed"].numpy(), count=math.prod(shape)).astype(bool)
+    out.view(-1)[torch.from_numpy(bits)] = entry["values"].to(dtype)
+    return out
+
+
+def _pack_optimizer(state: dict[str, Any]) -> dict[str, Any]:
+    """Adam's moments are exactly zero where a hash table was never sampled: stored as changed entries."""
+    packed = {k: {name: pack_tensor(v, None) if isinstance(v, torch.Tensor) else v for name, v in per.items()}
+              for k, per in state["state"].items()}
+    return {"state": packed, "param_groups": state["param_groups"], "packed": True}
+
+
+def _unpack_optimizer(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    if state is None or not state.get("packed"):
+        return state
+    unpacked = {k: {name: unpack_tensor(v, None) if isinstance(v, dict) else v for name, v in per.items()}
+                for k, per in state["state"].items()}
+    return {"state": unpacked, "param_groups": state["param_groups"]}
+
+
+def _checksums(state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-tensor sums of the seeded initialisation: a resume on another torch build must rebuild the same."""
+    return {k: float(v.detach().double().sum()) for k, v in state.items() if v.is_floating_point()}
+
+
 @dataclass
 class FitData:
     """Inputs of a fit, on the compute device."""
@@ -112,9 +367,11 @@ class Fitter:
 
     def __init__(self, data: FitData, cfg: FitConfig, device: torch.device, *, show_progress: bool = True,
                  log: Callable[[str], None] | None = None,
-                 callback: Callable[[str, int], None] | None = None) -> None:
+                 callback: Callable[[str, int], None] | None = None, verbose: bool = False) -> None:
         self.data, self.cfg, self.device = data, cfg, device
         self.show_progress = show_progress
+        self.verbose = verbose  # every loss term in the readout, not only the stage's key ones
+        self.progress: FitProgress | None = None
         self.callback = callback  # called as callback(stage, iteration) after every training step
         self.resumed_from: dict[str, Any] | None = None
         self.log = log or (lambda msg: tqdm.write(msg) if show_progress else None)
@@ -139,7 +396,25 @@ class Fitter:
         self.tau = cfg.refine_tau
 
     # ---------------------------------------------------------------- checkpoints
+    def _initial_state(self) -> dict[str, torch.Tensor]:
+        """The networks' weights before training, rebuilt from the seed as __init__ made them (CPU)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed)
+            model = RnaModel(self.net_cfg)
+        if not self.cfg.fused_mlp:
+            unfuse_mlps(model)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
     def state_dict(self) -> dict[str, Any]:
+        """A resumable state that holds only what training changed (see the module docstring)."""
+        initial = self._initial_state()
+        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        model = {k: pack_tensor(v, initial.get(k)) for k, v in weights.items()}
+        best = None
+        if self.best_state is not None:
+            # a snapshot restored once, at the end of the main stage: fp16 keeps it within 5e-4 of itself
+            best = {k: pack_tensor(v, weights.get(k), half=True) for k, v in self.best_state.items()}
         return {
             "version": CHECKPOINT_VERSION,
             "config": self.cfg.to_dict(),
@@ -147,9 +422,10 @@ class Fitter:
             "ref_frame": self.data.ref_frame,
             "stage": self.stage,
             "iteration": self.iteration,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "best_state": self.best_state,
+            "model": model,
+            "initial_checksums": _checksums(initial),
+            "optimizer": _pack_optimizer(self.optimizer.state_dict()) if self.optimizer is not None else None,
+            "best_state": best,
             "best_psnr": self.best_psnr,
             "stage_times": self.stage_times,
             "generator": self.generator.get_state(),
@@ -163,23 +439,41 @@ class Fitter:
 
     def load_checkpoint(self, path: Path) -> None:
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError, EOFError) as exc:
             raise FitError(f"{path}: unreadable checkpoint ({exc})") from None
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise FitError(f"{path}: checkpoint version {state.get('version')} not supported")
+        version = state.get("version")
+        if version not in READABLE_CHECKPOINTS:
+            raise FitError(f"{path}: checkpoint version {version} not supported")
         if list(state["shape"]) != [self.num_frames, self.height, self.width] or \
                 state["ref_frame"] != self.data.ref_frame:
             raise FitError(f"{path}: checkpoint was made for another video size, frame range or reference frame")
+        # the model was just built from the seed: it is the base the checkpoint's changes apply to
+        initial = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if set(state["model"]) != set(initial):
+            raise FitError(f"{path}: checkpoint was made with different network settings")
+        sums = state.get("initial_checksums")
+        if sums is not None and any(not math.isclose(sums.get(k, math.nan), v, rel_tol=1e-9, abs_tol=1e-6)
+                                    for k, v in _checksums(initial).items()):
+            raise FitError(f"{path}: checkpoint was made with different network settings or another torch "
+                           "build (its starting weights cannot be rebuilt here)")
         try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError:
+            weights = {}
+            for k, entry in state["model"].items():
+                value = unpack_tensor(entry, initial[k])
+                weights[k] = initial[k] if value is None else value
+            self.model.load_state_dict(weights)
+        except (RuntimeError, IndexError, ValueError):
             raise FitError(f"{path}: checkpoint was made with different network settings") from None
         self.stage, self.iteration = state["stage"], int(state["iteration"])
-        self.best_state, self.best_psnr = state["best_state"], float(state["best_psnr"])
+        best = state["best_state"]
+        if best is not None:
+            best = {k: (weights[k] if (v := unpack_tensor(e, weights.get(k))) is None else v.to(weights[k].dtype))
+                       .to(self.device) for k, e in best.items()}
+        self.best_state, self.best_psnr = best, float(state["best_psnr"])
         self.stage_times = dict(state["stage_times"])
         self.generator.set_state(state["generator"].cpu())
-        self._pending_optimizer = state["optimizer"]
+        self._pending_optimizer = _unpack_optimizer(state["optimizer"])
 
     # ---------------------------------------------------------------- tensors
     def _prepare_tensors(self) -> None:
@@ -250,12 +544,14 @@ class Fitter:
             self.resumed_from = {"stage": self.stage, "iteration": self.iteration}
             self.log(f"resuming at stage {self.stage!r}, iteration {self.iteration}")
         start_stage = self.stage
+        self.progress = self._make_progress(start_stage)
         try:
             for stage in STAGES[STAGES.index(start_stage):]:
                 if stage != self.stage:
                     self.stage, self.iteration = stage, 0
                     self._pending_optimizer = None
                 began = time.perf_counter()
+                self.progress.begin(stage, self.iteration if stage in TRAIN_STAGES else 0)
                 if stage == "flow":
                     self._stage_flow()
                 elif stage in TRAIN_STAGES:
@@ -266,13 +562,21 @@ class Fitter:
                     if self.corr is None:
                         self._stage_flow()
                     bundle = self._stage_bake()
-                self.stage_times[stage] = self.stage_times.get(stage, 0.0) + time.perf_counter() - began
+                spent = time.perf_counter() - began
+                self.stage_times[stage] = self.stage_times.get(stage, 0.0) + spent
+                self.progress.finish(stage, spent)
                 self.log(f"stage {stage} done: {self.stage_times[stage]:.1f} s")
+            self.progress.complete()
         except KeyboardInterrupt:
+            self.progress.close()
             if ckpt is not None and self.stage != "flow":
                 self.save_checkpoint(ckpt)
-                self.log(f"interrupted: checkpoint written to {ckpt} (continue with --resume)")
+                size = ckpt.stat().st_size / 2**20
+                self.log(f"interrupted: checkpoint written to {ckpt} ({size:.1f} MB; continue with --resume)")
             raise
+        finally:
+            self.progress.close()
+            self.progress = None
         bundle.metrics["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_times.items()}
         bundle.metrics["total_seconds"] = round(sum(self.stage_times.values()), 3)
         if self.resumed_from is not None:
@@ -285,17 +589,35 @@ class Fitter:
                 ckpt.unlink()
         return bundle, bundle.metrics
 
+    def _make_progress(self, start_stage: str) -> FitProgress:
+        """The overall bar: every stage's units, and the bake weighed in main-stage iterations."""
+        cfg, t = self.cfg, self.num_frames
+        adjacent = [(i, i + 1) for i in range(t - 1)] + [(i + 1, i) for i in range(t - 1)]
+        pairs = len(dict.fromkeys(adjacent + reference_pairs(t, self.data.ref_frame, cfg.ref_hops)))
+        iters = {"init": cfg.iters_mapping_init, "main": cfg.iters_main, "refine": cfg.iters_refine,
+                 "inverse": cfg.iters_inverse}
+        plan = [StagePlan("flow", pairs), *(StagePlan(k, n) for k, n in iters.items()), StagePlan("bake", t)]
+        for s in plan[:STAGES.index(start_stage)]:  # a resumed fit: what was done before
+            s.finished, s.done, s.elapsed = True, s.units, self.stage_times.get(s.name, 0.0)
+        frames = self.data.delivered_frames
+        dh, dw = frames.shape[1:3]
+        atlas = delivery_atlas_size(cfg.atlas_size, self.span * dw / self.width)
+        # the bake evaluates A on the atlas's texels, T, M, A and L twice per delivered pixel, and B and T on
+        # the inverse grid per frame; 1.5 covers the matting and copies that are not network points
+        points = atlas * atlas + t * dh * dw * 5 + t * cfg.inverse_grid ** 2 * 2
+        per_main = 1.5 * points / (MAIN_POINTS_PER_PIXEL * cfg.batch_size)
+        return FitProgress(plan, enabled=self.show_progress, bake_seconds_per_main_iter=per_main)
+
     def _stage_flow(self) -> None:
         cfg = self.cfg
         backend = get_flow_backend(cfg.flow_backend, **({"preset": cfg.flow_preset} if cfg.flow_backend == "dis"
                                                         else {}))
-        pbar = tqdm(desc="flow", unit="pair", disable=not self.show_progress, leave=False)
+        progress = self.progress.add if self.progress is not None else None
         self.corr = compute_correspondences(
             self.data.frames_np, self.data.roi_mask, self.data.ref_frame, backend=backend,
             cache_dir=cfg.extra.get("cache_dir", "default"), adj_fb_px=cfg.adj_fb_px, ref_fb_px=cfg.ref_fb_px,
-            hops=cfg.ref_hops, ncc_min=cfg.ref_ncc_min, threads=cfg.flow_threads, progress=pbar.update,
+            hops=cfg.ref_hops, ncc_min=cfg.ref_ncc_min, threads=cfg.flow_threads, progress=progress,
         )
-        pbar.close()
         self.log(f"flow: {self.corr.stats['flow_pairs']} pairs, adjacent valid {self.corr.stats['adj_valid']:.2f},"
                  f" reference valid {self.corr.stats['ref_valid']:.2f}")
         self._prepare_tensors()
@@ -361,8 +683,7 @@ class Fitter:
             self.potential = self._potential_mask()
         step_fn = {"init": self._step_init, "main": self._step_main, "refine": self._step_refine,
                    "inverse": self._step_inverse}[stage]
-        pbar = tqdm(total=iters, initial=self.iteration, desc=stage, disable=not self.show_progress,
-                    dynamic_ncols=True)
+        progress = self.progress
         while self.iteration < iters:
             decay = cfg.lr_final_factor ** (self.iteration / max(iters, 1))
             for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
@@ -373,16 +694,19 @@ class Fitter:
             loss.backward()
             self.optimizer.step()
             self.iteration += 1
-            if self.iteration % 50 == 0 or self.iteration == iters:
-                pbar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()}, refresh=False)
             if stage == "main" and (self.iteration % max(cfg.eval_every, 1) == 0 or self.iteration == iters):
                 self._evaluate_best()
-            pbar.update(1)
+            if progress is not None:
+                if self.iteration % 50 == 0 or self.iteration == iters:  # .item() waits for the GPU: not every step
+                    values = {k: v.item() for k, v in terms.items()}
+                    psnr = self.best_psnr if stage == "main" else None
+                    progress.set_readout(format_terms(values, stage, self.verbose, psnr))
+                progress.advance(self.iteration)
             if self.callback is not None:
                 self.callback(stage, self.iteration)
-        pbar.close()
         if stage == "main" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+            self.best_state = None  # the weights are now the best ones: a checkpoint need not hold them twice
 
     def _step_init(self) -> dict[str, torch.Tensor]:
         """T toward the reference correspondences (the camera's motion where there are none): a warm start
@@ -563,22 +887,47 @@ class Fitter:
         # keeps the strict footprint
         radius = math.ceil(2.0 * POTENTIAL_MASK_SIZE / self.span)
         gate = torch.nn.functional.max_pool2d(self.potential.float()[None, None], 2 * radius + 1, 1, radius)[0, 0]
-        return bake_bundle(self.model, self.data, self.cfg, (gate > 0.5).cpu().numpy(), self.corr,
-                           show_progress=self.show_progress, best_psnr=self.best_psnr)
+        args = (self.model, self.data, self.cfg, (gate > 0.5).cpu().numpy(), self.corr)
+        if self.progress is None or not self.progress.enabled:
+            return bake_bundle(*args, show_progress=self.show_progress, best_psnr=self.best_psnr)
+        with _frames_counted_by(self.progress):
+            return bake_bundle(*args, show_progress=False, best_psnr=self.best_psnr)
+
+
+@contextmanager
+def _frames_counted_by(progress: FitProgress) -> Iterator[None]:
+    """Routes models/bake.py's per-frame tqdm loop (in this thread only) into the overall bar."""
+    original = getattr(bake_module, "tqdm", None)
+    if original is None:  # the bake no longer loops through tqdm: the heartbeat still moves the bar
+        yield
+        return
+    owner = threading.get_ident()
+
+    def counted(iterable: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != owner:
+            return original(iterable, *args, **kwargs)
+        return progress.count_frames(iterable)
+
+    bake_module.tqdm = counted
+    try:
+        yield
+    finally:
+        bake_module.tqdm = original
 
 
 def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: float = 30.0,
         device: str = "auto", out: Path | str | None = None, resume: bool = False, show_progress: bool = True,
         source: dict[str, Any] | None = None, callback: Callable[[str, int], None] | None = None,
         log: Callable[[str], None] | None = None, source_frames: np.ndarray | None = None,
-        source_roi: Roi | None = None) -> tuple[Bundle, dict[str, Any]]:
+        source_roi: Roi | None = None, verbose: bool = False) -> tuple[Bundle, dict[str, Any]]:
     """Fit (T, H, W, 3) uint8 frames with an ROI at the same resolution; returns the bundle and its metrics.
 
     With `source_frames` (T, Hs, Ws, 3) and `source_roi` (the same ROI in their pixels) the fit still runs on
     `frames`, and the bundle is baked at the source's size over the source frames.
 
     With `out`, the bundle is written there and Ctrl-C leaves a checkpoint `<out>.ckpt` for `resume=True`.
-    `log` receives one-line status messages (default: printed beside the progress bars, silent without them).
+    `log` receives one-line status messages (default: printed above the progress bar, silent without it).
+    One bar shows the whole fit with an ETA and a short loss readout (`verbose`: every loss term).
     `callback(stage, iteration)` runs after every training step (progress hooks; raising KeyboardInterrupt
     there behaves like Ctrl-C).
     """
@@ -601,5 +950,6 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
             raise FitError("source_roi and roi must share the reference frame")
         source_roi.validate(source_frames.shape[2], source_frames.shape[1], t)
     data = FitData(frames, roi, roi_mask, float(fps), dict(source or {}), source_frames, source_roi)
-    fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback, log=log)
+    fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback, log=log,
+                    verbose=verbose)
     return fitter.run(Path(out) if out is not None else None, resume=resume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import subprocess
@@ -119,7 +120,8 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, show_progress=False,
             callback=lambda s, i: _raise_at(s, i, "refine", 5))
     saved = torch.load(checkpoint_path(out), weights_only=False)
-    assert saved["stage"] == "refine" and saved["best_state"] is not None
+    # after the main stage the weights are the best-PSNR ones: the checkpoint does not hold them twice
+    assert saved["stage"] == "refine" and saved["best_state"] is None
     _, metrics = fit(scene.frames, scene.roi, config=cfg, device="cpu", out=out, resume=True, show_progress=False)
     assert metrics["resumed_from"] == {"stage": "refine", "iteration": 5}
     # a checkpoint from another clip geometry is refused
@@ -132,6 +134,38 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
             device="cpu", out=out, resume=True, show_progress=False)
     with pytest.raises(FitError, match="nothing to resume"):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=tmp_path / "none.vatlas", resume=True)
+
+
+def test_checkpoint_holds_what_training_changed_and_rebuilds_it_exactly(scene, tmp_path):
+    """No copy of the seeded start, no best-PSNR weights equal to the current ones, no frozen nets' optimizer;
+    a resume rebuilds the weights and Adam's moments bit for bit (the best-PSNR snapshot to fp16)."""
+    out = tmp_path / "c.vatlas"
+    cfg = tiny_config(iters_mapping_init=10, iters_main=60, iters_refine=10, iters_inverse=10, eval_every=10,
+                      extra={"cache_dir": str(tmp_path / "cache")})
+    data = FitData(scene.frames, scene.roi, scene.roi.mask(48, 64), 30.0, {})
+    fitter = Fitter(data, cfg, torch.device("cpu"), show_progress=False,
+                    callback=lambda s, i: _raise_at(s, i, "main", 45))
+    with pytest.raises(KeyboardInterrupt):
+        fitter.run(out)
+    assert fitter.best_state is not None
+    dense = io.BytesIO()
+    torch.save({"model": fitter.model.state_dict(), "optimizer": fitter.optimizer.state_dict(),
+                "best_state": fitter.best_state}, dense)
+    size = checkpoint_path(out).stat().st_size
+    saved = torch.load(checkpoint_path(out), weights_only=False)
+    assert size < 0.5 * dense.tell(), (size, dense.tell())
+    assert not any(k.startswith("inverse_field") for k, v in saved["model"].items() if v is not None)
+    resumed = Fitter(data, cfg, torch.device("cpu"), show_progress=False)
+    resumed.load_checkpoint(checkpoint_path(out))
+    assert (resumed.stage, resumed.iteration) == ("main", 45)
+    for k, v in fitter.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    for k, v in fitter.best_state.items():
+        assert torch.allclose(resumed.best_state[k], v, rtol=1e-3, atol=1e-7), k
+    moments = resumed._pending_optimizer["state"]
+    for i, per in fitter.optimizer.state_dict()["state"].items():
+        for name, value in per.items():
+            assert torch.equal(moments[i][name], value), (i, name)
 
 
 def test_per_frame_affine_starts_at_the_camera_motion(tmp_path):
