@@ -450,3 +450,54 @@ def test_grpc_connections_and_calls_per_address_are_capped(tiny_models_dir: Path
         for ch in channels:
             ch.close()
         server.stop()
+
+
+def test_a_sessions_images_are_budgeted(tiny_models_dir: Path, tmp_path: Path) -> None:
+    """Images kept as uploaded count against max_document_image_bytes: past it a paste is refused with
+    RESOURCE_EXHAUSTED and nothing of it stays; a deleted image is freed once no undo can restore it (here:
+    after a restart, when nobody's undo history survives)."""
+    pngs = [noise_png(50 + i, 120) for i in range(4)]  # about 43 KB each
+    limits = ServerLimits(max_document_image_bytes=2 * len(pngs[0]) + len(pngs[0]) // 2)
+
+    def paste(op_id: str, png: bytes) -> dict:
+        return {"id": op_id, "type": "texture", "space": "frame", "frame": 0, "image": png, "rect": [4, 4, 16, 16]}
+
+    async def first(server: Any) -> sessions_pb2.SessionInfo:
+        stubs = AioStubs(server.grpc_target, server.token)
+        info, member = await _new_session(stubs)
+        for i in range(2):
+            member.send_op(paste(f"p{i}", pngs[i]))
+            await member.event("accepted", where=lambda a, i=i: a.op_id == f"p{i}")
+        member.send_op(paste("p2", pngs[2]))
+        refused = await member.event("rejected", where=lambda r: r.op_id == "p2")
+        assert refused.error.code == "RESOURCE_EXHAUSTED" and "images" in refused.error.message
+        session = server.core.sessions[info.session_id]
+        assert "p2" not in session.doc.objects and session.doc.image_bytes == len(pngs[0]) + len(pngs[1])
+        member.send_op({"id": "del", "type": "delete", "target": "p0"})
+        await member.event("accepted", where=lambda a: a.op_id == "del")
+        member.send_op(paste("p2", pngs[2]))  # p0 can still be restored by this member's undo: no room yet
+        assert (await member.event("rejected", where=lambda r: r.op_id == "p2")).error.code == "RESOURCE_EXHAUSTED"
+        await member.close()
+        await stubs.close()
+        return info
+
+    async def second(server: Any, info: sessions_pb2.SessionInfo) -> None:
+        stubs = AioStubs(server.grpc_target, server.token)
+        member = GrpcSession(stubs)
+        member.send(join=sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token))
+        assert [op.id for op in (await member.event("snapshot")).document.ops] == ["p1"]
+        member.send_op(paste("p2", pngs[2]))
+        assert (await member.event("accepted", where=lambda a: a.op_id == "p2")).seq > 0
+        await member.close()
+        await stubs.close()
+
+    server = start_in_process_server(tiny_models_dir, data_dir=tmp_path / "data", limits=limits)
+    try:
+        info = asyncio.run(first(server))
+    finally:
+        server.stop()
+    server = start_in_process_server(tiny_models_dir, data_dir=tmp_path / "data", limits=limits)
+    try:
+        asyncio.run(second(server, info))
+    finally:
+        server.stop()

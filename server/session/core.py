@@ -435,6 +435,9 @@ class ServerCore:
             if hidden:
                 ops.append({"type": "set_visible", "target": op["id"], "visible": False})
                 scratch.apply(ops[-1])
+        if scratch.image_bytes > self.limits.max_document_image_bytes:
+            raise CoreError("RESOURCE_EXHAUSTED", f"the document's images take {scratch.image_bytes} bytes (limit "
+                                                  f"{self.limits.max_document_image_bytes})")
         session_id = "s" + secrets.token_hex(8)
         session = Session(session_id, name, secrets.token_urlsafe(18), time.time(), persisted=self.store is not None)
         await self._make_room(session)
@@ -658,6 +661,7 @@ class ServerCore:
                     await self._ensure_engine_locked(session)
                     assert session.doc is not None
                     session.doc.check(op)
+                    self._check_images(session, op)
                     inverse = session.doc.inverse(op)
                     seq = await self._commit(session, participant.participant_id, op, "op")
                 except (OpError, CoreError) as exc:
@@ -671,6 +675,16 @@ class ServerCore:
                 self._announce(session, participant, op, seq)
 
         await _uncancellable(sequence())
+
+    def _check_images(self, session: Session, op: dict[str, Any]) -> None:
+        """Refuse an op that would make the session's document keep more image bytes than its budget (H3)."""
+        assert session.doc is not None
+        limit = self.limits.max_document_image_bytes
+        total = session.doc.image_bytes + session.doc.image_growth(op)
+        if total > limit and session.doc.image_growth(op) > 0:
+            raise CoreError("RESOURCE_EXHAUSTED", f"this session's images would take {total} bytes (limit {limit}): "
+                                                  "delete some (a deleted image is freed once no undo can bring it "
+                                                  "back)", op.get("id", ""))
 
     async def undo(self, participant: Participant) -> None:
         await self._replay_history(participant, redo=False)
@@ -703,6 +717,7 @@ class ServerCore:
                 try:
                     op = validate_op(op, session.op_limits)
                     session.doc.check(op)
+                    self._check_images(session, op)
                     inverse = session.doc.inverse(op)
                     seq = await self._commit(session, participant.participant_id, op, word)
                 except (OpError, CoreError) as exc:

@@ -42,6 +42,7 @@ class Document:
     def __init__(self) -> None:
         self.objects: dict[str, DocObject] = {}
         self.retired: set[str] = set()  # ids of deleted objects dropped by compact()
+        self.image_bytes = 0  # image bytes the objects carry as uploaded (deleted ones kept here too)
         self._next_order = 0
 
     def check(self, op: dict[str, Any]) -> None:
@@ -94,8 +95,17 @@ class Document:
                 previous[key] = NEUTRAL_VALUES[key]
         return {"type": "update", "target": target, "set": previous} if previous else None
 
+    def image_growth(self, op: dict[str, Any]) -> int:
+        """How many image bytes a checked op adds to the document (negative: frees)."""
+        if op["type"] in OBJECT_TYPES:
+            return _image_bytes(op)
+        if op["type"] == "update" and "image" in op["set"]:
+            return len(op["set"]["image"] or b"") - _image_bytes(self.objects[op["target"]].op)
+        return 0
+
     def apply(self, op: dict[str, Any], seq: int = 0) -> None:
         """Apply a checked op (`seq`: its sequence number, kept for objects it creates)."""
+        self.image_bytes += self.image_growth(op)
         kind = op["type"]
         if kind in OBJECT_TYPES:
             self.objects[op["id"]] = DocObject(op=copy.deepcopy(op), order=self._next_order, seq=seq)
@@ -132,7 +142,7 @@ class Document:
         ids stay taken. Returns how many were dropped."""
         gone = [k for k, o in self.objects.items() if o.deleted and k not in keep]
         for key in gone:
-            del self.objects[key]
+            self.image_bytes -= _image_bytes(self.objects.pop(key).op)
         self.retired.update(gone)
         return len(gone)
 
@@ -151,6 +161,7 @@ class Document:
             doc.objects[op["id"]] = DocObject(op=op, order=i, deleted=bool(item.get("deleted")),
                                               visible=bool(item.get("visible", True)), seq=int(item.get("seq", 0)))
         doc.retired = set(state.get("retired", ()))
+        doc.image_bytes = sum(_image_bytes(o.op) for o in doc.objects.values())
         doc._next_order = max(int(state.get("next_order", 0)), len(doc.objects))
         return doc
 
@@ -165,3 +176,8 @@ class Document:
             if obj.deleted:
                 out.append({"type": "delete", "target": obj.op["id"]})
         return out
+
+
+def _image_bytes(op: dict[str, Any]) -> int:
+    image = op.get("image")
+    return len(image) if isinstance(image, (bytes, bytearray)) else 0

@@ -38,6 +38,8 @@ class ServerLimits:
     max_loaded_sessions: int = 64
     session_idle_seconds: float = 300.0  # a session without participants or renders this long is unloaded
     compact_every: int = 256  # ops after the last snapshot before the op log is snapshotted and compacted
+    # images a session's document keeps as uploaded (the engine keeps them cropped, under its own budget)
+    max_document_image_bytes: int = 512 * MIB
     max_event_backlog: int = 10_000  # queued events for one participant before it is cut off as too slow
     min_scale: float = 1.0 / 16.0
     max_fps: float = 240.0
