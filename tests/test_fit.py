@@ -215,6 +215,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (["{video}", "--roi", "/nonexistent/roi.json"], "no such ROI file"),
     (["{video}", "--roi", "{roi}", "--size", "big"], "--size must look like WxH"),
     (["{video}", "--roi", "{roi}", "--frames", "3-9"], "--frames must look like START:STOP"),
+    (["{video}", "--roi", "{roi}", "--frames", "5:2"], "empty or reversed"),
+    (["{video}", "--roi", "{roi}", "--frames", "5:6"], "one frame; a fit needs at least 2"),
     (["{video}", "--roi", "{far_roi}"], "outside"),
     (["{video}", "--roi", "{roi}", "--frames", "0:4", "--ref-frame", "9"], "beyond"),
     pytest.param(["{video}", "--roi", "{roi}", "--frames", "0:4", "--device", "cuda"], "CUDA is not available",
@@ -230,6 +232,33 @@ def test_cli_bad_inputs_fail_with_one_line(tmp_path, args, message):
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("out, message", [
+    ("x.mov", "must be a bundle ending in .vatlas"),
+    ("nodir/x.vatlas", "does not exist"),
+    ("d.vatlas", "is a folder"),
+])
+def test_cli_checks_the_output_before_any_work(tmp_path, capsys, out, message):
+    from vatlas.cli import main
+
+    target = tmp_path / out
+    (tmp_path / "d.vatlas").mkdir()
+    # the video does not exist either: the output is checked first, before anything is read
+    assert main(["fit", str(tmp_path / "none.mp4"), "--roi", str(tmp_path / "none.json"), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_preset_follows_the_device_unless_named():
+    from vatlas.commands.fit import choose_preset
+
+    assert choose_preset(None, "cpu") == ("draft", "preset: draft (the default on a CPU; --preset standard is "
+                                                    "GPU-sized)")
+    assert choose_preset(None, "cuda")[0] == "standard"
+    name, line = choose_preset("standard", "cpu")
+    assert name == "standard" and "hours on this CPU" in line
+    assert choose_preset("best", "cuda") == ("best", "preset: best (as named)")
 
 
 def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):

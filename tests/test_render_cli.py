@@ -85,7 +85,12 @@ def test_export_mp4_and_pngs(files: dict) -> None:
         (["render", "{bundle}", "--edits", "{bad}", "--frame", "0", "-o", "{root}/x.png"], "bad.json"),
         (["render", "{bundle}", "--edits", "{root}/nodoc.json", "--frame", "0", "-o", "{root}/x.png"], "nodoc"),
         (["render", "{bundle}", "--frame", "0", "-o", "{root}/x.gif"], ".png"),
-        (["export", "{bundle}", "-o", "{root}/y.mp4", "--frames", "4:9"], "out of range"),
+        (["export", "{bundle}", "-o", "{root}/y.mp4", "--frames", "4:9"], "goes past the end: the clip has frames 0..5"),
+        (["export", "{bundle}", "-o", "{root}/y.mp4", "--frames", "5:2"], "empty or reversed"),
+        (["export", "{bundle}", "-o", "{root}/y.mp4", "--frames", "3:3"], "empty or reversed"),
+        (["export", "{bundle}", "-o", "{root}/y.mp4", "--frames", "5"], "START:STOP (STOP exclusive): 5:6 for frame 5"),
+        (["export", "{bundle}", "-o", "{root}/y.mp4", "--frames", "a:b"], "must look like START:STOP"),
+        (["export", "{bundle}", "-o", "{root}/nodir/y.mp4"], "does not exist"),
         (["export", "{bundle}", "-o", "{root}/y.avi"], ".mp4"),
     ],
 )

@@ -4,6 +4,7 @@ clip as H.264, ProRes or PNGs, with the source's timing, rotation, colour and au
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from vatlas.cli import CliError
@@ -22,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "or a folder for PNGs")
     parser.add_argument("--codec", choices=CODECS, default=None,
                         help="default: from the output's suffix (.mp4 h264, .mov prores, none png)")
-    parser.add_argument("--frames", default=None, help="frame range a:b (b exclusive), default all; "
-                                                       "the audio is cut to the same span")
+    parser.add_argument("--frames", default=None, metavar="START:STOP",
+                        help="frame range, STOP exclusive, either side optional (5:6 is frame 5 alone); "
+                             "default all; the audio is cut to the same span")
     parser.add_argument("--mode", choices=RENDER_MODES, default=RENDER_MODES[0], help=MODE_HELP)
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better), default 18")
     parser.add_argument("--no-audio", action="store_true", help="leave the source's audio out")
@@ -33,9 +35,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def frame_list(text: str | None, num_frames: int) -> list[int]:
+    """`--frames START:STOP` (STOP exclusive, either side optional) -> the frames; one line saying what is
+    wrong otherwise. A single number is refused: it reads as "from frame N" as easily as "frame N"."""
+    if text is None:
+        return list(range(num_frames))
+    last = f"the clip has frames 0..{num_frames - 1}"
+    if re.fullmatch(r"\s*\d+\s*", text):
+        n = int(text)
+        raise CliError(f"--frames takes START:STOP (STOP exclusive): {n}:{n + 1} for frame {n} alone, "
+                       f"{n}: for frame {n} to the end")
+    match = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    if not match:
+        raise CliError(f"--frames must look like START:STOP with whole numbers (e.g. 0:{num_frames}), got {text!r}")
+    start = int(match.group(1)) if match.group(1) else 0
+    stop = int(match.group(2)) if match.group(2) else num_frames
+    if stop <= start:
+        raise CliError(f"--frames {text} is empty or reversed: STOP must be greater than START (STOP exclusive)")
+    if start >= num_frames or stop > num_frames:
+        raise CliError(f"--frames {text} goes past the end: {last} (STOP at most {num_frames})")
+    return list(range(start, stop))
+
+
+def check_output(out: Path, codec: str) -> None:
+    """Fail before rendering when the output cannot be written."""
+    parent = out if codec == "png" else out.parent
+    while codec == "png" and not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # a PNG folder is created with its missing parents
+    if not parent.is_dir():
+        raise CliError(f"{out}: the folder {parent} does not exist")
+    if codec != "png" and out.is_dir():
+        raise CliError(f"{out} is a folder; give a file name ending in .mp4 or .mov (or no suffix for PNGs)")
+
+
 def run(args: argparse.Namespace) -> int:
     from vatlas.commands.render import load_engine
-    from vatlas.server.export import export_clip, parse_frame_range
+    from vatlas.server.export import export_clip
     from vatlas.video import choose_codec
 
     try:
@@ -44,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if not 0 <= args.crf <= 51:
         raise CliError(f"--crf must be in 0..51, got {args.crf}")
+    check_output(args.output, codec)
+    if args.frames is not None:
+        frame_list(args.frames, 1 << 30)  # the form is checked before the bundle loads; the range after
     engine = load_engine(args.bundle, args.edits, args.device, compile=None)
     scale = preview_scale_of(args, engine.bundle)
-    try:
-        frames = parse_frame_range(args.frames, engine.bundle.num_frames)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    frames = frame_list(args.frames, engine.bundle.num_frames)
     out = export_clip(engine, args.output, frames=frames, mode=args.mode, crf=args.crf, codec=codec, scale=scale,
                       audio=not args.no_audio, show_progress=not args.quiet)
     print(f"wrote {out} ({len(frames)} frames, {codec})")

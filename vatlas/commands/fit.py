@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,9 +37,36 @@ def parse_frames(text: str) -> tuple[int, int | None]:
         raise CliError(f"--frames must look like START:STOP (e.g. 0:70), got {text!r}")
     start = int(match.group(1) or 0)
     stop = int(match.group(2)) if match.group(2) else None
-    if stop is not None and stop <= start + 1:
-        raise CliError(f"--frames needs at least 2 frames (START < STOP - 1), got {text!r}")
+    if stop is not None and stop <= start:
+        raise CliError(f"--frames {text} is empty or reversed: STOP must be greater than START (STOP exclusive)")
+    if stop is not None and stop == start + 1:
+        raise CliError(f"--frames {text} is one frame; a fit needs at least 2 (e.g. {start}:{start + 2})")
     return start, stop
+
+
+def check_output(out: Path) -> None:
+    """Fail before any work when the bundle could not be written (the fit takes minutes to hours)."""
+    if out.suffix.lower() != ".vatlas":
+        raise CliError(f"--out must be a bundle ending in .vatlas (the server lists *.vatlas), got {str(out)!r}")
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give a file name ending in .vatlas")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(f"--out {out}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"--out {out}: the folder {parent} is not writable")
+
+
+def choose_preset(named: str | None, device_type: str) -> tuple[str, str]:
+    """The preset and the one line that says why: as named, else draft on a CPU and standard on a GPU."""
+    if named is None:
+        named = "standard" if device_type == "cuda" else "draft"
+        why = "the default on a GPU" if device_type == "cuda" else "the default on a CPU; --preset standard is GPU-sized"
+    elif device_type == "cpu" and named != "draft":
+        why = "sized for a GPU: hours on this CPU, --preset draft takes minutes"
+    else:
+        why = "as named"
+    return named, f"preset: {named} ({why})"
 
 
 def working_size(source: tuple[int, int], size: tuple[int, int] | None, max_side: int) -> tuple[int, int]:
@@ -58,12 +86,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", default=None, help="working size WxH (default: long side <= 768)")
     parser.add_argument("--frames", default=None, help="frame range START:STOP of the source (STOP exclusive)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--preset", default="standard", choices=("draft", "standard", "best"))
+    parser.add_argument("--preset", default=None, choices=("draft", "standard", "best"),
+                        help="training schedule (default: draft on a CPU, standard on a GPU)")
     parser.add_argument("--iters", type=int, default=None, help="main-stage iterations (other stages scale)")
     parser.add_argument("--batch-size", type=int, default=None, help="pixels per training step")
     parser.add_argument("--atlas-size", type=int, default=None, help="atlas texture size (>= 1024)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.ckpt after an interruption")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="every loss term in the progress readout")
     parser.set_defaults(func=run)
 
 
@@ -73,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from vatlas.roi import load_roi
     from vatlas.video import content_hash, read_video
 
+    check_output(args.out)
     size = parse_size(args.size) if args.size is not None else None
     frame_range = parse_frames(args.frames) if args.frames is not None else None
     if args.iters is not None and args.iters < 1:
@@ -83,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--ref-frame must be >= 0, got {args.ref_frame}")
     roi = load_roi(args.roi, ref_frame=args.ref_frame)
     try:
+        device = resolve_device(args.device)
+    except FitError as exc:
+        raise CliError(str(exc)) from None
+    preset, preset_line = choose_preset(args.preset, device.type)
+    try:
         overrides: dict[str, Any] = {}
         if args.atlas_size is not None:
             overrides["atlas_size"] = args.atlas_size
@@ -90,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             if args.batch_size < 16:
                 raise CliError(f"--batch-size must be >= 16, got {args.batch_size}")
             overrides["batch_size"] = args.batch_size
-        config = FitConfig.preset(args.preset, **overrides)
+        config = FitConfig.preset(preset, **overrides)
         if args.iters is not None:
             config = config.scaled_iters(args.iters)
     except ValueError as exc:
@@ -124,13 +160,12 @@ def run(args: argparse.Namespace) -> int:
         "working_size": [w, h],
         **video.info,  # timestamps, rotation, colour and audio location, for an export like the source
     }
+    if not args.quiet:
+        print(preset_line, file=sys.stderr)
     try:
-        device = resolve_device(args.device)
-        if args.preset != "draft" and device.type == "cpu":
-            print(f"note: the {args.preset!r} preset is sized for a GPU; on this CPU it takes hours "
-                  "(--preset draft takes minutes)", file=sys.stderr)
         bundle, metrics = fit(frames, work_roi, config=config, fps=video.fps, device=device.type, out=args.out,
-                              resume=args.resume, show_progress=not args.quiet, source=source, **full_size)
+                              resume=args.resume, show_progress=not args.quiet, source=source,
+                              verbose=args.verbose, **full_size)
     except FitError as exc:
         raise CliError(str(exc)) from None
     print(f"wrote {args.out}: {bundle.num_frames} frames {bundle.width}x{bundle.height} (fitted at {w}x{h}), atlas {bundle.atlas_size}^2, "
