@@ -48,6 +48,13 @@ def test_atlas_space_has_no_frame() -> None:
         (lambda: ops.stroke([(0, 0)], frame=0, color=(2, 0, 0)), "colour"),
         (lambda: ops.stroke([(0, 0)], frame=0, id="has space"), "op id"),
         (lambda: ops.texture(np.zeros((4, 4, 3), np.uint8), frame=0), "rect"),
+        (lambda: ops.texture(np.zeros((4, 4, 3), np.uint8), rect=[0, 0, 4, 4]), "needs frame=<index> and rect"),
+        (lambda: ops.texture(np.zeros((4, 4, 3), np.uint8), frame=0, position=(1, 1)), "position=(x, y) is for atlas"),
+        (lambda: ops.texture(np.zeros((4, 4, 3), np.uint8), space="atlas", rect=[0, 0, 4, 4]), "not rect"),
+        (lambda: ops.sticker(np.zeros((4, 4, 4), np.uint8), frame=0, position=(1, 1), size=[0, 3]), "both > 0"),
+        (lambda: _common.export_format("x.mov", None), "exports .mp4 (H.264) or .zip (PNG frames), not '.mov'"),
+        (lambda: _common.export_format("x", None), "without a suffix"),
+        (lambda: _common.export_format("x.zip", "mp4"), "is written as .mp4"),
         (lambda: ops.sticker(np.zeros((4, 4, 4), np.uint8), frame=0, position=(1, 1), size=[1]), "size"),
         (lambda: ops.update("x"), "at least one"),
         (lambda: ops.update("x", nonsense=1), "no property"),
@@ -140,3 +147,28 @@ def test_frame_and_ack_records() -> None:
         Frame.from_proto(render_pb2.RenderedFrame(format="raw", width=3, height=3, data=b"x")).to_numpy()
     ack = Ack(7, "stroke-1")
     assert ack == 7 and ack.op_id == "stroke-1" and str(ack) == "7"
+
+
+def test_texture_forms_sticker_size_and_export_format() -> None:
+    image = np.zeros((6, 10, 4), np.uint8)
+    on_frame = ops.texture(image, frame=2, rect=[1, 2, 10, 6])
+    assert on_frame.space == "frame" and on_frame.frame == 2 and list(on_frame.rect) == [1, 2, 10, 6]
+    in_atlas = ops.texture(image, position=(5, 5), scale=2.0)
+    assert in_atlas.space == "atlas" and not in_atlas.HasField("frame") and in_atlas.scale == 2.0
+    # a sticker without a size keeps the image's own pixel size
+    assert list(ops.sticker(image, frame=0, position=(3, 3)).size) == [10, 6]
+    assert _common.export_format("a/b.MP4", None) == "mp4" and _common.export_format("c.zip", None) == "png_zip"
+    assert _common.export_format("c.zip", "png_zip") == "png_zip"
+
+
+def test_session_op_methods_show_the_builders_keywords() -> None:
+    import inspect
+
+    from vatlas_client import AsyncSession, Session
+
+    for cls in (Session, AsyncSession):
+        for name in ("stroke", "texture", "adjustment", "sticker"):
+            params = inspect.signature(getattr(cls, name)).parameters
+            builder = inspect.signature(getattr(ops, name)).parameters
+            assert list(params) == ["self", *builder, "timeout"], (cls, name)
+    assert inspect.signature(Session.sticker).parameters["size"].default is None

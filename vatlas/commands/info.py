@@ -1,4 +1,4 @@
-"""`vatlas info BUNDLE`: print a bundle's summary (Bundle.info())."""
+"""`vatlas info BUNDLE`: a bundle's summary in a few lines; `--all` or `--json` for everything (Bundle.info())."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="print a bundle's summary")
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--all", action="store_true", help="every field, training setting and metric")
+    parser.add_argument("--json", action="store_true", help="everything, as JSON")
     parser.set_defaults(func=run)
 
 
@@ -29,12 +30,54 @@ def _lines(data: Any, indent: int = 0) -> list[str]:
     return out
 
 
+def _size(pair: Any) -> str:
+    return f"{pair[0]}x{pair[1]}" if isinstance(pair, list | tuple) and len(pair) == 2 else str(pair)
+
+
+def summary(info: dict[str, Any], path: Path) -> list[str]:
+    """What a user needs to pick and use a bundle; the training settings stay behind --all."""
+    source, metrics, config = info.get("source") or {}, info.get("metrics") or {}, info.get("config") or {}
+    lines = [f"bundle: {path}"]
+    clip = f"frames: {info['frames']} at {info['fps']:.4g} fps"
+    if source.get("path"):
+        span = source.get("frame_range")
+        clip += f" ({source['path']}" + (f", frames {span[0]}:{span[1]}" if span else "") + ")"
+    lines.append(clip)
+    size = f"size: {_size(info['size'])}"
+    if metrics.get("working_size") and list(metrics["working_size"]) != list(info["size"]):
+        size += f" (fitted at {_size(metrics['working_size'])})"
+    lines.append(size)
+    count = info["roi_polygons"]
+    lines.append(f"ROI: {count} polygon{'s' if count != 1 else ''} on reference frame {info['ref_frame']}")
+    lines.append(f"atlas: {info['atlas_size']}x{info['atlas_size']}, {info['atlas_coverage'] * 100:.1f} % covered")
+    quality = []
+    if isinstance(metrics.get("roi_psnr"), int | float):
+        quality.append(f"ROI PSNR {metrics['roi_psnr']:.2f} dB")
+    worst = metrics.get("roi_psnr_worst_frames") or []
+    if worst:
+        quality.append("worst frames " + ", ".join(f"{int(w[0])} ({w[1]:.1f} dB)" for w in worst[:3]))
+    if isinstance(metrics.get("total_seconds"), int | float):
+        quality.append(f"{metrics['total_seconds']:.0f} s")
+    if "iters_main" in config:
+        quality.append(f"{config['iters_main']} main iterations, batch {config.get('batch_size', '?')}")
+    elif config.get("kind"):
+        quality.append(str(config["kind"]))
+    if quality:
+        lines.append("fit: " + ", ".join(quality))
+    total = sum((info.get("bytes") or {}).values())
+    lines.append(f"arrays: {total / 2**20:.1f} MB in memory")
+    lines.append("(--all for every setting and metric, --json for JSON)")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from vatlas.models.bundle import load_bundle
 
     info = load_bundle(args.bundle).info()
     if args.json:
         print(json.dumps(info, indent=1, default=str))
-    else:
+    elif args.all:
         print("\n".join(_lines(info)))
+    else:
+        print("\n".join(summary(info, args.bundle)))
     return 0

@@ -148,6 +148,23 @@ def render_request(
     return request
 
 
+EXPORT_SUFFIXES = {".mp4": "mp4", ".zip": "png_zip"}
+
+
+def export_format(path: Any, fmt: str | None) -> str:
+    """The export format a file name asks for (.mp4: H.264, .zip: PNG frames), checked against `fmt`: the
+    file is what its name says, or nothing is written."""
+    suffix = Path(path).suffix.lower()
+    wanted = EXPORT_SUFFIXES.get(suffix)
+    if wanted is None:
+        raise ValueError(f"{Path(path).name}: the server exports .mp4 (H.264) or .zip (PNG frames), "
+                         f"not {suffix or 'a name without a suffix'!r}; `vatlas export` writes ProRes .mov locally")
+    if fmt is not None and fmt != wanted:
+        raise ValueError(f"{Path(path).name}: format {fmt!r} is written as {'.zip' if fmt == 'png_zip' else '.mp4'}, "
+                         f"not {suffix!r}")
+    return wanted
+
+
 def export_request(
     session: Any, join_token: str | None, fmt: str, start: int, end: int, crf: int
 ) -> render_pb2.ExportRequest:

@@ -226,9 +226,11 @@ class AsyncClient:
             raise from_rpc_error(exc) from None
 
     async def export(
-        self, session: Any, path: str | PathLike, *, format: str = "mp4", start: int = 0, end: int = 0,
+        self, session: Any, path: str | PathLike, *, format: str | None = None, start: int = 0, end: int = 0,
         crf: int = 0, progress: Callable[[ExportProgress], None] | None = None, join_token: str | None = None,
     ) -> Path:
+        """As `Client.export`: `.mp4` (H.264) or `.zip` (PNG frames), following the suffix."""
+        format = _common.export_format(path, format)
         target = Path(path)
         partial = target.with_name(target.name + ".part")
         received = 0
@@ -464,15 +466,19 @@ class AsyncSession:
             self._queue.put_nowait(msg)
         return await self._wait(waiter, timeout, f"op {op.id!r}")
 
+    @ops._with_signature_of(ops.stroke)
     async def stroke(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
         return await self.send(ops.stroke(points, **kwargs), timeout=timeout)
 
+    @ops._with_signature_of(ops.texture)
     async def texture(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
         return await self.send(ops.texture(image, **kwargs), timeout=timeout)
 
+    @ops._with_signature_of(ops.adjustment)
     async def adjustment(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
         return await self.send(ops.adjustment(points, **kwargs), timeout=timeout)
 
+    @ops._with_signature_of(ops.sticker)
     async def sticker(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
         return await self.send(ops.sticker(image, **kwargs), timeout=timeout)
 

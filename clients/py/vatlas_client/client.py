@@ -268,10 +268,12 @@ class Client:
             raise from_rpc_error(exc) from None
 
     def export(
-        self, session: Any, path: str | PathLike, *, format: str = "mp4", start: int = 0, end: int = 0,
+        self, session: Any, path: str | PathLike, *, format: str | None = None, start: int = 0, end: int = 0,
         crf: int = 0, progress: Callable[[ExportProgress], None] | None = None, join_token: str | None = None,
     ) -> Path:
-        """Render the edited clip on the server and save it to `path` (written atomically)."""
+        """Render the edited clip on the server and save it to `path` (written atomically): `.mp4` for H.264,
+        `.zip` for PNG frames (`format` follows the suffix; any other suffix raises ValueError first)."""
+        format = _common.export_format(path, format)
         target = Path(path)
         partial = target.with_name(target.name + ".part")
         received = 0
@@ -529,18 +531,22 @@ class Session:
                 self._queue.put(msg)
         return self._wait(waiter, timeout, f"op {op.id!r}")
 
+    @ops._with_signature_of(ops.stroke)
     def stroke(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """Paint (or erase) along a polyline; keywords as in `ops.stroke`."""
         return self.send(ops.stroke(points, **kwargs), timeout=timeout)
 
+    @ops._with_signature_of(ops.texture)
     def texture(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """Paste an image (path, bytes, PIL image or numpy array); keywords as in `ops.texture`."""
         return self.send(ops.texture(image, **kwargs), timeout=timeout)
 
+    @ops._with_signature_of(ops.adjustment)
     def adjustment(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """A colour adjustment region; keywords as in `ops.adjustment`."""
         return self.send(ops.adjustment(points, **kwargs), timeout=timeout)
 
+    @ops._with_signature_of(ops.sticker)
     def sticker(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
         """A tracked rigid sticker; keywords as in `ops.sticker`."""
         return self.send(ops.sticker(image, **kwargs), timeout=timeout)

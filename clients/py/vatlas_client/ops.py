@@ -6,14 +6,15 @@ in one call. Coordinates are pixels of frame `frame` (space="frame") or referenc
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 from vatlas.v1 import edits_pb2
 
-from .images import ImageSource, encode_image
+from .images import ImageSource, encode_image, image_size
 
 Point = Sequence[float]
 Color = str | Sequence[float]
@@ -98,19 +99,54 @@ def stroke(
     return op
 
 
+@overload
+def texture(
+    image: ImageSource, *, frame: int, rect: Sequence[float], space: Literal["frame"] = "frame",
+    opacity: float | None = None, id: str | None = None,
+) -> edits_pb2.EditOp: ...
+
+
+@overload
+def texture(
+    image: ImageSource, *, position: Point, space: Literal["atlas"] = "atlas", scale: float | None = None,
+    rotation: float | None = None, opacity: float | None = None, id: str | None = None,
+) -> edits_pb2.EditOp: ...
+
+
 def texture(
     image: ImageSource,
     *,
     frame: int | None = None,
     rect: Sequence[float] | None = None,
     position: Point | None = None,
-    space: str = "frame",
+    space: str | None = None,
     scale: float | None = None,
     rotation: float | None = None,
     opacity: float | None = None,
     id: str | None = None,
 ) -> edits_pb2.EditOp:
-    """An image pasted onto the surface: on a frame at `rect` = [x, y, w, h], or in atlas space at `position`."""
+    """An image pasted onto the surface, in one of two forms:
+
+    - ``texture(image, frame=N, rect=[x, y, w, h])``: on frame N at that rectangle (both are required);
+    - ``texture(image, position=(x, y))``: centred there in atlas space (reference-frame pixels, no frame),
+      sized by ``scale`` (image pixels times scale) and turned by ``rotation``.
+
+    `space` follows from the form; giving it ("frame" or "atlas") only checks that it agrees.
+    """
+    if space is None:
+        space = "atlas" if position is not None and rect is None and frame is None else "frame"
+    if space == "frame":
+        if position is not None:
+            raise ValueError("a texture on a frame is placed with rect=[x, y, w, h]; position=(x, y) is for "
+                             "atlas space (leave frame out)")
+        if rect is None or frame is None:
+            raise ValueError("texture needs frame=<index> and rect=[x, y, w, h] (on a frame), or only "
+                             "position=(x, y) (atlas space, reference-frame pixels)")
+        if scale is not None:
+            raise ValueError("scale is for atlas-space textures; on a frame the rect sets the size")
+    elif space == "atlas" and (rect is not None or position is None):
+        raise ValueError("an atlas-space texture is placed with position=(x, y) (reference-frame pixels), "
+                         "not rect")
     op = _placed("texture", id, space, frame)
     op.image = encode_image(image)
     if rect is not None:
@@ -119,8 +155,6 @@ def texture(
         op.rect.extend(float(v) for v in rect)
     if position is not None:
         op.position.CopyFrom(_vec2(position))
-    if rect is None and position is None:
-        raise ValueError("texture needs rect=[x, y, w, h] (frame space) or position=(x, y)")
     _set_optional(op, scale=scale, rotation=rotation, opacity=opacity)
     return op
 
@@ -155,18 +189,22 @@ def sticker(
     *,
     frame: int,
     position: Point,
-    size: Sequence[float],
+    size: Sequence[float] | None = None,
     follow_scale: bool = True,
     follow_rotation: bool = True,
     rotation: float | None = None,
     opacity: float | None = None,
     id: str | None = None,
 ) -> edits_pb2.EditOp:
-    """A rigid image tracked through the clip, anchored at point `position` of frame `frame`."""
-    if len(size) != 2:
-        raise ValueError(f"sticker size is [w, h], got {size!r}")
+    """A rigid image tracked through the clip, anchored at point `position` of frame `frame`, `size` = [w, h]
+    pixels of that frame (default: the image's own size in pixels)."""
+    data = encode_image(image)
+    if size is None:
+        size = image_size(data)
+    if len(size) != 2 or not all(float(v) > 0 for v in size):
+        raise ValueError(f"sticker size is [w, h] in frame pixels, both > 0, got {size!r}")
     op = _placed("sticker", id, "frame", frame)
-    op.image = encode_image(image)
+    op.image = data
     op.position.CopyFrom(_vec2(position))
     op.size.extend(float(v) for v in size)
     op.follow_scale = follow_scale
@@ -217,3 +255,21 @@ def set_visible(target: str, visible: bool, *, id: str | None = None) -> edits_p
     return edits_pb2.EditOp(
         id=_check_id(id or new_op_id("visible")), type="set_visible", target=target, visible=visible
     )
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _with_signature_of(builder: Callable[..., Any]) -> Callable[[_Method], _Method]:
+    """Give a Session method that forwards **kwargs to `builder` the builder's signature (plus `timeout`), so
+    help() and editors show the real keywords and their defaults instead of **kwargs."""
+    def decorate(method: _Method) -> _Method:
+        params = list(inspect.signature(builder).parameters.values())
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        timeout = inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation="float | None")
+        method.__signature__ = inspect.Signature([self_param, *params, timeout],  # type: ignore[attr-defined]
+                                                 return_annotation="Ack")
+        method.__doc__ = f"{(method.__doc__ or '').strip()}\n\n{inspect.getdoc(builder)}"
+        return method
+    return decorate
