@@ -727,6 +727,8 @@ class ChaosEditor:
         self.rejected: list[tuple[str, str]] = []
         self.alive_strokes: list[str] = []  # own strokes acknowledged, no delete sent for them
         self.strokes: set[str] = set()  # own strokes acknowledged
+        self.pending_deletes: dict[str, str] = {}  # delete op id -> its target, until answered or settled
+        self.pending_strokes: set[str] = set()  # strokes sent, until answered or settled
         self.first_ack: asyncio.Event | None = None  # made on each cycle's event loop
         self.reader: asyncio.Task | None = None  # reads answers until the connection ends
 
@@ -736,14 +738,35 @@ class ChaosEditor:
         if self.n % 5 == 0:
             return {"id": op_id, "type": "set_visible", "target": "base", "visible": bool(self.n % 2)}
         if len(self.alive_strokes) > 6:  # few live objects: replay time is what a restart measures
-            return {"id": op_id, "type": "delete", "target": self.alive_strokes.pop(0)}
+            target = self.alive_strokes.pop(0)
+            self.pending_deletes[op_id] = target
+            return {"id": op_id, "type": "delete", "target": target}
+        self.pending_strokes.add(op_id)
         return _stroke(op_id, self.n % self.frames, self.rng, *self.size)
+
+    def settle(self, logged: dict[str, str], live: set[str] | None) -> None:
+        """After a restart: own ops that were in flight at the kill are resolved from what the server replayed
+        (`logged`: op id -> type of the ops after the resume point; `live`: the document's ids instead, when the
+        server sent the whole document). A logged stroke is one to delete later; a delete that was not
+        logged leaves its stroke alive."""
+        for op_id, target in list(self.pending_deletes.items()):
+            gone = target not in live if live is not None else op_id in logged
+            if not gone:
+                self.alive_strokes.insert(0, target)
+        self.pending_deletes.clear()
+        for op_id in self.pending_strokes:
+            if (op_id in live) if live is not None else (logged.get(op_id) == "stroke"):
+                self.strokes.add(op_id)
+                self.alive_strokes.append(op_id)
+        self.pending_strokes.clear()
 
     def answered(self, op_id: str, seq: int | None, op: dict[str, Any] | None, error: str = "") -> None:
         if seq is None:
             self.rejected.append((op_id, error))
             return
         self.acked.append((op_id, seq))
+        self.pending_deletes.pop(op_id, None)
+        self.pending_strokes.discard(op_id)
         if op is not None and op["type"] == "stroke":
             self.alive_strokes.append(op_id)
             self.strokes.add(op_id)
@@ -931,7 +954,7 @@ def _flip_snapshot_bit(session_dir: Path, rng: random.Random) -> bool:
 
 
 def run_chaos(models: Path, bundle: str, data: Path, kills: int, *, seed: int = 0, device: str = "cpu",
-              token: str = "chaos-token", compact_every: int = 32, max_alive: float = 0.3,
+              token: str = "chaos-token", compact_every: int = 64, max_alive: float = 0.3,
               torn_every: int = 7, flip_every: int = 23, window: int = 16,
               size: tuple[int, int] = (64, 48), frames: int = 8, log: Any = None) -> dict[str, Any]:
     """`kills` SIGKILL/restart cycles against one session (see the comment above); returns the tallies.
@@ -1020,6 +1043,11 @@ def run_chaos(models: Path, bundle: str, data: Path, kills: int, *, seed: int = 
                     if s > verified and got.get(s) != op_id:
                         tally["lost"].append(f"cycle {cycle}: acknowledged {op_id} (seq {s}) came back as "
                                              f"{got.get(s)!r}")
+            # ops in flight at the kill: what the log kept of them decides which strokes are still there
+            live = {op.id for op in snapshot.document.ops} if snapshot.HasField("document") else None
+            logged = {a.op.id: a.op.type for a in applied}
+            for editor in editors:
+                editor.settle(logged, live)
             if acked and seq < max(acked):
                 tally["lost"].append(f"cycle {cycle}: the server is at seq {seq}, {max(acked)} was acknowledged")
             verified = seq
