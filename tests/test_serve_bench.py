@@ -49,3 +49,17 @@ def test_bench_serve_soak_on_cpu(tmp_path: Path) -> None:
     assert len(timeline) == 8 and all(p["rss_mib"] > 0 and p["ops_per_s"] > 0 for p in timeline)
     assert result["meta"]["clients"] == 4 and result["meta"]["persisted"] and result["meta"]["rejoins"] >= 4
     assert "memory at" in proc.stdout  # the table is printed too
+
+
+def test_bench_serve_chaos_prints_what_survived(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vatlas.cli", "bench", "serve", "--quick", "--device", "cpu", "--chaos", "4",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measures = {row["measure"]: row["value"] for row in json.loads(out.read_text())["rows"]}
+    assert measures["SIGKILLs"] == 4 and measures["acknowledged ops"] > 10
+    assert measures["acknowledged ops lost"] == 0 and measures["answers out of order"] == 0
+    assert measures["resume (load + replay) p95"] > 0 and "restart to ready p50" in proc.stdout

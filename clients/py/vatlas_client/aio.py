@@ -106,10 +106,10 @@ class AsyncClient:
 
     async def fit_progress(
         self, video: str | PathLike, name: str, roi: _common.RoiLike, *, preset: str = "draft",
-        iterations: int = 0, width: int = 0, height: int = 0,
+        iterations: int = 0, width: int = 0, height: int = 0, detach: bool = False,
     ) -> AsyncIterator[FitProgress]:
         request = bundles_pb2.StartFitRequest(name=name, roi_json=_common.roi_json(roi), preset=preset,
-                                              iterations=iterations, width=width, height=height)
+                                              iterations=iterations, width=width, height=height, detach=detach)
         request.upload_id = await self.upload_video(video)
         try:
             async for msg in self._bundles.StartFit(request, metadata=self._metadata):
@@ -119,12 +119,12 @@ class AsyncClient:
 
     async def fit(
         self, video: str | PathLike, name: str, roi: _common.RoiLike, *, preset: str = "draft",
-        iterations: int = 0, width: int = 0, height: int = 0,
+        iterations: int = 0, width: int = 0, height: int = 0, detach: bool = False,
         progress: Callable[[FitProgress], None] | None = None,
     ) -> BundleInfo:
         last: FitProgress | None = None
         async for last in self.fit_progress(video, name, roi, preset=preset, iterations=iterations, width=width,
-                                            height=height):
+                                            height=height, detach=detach):
             if progress is not None:
                 progress(last)
         if last is None or not last.done or last.bundle is None:

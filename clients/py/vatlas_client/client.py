@@ -134,11 +134,14 @@ class Client:
 
     def fit_progress(
         self, video: str | PathLike, name: str, roi: _common.RoiLike, *, preset: str = "draft",
-        iterations: int = 0, width: int = 0, height: int = 0,
+        iterations: int = 0, width: int = 0, height: int = 0, detach: bool = False,
     ) -> Iterator[FitProgress]:
-        """Upload `video` and fit bundle `name` on the server, yielding progress; the last item has `.bundle`."""
+        """Upload `video` and fit bundle `name` on the server, yielding progress; the last item has `.bundle`.
+
+        The server stops the fit when this stream ends early, unless `detach` (then the bundle appears in
+        `list_bundles` when the fit is done)."""
         request = bundles_pb2.StartFitRequest(name=name, roi_json=_common.roi_json(roi), preset=preset,
-                                              iterations=iterations, width=width, height=height)
+                                              iterations=iterations, width=width, height=height, detach=detach)
         request.upload_id = self.upload_video(video)
         try:
             for msg in self._bundles.StartFit(request, metadata=self._metadata):
@@ -148,13 +151,13 @@ class Client:
 
     def fit(
         self, video: str | PathLike, name: str, roi: _common.RoiLike, *, preset: str = "draft",
-        iterations: int = 0, width: int = 0, height: int = 0,
+        iterations: int = 0, width: int = 0, height: int = 0, detach: bool = False,
         progress: Callable[[FitProgress], None] | None = None,
     ) -> BundleInfo:
         """Upload and fit; calls `progress` on every update and returns the new bundle's info."""
         last: FitProgress | None = None
         for last in self.fit_progress(video, name, roi, preset=preset, iterations=iterations, width=width,
-                                      height=height):
+                                      height=height, detach=detach):
             if progress is not None:
                 progress(last)
         if last is None or not last.done or last.bundle is None:
