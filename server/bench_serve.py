@@ -13,15 +13,25 @@ and drives it with real gRPC (grpc.aio) and WebSocket clients:
   a soak phase (4 playback clients plus an editor updating, toggling, undoing and redoing a fixed set of
   strokes and rendering after each op) fills `--duration` seconds; the slope over the soak says whether
   memory stays flat.
+
+Two other modes replace the run above:
+
+* ``--soak SECONDS --clients N``: N clients (half gRPC, half WebSocket, four to a session) edit and render for
+  SECONDS, with playback bursts and rejoins; the server's RSS and GPU memory over time, ops and frames per
+  second, and the slopes after warm-up. The GPU target: ``--device cuda --soak 600 --clients 16 --data``.
+* ``--chaos KILLS``: `run_chaos`, SIGKILL at random moments with two clients streaming ops, every
+  acknowledged op checked after every restart; what survived, restart and replay times.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
+import queue
 import random
 import shutil
 import signal
@@ -613,15 +623,13 @@ def fork_launcher() -> None:
         line = sys.stdin.readline()
         if not line:
             return
-        with_exits = []
         while True:  # reap earlier children so they do not stay zombies
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
-            with_exits.append(pid)
         argv = json.loads(line)
         pid = os.fork()
         if pid == 0:
@@ -646,7 +654,7 @@ class ForkedServers:
             [sys.executable, "-c", "from vatlas.server.bench_serve import fork_launcher; fork_launcher()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        self.lines: Any = __import__("queue").Queue()
+        self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True).start()
         threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
@@ -667,7 +675,7 @@ class ForkedServers:
         while info is None:
             try:
                 line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001 - queue.Empty: it never got ready
+            except queue.Empty:
                 raise RuntimeError("the forked server did not get ready:\n" + "".join(self.stderr[-30:])) from None
             if line.startswith(FORK_PREFIX):
                 self.pid = int(line[len(FORK_PREFIX):])
@@ -679,7 +687,7 @@ class ForkedServers:
         """SIGKILL the server and wait until it is gone (its files are quiescent then)."""
         if self.pid is None:
             return
-        with contextlib_suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -701,12 +709,6 @@ class ForkedServers:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-def contextlib_suppress(*exceptions: type[BaseException]) -> Any:
-    import contextlib
-
-    return contextlib.suppress(*exceptions)
 
 
 class ChaosEditor:
@@ -791,7 +793,7 @@ async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEd
                 session_id=info.session_id, join_token=info.join_token, name=editor.name)))
 
             async def read() -> None:
-                with contextlib_suppress(Exception):  # the stream ends when the server is killed
+                with contextlib.suppress(Exception):  # the stream ends when the server is killed
                     await read_events()
 
             async def read_events() -> None:
@@ -840,7 +842,7 @@ async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor,
                 session_id=info.session_id, join_token=info.join_token, name=editor.name)))
 
             async def read() -> None:
-                with contextlib_suppress(Exception):  # the socket closes when the server is killed
+                with contextlib.suppress(Exception):  # the socket closes when the server is killed
                     await read_frames()
 
             async def read_frames() -> None:
@@ -989,7 +991,7 @@ def run_chaos(models: Path, bundle: str, data: Path, kills: int, *, seed: int = 
                 tasks = [asyncio.create_task(_chaos_grpc_editor(ready["grpc"], token, info, editors[0], cycle,
                                                                 window)),
                          asyncio.create_task(_chaos_ws_editor(ready["ws"], token, info, editors[1], cycle, window))]
-                with contextlib_suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(editors[0].first_ack.wait(), 30)  # type: ignore[union-attr]
                 await asyncio.sleep(alive)
                 servers.kill()  # SIGKILL at a random moment, ops in flight
