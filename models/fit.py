@@ -544,14 +544,14 @@ class Fitter:
             self.resumed_from = {"stage": self.stage, "iteration": self.iteration}
             self.log(f"resuming at stage {self.stage!r}, iteration {self.iteration}")
         start_stage = self.stage
-        self.progress = self._make_progress(start_stage)
+        progress = self.progress = self._make_progress(start_stage)
         try:
             for stage in STAGES[STAGES.index(start_stage):]:
                 if stage != self.stage:
                     self.stage, self.iteration = stage, 0
                     self._pending_optimizer = None
                 began = time.perf_counter()
-                self.progress.begin(stage, self.iteration if stage in TRAIN_STAGES else 0)
+                progress.begin(stage, self.iteration if stage in TRAIN_STAGES else 0)
                 if stage == "flow":
                     self._stage_flow()
                 elif stage in TRAIN_STAGES:
@@ -564,18 +564,18 @@ class Fitter:
                     bundle = self._stage_bake()
                 spent = time.perf_counter() - began
                 self.stage_times[stage] = self.stage_times.get(stage, 0.0) + spent
-                self.progress.finish(stage, spent)
+                progress.finish(stage, spent)
                 self.log(f"stage {stage} done: {self.stage_times[stage]:.1f} s")
-            self.progress.complete()
+            progress.complete()
         except KeyboardInterrupt:
-            self.progress.close()
+            progress.close()
             if ckpt is not None and self.stage != "flow":
                 self.save_checkpoint(ckpt)
                 size = ckpt.stat().st_size / 2**20
                 self.log(f"interrupted: checkpoint written to {ckpt} ({size:.1f} MB; continue with --resume)")
             raise
         finally:
-            self.progress.close()
+            progress.close()
             self.progress = None
         bundle.metrics["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_times.items()}
         bundle.metrics["total_seconds"] = round(sum(self.stage_times.values()), 3)
@@ -612,12 +612,19 @@ class Fitter:
         cfg = self.cfg
         backend = get_flow_backend(cfg.flow_backend, **({"preset": cfg.flow_preset} if cfg.flow_backend == "dis"
                                                         else {}))
-        progress = self.progress.add if self.progress is not None else None
+        progress = None
+        if self.progress is not None:
+            if self.progress.stage == "flow":
+                progress = self.progress.add
+            else:  # a resumed fit rebuilds its correspondences (from the flow cache) before training on
+                self.progress.set_readout("rebuilding the correspondences")
         self.corr = compute_correspondences(
             self.data.frames_np, self.data.roi_mask, self.data.ref_frame, backend=backend,
             cache_dir=cfg.extra.get("cache_dir", "default"), adj_fb_px=cfg.adj_fb_px, ref_fb_px=cfg.ref_fb_px,
             hops=cfg.ref_hops, ncc_min=cfg.ref_ncc_min, threads=cfg.flow_threads, progress=progress,
         )
+        if self.progress is not None and progress is None:
+            self.progress.set_readout("")
         self.log(f"flow: {self.corr.stats['flow_pairs']} pairs, adjacent valid {self.corr.stats['adj_valid']:.2f},"
                  f" reference valid {self.corr.stats['ref_valid']:.2f}")
         self._prepare_tensors()

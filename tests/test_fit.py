@@ -280,7 +280,11 @@ def test_cli_fits_a_real_clip_crop_end_to_end_and_info_prints_it(tmp_path):
     info = _cli("info", str(out), "--json")
     assert info.returncode == 0 and json.loads(info.stdout)["frames"] == 4
     text = _cli("info", str(out))
-    assert "atlas_size: 1024" in text.stdout
+    lines = text.stdout.strip().splitlines()
+    atlas = f"atlas: {bundle.atlas_size}x{bundle.atlas_size}"
+    assert len(lines) <= 10 and atlas in text.stdout and "fitted at 96x54" in text.stdout
+    assert "ROI PSNR" in text.stdout and "--all" in lines[-1]
+    assert "atlas_size: 1024" in _cli("info", str(out), "--all").stdout  # the training settings too
     bad = _cli("info", str(tmp_path / "missing.vatlas"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 

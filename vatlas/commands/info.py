@@ -49,7 +49,7 @@ def summary(info: dict[str, Any], path: Path) -> list[str]:
     lines.append(size)
     count = info["roi_polygons"]
     lines.append(f"ROI: {count} polygon{'s' if count != 1 else ''} on reference frame {info['ref_frame']}")
-    lines.append(f"atlas: {info['atlas_size']}x{info['atlas_size']}, {info['atlas_coverage'] * 100:.1f} % covered")
+    lines.append(f"atlas: {info['atlas_size']}x{info['atlas_size']}, {info['atlas_coverage'] * 100:.3g} % covered")
     quality = []
     if isinstance(metrics.get("roi_psnr"), int | float):
         quality.append(f"ROI PSNR {metrics['roi_psnr']:.2f} dB")
