@@ -87,10 +87,11 @@ def _fit_then_edit(running_server: Any, tmp_path: Path) -> None:
                          timeout=540)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["bundle"] == "fitted-clip" and summary["size"] == [64, 48] and summary["logo_seq"] >= 1
+    # fitted at 64x48, delivered at the source's 96x64
+    assert summary["bundle"] == "fitted-clip" and summary["size"] == [96, 64] and summary["logo_seq"] >= 1
     assert "fit " in result.stderr  # progress lines came through
     assert summary["sticker_seq"] == summary["logo_seq"] + 1, summary["warnings"]
-    assert read_video(out).frames.shape[1:] == (48, 64, 3)
+    assert read_video(out).frames.shape[1:] == (64, 96, 3)
 
 
 def test_example_reports_server_errors_in_one_line(running_server: Any, tmp_path: Path) -> None:
