@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -776,11 +777,38 @@ class ChaosEditor:
             self.first_ack.set()
 
 
+def _settle(editor: ChaosEditor, pending: dict[str, dict[str, Any]], room: asyncio.Semaphore, event: Any) -> None:
+    """An accepted or rejected answer (either door): record it and free a slot for the next op."""
+    kind = event.WhichOneof("kind")
+    if kind == "accepted":
+        editor.answered(event.accepted.op_id, event.accepted.seq, pending.pop(event.accepted.op_id, None))
+        room.release()
+    elif kind == "rejected":
+        pending.pop(event.rejected.op_id, None)
+        editor.answered(event.rejected.op_id, None, None, event.rejected.error.code)
+        room.release()
+
+
+async def _stream_ops(editor: ChaosEditor, pending: dict[str, dict[str, Any]], room: asyncio.Semaphore,
+                      cycle: int, reader: asyncio.Task, put: Callable[[Any], Awaitable[None]]) -> None:
+    """Send ops, at most `room` unanswered, until the reader stops (the server was killed)."""
+    from vatlas.server.doors import wire
+    from vatlas.v1 import edits_pb2, sessions_pb2
+
+    while not reader.done():
+        await room.acquire()
+        op = editor.next_op(cycle)
+        pending[op["id"]] = op
+        editor.sent.append(op["id"])
+        await put(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+        await asyncio.sleep(0.002)
+    await reader
+
+
 async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEditor, cycle: int,
                              window: int) -> None:
     import grpc
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, sessions_pb2, sessions_pb2_grpc
+    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
     pending: dict[str, dict[str, Any]] = {}
@@ -798,32 +826,20 @@ async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEd
 
             async def read_events() -> None:
                 async for event in call:
-                    kind = event.WhichOneof("kind")
-                    if kind == "accepted":
-                        editor.answered(event.accepted.op_id, event.accepted.seq, pending.pop(event.accepted.op_id,
-                                                                                              None))
-                        room.release()
-                    elif kind == "rejected":
-                        pending.pop(event.rejected.op_id, None)
-                        editor.answered(event.rejected.op_id, None, None, event.rejected.error.code)
-                        room.release()
+                    _settle(editor, pending, room, event)
+
+            async def put(message: Any) -> None:
+                outbox.put_nowait(message)
 
             reader = editor.reader = asyncio.create_task(read())
-            while not reader.done():
-                await room.acquire()
-                op = editor.next_op(cycle)
-                pending[op["id"]] = op
-                editor.sent.append(op["id"])
-                outbox.put_nowait(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
-                await asyncio.sleep(0.002)
-            await reader
+            await _stream_ops(editor, pending, room, cycle, reader, put)
     except Exception:  # noqa: BLE001 - the server was killed under us: that is the point
         return
 
 
 async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor, cycle: int, window: int) -> None:
     from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, sessions_pb2
+    from vatlas.v1 import sessions_pb2
     from websockets.asyncio.client import connect
 
     pending: dict[str, dict[str, Any]] = {}
@@ -850,26 +866,13 @@ async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor,
                     resp = wire.unpack(data, sessions_pb2.WsResponse)
                     if resp.WhichOneof("result") != "event":
                         continue
-                    event = resp.event
-                    kind = event.WhichOneof("kind")
-                    if kind == "accepted":
-                        editor.answered(event.accepted.op_id, event.accepted.seq, pending.pop(event.accepted.op_id,
-                                                                                              None))
-                        room.release()
-                    elif kind == "rejected":
-                        pending.pop(event.rejected.op_id, None)
-                        editor.answered(event.rejected.op_id, None, None, event.rejected.error.code)
-                        room.release()
+                    _settle(editor, pending, room, resp.event)
+
+            async def put(message: Any) -> None:
+                await send(session=message)
 
             reader = editor.reader = asyncio.create_task(read())
-            while not reader.done():
-                await room.acquire()
-                op = editor.next_op(cycle)
-                pending[op["id"]] = op
-                editor.sent.append(op["id"])
-                await send(session=sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
-                await asyncio.sleep(0.002)
-            await reader
+            await _stream_ops(editor, pending, room, cycle, reader, put)
     except Exception:  # noqa: BLE001 - the server was killed under us
         return
 
