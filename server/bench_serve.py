@@ -48,6 +48,31 @@ from typing import Any
 READY_PREFIX = "VATLAS_READY "
 
 
+class _WsLink:
+    """One bench WebSocket connection: requests numbered in order, answers unpacked from msgpack."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.rid = 0
+
+    async def send(self, **call: Any) -> int:
+        from vatlas.server.doors import wire
+        from vatlas.v1 import sessions_pb2
+
+        self.rid += 1
+        await self.ws.send(wire.pack(sessions_pb2.WsRequest(request_id=self.rid, **call)))
+        return self.rid
+
+    async def recv(self) -> Any:
+        from vatlas.server.doors import wire
+        from vatlas.v1 import sessions_pb2
+
+        return wire.unpack(await self.ws.recv(), sessions_pb2.WsResponse)
+
+    def calls(self) -> tuple[Callable[..., Awaitable[int]], Callable[[], Awaitable[Any]]]:
+        return self.send, self.recv
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="1920x1080", help="frame size WxH (default 1920x1080)")
     parser.add_argument("--frames", type=int, default=16, help="frames in the synthetic bundle (default 16)")
@@ -315,16 +340,7 @@ async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[
     rng = random.Random(2)
     out: list[float] = []
     async with connect(url, max_size=None, compression=None) as ws:
-        rid = 0
-
-        async def send(**call: Any) -> int:
-            nonlocal rid
-            rid += 1
-            await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
-            return rid
-
-        async def recv() -> Any:
-            return wire.unpack(await ws.recv(), sessions_pb2.WsResponse)
+        send, recv = _WsLink(ws).calls()
 
         await send(hello=sessions_pb2.Hello(protocol_version=1))
         await recv()
@@ -846,12 +862,7 @@ async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor,
     room = asyncio.Semaphore(window)
     try:
         async with connect(url, max_size=None, compression=None) as ws:
-            rid = 0
-
-            async def send(**call: Any) -> None:
-                nonlocal rid
-                rid += 1
-                await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
+            send, _ = _WsLink(ws).calls()
 
             await send(hello=sessions_pb2.Hello(protocol_version=1, token=token))
             await send(session=sessions_pb2.ClientMessage(join=sessions_pb2.Join(
@@ -1200,16 +1211,7 @@ async def _soak_client(transport: str, grpc_target: str, ws_url: str, session_id
                 from websockets.asyncio.client import connect
 
                 async with connect(ws_url, max_size=None, compression=None) as ws:
-                    rid = 0
-
-                    async def send(**call: Any) -> int:
-                        nonlocal rid
-                        rid += 1
-                        await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
-                        return rid
-
-                    async def recv() -> Any:
-                        return wire.unpack(await ws.recv(), sessions_pb2.WsResponse)
+                    send, recv = _WsLink(ws).calls()
 
                     await send(hello=sessions_pb2.Hello(protocol_version=1))
                     await recv()
