@@ -31,16 +31,21 @@ def reference_coverage(roi: Roi, width: int, height: int, supersample: int = SUP
     return np.clip(small, 0.0, 1.0)
 
 
+def sample_reference(image: np.ndarray, uv: np.ndarray, span: float, width: int, height: int,
+                     shift: tuple[float, float] = (0.0, 0.0), border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """Bilinear lookup of a reference-frame image at atlas points uv (bundle convention), optionally shifted (px)."""
+    half = span / 2.0
+    map_x = (uv[..., 0] * half + width / 2.0 - 0.5 + shift[0]).astype(np.float32)
+    map_y = (uv[..., 1] * half + height / 2.0 - 0.5 + shift[1]).astype(np.float32)
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border)
+
+
 def roi_coverage(uv: np.ndarray, roi: Roi, span: float, width: int, height: int) -> np.ndarray:
     """(T, H, W) float32: ROI coverage at each pixel's reference point T(p) (uv in bundle convention)."""
     ref = reference_coverage(roi, width, height)
-    half = span / 2.0
     out = np.empty(uv.shape[:3], np.float32)
     for t in range(uv.shape[0]):
-        # pixel index of a continuous coordinate is coord - 0.5
-        map_x = (uv[t, ..., 0] * half + width / 2.0 - 0.5).astype(np.float32)
-        map_y = (uv[t, ..., 1] * half + height / 2.0 - 0.5).astype(np.float32)
-        out[t] = cv2.remap(ref, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out[t] = sample_reference(ref, uv[t], span, width, height, border=cv2.BORDER_CONSTANT)
     return out
 
 

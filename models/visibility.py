@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .footprint import sample_reference
 from .matting import guided_matting, trimap
 
 # sub-pixel shifts (px) of the warped reference tried per patch: T's residual error is ~0.3-0.6 px
@@ -49,15 +50,6 @@ class VisibilitySettings:
     gain_sigma: float = 8.0  # px: the smooth local gain that absorbs illumination the fitted L missed
     matting_radius: int = 2
     matting_eps: float = 1e-3
-
-
-def sample_reference(image: np.ndarray, uv: np.ndarray, span: float, width: int, height: int,
-                     shift: tuple[float, float] = (0.0, 0.0), border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
-    """Bilinear lookup of a reference-frame image at atlas points uv (bundle convention), optionally shifted (px)."""
-    half = span / 2.0
-    map_x = (uv[..., 0] * half + width / 2.0 - 0.5 + shift[0]).astype(np.float32)
-    map_y = (uv[..., 1] * half + height / 2.0 - 0.5 + shift[1]).astype(np.float32)
-    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border)
 
 
 def appearance_residual(frame: np.ndarray, reference: np.ndarray, uv: np.ndarray, gain: np.ndarray, span: float,
