@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vatlas.edit_eval import object_roi
     from vatlas.synth import make_scene
 
-    from .config import FitConfig
+    from .config import FitConfig, working_size
     from .fit import resolve_device
 
     device = resolve_device(args.device)
@@ -286,8 +286,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scene = make_scene(frames=synth_frames, size=size, seed=100 + k, occluders=occluders, lighting=True,
                            preset=args.synth_preset)
         label = f"synth{k}" if args.synth_preset == "default" else f"{args.synth_preset}{k}"
-        one(label, scene.frames, scene.roi, scene.fps,
-            lambda b, s=scene: synth_report(b, s, engine_device))
+        frames, roi = scene.frames, scene.roi
+        working = working_size((scene.width, scene.height), None, FitConfig(**overrides).max_side)
+        if working != (scene.width, scene.height):  # fit small, deliver (and score) at the scene's size
+            frames = np.stack([cv2.resize(f, working, interpolation=cv2.INTER_AREA) for f in scene.frames])
+            roi = scene.roi.scaled(working[0] / scene.width, working[1] / scene.height)
+        one(label, frames, roi, scene.fps, lambda b, s=scene: synth_report(b, s, engine_device),
+            source_frames=None if frames is scene.frames else scene.frames,
+            source_roi=None if frames is scene.frames else scene.roi)
         del scene
     for name in args.clips:
         began = time.perf_counter()

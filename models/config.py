@@ -179,3 +179,11 @@ class FitConfig:
         if data.get("size") is not None:
             data["size"] = tuple(data["size"])
         return cls(**data)
+
+
+def working_size(source: tuple[int, int], size: tuple[int, int] | None, max_side: int) -> tuple[int, int]:
+    """The fit resolution: --size, else the source scaled down so its long side is at most max_side."""
+    if size is not None:
+        return size
+    scale = min(1.0, max_side / max(source))
+    return max(16, round(source[0] * scale)), max(16, round(source[1] * scale))

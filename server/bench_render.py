@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vatlas.models.bundle import Bundle, encode_uv
+from vatlas.models.bundle import Bundle, encode_uv, load_bundle
 from vatlas.models.reference_compositor import reference_composite, to_uint8
 from vatlas.server.compositor import Compositor, resolve_device, triton_available
 from vatlas.server.edits.engine import EditEngine
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compositor backend under test (default: Triton on CUDA, eager on CPU)")
     parser.add_argument("--no-compare", action="store_true",
                         help="skip the torch.compile comparison rows (CUDA with the Triton backend only)")
+    parser.add_argument("--bundle", type=Path, action="append", default=None,
+                        help="also time this fitted bundle (repeatable); its size is its delivered size")
     parser.add_argument("--quick", action="store_true", help="tiny CPU-sized run (tests)")
 
 
@@ -132,10 +135,14 @@ def _random_stroke(rng: np.random.Generator, k: int, width: int, height: int, fr
             "points": pts.tolist(), "width": 0.01 * width + 2, "color": [0.9, 0.2, 0.1, 1.0], "hardness": 0.7}
 
 
-def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.device,
+               bundle: Bundle | None = None, label: str = "") -> list[dict[str, Any]]:
+    """Rows for one bundle: the synthetic one at width x height, or `bundle` (a fitted one) at its own size."""
     t0 = time.perf_counter()
-    bundle = synthetic_bundle(width, height, args.frames, args.atlas)
+    if bundle is None:
+        bundle = synthetic_bundle(width, height, args.frames, args.atlas)
     build_s = time.perf_counter() - t0
+    frames = bundle.num_frames
     engine = EditEngine(bundle, device)
     if args.backend != "auto":
         engine.compositor = Compositor(bundle, engine.device, backend=args.backend)
@@ -145,7 +152,7 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
     rng = np.random.default_rng(0)
     lat = []
     for k in range(args.strokes + 3):
-        op = _random_stroke(rng, k, width, height, args.frames)
+        op = _random_stroke(rng, k, width, height, frames)
         _sync(device)
         s = time.perf_counter()
         engine.apply(op)
@@ -153,9 +160,9 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
         lat.append((time.perf_counter() - s) * 1e3)
     lat_ms = np.array(lat[3:])  # the first strokes include one-off allocations
     tex, adjust = engine.layers.layer, engine.layers.adjust  # the texture and an adjustment: the full kernel
-    n = min(args.batch, args.frames)
-    singles = [comp.frame_index([t]) for t in range(args.frames)]
-    batches = [comp.frame_index([(b * n + i) % args.frames for i in range(n)]) for b in range(4)]
+    n = min(args.batch, frames)
+    singles = [comp.frame_index([t]) for t in range(frames)]
+    batches = [comp.frame_index([(b * n + i) % frames for i in range(n)]) for b in range(4)]
     counter = {"k": 0}
 
     def one(c: Compositor = comp) -> torch.Tensor:
@@ -193,7 +200,7 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
     # Accuracy against the float64 reference on a few frames.
     layer, transform = engine.edit_layer(), engine.adjust_transform()
     within, total, worst = 0, 0, 0
-    for t in range(0, args.frames, max(args.frames // 3, 1))[:3]:
+    for t in range(0, frames, max(frames // 3, 1))[:3]:
         ref = to_uint8(reference_composite(bundle, t, layer=layer, adjust=transform)).astype(np.int16)
         got = comp.composite([t], tex, adjust)[0].cpu().numpy().astype(np.int16)
         err = np.abs(got - ref).max(axis=-1)
@@ -201,7 +208,7 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
         total += err.size
         worst = max(worst, int(err.max()))
     common = {
-        "size": f"{width}x{height}",
+        "size": f"{width}x{height}{label}",
         "stroke_ms_p50": float(np.percentile(lat_ms, 50)),
         "stroke_ms_p95": float(np.percentile(lat_ms, 95)),
         "bytes_per_px_frame": round(comp.bytes_per_pixel_frame, 3),
@@ -240,6 +247,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for w, h in sizes:
         rows.extend(bench_size(w, h, args, device))
+    for path in args.bundle or []:
+        fitted = load_bundle(path)
+        rows.extend(bench_size(fitted.width, fitted.height, args, device, fitted,
+                               f" fitted ({path.stem}, {fitted.num_frames} frames, atlas {fitted.atlas_size})"))
     meta = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

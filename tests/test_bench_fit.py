@@ -71,6 +71,26 @@ def test_synthetic_rows_and_worst_frames(exact_fit: list[Any], capsys: pytest.Ca
     json.dumps(result, default=str)
 
 
+def test_large_synthetic_scene_is_fitted_small_and_scored_at_its_size(
+        monkeypatch: pytest.MonkeyPatch, scene: SynthScene) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def fake_fit(frames: np.ndarray, roi: Any, *args: Any, source_frames: Any = None, source_roi: Any = None,
+                 **kwargs: Any) -> tuple[Any, dict[str, Any], Any]:
+        seen.append((frames.shape, source_frames.shape, roi.polygons[0], source_roi.polygons[0]))
+        bundle = scene.ground_truth_bundle(atlas_size=256)  # delivered at the scene's size
+        metrics = {"stage_seconds": {"flow": 0.0}, "total_seconds": 0.0, "flow": {"ref_valid": 1.0}}
+        return bundle, metrics, lambda cfg: bundle
+
+    monkeypatch.setattr(bench_fit, "fit_clip", fake_fit)
+    result = bench_fit.run(parse("--synth-preset", "hard", "--synth", "1", "--synth-size", "128x72",
+                                 "--synth-frames", "16", "--clips", "--device", "cpu", "--set", '{"max_side": 64}'))
+    (work_shape, source_shape, work_poly, source_poly), = seen
+    assert work_shape == (FRAMES, 36, 64, 3) and source_shape == (FRAMES, 72, 128, 3)
+    assert np.allclose(work_poly * 2.0, source_poly)
+    assert result["rows"][0]["untouched"] == 1.0
+
+
 def test_real_clip_and_object_roi(exact_fit: list[Any], scene: SynthScene, tmp_path: Path) -> None:
     clip = tmp_path / "clip"
     write_png_sequence(clip / "frames", scene.frames)

@@ -101,10 +101,11 @@ def test_one_line_errors(files: dict, capsys: pytest.CaptureFixture, argv: list[
     assert needle in err and len(err.splitlines()) == 1
 
 
-def test_bench_render_runs_tiny_on_cpu(tmp_path: Path) -> None:
+def test_bench_render_runs_tiny_on_cpu(tmp_path: Path, files: dict) -> None:
     out = tmp_path / "bench.json"
     # A child process: the bench table printer binds sys.stdout at import, which pytest's capture replaces.
-    cmd = [sys.executable, "-m", "vatlas.cli", "bench", "render", "--quick", "--device", "cpu", "--json", str(out)]
+    cmd = [sys.executable, "-m", "vatlas.cli", "bench", "render", "--quick", "--device", "cpu", "--json", str(out),
+           "--bundle", str(files["bundle"])]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "composite+jpeg+host" in done.stdout
@@ -113,3 +114,6 @@ def test_bench_render_runs_tiny_on_cpu(tmp_path: Path) -> None:
     assert rows[("composite", 1)] > 0 and rows[("composite+jpeg+host", 4)] > 0
     assert rows[("pixels within 1 level of float64 ref", 0)].startswith("1.000000")
     assert result["meta"]["device"] == "cpu"
+    fitted = [r for r in result["rows"] if "fitted (scene, 6 frames" in r["size"]]
+    assert {r["what"] for r in fitted} >= {"composite", "resident bytes per pixel-frame"}
+    assert all(r["size"].startswith("96x64") for r in fitted)

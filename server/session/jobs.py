@@ -224,9 +224,7 @@ class Jobs:
             upload.size += sanitized.stat().st_size
         if not frames:
             return
-        from vatlas.models.config import FitConfig
-
-        from vatlas.commands.fit import working_size
+        from vatlas.models.config import FitConfig, working_size
 
         w, h = working_size((width, height), size, FitConfig().max_side)
         need = frames * 3 * (width * height + (w * h if (w, h) != (width, height) else 0))

@@ -69,14 +69,6 @@ def choose_preset(named: str | None, device_type: str) -> tuple[str, str]:
     return named, f"preset: {named} ({why})"
 
 
-def working_size(source: tuple[int, int], size: tuple[int, int] | None, max_side: int) -> tuple[int, int]:
-    """The fit resolution: --size, else the source scaled down so its long side is at most max_side."""
-    if size is not None:
-        return size
-    scale = min(1.0, max_side / max(source))
-    return max(16, round(source[0] * scale)), max(16, round(source[1] * scale))
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("fit", help="fit an RNA atlas to a video and an ROI, write a bundle")
     parser.add_argument("video", type=Path, help="video file or folder of numbered images")
@@ -98,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vatlas.models.config import FitConfig
+    from vatlas.models.config import FitConfig, working_size
     from vatlas.models.fit import FitError, fit, resolve_device
     from vatlas.roi import load_roi
     from vatlas.video import content_hash, read_video
