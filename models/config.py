@@ -82,7 +82,7 @@ class FitConfig:
     flow_preset: str = "medium"
     adj_fb_px: float = 1.0
     ref_fb_px: float = 5.0
-    ref_hops: int = 6  # intermediate frames chained toward the reference (RNA uses 9)
+    ref_hops: int = 3  # chained hops toward the reference (RNA: 9); the camera-guided direct flow does the rest
     ref_ncc_min: float = 0.5  # final check: local normalized cross-correlation (illumination invariant)
     # network sizes (RNA: hash grids with 16 levels, mapping MLP 256 wide)
     hash_levels: int = 16
@@ -138,12 +138,12 @@ class FitConfig:
             raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
         base: dict[str, Any] = {
             "draft": dict(iters_main=1500, iters_refine=300, iters_inverse=600, iters_mapping_init=200,
-                          batch_size=8192, mask_bootstrap_until=600, eval_every=250, ref_hops=4,
+                          batch_size=8192, mask_bootstrap_until=600, eval_every=250, ref_hops=3,
                           hash_log2_size=15, atlas_finest_resolution=1024, illumination_encoding="none",
                           illumination_reg=0.01),
             "standard": dict(),
             "best": dict(iters_main=40000, iters_refine=10000, iters_inverse=6000, batch_size=40000,
-                         mask_bootstrap_until=10000, eval_every=1000, ref_hops=9, atlas_size=2048,
+                         mask_bootstrap_until=10000, eval_every=1000, ref_hops=6, atlas_size=2048,
                          flow_preset="fine", iters_mapping_init=1000),
         }[name]
         base.update(overrides)

@@ -2,10 +2,11 @@
 
 Flow to a distant reference frame is aggregated as RNA does (methods.md 3.4): for each frame t, processed outward
 from the reference, several chains t -> mid -> ref through intermediate frames (mid's own reference flow is already
-known) plus a direct t -> ref flow when the reference is far; chains are merged by averaging where several are
-valid (validity is their OR), and a final illumination-invariant photometric check (local normalized
-cross-correlation, standing in for RNA's DINO similarity) removes wrong matches. A direct flow alone is not enough
-under camera pans. The flow backend is pluggable (OpenCV DIS by default); flows are cached on disk.
+known) and a direct t -> ref flow, measured against the reference warped by the camera's motion (so it survives
+pans, zooms and occlusions that break every chain). The direct flow is used where it is valid, the chains' average
+elsewhere (validity is their OR), and a final illumination-invariant photometric check (local normalized cross-correlation,
+standing in for RNA's DINO similarity) removes wrong matches. The flow backend is pluggable (OpenCV DIS by
+default); flows are cached on disk.
 
 Where no reference correspondence survives (content the reference frame never saw, frames after the ROI has left
 the picture) the fit falls back on the camera's motion: a robust similarity transform per adjacent pair, composed
@@ -256,19 +257,77 @@ def camera_motion(adj_fwd: np.ndarray, adj_fwd_valid: np.ndarray, adj_bwd: np.nd
 
 
 def reference_pairs(num_frames: int, ref_frame: int, hops: int) -> list[tuple[int, int]]:
-    """All non-adjacent flow pairs the reference aggregation needs (both directions, for FB checks)."""
+    """The non-adjacent frame pairs the chains need (both directions, for FB checks); the direct flows to the
+    reference frame are camera-guided (`guided_reference_flows`) and not listed here."""
     pairs: list[tuple[int, int]] = []
     for t in range(num_frames):
         d = abs(t - ref_frame)
         if d == 0:
             continue
         step = 1 if ref_frame > t else -1
-        mids = [t + step * k for k in range(2, min(hops, d) + 1)]
-        if d > hops:
-            mids.append(ref_frame)
-        for mid in mids:
+        for mid in (t + step * k for k in range(2, min(hops, d - 1) + 1)):
             pairs += [(t, mid), (mid, t)]
     return pairs
+
+
+def _disagrees_with_surroundings(flow: np.ndarray, direct: np.ndarray, direct_ok: np.ndarray, limit_px: float,
+                                 sigma: float = 6.0, min_support: float = 0.2) -> np.ndarray:
+    """Pixels whose chained flow is more than limit_px from the direct flow of the valid pixels around them.
+
+    A chain can follow an occluder that moves with the surface and come back with a plausible-looking but wrong
+    match; where the direct flow is known nearby, the surface's motion there is known too. Pixels with too few
+    valid direct neighbours (support under min_support) are left alone. limit_px <= 0 turns the check off."""
+    if limit_px <= 0 or not direct_ok.any():
+        return np.zeros(direct_ok.shape, bool)
+    weight = cv2.GaussianBlur(direct_ok.astype(np.float32), (0, 0), sigma)
+    smooth = np.stack([cv2.GaussianBlur(np.where(direct_ok, direct[..., c], 0.0).astype(np.float32), (0, 0), sigma)
+                       for c in range(2)], axis=-1) / np.maximum(weight, 1e-6)[..., None]
+    return (weight > min_support * weight.max()) & ~direct_ok & \
+        (np.linalg.norm(flow - smooth, axis=-1) > limit_px)
+
+
+def guided_frames(num_frames: int, ref_frame: int) -> list[int]:
+    """Frames that get a camera-guided direct flow to the reference (all but it and its neighbours)."""
+    return [t for t in range(num_frames) if abs(t - ref_frame) >= 2]
+
+
+def flow_count(num_frames: int, ref_frame: int, hops: int) -> int:
+    """Optical flows compute_correspondences runs (the progress bar's units)."""
+    adjacent = 2 * max(num_frames - 1, 0)
+    return adjacent + len(reference_pairs(num_frames, ref_frame, hops)) + 2 * len(guided_frames(num_frames, ref_frame))
+
+
+def guided_reference_flows(frames: np.ndarray, ref_frame: int, camera: np.ndarray, targets: list[int],
+                           backend: FlowBackend, cache: FlowCache, fb_px: float, *, threads: int = 0,
+                           progress: Callable[[int], None] | None = None
+                           ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Flow t -> reference for each target frame, measured against the reference warped by the camera motion.
+
+    A direct flow across a wide pan, a zoom or a rotation is beyond DIS; after the camera's own motion is taken
+    out, only the residual is left to find. It re-anchors the chains where a long occlusion broke them: a
+    surface the occluder hid in every intermediate frame has no chain, and without this, no correspondence to
+    the reference at all. Returns (flow, FB-valid) per target frame."""
+    num, h, w = frames.shape[:3]
+    ref = np.ascontiguousarray(frames[ref_frame])
+    warped = np.stack([cv2.warpAffine(ref, camera[t].astype(np.float64), (w, h),
+                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_REPLICATE) for t in targets]) if targets else \
+        np.zeros((0, h, w, 3), frames.dtype)
+    images = np.concatenate([frames[targets], warped]) if targets else warped
+    k = len(targets)
+    pairs = [(i, k + i) for i in range(k)] + [(k + i, i) for i in range(k)]
+    flows = compute_flows(images, pairs, backend, cache, threads=threads, progress=progress)
+    grid = _base_grid(h, w)
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i, t in enumerate(targets):
+        residual = flows[(i, k + i)]
+        valid = fb_valid(residual, flows[(k + i, i)], fb_px)
+        q = grid + residual
+        cam = camera[t].astype(np.float32)
+        target = q @ cam[:, :2].T + cam[:, 2]
+        flow = (target - grid).astype(np.float32)
+        out[t] = (flow, valid & in_frame(flow))
+    return out
 
 
 def compute_correspondences(
@@ -282,6 +341,7 @@ def compute_correspondences(
     ref_fb_px: float = 5.0,
     hops: int = 6,
     ncc_min: float = 0.5,
+    chain_check_px: float = 3.0,
     threads: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> Correspondences:
@@ -302,6 +362,10 @@ def compute_correspondences(
     adj_bwd_valid = np.stack([fb_valid(adj_bwd[t], adj_fwd[t], adj_fb_px) for t in range(num - 1)]) if num > 1 \
         else np.zeros((0, h, w), bool)
 
+    camera = camera_motion(adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_frame)
+    guided = guided_reference_flows(frames, ref_frame, camera, guided_frames(num, ref_frame), backend, cache,
+                                    ref_fb_px, threads=threads, progress=progress)
+
     # slight blur: NCC then tolerates the sub-pixel drift that chaining accumulates on fine texture
     gray = np.stack([cv2.GaussianBlur(f.mean(axis=-1, dtype=np.float32) / 255.0, (0, 0), 1.0) for f in frames])
     ref_flow = np.zeros((num, h, w, 2), np.float32)
@@ -318,16 +382,14 @@ def compute_correspondences(
         acc = np.zeros((h, w, 2), np.float32)
         count = np.zeros((h, w), np.float32)
         candidates = [t + step * k for k in range(1, min(hops, d) + 1)]
-        if d > hops:
-            candidates.append(ref_frame)
         for mid in candidates:
+            if mid == ref_frame and t in guided:
+                continue  # the guided direct flow below stands in for the plain one
             f_tm, f_mt = flows[(t, mid)], flows[(mid, t)]
             thr = adj_fb_px if abs(mid - t) == 1 else ref_fb_px
             valid = fb_valid(f_tm, f_mt, thr)
             if mid == ref_frame:
                 chained = f_tm
-                if d > hops:
-                    direct_fraction.append(float(valid.mean()))
             else:
                 onward = sample(ref_flow[mid], f_tm)
                 onward_ok = sample(chain_valid[mid].astype(np.float32), f_tm, fill=0.0) > 0.5
@@ -337,6 +399,13 @@ def compute_correspondences(
             count[valid] += 1.0
         ok = count > 0
         flow = np.where(ok[..., None], acc / np.maximum(count, 1.0)[..., None], 0.0).astype(np.float32)
+        if t in guided:
+            # one measured step beats an average of chains, whose errors add up hop by hop
+            direct, direct_ok = guided[t]
+            direct_fraction.append(float(direct_ok.mean()))
+            ok &= ~_disagrees_with_surroundings(flow, direct, direct_ok, chain_check_px)
+            flow = np.where(direct_ok[..., None], direct, flow)
+            ok |= direct_ok
         warped_ref = np.nan_to_num(sample(gray[ref_frame], flow), nan=0.0)
         ncc = local_ncc(gray[t], warped_ref)
         ref_flow[t] = flow
@@ -350,13 +419,12 @@ def compute_correspondences(
         init_mask[t] = propagated * ref_valid[t]
     init_mask[ref_frame] = roi
 
-    camera = camera_motion(adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_frame)
     others = [t for t in range(num) if t != ref_frame]
     stats = {
         "adj_valid": float(np.mean([adj_fwd_valid.mean(), adj_bwd_valid.mean()])) if num > 1 else 1.0,
         "ref_valid": float(ref_valid[others].mean()) if others else 1.0,
         "ref_valid_direct": float(np.mean(direct_fraction)) if direct_fraction else None,
-        "flow_pairs": len(flows),
+        "flow_pairs": len(flows) + 2 * len(guided),
     }
     return Correspondences(ref_frame, adj_fwd, adj_fwd_valid, adj_bwd, adj_bwd_valid, ref_flow, ref_valid,
                            init_mask, camera, stats)

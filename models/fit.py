@@ -31,7 +31,7 @@ from . import losses
 from .bake import bake_bundle, delivery_atlas_size
 from .bundle import Bundle, save_bundle
 from .config import FitConfig
-from .correspondence import Correspondences, compute_correspondences, get_flow_backend, reference_pairs
+from .correspondence import Correspondences, compute_correspondences, flow_count, get_flow_backend
 from .encoding import FusedReluMLP, HashGridConfig
 from .inverse_map import inverse_loss
 from .networks import NetworkConfig, RnaModel
@@ -592,8 +592,7 @@ class Fitter:
     def _make_progress(self, start_stage: str) -> FitProgress:
         """The overall bar: every stage's units, and the bake weighed in main-stage iterations."""
         cfg, t = self.cfg, self.num_frames
-        adjacent = [(i, i + 1) for i in range(t - 1)] + [(i + 1, i) for i in range(t - 1)]
-        pairs = len(dict.fromkeys(adjacent + reference_pairs(t, self.data.ref_frame, cfg.ref_hops)))
+        pairs = flow_count(t, self.data.ref_frame, cfg.ref_hops)
         iters = {"init": cfg.iters_mapping_init, "main": cfg.iters_main, "refine": cfg.iters_refine,
                  "inverse": cfg.iters_inverse}
         plan = [StagePlan("flow", pairs), *(StagePlan(k, n) for k, n in iters.items()), StagePlan("bake", t)]
