@@ -270,6 +270,16 @@ def reference_pairs(num_frames: int, ref_frame: int, hops: int) -> list[tuple[in
     return pairs
 
 
+def contrast_normalized(image: np.ndarray, sigma: float = 6.0) -> np.ndarray:
+    """Grey uint8 with the local mean and contrast taken out (Gaussian window of `sigma` px): a gain or a soft
+    shadow changes neither, so brightness-constancy flows (DIS) can match across them."""
+    grey = _gray(image).astype(np.float32)
+    mean = cv2.GaussianBlur(grey, (0, 0), sigma)
+    centred = grey - mean
+    std = np.sqrt(cv2.GaussianBlur(centred * centred, (0, 0), sigma))
+    return np.clip(128.0 + 40.0 * centred / (std + 2.0), 0, 255).astype(np.uint8)
+
+
 def _disagrees_with_surroundings(flow: np.ndarray, direct: np.ndarray, direct_ok: np.ndarray, limit_px: float,
                                  sigma: float = 6.0, min_support: float = 0.2) -> np.ndarray:
     """Pixels whose chained flow is more than limit_px from the direct flow of the valid pixels around them.
@@ -309,11 +319,11 @@ def guided_reference_flows(frames: np.ndarray, ref_frame: int, camera: np.ndarra
     the reference at all. Returns (flow, FB-valid) per target frame."""
     num, h, w = frames.shape[:3]
     ref = np.ascontiguousarray(frames[ref_frame])
-    warped = np.stack([cv2.warpAffine(ref, camera[t].astype(np.float64), (w, h),
-                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                      borderMode=cv2.BORDER_REPLICATE) for t in targets]) if targets else \
-        np.zeros((0, h, w, 3), frames.dtype)
-    images = np.concatenate([frames[targets], warped]) if targets else warped
+    warped = [cv2.warpAffine(ref, camera[t].astype(np.float64), (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE) for t in targets]
+    # far from the reference the light differs (gain, moving shadows), and DIS assumes it does not
+    images = np.stack([contrast_normalized(f) for f in [*frames[targets], *warped]]) if targets else \
+        np.zeros((0, h, w), np.uint8)
     k = len(targets)
     pairs = [(i, k + i) for i in range(k)] + [(k + i, i) for i in range(k)]
     flows = compute_flows(images, pairs, backend, cache, threads=threads, progress=progress)

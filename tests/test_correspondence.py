@@ -68,13 +68,18 @@ def test_reference_flow_matches_ground_truth_on_a_synthetic_scene():
     assert c.init_mask[0].astype(bool).tolist() == roi_mask.tolist()
 
 
-def test_chaining_beats_a_direct_flow_on_a_real_pan():
+def test_guided_direct_flow_beats_a_plain_one_on_a_real_pan():
+    """DIS straight to the reference fails across a pan; against the reference warped by the camera's motion
+    (and with the light's gain taken out) it holds on most pixels, and the chains add some more."""
     from vatlas.video import read_video
 
     video = read_video(SHARED_DATA / "car-shadow" / "frames", size=(192, 108), frames=(0, 16))
     roi = np.zeros((108, 192), bool)
-    c = corr.compute_correspondences(video.frames, roi, 0, hops=4, threads=2)
-    assert c.stats["ref_valid"] > c.stats["ref_valid_direct"] + 0.1
+    c = corr.compute_correspondences(video.frames, roi, 0, hops=4, threads=2, cache_dir=None)
+    dis = corr.DisFlow()
+    plain = corr.fb_valid(dis(video.frames[15], video.frames[0]), dis(video.frames[0], video.frames[15]), 5.0)
+    assert c.stats["ref_valid_direct"] > plain.mean() + 0.2
+    assert c.stats["ref_valid"] > 0.7
 
 
 def test_camera_motion_follows_a_pan_past_where_the_reference_frame_ends():
