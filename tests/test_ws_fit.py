@@ -193,7 +193,7 @@ def test_a_fit_stops_with_its_socket_unless_detached_and_is_found_again(server, 
         assert done.bundle.name == "kept" and done.bundle.frames == 4 and done.fraction == 1.0
         assert all(e.fit_id == fit_id for e in events)
         fractions = [e.fraction for e in events]
-        assert fractions == sorted(fractions) and 0 < fractions[-2] < 1
+        assert fractions == sorted(fractions) and any(0 < f < 1 for f in fractions)
         stages = {e.stage for e in events}
         assert {"main", "bake"} <= stages, stages
         assert any(e.eta_seconds > 0 for e in events) and any(e.readout.startswith("loss ") for e in events)
