@@ -27,6 +27,19 @@ Request ids
     ``render`` -> one ``frame``; ``playback`` -> a stream of ``frame`` until it ends, is replaced by a newer
     ``playback`` or stopped by ``stop_playback`` (one playback per connection); ``export`` -> ``export``
     events, the file in chunks, the last with ``done``.
+
+Uploads and fits
+    ``upload`` carries an ``UploadChunk``; the chunks of one file share one request_id (the first names the
+    file and may announce ``total_bytes``, the last has ``last``). Each chunk is answered with
+    ``upload_progress`` (bytes written so far) once written, the last with ``upload`` (the UploadResult). The
+    limits and quotas are the gRPC upload's (one core function); a refusal is one ``error`` and the upload's
+    later chunks are dropped without answers; a chunk that does not come within ``upload_idle_seconds``
+    ends it with DEADLINE_EXCEEDED. At most MAX_UPLOADS uploads stream at once on a connection.
+    ``upload_frame`` -> ``upload_frame`` (a JPEG of one decoded frame, the video's size and frame count).
+    ``start_fit`` -> ``fit`` events (FitProgress: fit_id, stage, stage_number/stage_count, overall fraction,
+    eta_seconds, readout, a ``preview`` JPEG every few seconds), the last with ``done`` and the bundle, or an
+    ``error``. Without ``detach`` the fit stops when the connection closes. ``list_fits`` -> ``fits``;
+    ``attach_fit`` -> ``fit`` events of a running or recently ended fit (its latest state first).
     ``session`` carries a ``ClientMessage``: first ``join`` (one session per connection), then ``op``,
     ``undo``, ``redo``, ``presence``, ``leave``. All session events (snapshot, accepted, rejected, applied,
     presence, error) come back as ``event`` with the request_id of the ``join``. Every op gets exactly one

@@ -11,7 +11,9 @@ Quotas (M4): the uploads kept on disk share `max_upload_store_bytes` (the oldest
 make room); a cancelled upload is removed at once, and uploads left by an earlier run (their ids lived in its
 memory) are removed at start. A fit runs as a `vatlas fit` child process within `max_fit_pixels`,
 `max_fit_iterations` and `max_fit_video_bytes`; it is stopped, and its slot freed, when its caller goes away,
-unless the request says `detach`. An export's slot and folder are freed only once its worker has stopped
+unless the request says `detach`. Each fit is a `FitJob` known by id: the child's `--json` progress and
+previews are published to whoever follows it (its caller, `attach` callers); ended fits are kept for
+`list_fits` / `attach` (the last MAX_FIT_RECORDS, not across restarts). An export's slot and folder are freed only once its worker has stopped
 (L8): a cancelled export stops at its next frame.
 """
 
