@@ -211,3 +211,31 @@ def test_a_fit_stops_with_its_socket_unless_detached_and_is_found_again(server, 
         await client.close()
 
     run(scenario())
+
+
+def test_the_fit_progress_sink_sees_what_the_bar_shows_without_a_bar() -> None:
+    """models.fit.FitProgress(sink=...) hands its state to `vatlas fit --json` even with the bar off."""
+    from vatlas.models.fit import FitProgress, StagePlan
+
+    seen: list[dict] = []
+    progress = FitProgress([StagePlan("flow", 4), StagePlan("main", 10), StagePlan("bake", 2)], enabled=False,
+                           bake_seconds_per_main_iter=1.0, sink=seen.append)
+    try:
+        progress.begin("flow")
+        progress.add(4)
+        progress.finish("flow", 0.4)
+        progress.begin("main")
+        for i in range(1, 11):
+            progress.set_readout(f"loss {1 / i:.4f}")
+            progress.advance(i)
+            time.sleep(0.06)
+        progress.finish("main", 0.6)
+        progress.complete()
+    finally:
+        progress.close()
+    assert seen and set(seen[-1]) >= {"stage", "stage_number", "stage_count", "fraction", "eta_seconds",
+                                      "elapsed_seconds", "readout"}
+    assert seen[-1]["fraction"] == 1.0 and seen[-1]["stage_count"] == 3
+    assert any(s["stage"] == "main" and s["readout"].startswith("loss ") for s in seen)
+    fractions = [s["fraction"] for s in seen]
+    assert fractions == sorted(fractions)
