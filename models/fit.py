@@ -99,6 +99,8 @@ MAIN_POINTS_PER_PIXEL = 35.0
 # Readout per stage besides the total loss: at most two terms (all of them with verbose=True).
 READOUT_TERMS = {"main": ("recon",), "refine": ("recon", "no")}
 HEARTBEAT_S = 1.0  # the bar is redrawn at least this often, so elapsed time and ETA move in silent steps
+SINK_S = 0.5  # machine-readable progress (FitProgress.sink) at most this often
+PREVIEW_SIDE = 256  # long side of a preview of the reconstruction (Fitter.preview)
 RATE_WINDOW_S = 2.0  # a stage's warm-up, left out of its rate; rates need this long (GPU steps are queued)
 
 
@@ -124,11 +126,14 @@ class FitProgress:
     first RATE_WINDOW_S left out as warm-up) or, before that, the main stage's rate times RELATIVE_COST. The shown ETA eases toward that sum, so a stage switch does not make it jump.
     """
 
-    def __init__(self, plan: list[StagePlan], *, enabled: bool, bake_seconds_per_main_iter: float) -> None:
+    def __init__(self, plan: list[StagePlan], *, enabled: bool, bake_seconds_per_main_iter: float,
+                 sink: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.plan = {s.name: s for s in plan}
         self.order = [s.name for s in plan]
         self.bake_per_main = bake_seconds_per_main_iter
         self.enabled = enabled
+        self.sink = sink  # gets what the bar shows as a dict (machine-readable progress), at most every SINK_S
+        self._sunk_at = -math.inf
         self.stage = self.order[0]
         self.readout = ""
         self._began = time.perf_counter()
@@ -140,7 +145,7 @@ class FitProgress:
         self._bar = tqdm(total=1000, disable=not enabled, dynamic_ncols=True, leave=False,
                          bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
         self._heartbeat: threading.Thread | None = None
-        if enabled:
+        if enabled or sink is not None:
             self._heartbeat = threading.Thread(target=self._beat, name="fit-progress", daemon=True)
             self._heartbeat.start()
 
@@ -229,8 +234,8 @@ class FitProgress:
         return s.done * rate, max(s.units - s.done, 0.0) * rate
 
     def _draw(self) -> None:
-        """Redraw the bar; the caller holds the lock."""
-        if not self.enabled:
+        """Redraw the bar (and tell the sink); the caller holds the lock."""
+        if not self.enabled and self.sink is None:
             return
         now = time.perf_counter()
         s = self.plan[self.stage]
@@ -255,7 +260,14 @@ class FitProgress:
         counted = f" {int(s.done)}/{s.units} {unit}" if s.units else ""
         self._bar.set_description_str(f"fit {self.stage} ({number}/{len(self.order)}){counted}", refresh=False)
         self._bar.set_postfix_str(eta_text + (f", {self.readout}" if self.readout else ""), refresh=False)
-        self._bar.refresh()
+        if self.enabled:
+            self._bar.refresh()
+        if self.sink is not None and (now - self._sunk_at >= SINK_S or self._bar.n >= 1000):
+            self._sunk_at = now
+            self.sink({"stage": self.stage, "stage_number": number, "stage_count": len(self.order),
+                       "done": int(s.done), "units": s.units, "fraction": self._bar.n / 1000,
+                       "eta_seconds": None if self._eta_shown is None else round(self._eta_shown, 1),
+                       "elapsed_seconds": round(now - self._began, 2), "readout": self.readout})
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -367,8 +379,14 @@ class Fitter:
 
     def __init__(self, data: FitData, cfg: FitConfig, device: torch.device, *, show_progress: bool = True,
                  log: Callable[[str], None] | None = None,
-                 callback: Callable[[str, int], None] | None = None, verbose: bool = False) -> None:
+                 callback: Callable[[str, int], None] | None = None, verbose: bool = False,
+                 progress_sink: Callable[[dict[str, Any]], None] | None = None,
+                 preview: Callable[[np.ndarray, int], None] | None = None, preview_seconds: float = 3.0) -> None:
         self.data, self.cfg, self.device = data, cfg, device
+        self.progress_sink = progress_sink  # FitProgress.sink: the bar's state as dicts
+        # preview(rgb, frame): the reconstruction of the reference frame, every preview_seconds while training
+        self.preview, self.preview_seconds = preview, preview_seconds
+        self._previewed_at = time.perf_counter()
         self.show_progress = show_progress
         self.verbose = verbose  # every loss term in the readout, not only the stage's key ones
         self.progress: FitProgress | None = None
@@ -605,7 +623,8 @@ class Fitter:
         # the inverse grid per frame; 1.5 covers the matting and copies that are not network points
         points = atlas * atlas + t * dh * dw * 5 + t * cfg.inverse_grid ** 2 * 2
         per_main = 1.5 * points / (MAIN_POINTS_PER_PIXEL * cfg.batch_size)
-        return FitProgress(plan, enabled=self.show_progress, bake_seconds_per_main_iter=per_main)
+        return FitProgress(plan, enabled=self.show_progress, bake_seconds_per_main_iter=per_main,
+                           sink=self.progress_sink)
 
     def _stage_flow(self) -> None:
         cfg = self.cfg
@@ -710,6 +729,9 @@ class Fitter:
                 progress.advance(self.iteration)
             if self.callback is not None:
                 self.callback(stage, self.iteration)
+            if self.preview is not None and time.perf_counter() - self._previewed_at >= self.preview_seconds:
+                self.preview(self.reconstruction(self.data.ref_frame), self.data.ref_frame)
+                self._previewed_at = time.perf_counter()
         if stage == "main" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
             self.best_state = None  # the weights are now the best ones: a checkpoint need not hold them twice
@@ -837,6 +859,23 @@ class Fitter:
         return shown, rgb
 
     @torch.no_grad()
+    def reconstruction(self, frame: int, max_side: int = PREVIEW_SIDE) -> np.ndarray:
+        """RNA eq. 1 on frame `frame`, M*L*A(T(p)) + (1 - M)*c, on a grid of at most max_side pixels a side
+        (working-size pixels sampled at their centres): a (h, w, 3) uint8 preview of how the fit is doing."""
+        step = max(1.0, max(self.width, self.height) / max_side)
+        xs = torch.arange(0, self.width, step, device=self.device)
+        ys = torch.arange(0, self.height, step, device=self.device)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        px, py = gx.reshape(-1).long(), gy.reshape(-1).long()
+        xyt = self._xyt(px.float() + 0.5, py.float() + 0.5, torch.full_like(px, frame, dtype=torch.float32))
+        uv = self.model.mapping(xyt)
+        shown = (self.model.illumination(uv, xyt[:, 2:3]) * self.model.atlas(uv)).clamp(0, 1)
+        m = self.model.mask(xyt).reshape(-1, 1)
+        c = self.frames[frame, py, px].float() / 255.0
+        out = m * shown + (1 - m) * c
+        return (out.reshape(len(ys), len(xs), 3) * 255).round().byte().cpu().numpy()
+
+    @torch.no_grad()
     def _evaluate_best(self) -> None:
         """ROI PSNR of L*A(T(p)) on the reference frame; keep the best weights (as RNA does)."""
         shown, rgb = self._reference_roi_fit()
@@ -925,7 +964,10 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
         device: str = "auto", out: Path | str | None = None, resume: bool = False, show_progress: bool = True,
         source: dict[str, Any] | None = None, callback: Callable[[str, int], None] | None = None,
         log: Callable[[str], None] | None = None, source_frames: np.ndarray | None = None,
-        source_roi: Roi | None = None, verbose: bool = False) -> tuple[Bundle, dict[str, Any]]:
+        source_roi: Roi | None = None, verbose: bool = False,
+        progress_sink: Callable[[dict[str, Any]], None] | None = None,
+        preview: Callable[[np.ndarray, int], None] | None = None,
+        preview_seconds: float = 3.0) -> tuple[Bundle, dict[str, Any]]:
     """Fit (T, H, W, 3) uint8 frames with an ROI at the same resolution; returns the bundle and its metrics.
 
     With `source_frames` (T, Hs, Ws, 3) and `source_roi` (the same ROI in their pixels) the fit still runs on
@@ -935,7 +977,10 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
     `log` receives one-line status messages (default: printed above the progress bar, silent without it).
     One bar shows the whole fit with an ETA and a short loss readout (`verbose`: every loss term).
     `callback(stage, iteration)` runs after every training step (progress hooks; raising KeyboardInterrupt
-    there behaves like Ctrl-C).
+    there behaves like Ctrl-C). `progress_sink(dict)` gets the bar's state (stage, stage_number, stage_count,
+    fraction, eta_seconds, elapsed_seconds, readout) at most every SINK_S and at least every HEARTBEAT_S, with
+    or without a shown bar; `preview(rgb, frame)` gets `Fitter.reconstruction` of the reference frame every
+    `preview_seconds` while training.
     """
     cfg = config or FitConfig()
     frames = np.ascontiguousarray(frames)
@@ -957,5 +1002,5 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
         source_roi.validate(source_frames.shape[2], source_frames.shape[1], t)
     data = FitData(frames, roi, roi_mask, float(fps), dict(source or {}), source_frames, source_roi)
     fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback, log=log,
-                    verbose=verbose)
+                    verbose=verbose, progress_sink=progress_sink, preview=preview, preview_seconds=preview_seconds)
     return fitter.run(Path(out) if out is not None else None, resume=resume)

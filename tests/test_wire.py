@@ -76,7 +76,23 @@ def test_covers_every_message_of_the_package() -> None:
     for expected in ("vatlas.v1.EditOp", "vatlas.v1.WsRequest", "vatlas.v1.WsResponse", "vatlas.v1.FitProgress",
                      "vatlas.v1.RenderRequest", "vatlas.v1.Error", "vatlas.v1.ServerEvent", "vatlas.v1.Vec2"):
         assert expected in names
+    for expected in ("vatlas.v1.UploadProgress", "vatlas.v1.UploadFrameRequest", "vatlas.v1.UploadFrame",
+                     "vatlas.v1.FitInfo", "vatlas.v1.ListFitsResponse", "vatlas.v1.AttachFitRequest"):
+        assert expected in names
     assert len(names) >= 40
+
+
+def test_every_ws_call_and_bundles_rpc_has_a_handler() -> None:
+    """The WebSocket mirrors the services: each WsRequest call is handled, each Bundles RPC is served."""
+    from vatlas.server.doors.grpc_door import BundlesDoor
+    from vatlas.server.doors.ws_door import WsConnection
+    from vatlas.v1 import bundles_pb2
+
+    handled_inline = {"hello", "session", "stop_playback"}  # the connection's own handshake and streams
+    for field in sessions_pb2.WsRequest.DESCRIPTOR.oneofs_by_name["call"].fields:
+        assert field.name in handled_inline or hasattr(WsConnection, f"_call_{field.name}"), field.name
+    for method in bundles_pb2.DESCRIPTOR.services_by_name["Bundles"].methods:
+        assert method.name in BundlesDoor.__dict__, method.name
 
 
 @pytest.mark.parametrize("full_name", sorted(ALL_CLASSES))

@@ -139,6 +139,28 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
         except CoreError as exc:
             await abort(context, exc)
 
+    async def GetUploadFrame(self, request: Any, context: Any) -> bundles_pb2.UploadFrame:
+        await self.check(context)
+        try:
+            return await self.core.jobs.upload_frame(request)
+        except CoreError as exc:
+            await abort(context, exc)
+            raise
+
+    async def ListFits(self, request: Any, context: Any) -> bundles_pb2.ListFitsResponse:
+        await self.check(context)
+        return self.core.jobs.list_fits()
+
+    async def AttachFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
+        await self.check(context)
+        try:
+            progress = await self.core.jobs.attach(request)
+            async with contextlib.aclosing(progress):
+                async for event in progress:
+                    yield event
+        except CoreError as exc:
+            await abort(context, exc)
+
 
 class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
     async def CreateSession(self, request: Any, context: Any) -> sessions_pb2.SessionInfo:

@@ -27,6 +27,19 @@ Request ids
     ``render`` -> one ``frame``; ``playback`` -> a stream of ``frame`` until it ends, is replaced by a newer
     ``playback`` or stopped by ``stop_playback`` (one playback per connection); ``export`` -> ``export``
     events, the file in chunks, the last with ``done``.
+
+Uploads and fits
+    ``upload`` carries an ``UploadChunk``; the chunks of one file share one request_id (the first names the
+    file and may announce ``total_bytes``, the last has ``last``). Each chunk is answered with
+    ``upload_progress`` (bytes written so far) once written, the last with ``upload`` (the UploadResult). The
+    limits and quotas are the gRPC upload's (one core function); a refusal is one ``error`` and the upload's
+    later chunks are dropped without answers; a chunk that does not come within ``upload_idle_seconds``
+    ends it with DEADLINE_EXCEEDED. At most MAX_UPLOADS uploads stream at once on a connection.
+    ``upload_frame`` -> ``upload_frame`` (a JPEG of one decoded frame, the video's size and frame count).
+    ``start_fit`` -> ``fit`` events (FitProgress: fit_id, stage, stage_number/stage_count, overall fraction,
+    eta_seconds, readout, a ``preview`` JPEG every few seconds), the last with ``done`` and the bundle, or an
+    ``error``. Without ``detach`` the fit stops when the connection closes. ``list_fits`` -> ``fits``;
+    ``attach_fit`` -> ``fit`` events of a running or recently ended fit (its latest state first).
     ``session`` carries a ``ClientMessage``: first ``join`` (one session per connection), then ``op``,
     ``undo``, ``redo``, ``presence``, ``leave``. All session events (snapshot, accepted, rejected, applied,
     presence, error) come back as ``event`` with the request_id of the ``join``. Every op gets exactly one
@@ -55,6 +68,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -74,6 +88,7 @@ import vatlas
 log = logging.getLogger(__name__)
 
 MAX_TASKS = 64  # concurrent requests of one connection (renders, exports, ...)
+MAX_UPLOADS = 2  # uploads streaming in at once on one connection
 CLOSE_POLICY = 1008
 FRAME_OVERHEAD = 1024  # bytes charged per frame besides its length (the decoded message, bookkeeping)
 LIVE: weakref.WeakSet[WsConnection] = weakref.WeakSet()  # open connections (stats and tests)
@@ -133,6 +148,8 @@ class WsConnection:
         self.session_task: asyncio.Task | None = None
         self.pump_task: asyncio.Task | None = None
         self.scope: str | None = None  # set when hello carried a join token: the one session it may use
+        self.uploads: dict[int, asyncio.Queue] = {}  # request id -> its chunks (and their bytes) not yet written
+        self.failed_uploads: dict[int, None] = {}  # request ids of uploads that ended early (newest last)
         address = ws.remote_address[0] if ws.remote_address else "?"
         self.address = str(address)
         self.inbound = 0  # bytes of frames read and not yet handled
@@ -232,6 +249,8 @@ class WsConnection:
                                                             "token: it may only use that session")
         elif call == "session":
             return await self._session_message(rid, request.session, size)
+        elif call == "upload":
+            return await self._upload_chunk(rid, request.upload, size)
         elif call == "stop_playback":
             self._stop_playback()
         else:
@@ -248,6 +267,34 @@ class WsConnection:
             return True
         return False
 
+    async def _upload_chunk(self, rid: int, chunk: bundles_pb2.UploadChunk, size: int) -> bool:
+        """Queue a chunk for the upload of this request id (its first chunk starts it); True when the queue
+        holds its bytes. Chunks of an upload that already failed are dropped (its error was sent)."""
+        if rid in self.failed_uploads:
+            return False
+        queue = self.uploads.get(rid)
+        if queue is None:
+            if len(self.uploads) >= MAX_UPLOADS or len(self.tasks) >= MAX_TASKS:
+                await self.send_error(rid, "RESOURCE_EXHAUSTED", f"more than {MAX_UPLOADS} uploads in flight on "
+                                                                 "this connection")
+                return False
+            queue = self.uploads[rid] = asyncio.Queue()
+            task = asyncio.create_task(self._guard(rid, "upload", queue))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(lambda done: self._upload_ended(rid, done))
+        queue.put_nowait((chunk, size))
+        return True
+
+    def _upload_ended(self, rid: int, task: asyncio.Task) -> None:
+        queue = self.uploads.pop(rid)
+        while not queue.empty():
+            self._release(queue.get_nowait()[1])
+        if task.cancelled() or not task.result():
+            self.failed_uploads[rid] = None
+            while len(self.failed_uploads) > MAX_UPLOADS * 8:
+                del self.failed_uploads[next(iter(self.failed_uploads))]
+
     def _in_scope(self, call: str, request: Any) -> bool:
         """Whether a connection limited to one session (see `scope`) may make this call."""
         if call == "stop_playback":
@@ -261,10 +308,12 @@ class WsConnection:
             return session is not None and request.name == session.bundle_name
         return False
 
-    async def _guard(self, request_id: int, call: str, request: Any) -> None:
-        """Run one request; core errors become error frames, a closed socket ends it quietly."""
+    async def _guard(self, request_id: int, call: str, request: Any) -> bool:
+        """Run one request; core errors become error frames, a closed socket ends it quietly. True when it
+        succeeded."""
         try:
             await getattr(self, f"_call_{call}")(request_id, request)
+            return True
         except CoreError as exc:
             with contextlib.suppress(ConnectionClosed):
                 await self.send_error(request_id, exc.code, exc.message, exc.op_id)
@@ -276,6 +325,7 @@ class WsConnection:
             log.exception("WebSocket request %s failed", request_id)
             with contextlib.suppress(ConnectionClosed):
                 await self.send_error(request_id, "INTERNAL", INTERNAL_MESSAGE)
+        return False
 
     def _stop_playback(self) -> None:
         if self.playback is not None:
@@ -318,6 +368,51 @@ class WsConnection:
         async with contextlib.aclosing(events):
             async for event in events:
                 await self.send(rid, export=event)
+
+    async def _call_upload(self, rid: int, queue: asyncio.Queue) -> None:
+        """The chunks queued for this request id, into the core's upload (its limits and quotas): each chunk
+        is acknowledged with upload_progress once written, the last with the UploadResult."""
+        idle = self.core.limits.upload_idle_seconds
+        written = 0
+
+        async def chunks() -> AsyncIterator[bundles_pb2.UploadChunk]:
+            nonlocal written
+            while True:
+                try:
+                    chunk, size = await asyncio.wait_for(queue.get(), idle)
+                except TimeoutError:
+                    raise CoreError("DEADLINE_EXCEEDED", f"no upload chunk for {idle:g} s: the upload was "
+                                                         "dropped") from None
+                try:
+                    yield chunk  # the core writes it before it asks for the next one
+                finally:
+                    self._release(size)
+                written += len(chunk.data)
+                if chunk.last:
+                    return
+                await self.send(rid, upload_progress=bundles_pb2.UploadProgress(bytes=written))
+
+        stream = chunks()
+        async with contextlib.aclosing(stream):
+            result = await self.core.jobs.upload(stream)
+        await self.send(rid, upload=result)
+
+    async def _call_upload_frame(self, rid: int, request: Any) -> None:
+        await self.send(rid, upload_frame=await self.core.jobs.upload_frame(request))
+
+    async def _call_start_fit(self, rid: int, request: Any) -> None:
+        await self._follow_fit(rid, await self.core.jobs.start_fit(request))
+
+    async def _call_attach_fit(self, rid: int, request: Any) -> None:
+        await self._follow_fit(rid, await self.core.jobs.attach(request))
+
+    async def _follow_fit(self, rid: int, events: AsyncIterator[bundles_pb2.FitProgress]) -> None:
+        async with contextlib.aclosing(events):  # a closed socket ends the stream (and an undetached fit)
+            async for event in events:
+                await self.send(rid, fit=event)
+
+    async def _call_list_fits(self, rid: int, _: Any) -> None:
+        await self.send(rid, fits=self.core.jobs.list_fits())
 
     # ---------------------------------------------------------------- the session stream
 

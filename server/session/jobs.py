@@ -11,13 +11,17 @@ Quotas (M4): the uploads kept on disk share `max_upload_store_bytes` (the oldest
 make room); a cancelled upload is removed at once, and uploads left by an earlier run (their ids lived in its
 memory) are removed at start. A fit runs as a `vatlas fit` child process within `max_fit_pixels`,
 `max_fit_iterations` and `max_fit_video_bytes`; it is stopped, and its slot freed, when its caller goes away,
-unless the request says `detach`. An export's slot and folder are freed only once its worker has stopped
+unless the request says `detach`. Each fit is a `FitJob` known by id: the child's `--json` progress and
+previews are published to whoever follows it (its caller, `attach` callers); ended fits are kept for
+`list_fits` / `attach` (the last MAX_FIT_RECORDS, not across restarts). An export's slot and folder are freed only once its worker has stopped
 (L8): a cancelled export stops at its next frame.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import importlib
 import json
@@ -39,7 +43,7 @@ from typing import Any
 
 from vatlas.server.session.bundles import check_bundle_name
 from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError, scrub_paths
-from vatlas.v1 import bundles_pb2, render_pb2
+from vatlas.v1 import bundles_pb2, common_pb2, render_pb2
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,74 @@ class Upload:
     size: int  # the upload and the sanitized copy made of it
     created: float = field(default_factory=time.monotonic)
     fits: int = 0  # fits reading it now: never removed then
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one sanitizing thread at a time
+
+
+@dataclass
+class FitJob:
+    """One fit, running or recently ended: its latest event and preview, and the queues of who follows it."""
+
+    fit_id: str
+    name: str
+    detach: bool
+    created: float = field(default_factory=time.monotonic)
+    latest: bundles_pb2.FitProgress = field(default_factory=bundles_pb2.FitProgress)  # without its preview
+    preview: bundles_pb2.FitProgress | None = None  # the event that carried the latest preview
+    error: CoreError | None = None
+    running: bool = True
+    watchers: set[asyncio.Queue] = field(default_factory=set)
+    task: asyncio.Future | None = None
+
+    def subscribe(self) -> asyncio.Queue:
+        """A queue of this fit's events from now on, starting with its current state (None ends it)."""
+        queue: asyncio.Queue = asyncio.Queue()
+        if self.latest.fit_id:
+            first = bundles_pb2.FitProgress()
+            first.CopyFrom(self.latest)
+            if self.preview is not None and not first.done:
+                first.preview, first.preview_frame = self.preview.preview, self.preview.preview_frame
+            queue.put_nowait(first)
+        if self.running:
+            self.watchers.add(queue)
+        else:
+            queue.put_nowait(None)
+        return queue
+
+    def publish(self, event: bundles_pb2.FitProgress) -> None:
+        """Hand an event to every watcher; one that falls WATCH_BACKLOG behind loses its oldest events."""
+        if event.preview:
+            self.preview = event
+            if self.latest.fit_id:  # a preview event also carries the progress it was made at
+                kept = bundles_pb2.FitProgress()
+                kept.CopyFrom(event)
+                kept.ClearField("preview")
+                kept.ClearField("preview_frame")
+                self.latest = kept
+        else:
+            self.latest = event
+        for queue in self.watchers:
+            while queue.qsize() >= WATCH_BACKLOG:
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    def heartbeat(self, elapsed: float) -> bundles_pb2.FitProgress:
+        event = bundles_pb2.FitProgress()
+        event.CopyFrom(self.latest)
+        event.elapsed_seconds = elapsed
+        if not event.stage_number:
+            event.message = f"preparing the video ({elapsed:.0f} s)"
+        return event
+
+    def end(self) -> None:
+        self.running = False
+        for queue in self.watchers:
+            queue.put_nowait(None)
+        self.watchers.clear()
+
+    def info(self) -> bundles_pb2.FitInfo:
+        error = common_pb2.Error(code=self.error.code, message=self.error.message) if self.error else None
+        return bundles_pb2.FitInfo(fit_id=self.fit_id, name=self.name, running=self.running, progress=self.latest,
+                                   error=error, detached=self.detach)
 
 
 class ExportCancelled(Exception):
@@ -79,7 +151,8 @@ class Jobs:
         self._exports = asyncio.Semaphore(core.limits.max_concurrent_exports)
         self.exports_running = 0  # export worker threads alive (holding a slot)
         self._fitting: dict[str, asyncio.subprocess.Process | None] = {}  # bundle name -> fit process
-        self._background: set[asyncio.Future] = set()  # fits finishing without a caller
+        self.fits: dict[str, FitJob] = {}  # by fit id: running ones and the last MAX_FIT_RECORDS ended ones
+        self._background: set[asyncio.Future] = set()  # the fits' tasks (they outlive their callers)
 
     def clean_orphans(self) -> None:
         """Remove uploads and export folders an earlier run left (nobody can name them any more)."""
@@ -92,6 +165,9 @@ class Jobs:
         for process in list(self._fitting.values()):
             if process is not None and process.returncode is None:
                 _kill_group(process, signal.SIGKILL)
+        for job in self.fits.values():
+            if job.task is not None:
+                job.task.cancel()
         if self._background:
             await asyncio.wait(list(self._background), timeout=FIT_STOP_SECONDS)
         if self._tmp is not None:
@@ -123,6 +199,7 @@ class Jobs:
         it early removes it: a refusal, an error, a cancelled call (whose stream gRPC ends as if it were
         complete: hence `last`)."""
         limit = self.core.limits.max_upload_bytes
+        announced = 0
         upload_id = "u" + secrets.token_hex(8)
         directory = self.work_dir / "uploads" / upload_id
         path: Path | None = None
@@ -138,6 +215,12 @@ class Jobs:
                     name = FILENAME.sub("_", Path(chunk.filename).name)[:128].lstrip(".")
                     if not name:
                         raise CoreError("INVALID_ARGUMENT", "the first upload chunk must carry a file name")
+                    announced = chunk.total_bytes
+                    if announced > limit:
+                        raise CoreError("RESOURCE_EXHAUSTED", f"upload is larger than {limit} bytes "
+                                                              f"({announced} announced)")
+                    if announced:
+                        self._make_room(announced)  # refused now rather than after most of it was sent
                     directory.mkdir(parents=True, exist_ok=True)
                     path = directory / name
                     handle = open(path, "wb")  # noqa: SIM115 - closed in finally
@@ -150,6 +233,9 @@ class Jobs:
                 handle.write(chunk.data)
             if path is not None and not finished:
                 raise CoreError("INVALID_ARGUMENT", "the upload ended without a chunk marked last (cancelled?): "
+                                                    "nothing was kept")
+            if path is not None and announced and total != announced:
+                raise CoreError("INVALID_ARGUMENT", f"the upload announced {announced} bytes and sent {total}: "
                                                     "nothing was kept")
         except BaseException:  # a refusal, a cancelled call or a lost client: nothing stays on disk
             if handle is not None:
@@ -166,13 +252,51 @@ class Jobs:
         self.uploads[upload_id] = Upload(path, total)
         return bundles_pb2.UploadResult(upload_id=upload_id, bytes=total)
 
+    async def upload_frame(self, request: bundles_pb2.UploadFrameRequest) -> bundles_pb2.UploadFrame:
+        """One decoded frame of an upload as JPEG (scaled to max_side), with the video's size and frame count.
+        The first call sanitizes the upload (as a fit would): FAILED_PRECONDITION for what is not a video."""
+        upload = self.uploads.get(request.upload_id)
+        if upload is None:
+            raise CoreError("NOT_FOUND", f"no upload {request.upload_id!r}")
+        return await asyncio.to_thread(self._upload_frame, upload, request)
+
+    def _upload_frame(self, upload: Upload, request: bundles_pb2.UploadFrameRequest) -> bundles_pb2.UploadFrame:
+        import cv2
+
+        from vatlas.video import VideoError, read_video
+
+        frames, width, height = self._sanitized(upload)
+        sanitized = upload.path.with_name(SANITIZED_NAME)
+        if not frames:
+            raise CoreError("FAILED_PRECONDITION", "the upload has no frames")
+        if request.frame >= frames:
+            raise CoreError("OUT_OF_RANGE", f"frame {request.frame} is beyond the video's {frames} frames")
+        try:
+            video = read_video(sanitized, frames=(request.frame, request.frame + 1))
+        except VideoError:
+            raise CoreError("FAILED_PRECONDITION", f"frame {request.frame} of the upload cannot be decoded") from None
+        rgb = video.frames[0]
+        side = request.max_side or max(width, height)
+        scale = min(1.0, side / max(width, height))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
+        if not ok:
+            raise CoreError("INTERNAL", f"frame {request.frame}: {INTERNAL_MESSAGE}")
+        return bundles_pb2.UploadFrame(upload_id=request.upload_id, frame=request.frame, frames=frames, width=width,
+                                       height=height, fps=video.fps, jpeg=jpeg.tobytes(),
+                                       image_width=int(rgb.shape[1]), image_height=int(rgb.shape[0]))
+
     # ---------------------------------------------------------------- fits
 
     async def start_fit(self, request: bundles_pb2.StartFitRequest) -> AsyncIterator[bundles_pb2.FitProgress]:
-        """Validate, then run `vatlas fit` (models.fit) in a child process and stream progress.
+        """Validate, then run `vatlas fit` (models.fit) in a child process; returns its caller's event stream.
 
-        UNIMPLEMENTED when this build has no fit module. The fit reports no per-iteration progress to callers,
-        so the stream carries a heartbeat (stage "fitting", elapsed seconds in `message`) until it is done.
+        UNIMPLEMENTED when this build has no fit module. Events carry the child's overall fraction, stage, ETA
+        and loss readout (its `--json` lines), a preview of the reconstruction every PREVIEW_SECONDS, and a
+        heartbeat when the child is silent (preparing the upload); the last one has `done` and the bundle.
+        Closing the stream stops the fit unless the request says `detach`; `attach` follows it by id.
         """
         _require_fit_module()
         limits = self.core.limits
@@ -187,12 +311,7 @@ class Jobs:
             raise CoreError("RESOURCE_EXHAUSTED", f"a fit is already running ({', '.join(sorted(self._fitting))})")
         if request.preset not in PRESETS:
             raise CoreError("INVALID_ARGUMENT", f"preset {request.preset!r} is not one of draft, standard, best")
-        try:
-            roi = json.loads(request.roi_json)
-        except json.JSONDecodeError as exc:
-            raise CoreError("INVALID_ARGUMENT", f"roi_json is not JSON: {exc}") from None
-        if not isinstance(roi, dict) or not isinstance(roi.get("polygons"), list):
-            raise CoreError("INVALID_ARGUMENT", 'roi_json must look like {"ref_frame": 0, "polygons": [[[x, y], ...]]}')
+        roi = parse_roi(request.roi_json)
         if bool(request.width) != bool(request.height):
             raise CoreError("INVALID_ARGUMENT", "give both width and height, or neither")
         if request.width * request.height > limits.max_fit_pixels:
@@ -202,30 +321,88 @@ class Jobs:
             raise CoreError("INVALID_ARGUMENT", f"iterations must be <= {limits.max_fit_iterations}")
         path = upload.path
         roi_path = path.with_name(f"{name}.roi.json")
-        roi_path.write_text(json.dumps(roi))
+        roi_path.write_text(json.dumps(roi.to_json()))
         device = str(self.core.config.device)
         argv = ["fit", str(path.with_name(SANITIZED_NAME)), "--roi", str(roi_path), "--out", str(out), "--quiet",
-                "--preset", request.preset or "standard",
+                "--json", "-", "--preview-seconds", str(PREVIEW_SECONDS),
                 "--device", "cuda" if device.startswith("cuda") else device]
+        if request.preset:  # else the CLI's choice: draft on a CPU, standard on a GPU
+            argv += ["--preset", request.preset]
         if request.iterations:
             argv += ["--iters", str(request.iterations)]
         size = (request.width, request.height) if request.width else None
         if size is not None:
             argv += ["--size", f"{size[0]}x{size[1]}"]
         self._fitting[name] = None  # the slot is taken from here until the fit process has ended
-        return self._run_fit(argv, name, upload, size, request.detach)
+        job = FitJob("f" + secrets.token_hex(8), name, request.detach)
+        self.fits[job.fit_id] = job
+        watch = self._watch(job, job.subscribe(), owner=True)  # subscribed before the job's first event
+        job.task = asyncio.ensure_future(self._drive(job, argv, upload, size, roi))
+        self._background.add(job.task)
+        job.task.add_done_callback(self._background.discard)
+        self._forget_old_fits()
+        return watch
 
-    def _prepare_fit(self, upload: Upload, size: tuple[int, int] | None) -> None:
-        """Sanitize the upload (a worker thread) and refuse a clip whose decoded frames pass the budget."""
+    def list_fits(self) -> bundles_pb2.ListFitsResponse:
+        """Running fits, then finished ones, newest first."""
+        jobs = sorted(self.fits.values(), key=lambda j: (not j.running, -j.created))
+        return bundles_pb2.ListFitsResponse(fits=[job.info() for job in jobs])
+
+    async def attach(self, request: bundles_pb2.AttachFitRequest) -> AsyncIterator[bundles_pb2.FitProgress]:
+        """Follow a fit by id: its latest state (with its latest preview), then live events; leaving never
+        stops it. An ended fit answers its last event, then its error if it failed."""
+        job = self.fits.get(request.fit_id)
+        if job is None:
+            raise CoreError("NOT_FOUND", f"no fit {request.fit_id!r} (finished fits are kept for a while, "
+                                         "not across restarts)")
+        return self._watch(job, job.subscribe(), owner=False)
+
+    def _forget_old_fits(self) -> None:
+        ended = sorted((j for j in self.fits.values() if not j.running), key=lambda j: j.created)
+        for job in ended[:max(0, len(ended) - MAX_FIT_RECORDS)]:
+            del self.fits[job.fit_id]
+
+    async def _watch(self, job: FitJob, queue: asyncio.Queue, *, owner: bool) -> AsyncIterator[
+            bundles_pb2.FitProgress]:
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield event
+            if job.error is not None:
+                raise job.error
+        finally:
+            job.watchers.discard(queue)
+            if owner and not job.detach and job.running and job.task is not None:
+                log.info("fit %s stopped: its caller went away", job.name)
+                job.task.cancel()
+
+    def _sanitized(self, upload: Upload) -> tuple[int, int, int]:
+        """The upload's sanitized copy (made once, a worker thread; counted in the upload's size) and its
+        (frames, width, height)."""
         sanitized = upload.path.with_name(SANITIZED_NAME)
-        existed = sanitized.exists()
-        frames, width, height = sanitize_upload(upload.path, sanitized)
-        if not existed and sanitized.exists():
-            upload.size += sanitized.stat().st_size
+        with upload.lock:
+            existed = sanitized.exists()
+            frames, width, height = sanitize_upload(upload.path, sanitized)
+            if not existed and sanitized.exists():
+                upload.size += sanitized.stat().st_size
+        return frames, width, height
+
+    def _prepare_fit(self, upload: Upload, size: tuple[int, int] | None, roi: Any) -> None:
+        """Sanitize the upload (a worker thread), check the ROI against the video and refuse a clip whose
+        decoded frames pass the budget."""
+        frames, width, height = self._sanitized(upload)
         if not frames:
             return
         from vatlas.models.config import FitConfig, working_size
 
+        from vatlas.errors import RoiError
+
+        try:
+            roi.validate(width, height, frames)
+        except RoiError as exc:
+            raise CoreError("INVALID_ARGUMENT", f"{exc} (the video is {width}x{height}, {frames} frames)") from None
         w, h = working_size((width, height), size, FitConfig().max_side)
         need = frames * 3 * (width * height + (w * h if (w, h) != (width, height) else 0))
         budget = self.core.limits.max_fit_video_bytes
@@ -233,15 +410,17 @@ class Jobs:
             raise CoreError("RESOURCE_EXHAUSTED", f"the fit would hold {need} bytes of decoded frames ({frames} "
                                                   f"frames of {width}x{height}; limit {budget}): trim the clip")
 
-    async def _run_fit(self, argv: list[str], name: str, upload: Upload, size: tuple[int, int] | None,
-                       detach: bool) -> AsyncIterator[bundles_pb2.FitProgress]:
+    async def _drive(self, job: FitJob, argv: list[str], upload: Upload, size: tuple[int, int] | None,
+                     roi: Any) -> None:
+        """Run one fit to its end (or until cancelled: its caller left), publishing its events to the job."""
         started = time.monotonic()
         process: asyncio.subprocess.Process | None = None
         prepare: asyncio.Future | None = None
+        name = job.name
         upload.fits += 1
         try:
-            yield bundles_pb2.FitProgress(stage="fitting", fraction=0.0, message="started")
-            prepare = asyncio.ensure_future(asyncio.to_thread(self._prepare_fit, upload, size))
+            job.publish(bundles_pb2.FitProgress(fit_id=job.fit_id, stage="fitting", message="started"))
+            prepare = asyncio.ensure_future(asyncio.to_thread(self._prepare_fit, upload, size, roi))
             await asyncio.shield(prepare)  # a thread cannot be stopped: the slot waits for it (below)
             env = dict(os.environ)
             device = str(self.core.config.device)
@@ -249,61 +428,71 @@ class Jobs:
                 env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "vatlas.cli", *argv, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+                limit=EVENT_LINE_BYTES)
             self._fitting[name] = process
             errors = asyncio.ensure_future(_tail(process.stderr))
-            while process.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(process.wait()), HEARTBEAT_SECONDS)
-                if process.returncode is None:
-                    yield bundles_pb2.FitProgress(stage="fitting", fraction=0.0,
-                                                  message=f"{time.monotonic() - started:.0f} s elapsed")
+            assert process.stdout is not None
+            while True:
+                try:
+                    line = await asyncio.wait_for(process.stdout.readline(), HEARTBEAT_SECONDS)
+                except TimeoutError:  # the child is silent (loading, decoding): say that it is alive
+                    job.publish(job.heartbeat(time.monotonic() - started))
+                    continue
+                except ValueError:  # a line beyond EVENT_LINE_BYTES: not one of ours
+                    continue
+                if not line:
+                    break
+                event = child_event(line, job, time.monotonic() - started)
+                if event is not None:
+                    job.publish(event)
+            await process.wait()
             lines = await errors
             if process.returncode != 0:
                 raise self._fit_error(name, process.returncode, lines)
             info = self.core.bundles.info(name)
-            yield bundles_pb2.FitProgress(stage="done", fraction=1.0, done=True, bundle=info,
-                                          message=f"fit finished in {time.monotonic() - started:.1f} s")
+            job.publish(bundles_pb2.FitProgress(
+                fit_id=job.fit_id, stage="done", fraction=1.0, done=True, bundle=info,
+                stage_number=job.latest.stage_number, stage_count=job.latest.stage_count,
+                elapsed_seconds=time.monotonic() - started,
+                message=f"fit finished in {time.monotonic() - started:.1f} s"))
+        except CoreError as exc:
+            job.error = exc
+        except asyncio.CancelledError:
+            job.error = CoreError("CANCELLED", "the fit was stopped: its caller went away")
+        except Exception:  # noqa: BLE001 - a server bug: the fit's watchers get INTERNAL, the log the details
+            log.exception("fit %s failed", name)
+            job.error = CoreError("INTERNAL", f"fit failed: {INTERNAL_MESSAGE}")
         finally:
-            running = process is not None and process.returncode is None
-            if running or (prepare is not None and not prepare.done()):
-                if running and not detach:
-                    log.info("fit %s stopped: its caller went away", name)
-                task = asyncio.ensure_future(self._finish_fit(name, process, prepare, upload, stop=not detach))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            else:
+            try:
+                await self._stop_fit(name, process, prepare)
+            finally:
                 upload.fits -= 1
                 self._fitting.pop(name, None)
+                job.end()
 
-    async def _finish_fit(self, name: str, process: asyncio.subprocess.Process | None,
-                          prepare: asyncio.Future | None, upload: Upload, *, stop: bool) -> None:
-        """Wait for a fit nobody streams any more (stopping it first unless detached), then free its slot."""
+    async def _stop_fit(self, name: str, process: asyncio.subprocess.Process | None,
+                        prepare: asyncio.Future | None) -> None:
+        """Stop what is left of a fit that did not finish (its process, its sanitizing thread) and remove its
+        partial outputs; nothing to do after a finished one."""
+        if prepare is not None and not prepare.done():
+            await asyncio.wait({prepare})
+        if prepare is not None and not prepare.cancelled():
+            prepare.exception()  # retrieved (it was raised, or the fit was stopped meanwhile)
+        if process is None or process.returncode is not None:
+            return
+        _kill_group(process, signal.SIGTERM)
         try:
-            if process is None:  # its caller left while the upload was being sanitized
-                if prepare is not None:
-                    await asyncio.wait({prepare})
-                    if not prepare.cancelled():
-                        prepare.exception()
-            elif stop:
-                _kill_group(process, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), FIT_STOP_SECONDS)
-                except TimeoutError:
-                    _kill_group(process, signal.SIGKILL)
-                    await process.wait()
-                out = self.core.bundles.path(name)
-                for partial in (out, out.with_name(out.name + ".ckpt")):
-                    if partial.is_dir():
-                        shutil.rmtree(partial, ignore_errors=True)
-                    else:
-                        partial.unlink(missing_ok=True)
+            await asyncio.wait_for(process.wait(), FIT_STOP_SECONDS)
+        except TimeoutError:
+            _kill_group(process, signal.SIGKILL)
+            await process.wait()
+        out = self.core.bundles.path(name)
+        for partial in (out, out.with_name(out.name + ".ckpt")):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
             else:
-                await process.wait()
-                log.info("detached fit %s ended with exit code %s", name, process.returncode)
-        finally:
-            upload.fits -= 1
-            self._fitting.pop(name, None)
+                partial.unlink(missing_ok=True)
 
     def _fit_error(self, name: str, code: int, lines: list[str]) -> CoreError:
         """The child's failure as a client-safe error: its one-line message for bad input, else INTERNAL."""
@@ -411,6 +600,65 @@ class Jobs:
             let_go()
 
 
+def parse_roi(text: str) -> Any:
+    """StartFitRequest.roi_json as a vatlas.roi.Roi, bounded (MAX_ROI_JSON_BYTES, MAX_ROI_POLYGONS,
+    MAX_ROI_VERTICES); INVALID_ARGUMENT with one plain sentence otherwise. Checked against the video's size and
+    frame count once the upload has been read (`_prepare_fit`)."""
+    from vatlas.errors import RoiError
+    from vatlas.roi import Roi
+
+    shape = 'roi_json must look like {"ref_frame": 0, "polygons": [[[x, y], ...]]}'
+    if len(text) > MAX_ROI_JSON_BYTES:
+        raise CoreError("INVALID_ARGUMENT", f"roi_json is longer than {MAX_ROI_JSON_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CoreError("INVALID_ARGUMENT", f"roi_json is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("polygons"), list):
+        raise CoreError("INVALID_ARGUMENT", shape)
+    ref_frame = data.get("ref_frame", 0)
+    if not isinstance(ref_frame, int) or isinstance(ref_frame, bool):
+        raise CoreError("INVALID_ARGUMENT", f"roi_json: ref_frame must be an integer, got {ref_frame!r}")
+    polygons = data["polygons"]
+    if len(polygons) > MAX_ROI_POLYGONS:
+        raise CoreError("INVALID_ARGUMENT", f"the ROI has {len(polygons)} polygons; at most {MAX_ROI_POLYGONS}")
+    vertices = sum(len(p) if isinstance(p, list) else 0 for p in polygons)
+    if vertices > MAX_ROI_VERTICES:
+        raise CoreError("INVALID_ARGUMENT", f"the ROI has {vertices} vertices; at most {MAX_ROI_VERTICES}")
+    try:
+        return Roi(ref_frame, polygons)
+    except (RoiError, ValueError, TypeError) as exc:
+        raise CoreError("INVALID_ARGUMENT", str(exc)) from None
+
+
+def child_event(line: bytes, job: FitJob, elapsed: float) -> bundles_pb2.FitProgress | None:
+    """One `vatlas fit --json` line as a FitProgress of `job` (None for what is not a progress or preview)."""
+    try:
+        data = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("event") not in ("progress", "preview"):
+        return None
+    event = bundles_pb2.FitProgress()
+    event.CopyFrom(job.latest)
+    event.fit_id, event.elapsed_seconds = job.fit_id, elapsed
+    event.ClearField("message")
+    try:
+        if data["event"] == "progress":
+            event.stage = str(data["stage"])
+            event.fraction = min(max(float(data["fraction"]), 0.0), 1.0)
+            event.iteration = int(data.get("done") or 0)
+            event.stage_number, event.stage_count = int(data["stage_number"]), int(data["stage_count"])
+            event.eta_seconds = float(data["eta_seconds"] or 0.0)
+            event.readout = str(data.get("readout") or "")
+        else:
+            event.preview = base64.b64decode(data["jpeg"], validate=True)
+            event.preview_frame = int(data["frame"])
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return None
+    return event
+
+
 async def _tail(stream: Any, keep: int = 200) -> list[str]:
     """The last `keep` lines of a child's output (read to the end, so the child never blocks on a full pipe)."""
     lines: list[str] = []
@@ -497,8 +745,15 @@ def _in_daemon_thread(fn: Any, name: str) -> asyncio.Future:
     return future
 
 
-HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_SECONDS = 2.0  # a fit's watchers hear from it at least this often
 FIT_STOP_SECONDS = 5.0  # SIGTERM, then SIGKILL
+PREVIEW_SECONDS = 3.0  # a preview of the reconstruction this often while training
+EVENT_LINE_BYTES = 4 * 1024 * 1024  # one --json line of the fit child (a preview is tens of kB)
+WATCH_BACKLOG = 64  # events queued for one fit watcher before its oldest are dropped
+MAX_FIT_RECORDS = 16  # ended fits kept for list_fits / attach
+MAX_ROI_JSON_BYTES = 1024 * 1024
+MAX_ROI_POLYGONS = 64
+MAX_ROI_VERTICES = 20_000
 
 
 def _require_fit_module() -> None:

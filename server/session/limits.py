@@ -50,6 +50,7 @@ class ServerLimits:
     ws_inbound_queue: int = 2  # frames the WebSocket library reads ahead of the connection's reader
     ws_inbound_bytes: int = 96 * MIB  # bytes of a connection's frames read but not yet handled (backpressure)
     # uploads and fits
+    upload_idle_seconds: float = 60.0  # a WebSocket upload whose next chunk does not come this soon is dropped
     max_upload_store_bytes: int = 16 * 1024 * MIB  # every upload kept on disk together (oldest unused go first)
     max_fit_pixels: int = 2048 * 2048  # working frame size of a fit
     max_fit_iterations: int = 100_000

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +89,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from <out>.ckpt after an interruption")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="every loss term in the progress readout")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="machine-readable progress, one JSON object a line, to FILE ('-': stdout, and the "
+                             "human lines go to stderr)")
+    parser.add_argument("--preview-seconds", type=float, default=0.0, metavar="S",
+                        help="with --json: a JPEG of the reconstruction every S seconds while training (0: none)")
     parser.set_defaults(func=run)
+
+
+class JsonEvents:
+    """`--json`: progress, preview and done events as JSON lines (flushed each, so a reader sees them live).
+
+    {"event": "progress", "stage", "stage_number", "stage_count", "done", "units", "fraction", "eta_seconds"
+    (null until known), "elapsed_seconds", "readout"}; {"event": "preview", "frame", "width", "height",
+    "jpeg" (base64)}; {"event": "done", "bundle", "frames", "width", "height", "roi_psnr", "seconds"}.
+    Called from the fit's threads: one lock keeps lines whole.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.stream = sys.stdout if target == "-" else open(target, "w", encoding="utf-8")  # noqa: SIM115
+        self._lock = threading.Lock()
+
+    def write(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}, separators=(",", ":"))
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def progress(self, state: dict[str, Any]) -> None:
+        self.write("progress", **state)
+
+    def preview(self, rgb: np.ndarray, frame: int) -> None:
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if ok:
+            self.write("preview", frame=frame, width=int(rgb.shape[1]), height=int(rgb.shape[0]),
+                       jpeg=base64.b64encode(jpeg.tobytes()).decode("ascii"))
+
+    def close(self) -> None:
+        if self.stream is not sys.stdout:
+            self.stream.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,15 +195,27 @@ def run(args: argparse.Namespace) -> int:
     }
     if not args.quiet:
         print(preset_line, file=sys.stderr)
+    events = JsonEvents(args.json) if args.json is not None else None
+    human = sys.stderr if args.json == "-" else sys.stdout  # stdout holds only JSON lines then
+    hooks: dict[str, Any] = {}
+    if events is not None:
+        hooks["progress_sink"] = events.progress
+        if args.preview_seconds > 0:
+            hooks.update(preview=events.preview, preview_seconds=args.preview_seconds)
     try:
         bundle, metrics = fit(frames, work_roi, config=config, fps=video.fps, device=device.type, out=args.out,
                               resume=args.resume, show_progress=not args.quiet, source=source,
-                              verbose=args.verbose, **full_size)
+                              verbose=args.verbose, **full_size, **hooks)
     except FitError as exc:
         raise CliError(str(exc)) from None
+    if events is not None:
+        events.write("done", bundle=str(args.out), frames=bundle.num_frames, width=bundle.width,
+                     height=bundle.height, roi_psnr=round(float(metrics["roi_psnr"]), 2),
+                     seconds=metrics["total_seconds"])
+        events.close()
     print(f"wrote {args.out}: {bundle.num_frames} frames {bundle.width}x{bundle.height} (fitted at {w}x{h}), atlas {bundle.atlas_size}^2, "
-          f"ROI PSNR {metrics['roi_psnr']:.2f} dB, {metrics['total_seconds']:.1f} s")
+          f"ROI PSNR {metrics['roi_psnr']:.2f} dB, {metrics['total_seconds']:.1f} s", file=human)
     worst = metrics.get("roi_psnr_worst_frames") or []
     if worst:
-        print("worst-fitting frames: " + ", ".join(f"{int(t)} ({p:.1f} dB)" for t, p, _ in worst))
+        print("worst-fitting frames: " + ", ".join(f"{int(t)} ({p:.1f} dB)" for t, p, _ in worst), file=human)
     return 0

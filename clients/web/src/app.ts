@@ -15,6 +15,7 @@ import { hexToRgb, rounded, simplify } from "./geometry";
 import { adjustmentOp, stickerOp, strokeOp, textureOp } from "./ops";
 import { renderLayers, renderMarks, renderParticipants } from "./panels";
 import { $, byId, el, readNumber } from "./dom";
+import { reopenWith, StartFlow } from "./start";
 import { View, type Preview, type Rect, type ShownFrame } from "./view";
 
 type Tool = "brush" | "eraser" | "image" | "adjust" | "sticker" | "pan";
@@ -79,6 +80,7 @@ export class App {
   private presenceTimer: number | undefined;
   private pendingPresence: Vec2 | null = null;
   private readonly exporter: Exporter;
+  private readonly start: StartFlow;
   /** Ops sent but not yet accepted or rejected: resent after a reconnect so no edit is lost. */
   private readonly unacked = new Map<string, EditOp>();
 
@@ -114,6 +116,11 @@ export class App {
       onUnsolicited: (response) => this.onUnsolicited(response),
     });
     this.exporter = new Exporter(this.conn);
+    this.start = new StartFlow(this.conn, {
+      // after a fit: open it here, or (with a session already open) in a fresh page for the new bundle
+      openBundle: (name) => (this.session ? reopenWith(name, this.params.token) : this.openBundle(name)),
+      bundleNames: async () => ((await this.conn.request({ list_bundles: {} })).bundles?.bundles ?? []).map((b) => b.name ?? ""),
+    });
     this.bindUi();
     this.exposeForTests();
     this.conn.start();
@@ -135,7 +142,7 @@ export class App {
         await this.join(this.params.session, this.params.join, false);
       } else if (this.params.bundle) {
         await this.openBundle(this.params.bundle);
-      } else {
+      } else if (!(await this.start.onConnected())) {
         await this.showOpenDialog();
       }
     } catch (error) {
@@ -171,8 +178,9 @@ export class App {
             });
             return el("li", {}, [button]);
           })
-        : [el("li", { class: "empty" }, ["No bundles on this server. Fit one with `vatlas fit`."])]),
+        : [el("li", { class: "empty" }, ["No bundles on this server yet."])]),
     );
+    await this.start.offer(bundles.length === 0);
   }
 
   /** Back after a reconnect: resume the session; if the server no longer has it, recreate it from our copy. */

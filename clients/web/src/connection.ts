@@ -91,6 +91,19 @@ export class Connection {
     return id;
   }
 
+  /** Send a further message of a request that is already open (an upload's next chunk); false when offline. */
+  sendAs(id: number, call: Call): boolean {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
+    const message: WsRequest = { request_id: id, ...call };
+    this.socket.send(encode(message, { ignoreUndefined: true }));
+    return true;
+  }
+
+  /** Bytes handed to the socket and not yet sent (flow control for uploads). */
+  get buffered(): number {
+    return this.socket?.bufferedAmount ?? 0;
+  }
+
   endStream(id: number): void {
     this.streams.delete(id);
   }

@@ -59,6 +59,21 @@ class BundlesStub:
                 request_serializer=vatlas_dot_v1_dot_bundles__pb2.StartFitRequest.SerializeToString,
                 response_deserializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
                 _registered_method=True)
+        self.GetUploadFrame = channel.unary_unary(
+                '/vatlas.v1.Bundles/GetUploadFrame',
+                request_serializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrameRequest.SerializeToString,
+                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrame.FromString,
+                _registered_method=True)
+        self.ListFits = channel.unary_unary(
+                '/vatlas.v1.Bundles/ListFits',
+                request_serializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsRequest.SerializeToString,
+                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsResponse.FromString,
+                _registered_method=True)
+        self.AttachFit = channel.unary_stream(
+                '/vatlas.v1.Bundles/AttachFit',
+                request_serializer=vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
+                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
+                _registered_method=True)
 
 
 class BundlesServicer:
@@ -94,6 +109,24 @@ class BundlesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUploadFrame(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachFit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BundlesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +153,21 @@ def add_BundlesServicer_to_server(servicer, server):
             'StartFit': grpc.unary_stream_rpc_method_handler(
                     servicer.StartFit,
                     request_deserializer=vatlas_dot_v1_dot_bundles__pb2.StartFitRequest.FromString,
+                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.SerializeToString,
+            ),
+            'GetUploadFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUploadFrame,
+                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrameRequest.FromString,
+                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrame.SerializeToString,
+            ),
+            'ListFits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFits,
+                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsRequest.FromString,
+                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsResponse.SerializeToString,
+            ),
+            'AttachFit': grpc.unary_stream_rpc_method_handler(
+                    servicer.AttachFit,
+                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.FromString,
                     response_serializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.SerializeToString,
             ),
     }
@@ -257,6 +305,87 @@ class Bundles:
             target,
             '/vatlas.v1.Bundles/StartFit',
             vatlas_dot_v1_dot_bundles__pb2.StartFitRequest.SerializeToString,
+            vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUploadFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vatlas.v1.Bundles/GetUploadFrame',
+            vatlas_dot_v1_dot_bundles__pb2.UploadFrameRequest.SerializeToString,
+            vatlas_dot_v1_dot_bundles__pb2.UploadFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vatlas.v1.Bundles/ListFits',
+            vatlas_dot_v1_dot_bundles__pb2.ListFitsRequest.SerializeToString,
+            vatlas_dot_v1_dot_bundles__pb2.ListFitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachFit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vatlas.v1.Bundles/AttachFit',
+            vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
             vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
             options,
             channel_credentials,

@@ -205,7 +205,7 @@ class StopPlayback(_message.Message):
     def __init__(self) -> None: ...
 
 class WsRequest(_message.Message):
-    __slots__ = ("request_id", "hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info")
+    __slots__ = ("request_id", "hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info", "upload", "upload_frame", "start_fit", "list_fits", "attach_fit")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     LIST_BUNDLES_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +218,11 @@ class WsRequest(_message.Message):
     LOAD_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     LIST_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_INFO_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FRAME_FIELD_NUMBER: _ClassVar[int]
+    START_FIT_FIELD_NUMBER: _ClassVar[int]
+    LIST_FITS_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: Hello
     list_bundles: _bundles_pb2.ListBundlesRequest
@@ -230,10 +235,15 @@ class WsRequest(_message.Message):
     load_bundle: _bundles_pb2.LoadBundleRequest
     list_sessions: ListSessionsRequest
     bundle_info: _bundles_pb2.GetBundleInfoRequest
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., list_bundles: _Optional[_Union[_bundles_pb2.ListBundlesRequest, _Mapping]] = ..., create_session: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., session: _Optional[_Union[ClientMessage, _Mapping]] = ..., render: _Optional[_Union[_render_pb2.RenderRequest, _Mapping]] = ..., playback: _Optional[_Union[_render_pb2.PlaybackRequest, _Mapping]] = ..., stop_playback: _Optional[_Union[StopPlayback, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportRequest, _Mapping]] = ..., load_bundle: _Optional[_Union[_bundles_pb2.LoadBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.GetBundleInfoRequest, _Mapping]] = ...) -> None: ...
+    upload: _bundles_pb2.UploadChunk
+    upload_frame: _bundles_pb2.UploadFrameRequest
+    start_fit: _bundles_pb2.StartFitRequest
+    list_fits: _bundles_pb2.ListFitsRequest
+    attach_fit: _bundles_pb2.AttachFitRequest
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., list_bundles: _Optional[_Union[_bundles_pb2.ListBundlesRequest, _Mapping]] = ..., create_session: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., session: _Optional[_Union[ClientMessage, _Mapping]] = ..., render: _Optional[_Union[_render_pb2.RenderRequest, _Mapping]] = ..., playback: _Optional[_Union[_render_pb2.PlaybackRequest, _Mapping]] = ..., stop_playback: _Optional[_Union[StopPlayback, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportRequest, _Mapping]] = ..., load_bundle: _Optional[_Union[_bundles_pb2.LoadBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.GetBundleInfoRequest, _Mapping]] = ..., upload: _Optional[_Union[_bundles_pb2.UploadChunk, _Mapping]] = ..., upload_frame: _Optional[_Union[_bundles_pb2.UploadFrameRequest, _Mapping]] = ..., start_fit: _Optional[_Union[_bundles_pb2.StartFitRequest, _Mapping]] = ..., list_fits: _Optional[_Union[_bundles_pb2.ListFitsRequest, _Mapping]] = ..., attach_fit: _Optional[_Union[_bundles_pb2.AttachFitRequest, _Mapping]] = ...) -> None: ...
 
 class WsResponse(_message.Message):
-    __slots__ = ("request_id", "welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions")
+    __slots__ = ("request_id", "welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions", "upload_progress", "upload", "upload_frame", "fit", "fits")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +254,11 @@ class WsResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_INFO_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FRAME_FIELD_NUMBER: _ClassVar[int]
+    FIT_FIELD_NUMBER: _ClassVar[int]
+    FITS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     welcome: Welcome
     bundles: _bundles_pb2.ListBundlesResponse
@@ -254,4 +269,9 @@ class WsResponse(_message.Message):
     error: _common_pb2.Error
     bundle_info: _bundles_pb2.BundleInfo
     sessions: ListSessionsResponse
-    def __init__(self, request_id: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., bundles: _Optional[_Union[_bundles_pb2.ListBundlesResponse, _Mapping]] = ..., session_info: _Optional[_Union[SessionInfo, _Mapping]] = ..., event: _Optional[_Union[ServerEvent, _Mapping]] = ..., frame: _Optional[_Union[_render_pb2.RenderedFrame, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportEvent, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.BundleInfo, _Mapping]] = ..., sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ...) -> None: ...
+    upload_progress: _bundles_pb2.UploadProgress
+    upload: _bundles_pb2.UploadResult
+    upload_frame: _bundles_pb2.UploadFrame
+    fit: _bundles_pb2.FitProgress
+    fits: _bundles_pb2.ListFitsResponse
+    def __init__(self, request_id: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., bundles: _Optional[_Union[_bundles_pb2.ListBundlesResponse, _Mapping]] = ..., session_info: _Optional[_Union[SessionInfo, _Mapping]] = ..., event: _Optional[_Union[ServerEvent, _Mapping]] = ..., frame: _Optional[_Union[_render_pb2.RenderedFrame, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportEvent, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.BundleInfo, _Mapping]] = ..., sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., upload_progress: _Optional[_Union[_bundles_pb2.UploadProgress, _Mapping]] = ..., upload: _Optional[_Union[_bundles_pb2.UploadResult, _Mapping]] = ..., upload_frame: _Optional[_Union[_bundles_pb2.UploadFrame, _Mapping]] = ..., fit: _Optional[_Union[_bundles_pb2.FitProgress, _Mapping]] = ..., fits: _Optional[_Union[_bundles_pb2.ListFitsResponse, _Mapping]] = ...) -> None: ...

@@ -102,6 +102,7 @@ export interface UploadChunk {
   filename?: string;
   data?: Uint8Array;
   last?: boolean;
+  total_bytes?: number;
 }
 
 /** vatlas.v1.UploadResult */
@@ -132,6 +133,61 @@ export interface FitProgress {
   done?: boolean;
   bundle?: BundleInfo;
   message?: string;
+  fit_id?: string;
+  stage_number?: number;
+  stage_count?: number;
+  readout?: string;
+  elapsed_seconds?: number;
+  preview?: Uint8Array;
+  preview_frame?: number;
+}
+
+/** vatlas.v1.UploadProgress */
+export interface UploadProgress {
+  bytes?: number;
+}
+
+/** vatlas.v1.UploadFrameRequest */
+export interface UploadFrameRequest {
+  upload_id?: string;
+  frame?: number;
+  max_side?: number;
+}
+
+/** vatlas.v1.UploadFrame */
+export interface UploadFrame {
+  upload_id?: string;
+  frame?: number;
+  frames?: number;
+  width?: number;
+  height?: number;
+  fps?: number;
+  jpeg?: Uint8Array;
+  image_width?: number;
+  image_height?: number;
+}
+
+/** vatlas.v1.FitInfo */
+export interface FitInfo {
+  fit_id?: string;
+  name?: string;
+  running?: boolean;
+  progress?: FitProgress;
+  error?: Error;
+  detached?: boolean;
+}
+
+/** vatlas.v1.ListFitsRequest */
+export type ListFitsRequest = Record<string, never>;
+
+/** vatlas.v1.ListFitsResponse */
+export interface ListFitsResponse {
+  fits?: FitInfo[];
+}
+
+/** vatlas.v1.AttachFitRequest */
+export interface AttachFitRequest {
+  fit_id?: string;
 }
 
 // ---- vatlas/v1/render.proto ----
@@ -354,9 +410,14 @@ export interface WsRequest {
   load_bundle?: LoadBundleRequest;  // oneof call
   list_sessions?: ListSessionsRequest;  // oneof call
   bundle_info?: GetBundleInfoRequest;  // oneof call
+  upload?: UploadChunk;  // oneof call
+  upload_frame?: UploadFrameRequest;  // oneof call
+  start_fit?: StartFitRequest;  // oneof call
+  list_fits?: ListFitsRequest;  // oneof call
+  attach_fit?: AttachFitRequest;  // oneof call
 }
 /** Members of oneof `call` in WsRequest (set at most one). */
-export const WSREQUEST_CALL = ["hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info"] as const;
+export const WSREQUEST_CALL = ["hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info", "upload", "upload_frame", "start_fit", "list_fits", "attach_fit"] as const;
 
 /** vatlas.v1.WsResponse */
 export interface WsResponse {
@@ -370,6 +431,11 @@ export interface WsResponse {
   error?: Error;  // oneof result
   bundle_info?: BundleInfo;  // oneof result
   sessions?: ListSessionsResponse;  // oneof result
+  upload_progress?: UploadProgress;  // oneof result
+  upload?: UploadResult;  // oneof result
+  upload_frame?: UploadFrame;  // oneof result
+  fit?: FitProgress;  // oneof result
+  fits?: ListFitsResponse;  // oneof result
 }
 /** Members of oneof `result` in WsResponse (set at most one). */
-export const WSRESPONSE_RESULT = ["welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions"] as const;
+export const WSRESPONSE_RESULT = ["welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions", "upload_progress", "upload", "upload_frame", "fit", "fits"] as const;
