@@ -15,6 +15,9 @@ import json
 import math
 import os
 import platform
+import shutil
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -195,16 +198,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deliver real clips at the working size (default: at the source's size)")
 
 
+class GpuBusy:
+    """The GPU's utilization over time (nvidia-smi every `period_ms`, a reader thread): the busy share of a
+    stage is the mean utilization of the samples inside its span. Nothing is sampled without nvidia-smi."""
+
+    def __init__(self, device: torch.device, period_ms: int = 200) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._process: subprocess.Popen[str] | None = None
+        if device.type != "cuda" or shutil.which("nvidia-smi") is None:
+            return
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self._process = subprocess.Popen(
+            ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+             f"--loop-ms={period_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            try:
+                self.samples.append((time.perf_counter(), float(line.strip()) / 100.0))
+            except ValueError:
+                continue
+
+    def share(self, start: float, end: float) -> float | None:
+        inside = [u for t, u in self.samples if start <= t <= end]
+        return round(float(np.mean(inside)), 3) if inside else None
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=5)
+
+
 def fit_clip(frames: np.ndarray, roi: Any, cfg: Any, fps: float, device: torch.device, out: Path | None, *,
              show_progress: bool, log: Any, source_frames: np.ndarray | None = None, source_roi: Any = None
              ) -> tuple[Any, dict[str, Any], Any]:
-    """One fit: (bundle, metrics, rebake(cfg) -> the same fit baked again with other bake settings)."""
+    """One fit: (bundle, metrics, rebake(cfg) -> the same fit baked again with other bake settings); on CUDA the
+    metrics carry each stage's GPU busy share (`gpu_busy`)."""
     from .fit import FitData, Fitter
 
     data = FitData(np.ascontiguousarray(frames), roi, roi.mask(frames.shape[1], frames.shape[2]), float(fps), {},
                    source_frames, source_roi)
     fitter = Fitter(data, cfg, device, show_progress=show_progress, log=log)
-    bundle, metrics = fitter.run(out)
+    busy = GpuBusy(device)
+    try:
+        bundle, metrics = fitter.run(out)
+    finally:
+        busy.close()
+    if busy.samples:
+        spans = fitter.stage_spans
+        metrics = {**metrics, "gpu_busy": {k: busy.share(a, b) for k, (a, b) in spans.items()}}
+        metrics["gpu_busy"]["all"] = busy.share(min(a for a, _ in spans.values()), max(b for _, b in spans.values()))
     return bundle, metrics, fitter.bake
 
 
@@ -268,6 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row = {"clip": name, "frames": int(frames.shape[0]), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
         row["t_read"] = round(read_s, 3)
         row.update({f"t_{k}": v for k, v in m["stage_seconds"].items()})
+        row.update({f"gpu_busy_{k}": v for k, v in m.get("gpu_busy", {}).items()})
         row.update({"total_s": round(m["total_seconds"] + read_s, 3), "peak_gpu_mb": m.get("peak_gpu_mb", 0.0),
                     "ref_valid": m["flow"]["ref_valid"], **{k: round(v, 4) for k, v in q.items()}})
         row["t_metrics"] = round(time.perf_counter() - began, 3)  # not part of total_s

@@ -407,6 +407,7 @@ class Fitter:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_psnr = -math.inf
         self.stage_times: dict[str, float] = {}
+        self.stage_spans: dict[str, tuple[float, float]] = {}  # perf_counter (start, end) of this run's stages
         # sampling on the compute device: no host-to-device copy (and no sync) per batch
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.corr: Correspondences | None = None
@@ -582,6 +583,7 @@ class Fitter:
                     bundle = self._stage_bake()
                 spent = time.perf_counter() - began
                 self.stage_times[stage] = self.stage_times.get(stage, 0.0) + spent
+                self.stage_spans[stage] = (began, began + spent)
                 progress.finish(stage, spent)
                 self.log(f"stage {stage} done: {self.stage_times[stage]:.1f} s")
             progress.complete()

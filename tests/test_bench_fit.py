@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from vatlas.models import bench_fit
 
 from vatlas.synth import SynthScene, make_scene
@@ -109,3 +110,11 @@ def test_real_clip_and_object_roi(exact_fit: list[Any], scene: SynthScene, tmp_p
     outline = exact_fit[-1].mask(scene.height, scene.width)
     assert row["clip"] == "clip:object" and {"obj_on_object", "obj_ref_cover"} <= set(row)
     assert (outline == (masks[0] > 0)).mean() > 0.99
+
+
+def test_gpu_busy_share_is_the_mean_utilization_inside_a_span() -> None:
+    busy = bench_fit.GpuBusy(torch.device("cpu"))  # no nvidia-smi on a CPU run: nothing sampled
+    assert busy.samples == [] and busy.share(0.0, 1.0) is None
+    busy.samples = [(0.5, 0.2), (1.5, 0.9), (2.5, 1.0), (3.5, 0.1)]
+    assert busy.share(1.0, 3.0) == 0.95 and busy.share(4.0, 5.0) is None
+    busy.close()
