@@ -22,9 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from vatlas.v1 import edits_pb2 as vatlas_dot_v1_dot_edits__pb2
+from vatlas.v1 import render_pb2 as vatlas_dot_v1_dot_render__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vatlas/v1/bundles.proto\x12\tvatlas.v1\"\xb7\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x11\n\tref_frame\x18\x07 \x01(\r\x12\x12\n\natlas_size\x18\x08 \x01(\r\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12\x12\n\nfile_bytes\x18\n \x01(\x04\"\x14\n\x12ListBundlesRequest\"=\n\x13ListBundlesResponse\x12&\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x15.vatlas.v1.BundleInfo\"!\n\x11LoadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetBundleInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x0bUploadChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"0\n\x0cUploadResult\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x97\x01\n\x0fStartFitRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08roi_json\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x12\n\niterations\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65tach\x18\x08 \x01(\x08\"\xff\x01\n\x0b\x46itProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x11\n\titeration\x18\x03 \x01(\r\x12\x32\n\x06losses\x18\x04 \x03(\x0b\x32\".vatlas.v1.FitProgress.LossesEntry\x12\x13\n\x0b\x65ta_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12%\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x15.vatlas.v1.BundleInfo\x12\x0f\n\x07message\x18\x08 \x01(\t\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\xe7\x02\n\x07\x42undles\x12L\n\x0bListBundles\x12\x1d.vatlas.v1.ListBundlesRequest\x1a\x1e.vatlas.v1.ListBundlesResponse\x12\x41\n\nLoadBundle\x12\x1c.vatlas.v1.LoadBundleRequest\x1a\x15.vatlas.v1.BundleInfo\x12G\n\rGetBundleInfo\x12\x1f.vatlas.v1.GetBundleInfoRequest\x1a\x15.vatlas.v1.BundleInfo\x12@\n\x0bUploadVideo\x12\x16.vatlas.v1.UploadChunk\x1a\x17.vatlas.v1.UploadResult(\x01\x12@\n\x08StartFit\x12\x1a.vatlas.v1.StartFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vatlas/v1/bundles.proto\x12\tvatlas.v1\x1a\x15vatlas/v1/edits.proto\x1a\x16vatlas/v1/render.proto\"\xd4\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x11\n\tref_frame\x18\x07 \x01(\r\x12\x12\n\natlas_size\x18\x08 \x01(\r\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12\x12\n\nfile_bytes\x18\n \x01(\x04\x12\x1b\n\x03roi\x18\x0b \x01(\x0b\x32\x0e.vatlas.v1.Roi\"-\n\nRoiPolygon\x12\x1f\n\x06points\x18\x01 \x03(\x0b\x32\x0f.vatlas.v1.Vec2\"e\n\x03Roi\x12\x11\n\tref_frame\x18\x01 \x01(\r\x12\'\n\x08polygons\x18\x02 \x03(\x0b\x32\x15.vatlas.v1.RoiPolygon\x12\"\n\x07visible\x18\x03 \x03(\x0b\x32\x11.vatlas.v1.Region\"\x14\n\x12ListBundlesRequest\"=\n\x13ListBundlesResponse\x12&\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x15.vatlas.v1.BundleInfo\"!\n\x11LoadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetBundleInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x0bUploadChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"0\n\x0cUploadResult\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x97\x01\n\x0fStartFitRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08roi_json\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x12\n\niterations\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65tach\x18\x08 \x01(\x08\"\xff\x01\n\x0b\x46itProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x11\n\titeration\x18\x03 \x01(\r\x12\x32\n\x06losses\x18\x04 \x03(\x0b\x32\".vatlas.v1.FitProgress.LossesEntry\x12\x13\n\x0b\x65ta_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12%\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x15.vatlas.v1.BundleInfo\x12\x0f\n\x07message\x18\x08 \x01(\t\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\xe7\x02\n\x07\x42undles\x12L\n\x0bListBundles\x12\x1d.vatlas.v1.ListBundlesRequest\x1a\x1e.vatlas.v1.ListBundlesResponse\x12\x41\n\nLoadBundle\x12\x1c.vatlas.v1.LoadBundleRequest\x1a\x15.vatlas.v1.BundleInfo\x12G\n\rGetBundleInfo\x12\x1f.vatlas.v1.GetBundleInfoRequest\x1a\x15.vatlas.v1.BundleInfo\x12@\n\x0bUploadVideo\x12\x16.vatlas.v1.UploadChunk\x1a\x17.vatlas.v1.UploadResult(\x01\x12@\n\x08StartFit\x12\x1a.vatlas.v1.StartFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FITPROGRESS_LOSSESENTRY']._loaded_options = None
   _globals['_FITPROGRESS_LOSSESENTRY']._serialized_options = b'8\001'
-  _globals['_BUNDLEINFO']._serialized_start=39
-  _globals['_BUNDLEINFO']._serialized_end=222
-  _globals['_LISTBUNDLESREQUEST']._serialized_start=224
-  _globals['_LISTBUNDLESREQUEST']._serialized_end=244
-  _globals['_LISTBUNDLESRESPONSE']._serialized_start=246
-  _globals['_LISTBUNDLESRESPONSE']._serialized_end=307
-  _globals['_LOADBUNDLEREQUEST']._serialized_start=309
-  _globals['_LOADBUNDLEREQUEST']._serialized_end=342
-  _globals['_GETBUNDLEINFOREQUEST']._serialized_start=344
-  _globals['_GETBUNDLEINFOREQUEST']._serialized_end=380
-  _globals['_UPLOADCHUNK']._serialized_start=382
-  _globals['_UPLOADCHUNK']._serialized_end=441
-  _globals['_UPLOADRESULT']._serialized_start=443
-  _globals['_UPLOADRESULT']._serialized_end=491
-  _globals['_STARTFITREQUEST']._serialized_start=494
-  _globals['_STARTFITREQUEST']._serialized_end=645
-  _globals['_FITPROGRESS']._serialized_start=648
-  _globals['_FITPROGRESS']._serialized_end=903
-  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_start=858
-  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_end=903
-  _globals['_BUNDLES']._serialized_start=906
-  _globals['_BUNDLES']._serialized_end=1265
+  _globals['_BUNDLEINFO']._serialized_start=86
+  _globals['_BUNDLEINFO']._serialized_end=298
+  _globals['_ROIPOLYGON']._serialized_start=300
+  _globals['_ROIPOLYGON']._serialized_end=345
+  _globals['_ROI']._serialized_start=347
+  _globals['_ROI']._serialized_end=448
+  _globals['_LISTBUNDLESREQUEST']._serialized_start=450
+  _globals['_LISTBUNDLESREQUEST']._serialized_end=470
+  _globals['_LISTBUNDLESRESPONSE']._serialized_start=472
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=533
+  _globals['_LOADBUNDLEREQUEST']._serialized_start=535
+  _globals['_LOADBUNDLEREQUEST']._serialized_end=568
+  _globals['_GETBUNDLEINFOREQUEST']._serialized_start=570
+  _globals['_GETBUNDLEINFOREQUEST']._serialized_end=606
+  _globals['_UPLOADCHUNK']._serialized_start=608
+  _globals['_UPLOADCHUNK']._serialized_end=667
+  _globals['_UPLOADRESULT']._serialized_start=669
+  _globals['_UPLOADRESULT']._serialized_end=717
+  _globals['_STARTFITREQUEST']._serialized_start=720
+  _globals['_STARTFITREQUEST']._serialized_end=871
+  _globals['_FITPROGRESS']._serialized_start=874
+  _globals['_FITPROGRESS']._serialized_end=1129
+  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_start=1084
+  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_end=1129
+  _globals['_BUNDLES']._serialized_start=1132
+  _globals['_BUNDLES']._serialized_end=1491
 # @@protoc_insertion_point(module_scope)
