@@ -11,6 +11,8 @@ from test_edits_fixtures import SHIFTS, png_bytes, shifted_bundle, solid_rgba
 from vatlas.server.edits.engine import EditEngine
 from vatlas.server.edits.ops import OpError
 
+from vatlas.errors import OUTSIDE_REGION
+
 ALL = [0, 1, 2, 3]
 
 
@@ -197,7 +199,7 @@ def test_sticker_follows_B_and_hides_behind_occluders(engine, bundle) -> None:
         x, y = int(expected[t, 0]), int(expected[t, 1])
         assert out[t, y, x, 2] > 240 and out[t, y, x, 0] < 15
     # Over the mask's hole (centre at 0.7 W, 0.3 H) the sticker is hidden: the input shows through.
-    engine.apply({"type": "update", "target": "k", "set": {"position": [44.8, 14.4], "frame": 0}})
+    engine.apply({"type": "update", "target": "k", "set": {"position": [44.8, 14.4], "frame": 0, "size": [16, 16]}})
     out = engine.render([0]).numpy()
     assert np.array_equal(out[0, 13:16, 43:47], bundle.frames[0, 13:16, 43:47])
     assert engine.render([0], region=[40, 10, 8, 8]).shape == (1, 8, 8, 3)
@@ -243,5 +245,5 @@ def test_sticker_outside_the_mapped_surface_is_refused(bundle) -> None:
     with pytest.raises(OpError) as info:
         engine.apply({"id": "k", "type": "sticker", "frame": 0, "position": [30, 20],
                       "image": png_bytes(solid_rgba(4, 4))})
-    assert info.value.code == "INVALID_ARGUMENT" and "outside the mapped surface" in info.value.message
+    assert info.value.code == "OUT_OF_RANGE" and info.value.message == OUTSIDE_REGION
     assert engine.objects() == []

@@ -204,7 +204,7 @@ async def _churn(target: str, token: str, info: sessions_pb2.SessionInfo | None,
             if len(alive) > live:
                 op = {"id": f"{prefix}d{n}", "type": "delete", "target": alive.pop(0)}
             else:
-                op = stroke_op(f"{prefix}{n}", n % 8, x=float(n % 30))
+                op = stroke_op(f"{prefix}{n}", n % 8, x=26.0 + n % 5)
                 alive.append(op["id"])
             member.send_op(op)
             sent.append(op["id"])

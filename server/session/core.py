@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vatlas.server.doors import wire
-from vatlas.server.edits.ops import ID_PATTERN, OpError, OpLimits, validate_op
+from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpError, OpLimits, validate_op
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
@@ -259,7 +259,8 @@ class ServerCore:
             op = record.get("op")
             try:
                 doc.check(op)  # type: ignore[arg-type]
-                doc.apply(op, rseq)  # type: ignore[arg-type]
+                author = record.get("author") or {"participant_id": str(record.get("participant_id", ""))}
+                doc.apply(op, rseq, author)  # type: ignore[arg-type]
             except (OpError, KeyError, TypeError) as exc:
                 log.warning("session %s: record %s does not apply (%s); kept in the log", session_id, rseq, exc)
             seq = rseq
@@ -500,6 +501,8 @@ class ServerCore:
             if not resume:  # a first join, or a resume point compacted away: the whole document instead
                 snapshot.document.CopyFrom(edits_pb2.EditDocument(
                     version=1, ops=[op_to_proto(op) for op in session.doc.live_ops()]))
+                snapshot.authors.extend(sessions_pb2.LayerAuthor(op_id=op_id, **author)
+                                        for op_id, author in session.doc.authors())
             participant.send(_event(snapshot=snapshot))
             session.touch()
             if resume:
@@ -554,7 +557,9 @@ class ServerCore:
         """
         seq = session.seq + 1
         op_id = op.get("id", "")
-        record = {"seq": seq, "participant_id": pid, "kind": kind, "op": op, "time": time.time()}
+        sender = session.participants.get(pid)
+        author = {"participant_id": pid, **({"name": sender.name, "color": sender.color} if sender else {})}
+        record = {"seq": seq, "participant_id": pid, "kind": kind, "op": op, "time": time.time(), "author": author}
         offset = None
         if session.oplog is not None:
             try:
@@ -575,7 +580,7 @@ class ServerCore:
         session.seq = seq
         session.records.append(record)
         assert session.doc is not None
-        session.doc.apply(op, seq)
+        session.doc.apply(op, seq, author)
         session.applied_seq = seq
         session.touch()
         if (seq - session.base_seq >= self.limits.compact_every and seq >= session.next_compact
@@ -656,12 +661,15 @@ class ServerCore:
             return
 
         async def sequence() -> None:
+            nonlocal op
             async with session.lock:
                 try:
                     await self._ensure_engine_locked(session)
                     assert session.doc is not None
                     session.doc.check(op)
                     self._check_images(session, op)
+                    if op["type"] in OBJECT_TYPES and "z" not in op:  # a new object goes on top of the stack
+                        op = {**op, "z": session.doc.next_z()}
                     inverse = session.doc.inverse(op)
                     seq = await self._commit(session, participant.participant_id, op, "op")
                 except (OpError, CoreError) as exc:
