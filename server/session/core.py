@@ -40,6 +40,7 @@ from typing import Any
 
 from vatlas.server.doors import wire
 from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpError, OpLimits, validate_op
+from vatlas.server.edits.region import mask_preview, visible_boxes
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
@@ -54,7 +55,13 @@ from vatlas.server.session.presence import (
     check_name,
     check_participant_id,
 )
-from vatlas.server.session.render import RenderJob, RenderWorker, check_format, check_render_request
+from vatlas.server.session.render import (
+    RenderJob,
+    RenderWorker,
+    check_format,
+    check_mask_side,
+    check_render_request,
+)
 from vatlas.v1 import common_pb2, edits_pb2, render_pb2, sessions_pb2
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,14 @@ class Viewer:
 
     connection: Any
     identity: Any = None
+
+
+def roi_mask(bundle: Any, frame: int, side: int) -> render_pb2.RoiMask:
+    """RenderedFrame.roi_mask: the frame's soft mask on a grid of at most `side` cells a side, and its box."""
+    width, height, data = mask_preview(bundle, frame, side)
+    x, y, w, h = (int(v) for v in visible_boxes(bundle)[frame])
+    return render_pb2.RoiMask(width=width, height=height, data=data,
+                              visible=render_pb2.Region(x=x, y=y, width=w, height=h))
 
 
 def storage_reason(exc: BaseException) -> str:
@@ -819,7 +834,10 @@ class ServerCore:
         bundle = session.bundle
         params = check_render_request(request, bundle.num_frames, bundle.width, bundle.height, bundle.atlas_size,
                                       self.limits.min_scale)
-        return await self._submit_render(client_key, session, params, request.request_id, viewer)
+        frame = await self._submit_render(client_key, session, params, request.request_id, viewer)
+        if request.roi_mask_side and not params.atlas:
+            frame.roi_mask.CopyFrom(roi_mask(bundle, frame.frame, request.roi_mask_side))
+        return frame
 
     async def _submit_render(self, key: Any, session: Session, params: Any, request_id: int,
                              viewer: Viewer, interactive: bool = True) -> Any:
@@ -849,6 +867,7 @@ class ServerCore:
         await self._ensure_engine(session)
         bundle = session.bundle
         fmt, quality, scale = check_format(request.format, request.quality, request.scale, self.limits.min_scale)
+        check_mask_side(request.roi_mask_side)
         fps = request.fps or bundle.fps
         if not math.isfinite(fps) or not 0 < fps <= self.limits.max_fps:
             raise CoreError("INVALID_ARGUMENT", f"fps {fps:g} is out of range (0, {self.limits.max_fps:g}]")
@@ -893,6 +912,8 @@ class ServerCore:
                             raise
                         continue
                     n += 1
+                    if request.roi_mask_side:
+                        frame.roi_mask.CopyFrom(roi_mask(session.bundle, frame.frame, request.roi_mask_side))
                     state["frame"] = frame  # replaces a frame the reader has not taken: dropped
                     ready.set()
                     await asyncio.sleep(max(0.0, t0 + (i + 1) / fps - loop.time()))
