@@ -10,19 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from test_browser_app import (  # noqa: F401 - fixtures: browser, new_page
+import test_browser_app
+from test_browser_app import (
     BLUE,
     GREEN,
-    browser,
     drag,
     draw_stroke,
     frame_rgb,
     inside_roi,
     is_colour,
-    new_page,
     open_bundle,
     png_bytes,
-    pytestmark,
     set_range,
     wait_frame,
     wait_ready,
@@ -30,6 +28,10 @@ from test_browser_app import (  # noqa: F401 - fixtures: browser, new_page
 from vatlas.server.edits.region import visible_boxes
 
 from vatlas.errors import OUTSIDE_REGION
+
+pytestmark = test_browser_app.pytestmark
+browser = test_browser_app.browser  # the fixtures, shared
+new_page = test_browser_app.new_page
 
 CANVAS_PIXEL = """([x, y]) => {
   const canvas = document.querySelector('#view-canvas');
