@@ -166,17 +166,19 @@ class EditEngine:
         self._bytes += size
         return self._state(obj)
 
-    def _prepare(self, obj: _Object) -> None:
-        op_id = obj.op.get("id", "")
-        check_on_region(self.bundle, obj.op)
+    def _prepare(self, obj: _Object, op_id: str | None = None) -> None:
+        """Place obj's op (on the region, in the atlas); a refusal names `op_id` (the op that asked: an update
+        or restore of obj), by default obj's own id."""
+        op_id = obj.op.get("id", "") if op_id is None else op_id
         try:
+            check_on_region(self.bundle, obj.op)
             with _out_of_memory_is_refusal(op_id):
                 if obj.op["type"] == "sticker":
                     obj.sticker = track_sticker(self.geometry, obj.op, self.device)
                 else:
                     obj.atlas_op = self.layers.prepare(obj.op)
-        except OpError:
-            raise
+        except OpError as exc:
+            raise OpError(exc.code, exc.message, op_id) from None
         except (ValueError, np.linalg.LinAlgError) as exc:
             raise OpError("INVALID_ARGUMENT", f"op cannot be placed: {exc}", op_id) from None
 
@@ -195,7 +197,7 @@ class EditEngine:
             candidate.op = {**obj.op, **changes}
             check_object(candidate.op, op_id)
             candidate.atlas_op = candidate.sticker = None
-            self._prepare(candidate)  # a deleted op is placed too, to refuse what could never be restored
+            self._prepare(candidate, op_id)  # a deleted op is placed too, to refuse what could never be restored
             if candidate.deleted:
                 candidate.atlas_op = candidate.sticker = None
         self._replace(obj, candidate, op_id, redraw=bool(changes))
@@ -210,7 +212,7 @@ class EditEngine:
             # and deleted ops cannot pile up beyond the session's budget.
             candidate.atlas_op = candidate.sticker = None
         elif obj.deleted and not candidate.deleted:
-            self._prepare(candidate)
+            self._prepare(candidate, op_id)
         self._replace(obj, candidate, op_id, redraw=False)
 
     def _replace(self, obj: _Object, new: _Object, op_id: str, *, redraw: bool) -> None:
