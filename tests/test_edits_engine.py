@@ -247,3 +247,30 @@ def test_sticker_outside_the_mapped_surface_is_refused(bundle) -> None:
                       "image": png_bytes(solid_rgba(4, 4))})
     assert info.value.code == "OUT_OF_RANGE" and info.value.message == OUTSIDE_REGION
     assert engine.objects() == []
+
+
+def test_z_stacks_objects_and_an_update_restacks_them(engine) -> None:
+    rect = [14, 24, 10, 10]
+    red, blue = png_bytes(solid_rgba(8, 8, (255, 0, 0, 255))), png_bytes(solid_rgba(8, 8, (0, 0, 255, 255)))
+    engine.apply({"id": "red", "type": "texture", "frame": 0, "image": red, "rect": rect, "z": 2.0})
+    engine.apply({"id": "blue", "type": "texture", "frame": 0, "image": blue, "rect": rect, "z": 1.0})
+    assert engine.render([0]).numpy()[0, 29, 19, 0] > 200  # made later, stacked lower: red stays on top
+    engine.apply({"type": "update", "target": "blue", "set": {"z": 3.0}})
+    assert engine.render([0]).numpy()[0, 29, 19, 2] > 200
+    for name, z, colour in (("k1", 1.0, (0, 255, 0, 255)), ("k2", 0.0, (255, 0, 255, 255))):
+        engine.apply({"id": name, "type": "sticker", "frame": 0, "position": [19, 29], "size": [6, 6], "z": z,
+                      "image": png_bytes(solid_rgba(6, 6, colour))})
+    assert tuple(engine.render([0]).numpy()[0, 29, 19]) == (0, 255, 0)  # stickers by z too
+
+
+def test_a_frame_texture_turns_about_its_centre(engine) -> None:
+    base = engine.render([0]).numpy()[0].astype(int)
+    bar = png_bytes(solid_rgba(20, 4, (0, 0, 255, 255)))
+    engine.apply({"id": "bar", "type": "texture", "frame": 0, "image": bar, "rect": [9, 28, 20, 4]})
+
+    def changed(y: int, x: int) -> bool:
+        return bool(np.abs(engine.render([0]).numpy()[0, y, x].astype(int) - base[y, x]).max() > 40)
+
+    assert changed(30, 26) and not changed(22, 19)  # lying: right of the centre, not above it
+    engine.apply({"type": "update", "target": "bar", "set": {"rotation": 90.0}})
+    assert changed(22, 19) and not changed(30, 26)  # standing: above the centre, not right of it
