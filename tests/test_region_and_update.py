@@ -123,6 +123,11 @@ def test_every_tool_outside_the_region_gets_one_plain_sentence_over_websocket(ru
                 await ws.send(session=sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
                 rejected = await ws.event("rejected", where=lambda r, i=op["id"]: r.op_id == i)
                 assert (rejected.error.code, rejected.error.message) == ("OUT_OF_RANGE", OUTSIDE_REGION), op["id"]
+            # a session seeded with a document holding such an op is not made
+            seeded = await ws.call(create_session=sessions_pb2.CreateSessionRequest(
+                bundle=TINY_BUNDLE, document=edits_pb2.EditDocument(version=1, ops=[
+                    wire.from_mirror(outside_ops(tiny_bundle)[0], edits_pb2.EditOp)])))
+            assert seeded.error.code == "OUT_OF_RANGE" and seeded.error.message == f"document op 0: {OUTSIDE_REGION}"
         finally:
             await ws.close()
 

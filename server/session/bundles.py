@@ -35,6 +35,14 @@ def _npy_shape(zf: zipfile.ZipFile, member: str) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+def _load_with_region(path: Path) -> Bundle:
+    """Load a bundle and find where its region shows on each frame (a scan of every mask: in the loader's
+    thread, not on the event loop that later asks for it)."""
+    bundle = load_bundle(path)
+    visible_boxes(bundle)
+    return bundle
+
+
 def roi_info(ref_frame: int, polygons: list[Any], boxes: np.ndarray | None) -> bundles_pb2.Roi:
     """The BundleInfo.roi message: polygons on the reference frame, and each frame's visible box if known."""
     roi = bundles_pb2.Roi(ref_frame=ref_frame)
@@ -117,7 +125,7 @@ class BundleRegistry:
             if not path.is_file():
                 raise CoreError("NOT_FOUND", f"no bundle named {name!r} in the models directory")
             try:
-                bundle = await asyncio.to_thread(load_bundle, path)
+                bundle = await asyncio.to_thread(_load_with_region, path)
             except BundleError as exc:
                 raise CoreError("FAILED_PRECONDITION", scrub_paths(str(exc), self.models_dir)) from None
             self._loaded[name] = bundle

@@ -40,7 +40,7 @@ from typing import Any
 
 from vatlas.server.doors import wire
 from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpError, OpLimits, validate_op
-from vatlas.server.edits.region import mask_preview, visible_boxes
+from vatlas.server.edits.region import check_on_region, mask_preview, visible_boxes
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
@@ -444,6 +444,8 @@ class ServerCore:
                 check_op_ids(raw, raw.get("id", "") if isinstance(raw.get("id"), str) else "")
                 op = validate_op(raw, op_limits)
                 scratch.check(op)
+                if op["type"] in OBJECT_TYPES:
+                    check_on_region(bundle, op)
             except OpError as exc:
                 raise CoreError(exc.code, f"document op {i}: {exc.message}", exc.op_id) from None
             scratch.apply(op)
