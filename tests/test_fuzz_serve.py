@@ -603,7 +603,7 @@ def test_hostile_raster_ops_are_answered_fast_and_spare_everyone(small_server) -
         assert kept < 256 * 1024 and engine.edit_bytes() < 1024 * 1024
         # Everybody carries on: strokes, textures and undo from both participants.
         bystander.send_op(stroke_op("b-stroke", x=27.0))
-        bystander.send_op({"id": "b-tex", "type": "texture", "space": "frame", "frame": 1, "rect": [4, 4, 8, 8],
+        bystander.send_op({"id": "b-tex", "type": "texture", "space": "frame", "frame": 1, "rect": [30, 14, 8, 8],
                            "image": _small_png()})
         for op_id in ("b-stroke", "b-tex"):
             assert (await answer(bystander, op_id))[0] == "accepted"
