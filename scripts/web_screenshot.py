@@ -3,7 +3,11 @@
 Starts `vatlas serve` on a synthetic scene (CPU), opens the app as Alice and Bob, draws a few edits and moves
 Bob's cursor, then screenshots Alice's window. Needs the built client (clients/web/dist) and /usr/bin/chromium.
 
-Usage: python scripts/web_screenshot.py [--out docs/screenshot.png]
+Usage: python scripts/web_screenshot.py [--out docs/screenshot.png] [--region-shots docs]
+
+With --region-shots DIR it writes the editable region's and the Select tool's pictures instead:
+DIR/web-region.png (the outline and the hint) and DIR/web-select.png (a placed image selected, with its
+handles and the Selection panel).
 """
 
 from __future__ import annotations
@@ -141,15 +145,76 @@ def take(out: Path, measure: int = 0) -> None:
             proc.wait(timeout=30)
 
 
+def _small_png(data: bytes, path: Path) -> None:
+    """A screenshot as a 256-colour PNG (docs pictures stay small)."""
+    from PIL import Image
+
+    Image.open(io.BytesIO(data)).convert("RGB").quantize(256).save(path, optimize=True)
+
+
+def take_region_shots(out_dir: Path) -> None:
+    """docs/web-region.png and docs/web-select.png: small crops of one window."""
+    from playwright.sync_api import sync_playwright
+    from vatlas.models.bundle import save_bundle
+
+    from vatlas.synth import make_scene
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        scene = make_scene(frames=12, size=(480, 320), seed=3)
+        save_bundle(scene.ground_truth_bundle(atlas_size=512), models / "demo.vatlas")
+        proc, http = start_server(models, Path(tmp) / "data")
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+                # string predicates are evaluated, which the server's CSP forbids: the page bypasses it
+                page = browser.new_context(viewport={"width": 960, "height": 560}, bypass_csp=True).new_page()
+                page.set_default_timeout(60_000)
+                page.goto(f"{http}/?bundle=demo&token={TOKEN}&name=Alice")
+                page.wait_for_selector("#app[data-ready=true]")
+                page.wait_for_selector("#view-canvas[data-roi=shown]")
+                page.wait_for_timeout(300)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                _small_png(page.locator("#stage").screenshot(), out_dir / "web-region.png")
+                cx, cy = (float(v) for v in scene.roi.polygons[0].mean(axis=0))
+                page.click("[data-testid=tool-image]")
+                page.set_input_files("#image-file", files=[{"name": "smile.png", "mimeType": "image/png",
+                                                             "buffer": sticker_png()}])
+                page.wait_for_selector("#image-file[data-loaded=true]")
+                page.mouse.move(*point(page, cx - 30, cy - 30))
+                page.mouse.down()
+                page.mouse.move(*point(page, cx + 30, cy + 30), steps=6)
+                page.mouse.up()
+                page.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 1")
+                page.click("[data-testid=tool-select]")
+                page.mouse.click(*point(page, cx, cy))
+                page.wait_for_function("window.vatlas.selected !== ''")
+                page.wait_for_function("window.vatlas.pendingPreviews === 0"
+                                       " && document.querySelector('#view-canvas').dataset.draft === 'false'")
+                page.wait_for_timeout(300)
+                _small_png(page.screenshot(clip={"x": 0, "y": 40, "width": 960, "height": 480}), out_dir / "web-select.png")
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
     parser.add_argument("--measure", type=int, default=0, metavar="N",
                         help="after the screenshot, draw N strokes and print the edit-to-pixels latency")
+    parser.add_argument("--region-shots", type=Path, default=None, metavar="DIR",
+                        help="write DIR/web-region.png and DIR/web-select.png instead")
     args = parser.parse_args(argv)
     if not Path("/usr/bin/chromium").exists():
         print("web_screenshot: /usr/bin/chromium is missing", file=sys.stderr)
         return 2
+    if args.region_shots is not None:
+        take_region_shots(args.region_shots)
+        print(f"wrote {args.region_shots / 'web-region.png'} and {args.region_shots / 'web-select.png'}")
+        return 0
     take(args.out, args.measure)
     print(f"wrote {args.out}")
     return 0

@@ -225,9 +225,11 @@ def _slope_per_min(samples: list[tuple[float, float]]) -> float | None:
 
 
 def _stroke(op_id: str, frame: int, rng: random.Random, width: int, height: int) -> dict:
-    x, y = rng.uniform(0.1, 0.8) * width, rng.uniform(0.1, 0.8) * height
+    """A random stroke across the middle of the frame, so that it crosses the (central) ROI of the synthetic
+    scenes on every frame: one entirely outside the editable region would be refused."""
+    x, y = rng.uniform(0.15, 0.25) * width, rng.uniform(0.35, 0.55) * height
     return {"id": op_id, "type": "stroke", "space": "frame", "frame": frame,
-            "points": [[x, y], [x + 0.05 * width, y + 0.03 * height], [x + 0.1 * width, y]],
+            "points": [[x, y], [x + 0.3 * width, y + 0.03 * height], [x + 0.6 * width, y]],
             "width": max(2.0, width / 200), "color": [rng.random(), rng.random(), rng.random(), 1.0]}
 
 

@@ -19,8 +19,8 @@ from vatlas.v1 import (
 from websockets.asyncio.client import connect
 
 
-def stroke_op(op_id: str, frame: int = 0, *, x: float = 10.0, color: tuple = (1.0, 0.0, 0.0, 1.0)) -> dict:
-    """A small red stroke in frame space, mirror form."""
+def stroke_op(op_id: str, frame: int = 0, *, x: float = 28.0, color: tuple = (1.0, 0.0, 0.0, 1.0)) -> dict:
+    """A small red stroke in frame space, mirror form (the default x crosses the tiny bundle's ROI on every frame)."""
     return {"id": op_id, "type": "stroke", "space": "frame", "frame": frame,
             "points": [[x, 10.0], [x + 20.0, 30.0]], "width": 4.0, "color": list(color)}
 

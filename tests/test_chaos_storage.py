@@ -161,7 +161,7 @@ def test_damaged_log_is_resynced_quarantined_and_reported(server_process_factory
             s.send(join=sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token))
             await s.event("snapshot")
             for i in range(400):
-                s.send_op(stroke_op(f"s{i}", i % 8, x=float(i % 30)))
+                s.send_op(stroke_op(f"s{i}", i % 8, x=26.0 + i % 5))
             await s.event("accepted", where=lambda a: a.op_id == "s399", timeout=120)
             await s.close()
             return info
@@ -242,7 +242,7 @@ async def _edit(server, n: int, prefix: str, info: sessions_pb2.SessionInfo | No
         s.send(join=sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token))
         await s.event("snapshot")
         for i in range(n):
-            s.send_op(stroke_op(f"{prefix}{i}", i % 8, x=float(i % 30)))
+            s.send_op(stroke_op(f"{prefix}{i}", i % 8, x=26.0 + i % 5))
         await s.event("accepted", where=lambda a: a.op_id == f"{prefix}{n - 1}", timeout=120)
         await s.close()
         return info

@@ -34,6 +34,9 @@ from vatlas_client import (
 TOKEN, BUNDLE, FRAMES = TEST_TOKEN, TINY_BUNDLE, TINY_FRAMES
 WIDTH, HEIGHT = TINY_SIZE
 
+# A stroke that crosses the tiny bundle's editable region on every frame (one entirely outside is refused).
+ON_ROI = [(28, 10), (48, 30)]
+
 
 @pytest.fixture()
 def client(running_server: Any) -> Iterator[Client]:
@@ -87,7 +90,7 @@ def test_bad_op_is_rejected_with_the_servers_message(client: Client) -> None:
         with pytest.raises(OpRejected):
             session.update("never-created", opacity=0.5)
         # the session is still usable after rejections
-        assert session.stroke([(1, 1), (5, 5)], frame=0) >= 1
+        assert session.stroke(ON_ROI, frame=0) >= 1
         with pytest.raises(InvalidArgument):
             client.render_frame(session, FRAMES + 10)
 
@@ -104,7 +107,7 @@ def test_two_clients_see_each_others_ops_and_presence(running_server: Any) -> No
             joined = alice.wait_for(lambda e: isinstance(e, PresenceEvent) and e.participant.name == "bob")
             assert joined.participant.participant_id == bob.participant_id and not joined.left
 
-            ack = alice.stroke([(4, 4), (30, 20)], frame=0, width=3, color="#00ff00")
+            ack = alice.stroke(ON_ROI, frame=0, width=3, color="#00ff00")
             seen = bob.wait_for(lambda e: isinstance(e, OpEvent))
             assert seen.seq == ack and seen.op.id == ack.op_id and seen.participant_id == alice.participant_id
             assert list(seen.op.color) == [0.0, 1.0, 0.0, 1.0]
@@ -131,8 +134,8 @@ def test_two_clients_see_each_others_ops_and_presence(running_server: Any) -> No
 
 def test_op_helpers_undo_redo_and_late_join_snapshot(client: Client) -> None:
     with client.open_session(BUNDLE) as session:
-        tex = session.texture(np.full((16, 16, 4), (255, 0, 0, 255), np.uint8), frame=0, rect=[8, 8, 16, 16])
-        adj = session.adjustment([(0, 0), (20, 0), (20, 20)], frame=0, exposure=0.5)
+        tex = session.texture(np.full((16, 16, 4), (255, 0, 0, 255), np.uint8), frame=0, rect=[26, 12, 16, 16])
+        adj = session.adjustment([(24, 10), (44, 10), (44, 30)], frame=0, exposure=0.5)
         assert session.update(tex.op_id, opacity=0.5) == adj + 1
         session.set_visible(adj.op_id, False)
         session.delete(tex.op_id)
@@ -156,9 +159,9 @@ def test_op_helpers_undo_redo_and_late_join_snapshot(client: Client) -> None:
 
 def test_join_with_last_seq_replays_what_was_missed(client: Client) -> None:
     with client.open_session(BUNDLE, name="writer") as writer:
-        first = writer.stroke([(1, 1), (9, 9)], frame=0)
-        second = writer.stroke([(2, 2), (8, 3)], frame=1)
-        third = writer.stroke([(3, 3), (7, 7)], frame=2)
+        first = writer.stroke(ON_ROI, frame=0)
+        second = writer.stroke([(29, 10), (49, 30)], frame=1)
+        third = writer.stroke([(30, 10), (50, 30)], frame=2)
         reader = client.join(writer.info.session_id, writer.join_token, name="reader", last_seq=int(first))
         try:
             replayed = [reader.next_event(10) for _ in range(2)]
@@ -211,7 +214,7 @@ def test_session_resumes_after_server_restart(server_process_factory: Callable[.
         info = a_client.create_session(BUNDLE)
         alice = a_client.join(info, name="alice")
         bob = b_client.join(info, name="bob")
-        before = alice.stroke([(1, 1), (20, 20)], frame=0)
+        before = alice.stroke(ON_ROI, frame=0)
         bob.wait_for(lambda e: isinstance(e, OpEvent) and e.seq == before)
         pid = alice.participant_id
 
@@ -219,7 +222,7 @@ def test_session_resumes_after_server_restart(server_process_factory: Callable[.
         # an op sent while the server is down is held, re-sent after the resume and acknowledged then
         result: dict[str, Any] = {}
         sender = threading.Thread(target=lambda: result.update(
-            ack=alice.stroke([(5, 5), (9, 9)], frame=1, timeout=90)))
+            ack=alice.stroke([(29, 10), (49, 30)], frame=1, timeout=90)))
         sender.start()
         proc.restart()
         assert proc.grpc_target == address
@@ -230,7 +233,7 @@ def test_session_resumes_after_server_restart(server_process_factory: Callable[.
 
         seen = bob.wait_for(lambda e: isinstance(e, OpEvent) and e.op.id == during.op_id, 30)
         assert seen.seq == during and bob.reconnects >= 1
-        after = bob.stroke([(3, 3), (4, 9)], frame=2)
+        after = bob.stroke([(30, 10), (50, 30)], frame=2)
         got = alice.wait_for(lambda e: isinstance(e, OpEvent), 30)
         assert (got.seq, got.op.id) == (after, after.op_id)
         assert alice.seq == bob.seq == after
@@ -296,7 +299,7 @@ def test_closing_the_client_leaves_its_sessions(running_server: Any) -> None:
         gone = watcher.wait_for(lambda e: isinstance(e, PresenceEvent) and e.left)
         assert gone.participant.participant_id == other.participant_id and other.closed
         with pytest.raises(VatlasError, match="closed"):
-            other.stroke([(1, 1), (2, 2)], frame=0)
+            other.stroke(ON_ROI, frame=0)
         watcher.leave()
 
 
@@ -329,7 +332,7 @@ def test_ops_from_several_threads_get_their_own_acks(client: Client) -> None:
         start = session.seq
 
         def draw(i: int) -> tuple[str, int]:
-            op = ops.stroke([(i % WIDTH, 1), (i % WIDTH, 20)], frame=i % FRAMES, id=f"thread-stroke-{i}")
+            op = ops.stroke([(26 + i % 5, 10), (46 + i % 5, 30)], frame=i % FRAMES, id=f"thread-stroke-{i}")
             ack = session.send(op)
             return ack.op_id, int(ack)
 
@@ -348,9 +351,9 @@ def test_async_session_resumes_after_server_restart(server_process_factory: Call
         async with AsyncClient(address, token=TOKEN, reconnect_timeout=60) as client:
             info = await client.create_session(BUNDLE)
             async with await client.join(info, name="a") as a, await client.join(info, name="b") as b:
-                first = await a.stroke([(1, 1), (9, 9)], frame=0)
+                first = await a.stroke(ON_ROI, frame=0)
                 await asyncio.to_thread(proc.kill)
-                pending = asyncio.ensure_future(a.stroke([(2, 2), (8, 8)], frame=1, timeout=90))
+                pending = asyncio.ensure_future(a.stroke([(29, 10), (49, 30)], frame=1, timeout=90))
                 await asyncio.to_thread(proc.restart)
                 second = await pending
                 assert second == first + 1 and a.reconnects >= 1

@@ -11,6 +11,8 @@ from test_edits_fixtures import SHIFTS, png_bytes, shifted_bundle, solid_rgba
 from vatlas.server.edits.engine import EditEngine
 from vatlas.server.edits.ops import OpError
 
+from vatlas.errors import OUTSIDE_REGION
+
 ALL = [0, 1, 2, 3]
 
 
@@ -197,7 +199,7 @@ def test_sticker_follows_B_and_hides_behind_occluders(engine, bundle) -> None:
         x, y = int(expected[t, 0]), int(expected[t, 1])
         assert out[t, y, x, 2] > 240 and out[t, y, x, 0] < 15
     # Over the mask's hole (centre at 0.7 W, 0.3 H) the sticker is hidden: the input shows through.
-    engine.apply({"type": "update", "target": "k", "set": {"position": [44.8, 14.4], "frame": 0}})
+    engine.apply({"type": "update", "target": "k", "set": {"position": [44.8, 14.4], "frame": 0, "size": [16, 16]}})
     out = engine.render([0]).numpy()
     assert np.array_equal(out[0, 13:16, 43:47], bundle.frames[0, 13:16, 43:47])
     assert engine.render([0], region=[40, 10, 8, 8]).shape == (1, 8, 8, 3)
@@ -243,5 +245,32 @@ def test_sticker_outside_the_mapped_surface_is_refused(bundle) -> None:
     with pytest.raises(OpError) as info:
         engine.apply({"id": "k", "type": "sticker", "frame": 0, "position": [30, 20],
                       "image": png_bytes(solid_rgba(4, 4))})
-    assert info.value.code == "INVALID_ARGUMENT" and "outside the mapped surface" in info.value.message
+    assert info.value.code == "OUT_OF_RANGE" and info.value.message == OUTSIDE_REGION
     assert engine.objects() == []
+
+
+def test_z_stacks_objects_and_an_update_restacks_them(engine) -> None:
+    rect = [14, 24, 10, 10]
+    red, blue = png_bytes(solid_rgba(8, 8, (255, 0, 0, 255))), png_bytes(solid_rgba(8, 8, (0, 0, 255, 255)))
+    engine.apply({"id": "red", "type": "texture", "frame": 0, "image": red, "rect": rect, "z": 2.0})
+    engine.apply({"id": "blue", "type": "texture", "frame": 0, "image": blue, "rect": rect, "z": 1.0})
+    assert engine.render([0]).numpy()[0, 29, 19, 0] > 200  # made later, stacked lower: red stays on top
+    engine.apply({"type": "update", "target": "blue", "set": {"z": 3.0}})
+    assert engine.render([0]).numpy()[0, 29, 19, 2] > 200
+    for name, z, colour in (("k1", 1.0, (0, 255, 0, 255)), ("k2", 0.0, (255, 0, 255, 255))):
+        engine.apply({"id": name, "type": "sticker", "frame": 0, "position": [19, 29], "size": [6, 6], "z": z,
+                      "image": png_bytes(solid_rgba(6, 6, colour))})
+    assert tuple(engine.render([0]).numpy()[0, 29, 19]) == (0, 255, 0)  # stickers by z too
+
+
+def test_a_frame_texture_turns_about_its_centre(engine) -> None:
+    base = engine.render([0]).numpy()[0].astype(int)
+    bar = png_bytes(solid_rgba(20, 4, (0, 0, 255, 255)))
+    engine.apply({"id": "bar", "type": "texture", "frame": 0, "image": bar, "rect": [9, 28, 20, 4]})
+
+    def changed(y: int, x: int) -> bool:
+        return bool(np.abs(engine.render([0]).numpy()[0, y, x].astype(int) - base[y, x]).max() > 40)
+
+    assert changed(30, 26) and not changed(22, 19)  # lying: right of the centre, not above it
+    engine.apply({"type": "update", "target": "bar", "set": {"rotation": 90.0}})
+    assert changed(22, 19) and not changed(30, 26)  # standing: above the centre, not right of it

@@ -15,6 +15,8 @@ from vatlas.server.edits import layers as layers_module
 from vatlas.server.edits.engine import EditEngine
 from vatlas.server.edits.ops import OpError, OpLimits
 
+from vatlas.errors import OUTSIDE_REGION
+
 ALL = [0, 1, 2, 3]
 HUGE_POLYGON = {"id": "huge", "type": "adjustment", "space": "frame", "frame": 0,
                 "points": [[0, 0], [1e6, 0], [0, 1e6]], "exposure": 0.5}
@@ -148,9 +150,10 @@ def test_points_per_op_are_capped_after_densifying(bundle) -> None:
     scribble = rng.uniform(0, [bundle.width, bundle.height], (400, 2)).tolist()  # some 10k px of path
     engine.apply(_stroke("s", scribble, width=1))
     assert len(engine._objects["s"].atlas_op.segs) <= limits.max_raster_points
-    # Beyond the frame nothing is drawn: a stroke wholly outside it places nothing.
-    engine.apply(_stroke("out", [[-500, -500], [-100, -400]]))
-    assert engine._objects["out"].atlas_op.rect is None
+    # A stroke wholly outside the frame is outside the editable region: refused, in plain words.
+    with pytest.raises(OpError) as refused:
+        engine.apply(_stroke("out", [[-500, -500], [-100, -400]]))
+    assert refused.value.message == OUTSIDE_REGION and "out" not in engine._objects
 
 
 def test_clipping_keeps_what_is_inside_bit_for_bit() -> None:

@@ -147,7 +147,7 @@ class Bystander:
                 elif len(mine) > 6:
                     op = {"id": f"by-d{n}", "type": "delete", "target": mine.pop(0)}
                 else:
-                    op = stroke_op(f"by-{n}", n % 8, x=float(n % 30))
+                    op = stroke_op(f"by-{n}", n % 8, x=26.0 + n % 5)
                     mine.append(op["id"])
                 member.send_op(op)
                 batch.append(op["id"])
@@ -602,8 +602,8 @@ def test_hostile_raster_ops_are_answered_fast_and_spare_everyone(small_server) -
         print(f"4096x4096 paste keeps {kept} B; the session's edits {engine.edit_bytes()} B")
         assert kept < 256 * 1024 and engine.edit_bytes() < 1024 * 1024
         # Everybody carries on: strokes, textures and undo from both participants.
-        bystander.send_op(stroke_op("b-stroke", x=5.0))
-        bystander.send_op({"id": "b-tex", "type": "texture", "space": "frame", "frame": 1, "rect": [4, 4, 8, 8],
+        bystander.send_op(stroke_op("b-stroke", x=27.0))
+        bystander.send_op({"id": "b-tex", "type": "texture", "space": "frame", "frame": 1, "rect": [30, 14, 8, 8],
                            "image": _small_png()})
         for op_id in ("b-stroke", "b-tex"):
             assert (await answer(bystander, op_id))[0] == "accepted"

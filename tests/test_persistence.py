@@ -86,7 +86,7 @@ async def _edit_until_killed(target: str, ws_url: str, token: str, info: session
             s.send(join=sessions_pb2.Join(session_id=info.session_id, join_token=info.join_token))
             await s.event("snapshot")
             for n in range(10_000):
-                s.send_op(stroke_op(f"g{round_no}-{n}", n % 8, x=float(n % 30)))
+                s.send_op(stroke_op(f"g{round_no}-{n}", n % 8, x=26.0 + n % 5))
                 while True:  # drain whatever acknowledgements have arrived
                     try:
                         acc = await s.event("accepted", timeout=0.02)

@@ -204,7 +204,7 @@ async def _churn(target: str, token: str, info: sessions_pb2.SessionInfo | None,
             if len(alive) > live:
                 op = {"id": f"{prefix}d{n}", "type": "delete", "target": alive.pop(0)}
             else:
-                op = stroke_op(f"{prefix}{n}", n % 8, x=float(n % 30))
+                op = stroke_op(f"{prefix}{n}", n % 8, x=26.0 + n % 5)
                 alive.append(op["id"])
             member.send_op(op)
             sent.append(op["id"])
@@ -268,14 +268,14 @@ def test_a_client_resuming_from_a_compacted_seq_gets_the_document(server_process
     with Client(pinned.grpc_target, token=TEST_TOKEN, reconnect_timeout=90) as client:
         info = client.create_session(TINY_BUNDLE)
         alice = client.join(info, name="alice")
-        first = alice.stroke([(1, 1), (20, 20)], frame=0)
+        first = alice.stroke([(28, 10), (48, 30)], frame=0)
         pinned.kill()
         other = server_process_factory(data_dir=data, extra_args=("--limit", "compact_every=40"))
         proto_info = sessions_pb2.SessionInfo(session_id=info.session_id, join_token=info.join_token)
         asyncio.run(_churn(other.grpc_target, other.token, proto_info, 200, "b", live=3))
         other.kill()
         result: dict[str, Any] = {}
-        sender = threading.Thread(target=lambda: result.update(ack=alice.stroke([(5, 5), (9, 9)], frame=1,
+        sender = threading.Thread(target=lambda: result.update(ack=alice.stroke([(29, 10), (49, 30)], frame=1,
                                                                                   timeout=120)))
         sender.start()
         pinned.restart()
@@ -460,7 +460,7 @@ def test_a_sessions_images_are_budgeted(tiny_models_dir: Path, tmp_path: Path) -
     limits = ServerLimits(max_document_image_bytes=2 * len(pngs[0]) + len(pngs[0]) // 2)
 
     def paste(op_id: str, png: bytes) -> dict:
-        return {"id": op_id, "type": "texture", "space": "frame", "frame": 0, "image": png, "rect": [4, 4, 16, 16]}
+        return {"id": op_id, "type": "texture", "space": "frame", "frame": 0, "image": png, "rect": [26, 12, 16, 16]}
 
     async def first(server: Any) -> sessions_pb2.SessionInfo:
         stubs = AioStubs(server.grpc_target, server.token)

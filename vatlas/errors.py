@@ -13,3 +13,8 @@ class VideoError(VatlasError):
 
 class RoiError(VatlasError):
     """An ROI file is missing or malformed."""
+
+
+# What every tool and door answers to an edit that lies entirely outside the editable region (ROI) of its
+# frame: one plain sentence for people, whatever the op (server/edits/region.py raises it).
+OUTSIDE_REGION = "That spot is outside the editable region on this frame"

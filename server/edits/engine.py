@@ -22,6 +22,7 @@ from vatlas.server.compositor import Compositor
 from vatlas.server.edits.layers import AtlasLayers, AtlasOp, union
 from vatlas.server.edits.ops import FIELDS_BY_TYPE, OpError, OpLimits, check_object, validate_op
 from vatlas.server.edits.raster import AtlasGeometry
+from vatlas.server.edits.region import check_on_region
 from vatlas.server.edits.stickers import StickerTrack, draw_sticker, track_sticker
 
 # "layers" (the default everywhere): the edits laid over the source frames, untouched pixels bit for bit;
@@ -155,25 +156,29 @@ class EditEngine:
         aop = obj.atlas_op
         if aop is not None:
             with _out_of_memory_is_refusal(op["id"]):
-                if aop.kind == "paint":
+                below = self._live(aop.kind)
+                if aop.kind == "paint" and all(_z(a.op) <= _z(op) for a in below):
                     self.layers.paint_on_top(aop)
-                else:
-                    self.layers.rebuild_adjust(aop.rect, [*self._live("adjust"), aop])
+                else:  # adjustments, and paint put below what is there: that part of the layer is rebuilt
+                    self._refresh(aop.rect, aop.kind, extra=obj)
         # Registered only once drawn: an op that failed above is in no later rebuild, undo or document.
         self._objects[op["id"]] = obj
         self._bytes += size
         return self._state(obj)
 
-    def _prepare(self, obj: _Object) -> None:
-        op_id = obj.op.get("id", "")
+    def _prepare(self, obj: _Object, op_id: str | None = None) -> None:
+        """Place obj's op (on the region, in the atlas); a refusal names `op_id` (the op that asked: an update
+        or restore of obj), by default obj's own id."""
+        op_id = obj.op.get("id", "") if op_id is None else op_id
         try:
+            check_on_region(self.bundle, obj.op)
             with _out_of_memory_is_refusal(op_id):
                 if obj.op["type"] == "sticker":
                     obj.sticker = track_sticker(self.geometry, obj.op, self.device)
                 else:
                     obj.atlas_op = self.layers.prepare(obj.op)
-        except OpError:
-            raise
+        except OpError as exc:
+            raise OpError(exc.code, exc.message, op_id) from None
         except (ValueError, np.linalg.LinAlgError) as exc:
             raise OpError("INVALID_ARGUMENT", f"op cannot be placed: {exc}", op_id) from None
 
@@ -192,7 +197,7 @@ class EditEngine:
             candidate.op = {**obj.op, **changes}
             check_object(candidate.op, op_id)
             candidate.atlas_op = candidate.sticker = None
-            self._prepare(candidate)  # a deleted op is placed too, to refuse what could never be restored
+            self._prepare(candidate, op_id)  # a deleted op is placed too, to refuse what could never be restored
             if candidate.deleted:
                 candidate.atlas_op = candidate.sticker = None
         self._replace(obj, candidate, op_id, redraw=bool(changes))
@@ -207,7 +212,7 @@ class EditEngine:
             # and deleted ops cannot pile up beyond the session's budget.
             candidate.atlas_op = candidate.sticker = None
         elif obj.deleted and not candidate.deleted:
-            self._prepare(candidate)
+            self._prepare(candidate, op_id)
         self._replace(obj, candidate, op_id, redraw=False)
 
     def _replace(self, obj: _Object, new: _Object, op_id: str, *, redraw: bool) -> None:
@@ -241,16 +246,20 @@ class EditEngine:
             obj.op, obj.visible, obj.deleted, obj.atlas_op, obj.sticker = old
             raise
 
-    def _live(self, kind: str) -> list[AtlasOp]:
-        return [o.atlas_op for o in self._objects.values()
-                if o.atlas_op is not None and o.atlas_op.kind == kind and o.visible and not o.deleted]
+    def _stack(self, extra: _Object | None = None) -> list[_Object]:
+        """Live objects bottom to top: by z, equal z in creation order (`extra`: one not registered yet)."""
+        live = [o for o in self._objects.values() if o.visible and not o.deleted]
+        return sorted(live + ([extra] if extra is not None else []), key=lambda o: _z(o.op))
 
-    def _refresh(self, rect: Any, kind: str) -> None:
+    def _live(self, kind: str, extra: _Object | None = None) -> list[AtlasOp]:
+        return [o.atlas_op for o in self._stack(extra) if o.atlas_op is not None and o.atlas_op.kind == kind]
+
+    def _refresh(self, rect: Any, kind: str, extra: _Object | None = None) -> None:
         """Rebuild the layer an op of `kind` lives in over rect (paint ops never change K, nor adjustments E)."""
         if kind == "paint":
-            self.layers.rebuild_paint(rect, self._live("paint"))
+            self.layers.rebuild_paint(rect, self._live("paint", extra))
         else:
-            self.layers.rebuild_adjust(rect, self._live("adjust"))
+            self.layers.rebuild_adjust(rect, self._live("adjust", extra))
 
     # ---- rendering ---------------------------------------------------------------------------------------
     def warmup(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
@@ -275,8 +284,7 @@ class EditEngine:
             idx = self.compositor.frame_index(frames)
             layer = self.layers.layer if mode == "layers" else self.layers.reconstruction_texture()
             out = self.compositor.composite(idx, layer, self.layers.adjust)
-            stickers = [o.sticker for o in self._objects.values()
-                        if o.sticker is not None and o.visible and not o.deleted]
+            stickers = [o.sticker for o in self._stack() if o.sticker is not None]
             if stickers:
                 host_frames = [frames] if isinstance(frames, int) else [int(f) for f in frames]  # no device sync
                 for n, t in enumerate(host_frames):
@@ -328,6 +336,11 @@ class EditEngine:
             if obj is None or obj.sticker is None:
                 raise OpError("NOT_FOUND", f"no sticker with id {op_id!r}", op_id)
             return obj.sticker.centre.copy()
+
+
+def _z(op: dict[str, Any]) -> float:
+    """An object's stacking position (EditOp.z; 0 when it has none)."""
+    return float(op.get("z", 0.0))
 
 
 def _resize(frames: torch.Tensor, scale: float) -> torch.Tensor:

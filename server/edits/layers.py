@@ -95,6 +95,26 @@ FIT_BLOCK_SAMPLES = 1 << 20  # quadrature samples evaluated at a time (bounds th
 FIT_REACH_PX = 1.0
 
 
+def paste_corners(op: dict[str, Any]) -> np.ndarray:
+    """A frame-space texture's corners (4, 2): its rect turned by `rotation` about the rect's centre."""
+    x, y, w, h = (float(v) for v in op["rect"])
+    rotation = float(op.get("rotation", 0.0))
+    if not rotation:
+        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
+    local = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]]) * [w, h]
+    return local @ rotation_matrix(rotation).T + [x + w / 2.0, y + h / 2.0]
+
+
+def paste_box(op: dict[str, Any]) -> tuple[float, float, float, float]:
+    """The axis-aligned box [x, y, w, h] around a frame-space texture (its rect when it is not turned)."""
+    if not float(op.get("rotation", 0.0)):
+        x, y, w, h = (float(v) for v in op["rect"])
+        return x, y, w, h
+    corners = paste_corners(op)
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+
+
 @dataclass
 class AtlasOp:
     """An object op made ready for rasterisation: geometry in atlas pixels, images on the device."""
@@ -252,7 +272,7 @@ class AtlasLayers:
         else:
             x, y, rw, rh = op["rect"]
             frame = int(op["frame"])
-            outline = clip_polygon(np.array([[x, y], [x + rw, y], [x + rw, y + rh], [x, y + rh]]), self._frame_box(1.0))
+            outline = clip_polygon(paste_corners(op), self._frame_box(1.0))
             ring = [np.concatenate([outline, outline[:1]])] if len(outline) else []
             dense = densify_pieces(ring, DENSIFY_FRAME_PX, self.limits.max_raster_points)
             mid = outline.mean(axis=0) if len(outline) else np.array([x + rw / 2, y + rh / 2])
@@ -386,9 +406,7 @@ class AtlasLayers:
         if "inv" in aop.extra:
             return (self._centres_of(sub) - aop.extra["centre"]) @ aop.extra["inv"].T + 0.5, None
         frame_xy = self._frame_points(aop, sub)
-        x, y, rw, rh = aop.op["rect"]
-        coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
-        return torch.nan_to_num(coords, nan=-10.0), frame_xy  # unknown B: outside the image
+        return self._paste_coords(aop, frame_xy), frame_xy  # unknown B: outside the image
 
     # ---- rasterisation -----------------------------------------------------------------------------------
     def _paint_into(self, target: torch.Tensor, aop: AtlasOp, sub: Rect) -> None:
@@ -448,7 +466,13 @@ class AtlasLayers:
     def _paste_coords(self, aop: AtlasOp, frame_xy: torch.Tensor) -> torch.Tensor:
         """Frame-N points (..., 2) -> the pasted image's [0, 1] coords; unknown points fall outside it."""
         x, y, rw, rh = aop.op["rect"]
-        coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
+        rotation = float(aop.op.get("rotation", 0.0))
+        if rotation:  # turned about the rectangle's centre: back through the inverse rotation
+            centre = frame_xy.new_tensor([x + rw / 2.0, y + rh / 2.0])
+            inv = frame_xy.new_tensor(rotation_matrix(rotation).T)  # a rotation's inverse is its transpose
+            coords = (frame_xy - centre) @ inv.T / frame_xy.new_tensor([rw, rh]) + 0.5
+        else:
+            coords = (frame_xy - frame_xy.new_tensor([x, y])) / frame_xy.new_tensor([rw, rh])
         return torch.nan_to_num(coords, nan=-10.0)
 
     def _paste_fields(self, aop: AtlasOp) -> dict[str, Any] | None:
@@ -457,7 +481,7 @@ class AtlasLayers:
         also holds the frame points of the op's texels. None when no pixel of the frame is near the rectangle."""
         b = self.geom.bundle
         frame = int(aop.extra["frame"])
-        x, y, rw, rh = (float(v) for v in aop.op["rect"])
+        x, y, rw, rh = paste_box(aop.op)
         reach = FIT_REACH_PX + 0.5
         px0, py0 = max(math.ceil(x - reach - 0.5), 0), max(math.ceil(y - reach - 0.5), 0)
         px1, py1 = min(math.floor(x + rw + reach - 0.5) + 1, b.width), min(math.floor(y + rh + reach - 0.5) + 1, b.height)
@@ -482,10 +506,11 @@ class AtlasLayers:
         r0, r1, c0, c1 = aop.rect
         h, w = r1 - r0, c1 - c0
         s = self.geom.size
-        x, y, rw, rh = (float(v) for v in aop.op["rect"])
+        x, y, rw, rh = paste_box(aop.op)
         iw, ih = aop.extra["size"]
         texel_px = float(aop.extra["texel_frame_px"])
-        pixel = (iw / rw, ih / rh)  # one frame pixel, in image pixels: the 1 px edge ramp of the pasted frame
+        pw, ph = (float(v) for v in aop.op["rect"][2:])
+        pixel = (iw / pw, ih / ph)  # one frame pixel, in image pixels: the 1 px edge ramp of the pasted frame
         ramp = max(1.0, EDGE_RAMP_TEXELS * texel_px)
         corner = start.new_tensor([c0, r0])
 

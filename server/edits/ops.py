@@ -40,6 +40,9 @@ FIELDS_BY_TYPE: dict[str, frozenset[str]] = {
     "sticker": frozenset({"space", "frame", "image", "position", "size", "scale", "rotation", "opacity",
                           "follow_scale", "follow_rotation"}),
 }
+# Every object may carry its stacking position (higher on top; see EditOp.z).
+FIELDS_BY_TYPE = {kind: fields | {"z"} for kind, fields in FIELDS_BY_TYPE.items()}
+MAX_Z = 1.0e9
 SETTABLE_FIELDS = frozenset().union(*FIELDS_BY_TYPE.values())
 
 
@@ -238,6 +241,7 @@ def _field_validators(limits: OpLimits, op_id: str) -> dict[str, Callable[[Any],
         "follow_scale": lambda v: _bool(v, "follow_scale", op_id),
         "follow_rotation": lambda v: _bool(v, "follow_rotation", op_id),
         "visible": lambda v: _bool(v, "visible", op_id),
+        "z": lambda v: _number(v, "z", op_id, -MAX_Z, MAX_Z),
     }
 
 

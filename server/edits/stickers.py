@@ -22,6 +22,7 @@ from vatlas.server.edits.raster import (
     rotation_matrix,
     shrink_image,
 )
+from vatlas.server.edits.region import outside_region
 
 
 @dataclass
@@ -58,9 +59,8 @@ def track_sticker(geom: AtlasGeometry, op: dict[str, Any], device: torch.device)
     b = geom.inverse_at(frames, probes)  # (T, 5, 2)
     jac = np.stack([(b[:, 1] - b[:, 2]) / (2 * step), (b[:, 3] - b[:, 4]) / (2 * step)], axis=-1)  # (T, 2, 2)
     centre = b[:, 0].copy()
-    if not np.isfinite(centre[frame]).all():
-        raise ValueError(f"the anchor {anchor.tolist()} on frame {frame} is outside the mapped surface "
-                         "(the inverse map is unknown there)")
+    if not np.isfinite(centre[frame]).all():  # the inverse map is unknown there: nothing to follow
+        raise outside_region(op.get("id", ""))
     j_ref = jac[frame]
     rgba = decode_image(op["image"], op_id=op.get("id", ""))
     h, w = rgba.shape[:2]

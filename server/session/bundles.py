@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import zipfile
@@ -11,8 +12,9 @@ from typing import Any
 
 import numpy as np
 from vatlas.models.bundle import Bundle, BundleError, load_bundle, read_manifest
+from vatlas.server.edits.region import visible_boxes
 from vatlas.server.session.errors import CoreError, scrub_paths
-from vatlas.v1 import bundles_pb2
+from vatlas.v1 import bundles_pb2, edits_pb2
 
 SUFFIX = ".vatlas"
 # matched with fullmatch: "$" alone would also accept a trailing newline
@@ -31,6 +33,24 @@ def _npy_shape(zf: zipfile.ZipFile, member: str) -> tuple[int, ...]:
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, _ = read(f)  # the header only: no array data is read
     return tuple(int(s) for s in shape)
+
+
+def _load_with_region(path: Path) -> Bundle:
+    """Load a bundle and find where its region shows on each frame (a scan of every mask: in the loader's
+    thread, not on the event loop that later asks for it)."""
+    bundle = load_bundle(path)
+    visible_boxes(bundle)
+    return bundle
+
+
+def roi_info(ref_frame: int, polygons: list[Any], boxes: np.ndarray | None) -> bundles_pb2.Roi:
+    """The BundleInfo.roi message: polygons on the reference frame, and each frame's visible box if known."""
+    roi = bundles_pb2.Roi(ref_frame=ref_frame)
+    for polygon in polygons:
+        roi.polygons.add().points.extend(edits_pb2.Vec2(x=float(p[0]), y=float(p[1])) for p in polygon)
+    for x, y, w, h in boxes if boxes is not None else ():
+        roi.visible.add(x=int(x), y=int(y), width=int(w), height=int(h))
+    return roi
 
 
 class BundleRegistry:
@@ -54,8 +74,10 @@ class BundleRegistry:
         path = self.path(name)
         bundle = self._loaded.get(name)
         if bundle is not None:
-            return self._info_from(name, path, bundle.num_frames, bundle.width, bundle.height, bundle.fps,
+            info = self._info_from(name, path, bundle.num_frames, bundle.width, bundle.height, bundle.fps,
                                    bundle.ref_frame, bundle.atlas_size, bundle.metrics, bundle.config, True)
+            info.roi.CopyFrom(roi_info(bundle.ref_frame, bundle.roi_polygons, visible_boxes(bundle)))
+            return info
         if not path.is_file():
             raise CoreError("NOT_FOUND", f"no bundle named {name!r} in the models directory")
         try:
@@ -66,9 +88,13 @@ class BundleRegistry:
         except (BundleError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
             raise CoreError("FAILED_PRECONDITION", f"bundle {name!r} is unreadable: "
                                                    f"{scrub_paths(str(exc), self.models_dir)}") from None
-        return self._info_from(name, path, t, w, h, float(manifest.get("fps", 0.0)),
+        info = self._info_from(name, path, t, w, h, float(manifest.get("fps", 0.0)),
                                int(manifest.get("ref_frame", 0)), s, manifest.get("metrics", {}),
                                manifest.get("config", {}), False)
+        polygons = manifest.get("roi_polygons")
+        with contextlib.suppress(TypeError, ValueError, IndexError):  # malformed: LoadBundle names the problem
+            info.roi.CopyFrom(roi_info(info.ref_frame, polygons if isinstance(polygons, list) else [], None))
+        return info
 
     @staticmethod
     def _info_from(name: str, path: Path, frames: int, width: int, height: int, fps: float, ref_frame: int,
@@ -99,7 +125,7 @@ class BundleRegistry:
             if not path.is_file():
                 raise CoreError("NOT_FOUND", f"no bundle named {name!r} in the models directory")
             try:
-                bundle = await asyncio.to_thread(load_bundle, path)
+                bundle = await asyncio.to_thread(_load_with_region, path)
             except BundleError as exc:
                 raise CoreError("FAILED_PRECONDITION", scrub_paths(str(exc), self.models_dir)) from None
             self._loaded[name] = bundle

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from vatlas.server.doors import wire
-from vatlas.server.edits.ops import ID_PATTERN, OpError, OpLimits, validate_op
+from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpError, OpLimits, validate_op
+from vatlas.server.edits.region import check_on_region, mask_preview, visible_boxes
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
@@ -54,7 +55,13 @@ from vatlas.server.session.presence import (
     check_name,
     check_participant_id,
 )
-from vatlas.server.session.render import RenderJob, RenderWorker, check_format, check_render_request
+from vatlas.server.session.render import (
+    RenderJob,
+    RenderWorker,
+    check_format,
+    check_mask_side,
+    check_render_request,
+)
 from vatlas.v1 import common_pb2, edits_pb2, render_pb2, sessions_pb2
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,14 @@ class Viewer:
 
     connection: Any
     identity: Any = None
+
+
+def roi_mask(bundle: Any, frame: int, side: int) -> render_pb2.RoiMask:
+    """RenderedFrame.roi_mask: the frame's soft mask on a grid of at most `side` cells a side, and its box."""
+    width, height, data = mask_preview(bundle, frame, side)
+    x, y, w, h = (int(v) for v in visible_boxes(bundle)[frame])
+    return render_pb2.RoiMask(width=width, height=height, data=data,
+                              visible=render_pb2.Region(x=x, y=y, width=w, height=h))
 
 
 def storage_reason(exc: BaseException) -> str:
@@ -259,7 +274,8 @@ class ServerCore:
             op = record.get("op")
             try:
                 doc.check(op)  # type: ignore[arg-type]
-                doc.apply(op, rseq)  # type: ignore[arg-type]
+                author = record.get("author") or {"participant_id": str(record.get("participant_id", ""))}
+                doc.apply(op, rseq, author)  # type: ignore[arg-type]
             except (OpError, KeyError, TypeError) as exc:
                 log.warning("session %s: record %s does not apply (%s); kept in the log", session_id, rseq, exc)
             seq = rseq
@@ -428,6 +444,8 @@ class ServerCore:
                 check_op_ids(raw, raw.get("id", "") if isinstance(raw.get("id"), str) else "")
                 op = validate_op(raw, op_limits)
                 scratch.check(op)
+                if op["type"] in OBJECT_TYPES:
+                    check_on_region(bundle, op)
             except OpError as exc:
                 raise CoreError(exc.code, f"document op {i}: {exc.message}", exc.op_id) from None
             scratch.apply(op)
@@ -500,6 +518,8 @@ class ServerCore:
             if not resume:  # a first join, or a resume point compacted away: the whole document instead
                 snapshot.document.CopyFrom(edits_pb2.EditDocument(
                     version=1, ops=[op_to_proto(op) for op in session.doc.live_ops()]))
+                snapshot.authors.extend(sessions_pb2.LayerAuthor(op_id=op_id, **author)
+                                        for op_id, author in session.doc.authors())
             participant.send(_event(snapshot=snapshot))
             session.touch()
             if resume:
@@ -554,7 +574,9 @@ class ServerCore:
         """
         seq = session.seq + 1
         op_id = op.get("id", "")
-        record = {"seq": seq, "participant_id": pid, "kind": kind, "op": op, "time": time.time()}
+        sender = session.participants.get(pid)
+        author = {"participant_id": pid, **({"name": sender.name, "color": sender.color} if sender else {})}
+        record = {"seq": seq, "participant_id": pid, "kind": kind, "op": op, "time": time.time(), "author": author}
         offset = None
         if session.oplog is not None:
             try:
@@ -575,7 +597,7 @@ class ServerCore:
         session.seq = seq
         session.records.append(record)
         assert session.doc is not None
-        session.doc.apply(op, seq)
+        session.doc.apply(op, seq, author)
         session.applied_seq = seq
         session.touch()
         if (seq - session.base_seq >= self.limits.compact_every and seq >= session.next_compact
@@ -656,12 +678,15 @@ class ServerCore:
             return
 
         async def sequence() -> None:
+            nonlocal op
             async with session.lock:
                 try:
                     await self._ensure_engine_locked(session)
                     assert session.doc is not None
                     session.doc.check(op)
                     self._check_images(session, op)
+                    if op["type"] in OBJECT_TYPES and "z" not in op:  # a new object goes on top of the stack
+                        op = {**op, "z": session.doc.next_z()}
                     inverse = session.doc.inverse(op)
                     seq = await self._commit(session, participant.participant_id, op, "op")
                 except (OpError, CoreError) as exc:
@@ -811,7 +836,10 @@ class ServerCore:
         bundle = session.bundle
         params = check_render_request(request, bundle.num_frames, bundle.width, bundle.height, bundle.atlas_size,
                                       self.limits.min_scale)
-        return await self._submit_render(client_key, session, params, request.request_id, viewer)
+        frame = await self._submit_render(client_key, session, params, request.request_id, viewer)
+        if request.roi_mask_side and not params.atlas:
+            frame.roi_mask.CopyFrom(roi_mask(bundle, frame.frame, request.roi_mask_side))
+        return frame
 
     async def _submit_render(self, key: Any, session: Session, params: Any, request_id: int,
                              viewer: Viewer, interactive: bool = True) -> Any:
@@ -841,6 +869,7 @@ class ServerCore:
         await self._ensure_engine(session)
         bundle = session.bundle
         fmt, quality, scale = check_format(request.format, request.quality, request.scale, self.limits.min_scale)
+        check_mask_side(request.roi_mask_side)
         fps = request.fps or bundle.fps
         if not math.isfinite(fps) or not 0 < fps <= self.limits.max_fps:
             raise CoreError("INVALID_ARGUMENT", f"fps {fps:g} is out of range (0, {self.limits.max_fps:g}]")
@@ -885,6 +914,8 @@ class ServerCore:
                             raise
                         continue
                     n += 1
+                    if request.roi_mask_side:
+                        frame.roi_mask.CopyFrom(roi_mask(session.bundle, frame.frame, request.roi_mask_side))
                     state["frame"] = frame  # replaces a frame the reader has not taken: dropped
                     ready.set()
                     await asyncio.sleep(max(0.0, t0 + (i + 1) / fps - loop.time()))

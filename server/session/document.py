@@ -12,6 +12,7 @@ by `compact()`; their ids stay taken (`retired`), so a retried create still answ
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from vatlas.server.edits.ops import FIELDS_BY_TYPE, OBJECT_TYPES, OpError, check
 NEUTRAL_VALUES: dict[str, Any] = {
     "opacity": 1.0, "scale": 1.0, "rotation": 0.0, "exposure": 0.0, "contrast": 0.0, "saturation": 0.0,
     "hue": 0.0, "temperature": 0.0, "follow_scale": False, "follow_rotation": False, "visible": True,
-    "mode": "paint", "hardness": 1.0,
+    "mode": "paint", "hardness": 1.0, "z": 0.0,
 }
 
 
@@ -34,6 +35,9 @@ class DocObject:
     deleted: bool = False
     visible: bool = True
     seq: int = 0  # the sequence number of the op that created it
+    # who made it: {"participant_id", "name", "color"} as they were then (the layer list's colour for people
+    # who join later, or after the author left)
+    author: dict[str, str] | None = None
 
 
 class Document:
@@ -95,6 +99,10 @@ class Document:
                 previous[key] = NEUTRAL_VALUES[key]
         return {"type": "update", "target": target, "set": previous} if previous else None
 
+    def next_z(self) -> float:
+        """The stacking position one above every object's (deleted ones too: a restore keeps its place)."""
+        return float(math.floor(max((float(o.op.get("z", 0.0)) for o in self.objects.values()), default=0.0))) + 1.0
+
     def image_growth(self, op: dict[str, Any]) -> int:
         """How many image bytes a checked op adds to the document (negative: frees)."""
         if op["type"] in OBJECT_TYPES:
@@ -103,12 +111,13 @@ class Document:
             return len(op["set"]["image"] or b"") - _image_bytes(self.objects[op["target"]].op)
         return 0
 
-    def apply(self, op: dict[str, Any], seq: int = 0) -> None:
-        """Apply a checked op (`seq`: its sequence number, kept for objects it creates)."""
+    def apply(self, op: dict[str, Any], seq: int = 0, author: dict[str, str] | None = None) -> None:
+        """Apply a checked op (`seq`: its sequence number, `author`: who sent it; kept for objects it creates)."""
         self.image_bytes += self.image_growth(op)
         kind = op["type"]
         if kind in OBJECT_TYPES:
-            self.objects[op["id"]] = DocObject(op=copy.deepcopy(op), order=self._next_order, seq=seq)
+            self.objects[op["id"]] = DocObject(op=copy.deepcopy(op), order=self._next_order, seq=seq,
+                                               author=dict(author) if author else None)
             self._next_order += 1
             return
         obj = self.objects[op["target"]]
@@ -124,6 +133,11 @@ class Document:
                     obj.visible = bool(value)
                 else:
                     obj.op[key] = copy.deepcopy(value)
+
+    def authors(self) -> list[tuple[str, dict[str, str]]]:
+        """(op id, author) of the live objects whose author is known, in document order."""
+        return [(o.op["id"], o.author) for o in sorted(self.objects.values(), key=lambda o: o.order)
+                if o.author and not o.deleted]
 
     def live_ops(self) -> list[dict[str, Any]]:
         """One op per live (not deleted) object in document order; hidden objects carry visible=False."""
@@ -149,8 +163,8 @@ class Document:
     def state(self) -> dict[str, Any]:
         """The document as a snapshot record keeps it (op dicts shared, not copied: updates replace values)."""
         ordered = sorted(self.objects.values(), key=lambda o: o.order)
-        return {"objects": [{"op": dict(o.op), "deleted": o.deleted, "visible": o.visible, "seq": o.seq}
-                            for o in ordered],
+        return {"objects": [{"op": dict(o.op), "deleted": o.deleted, "visible": o.visible, "seq": o.seq,
+                             **({"author": o.author} if o.author else {})} for o in ordered],
                 "retired": sorted(self.retired), "next_order": self._next_order}
 
     @classmethod
@@ -159,7 +173,8 @@ class Document:
         for i, item in enumerate(state.get("objects", ())):
             op = item["op"]
             doc.objects[op["id"]] = DocObject(op=op, order=i, deleted=bool(item.get("deleted")),
-                                              visible=bool(item.get("visible", True)), seq=int(item.get("seq", 0)))
+                                              visible=bool(item.get("visible", True)), seq=int(item.get("seq", 0)),
+                                              author=_author(item.get("author")))
         doc.retired = set(state.get("retired", ()))
         doc.image_bytes = sum(_image_bytes(o.op) for o in doc.objects.values())
         doc._next_order = max(int(state.get("next_order", 0)), len(doc.objects))
@@ -176,6 +191,13 @@ class Document:
             if obj.deleted:
                 out.append({"type": "delete", "target": obj.op["id"]})
         return out
+
+
+def _author(value: Any) -> dict[str, str] | None:
+    """An author entry read back from a snapshot (anything malformed is dropped, not fatal)."""
+    if not isinstance(value, dict):
+        return None
+    return {k: str(value[k]) for k in ("participant_id", "name", "color") if isinstance(value.get(k), str)} or None
 
 
 def _image_bytes(op: dict[str, Any]) -> int:

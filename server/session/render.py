@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vatlas.server.edits.region import MAX_MASK_SIDE
 from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import render_pb2
 
@@ -79,7 +80,14 @@ def check_render_request(req: render_pb2.RenderRequest, num_frames: int, width: 
             raise CoreError("INVALID_ARGUMENT", f"region x={r.x} y={r.y} {r.width}x{r.height} is not inside the "
                                                 f"{bound_w}x{bound_h} {'atlas' if req.atlas else 'frame'}")
         region = (int(r.x), int(r.y), int(r.width), int(r.height))
+    check_mask_side(req.roi_mask_side)
     return RenderParams(frame, fmt, quality, scale, region)
+
+
+def check_mask_side(side: int) -> None:
+    """roi_mask_side of a render or playback request: 0 (no mask) up to MAX_MASK_SIDE cells."""
+    if side > MAX_MASK_SIDE:
+        raise CoreError("INVALID_ARGUMENT", f"roi_mask_side {side} is too large (at most {MAX_MASK_SIDE})")
 
 
 @dataclass

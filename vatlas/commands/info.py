@@ -47,8 +47,19 @@ def summary(info: dict[str, Any], path: Path) -> list[str]:
     if metrics.get("working_size") and list(metrics["working_size"]) != list(info["size"]):
         size += f" (fitted at {_size(metrics['working_size'])})"
     lines.append(size)
-    count = info["roi_polygons"]
-    lines.append(f"ROI: {count} polygon{'s' if count != 1 else ''} on reference frame {info['ref_frame']}")
+    roi = info.get("roi") or {}
+    polygons = roi.get("polygons") or []
+    count = len(polygons) or info["roi_polygons"]
+    line = f"ROI: {count} polygon{'s' if count != 1 else ''} on reference frame {info['ref_frame']}"
+    if polygons:
+        pts = [p for polygon in polygons for p in polygon]
+        x0, y0 = min(p[0] for p in pts), min(p[1] for p in pts)
+        x1, y1 = max(p[0] for p in pts), max(p[1] for p in pts)
+        line += f", box x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f}"
+    boxes = roi.get("visible_boxes")
+    if boxes is not None:
+        line += f"; visible on {sum(1 for b in boxes if b[2] > 0)} of {len(boxes)} frames"
+    lines.append(line)
     lines.append(f"atlas: {info['atlas_size']}x{info['atlas_size']}, {info['atlas_coverage'] * 100:.3g} % covered")
     quality = []
     if isinstance(metrics.get("roi_psnr"), int | float):
@@ -70,10 +81,21 @@ def summary(info: dict[str, Any], path: Path) -> list[str]:
     return lines
 
 
+def roi_summary(bundle: Any) -> dict[str, Any]:
+    """The editable region as BundleInfo.roi has it: polygons on the reference frame and, per frame, the box
+    [x, y, w, h] of the pixels where it is visible (w = 0: nowhere), in pixels of the bundle's frames."""
+    from vatlas.server.edits.region import visible_boxes
+
+    return {"ref_frame": bundle.ref_frame, "polygons": bundle.roi_polygons,
+            "visible_boxes": visible_boxes(bundle).tolist()}
+
+
 def run(args: argparse.Namespace) -> int:
     from vatlas.models.bundle import load_bundle
 
-    info = load_bundle(args.bundle).info()
+    bundle = load_bundle(args.bundle)
+    info = bundle.info()
+    info["roi"] = roi_summary(bundle)
     if args.json:
         print(json.dumps(info, indent=1, default=str))
     elif args.all:

@@ -3,8 +3,9 @@
     python clients/py/examples/scripted_edit.py --address localhost:50051 --token secret \
         --video clip.mp4 --roi roi.json --out edited.mp4 --size 160x90 --iterations 30
 
-With ``--bundle NAME`` the fit is skipped and an existing bundle is edited (the ROI, if given, is then in the
-bundle's pixels). Prints one JSON line describing what was done.
+With ``--bundle NAME`` the fit is skipped and an existing bundle is edited. The logo and the sticker go to the
+middle of the region the server reports as editable (``session.roi()``). Prints one JSON line describing what
+was done.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from vatlas_client import Client, ExportProgress, FitProgress, OpRejected, VatlasError
-
-MAX_ANCHOR_TRIES = 12
 
 
 def make_logo(size: int = 128) -> Image.Image:
@@ -37,39 +36,6 @@ def make_sticker(size: int = 64) -> np.ndarray:
     sticker = np.full((size, size, 4), (20, 20, 20, 255), np.uint8)
     sticker[4:-4, 4:-4] = (250, 210, 20, 255)
     return sticker
-
-
-def video_size(path: Path) -> tuple[int, int]:
-    """(width, height) of a video file."""
-    import av  # only needed to scale a ROI drawn on the source video
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return stream.codec_context.width, stream.codec_context.height
-
-
-def roi_mask(roi_path: Path | None, scale: tuple[float, float], frame_size: tuple[int, int]) -> np.ndarray:
-    """The ROI as a bool (H, W) mask in bundle pixels (the whole frame when no ROI is given)."""
-    width, height = frame_size
-    if roi_path is None:
-        return np.ones((height, width), bool)
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for poly in json.loads(roi_path.read_text())["polygons"]:
-        draw.polygon([(x * scale[0], y * scale[1]) for x, y in poly], fill=255)
-    mask = np.asarray(canvas) > 0
-    if not mask.any():
-        raise SystemExit(f"scripted_edit: the ROI in {roi_path} does not cover any pixel of the {width}x{height} clip")
-    return mask
-
-
-def anchor_candidates(mask: np.ndarray, step: int) -> list[tuple[float, float]]:
-    """Pixel centres inside the ROI on a grid, nearest to the ROI's centroid first."""
-    ys, xs = np.nonzero(mask)
-    cx, cy = xs.mean(), ys.mean()
-    grid = [(x + 0.5, y + 0.5) for y in range(0, mask.shape[0], step) for x in range(0, mask.shape[1], step)
-            if mask[y, x]]
-    return sorted(grid, key=lambda p: (p[0] - cx) ** 2 + (p[1] - cy) ** 2)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -104,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         with Client(args.address, token=args.token) as client:
             if args.bundle:
                 bundle = client.bundle_info(args.bundle)
-                scale = (1.0, 1.0)
             else:
                 shown: dict[str, tuple[float, float]] = {}
 
@@ -117,33 +82,26 @@ def main(argv: list[str] | None = None) -> int:
 
                 bundle = client.fit(args.video, args.name, args.roi, preset=args.preset, iterations=args.iterations,
                                     width=args.size[0], height=args.size[1], progress=show_fit)
-                src_w, src_h = video_size(args.video)
-                scale = (bundle.width / src_w, bundle.height / src_h)
             fitted = time.monotonic()
-
-            mask = roi_mask(args.roi, scale, (bundle.width, bundle.height))
-            ys, xs = np.nonzero(mask)
-            cx, cy = xs.mean(), ys.mean()
-            side = max(4.0, 0.6 * min(np.ptp(xs), np.ptp(ys)))
             logo = Image.open(args.logo) if args.logo else make_logo()
 
             with client.open_session(bundle.name, name="scripted-edit") as session:
+                # The server says where edits can land: the ROI's visible box on each frame.
                 ref = bundle.ref_frame
+                roi = session.roi()
+                box, centre = roi.box(ref), roi.centre(ref)
+                if box is None or centre is None:
+                    raise SystemExit(f"scripted_edit: the ROI of {bundle.name} is not visible on frame {ref}")
+                cx, cy = centre
+                side = max(4.0, 0.6 * min(box[2], box[3]))
                 logo_seq = session.texture(logo, frame=ref, rect=[cx - side / 2, cy - side / 2, side, side])
-                # A sticker needs an anchor where the fit's inverse map is known; a short fit may leave holes,
-                # so try points inside the ROI from its centre outwards.
                 sticker_seq = None
-                for x, y in anchor_candidates(mask, step=max(2, int(side / 4)))[:MAX_ANCHOR_TRIES]:
-                    try:
-                        sticker_seq = session.sticker(make_sticker(), frame=ref, position=(x, y),
-                                                      size=[side / 2, side / 2])
-                        break
-                    except OpRejected as exc:
-                        print(f"sticker at ({x:.0f}, {y:.0f}) refused: {exc.message}", file=sys.stderr)
-                if sticker_seq is None:
-                    # Happens after a very short fit (its soft mask may still be empty): say so, keep going.
-                    warnings.append("no point of the ROI could anchor the sticker: the fit left no tracked "
-                                    "surface there (fit longer with --iterations)")
+                try:
+                    sticker_seq = session.sticker(make_sticker(), frame=ref, position=(cx, cy),
+                                                  size=[side / 2, side / 2])
+                except OpRejected as exc:
+                    # A very short fit may leave no tracked surface there yet: say so, keep going.
+                    warnings.append(f"the sticker was refused: {exc.message} (fit longer with --iterations)")
                     print(f"scripted_edit: warning: {warnings[-1]}", file=sys.stderr)
                 if args.preview:
                     client.render_image(session, ref).save(args.preview)

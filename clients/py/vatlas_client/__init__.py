@@ -33,6 +33,7 @@ from .records import (
     OpEvent,
     Participant,
     PresenceEvent,
+    Roi,
     SessionInfo,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "Participant",
     "PermissionDenied",
     "PresenceEvent",
+    "Roi",
     "ResourceExhausted",
     "Session",
     "SessionInfo",

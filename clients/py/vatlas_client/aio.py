@@ -33,7 +33,7 @@ from ._session_core import Event, Outcome, SessionCore
 from .client import _RECONNECTABLE, MAX_NOTICES, _document, log
 from .errors import DeadlineExceeded, Unavailable, VatlasError, from_rpc_error
 from .images import ImageSource
-from .records import Ack, BundleInfo, ExportProgress, FitProgress, Frame, Participant, SessionInfo
+from .records import Ack, BundleInfo, ExportProgress, FitProgress, Frame, Participant, Roi, SessionInfo
 
 _CLOSED = object()
 
@@ -310,6 +310,13 @@ class AsyncSession:
     def errors(self) -> list[VatlasError]:
         """Recent non-fatal errors the server sent on the stream."""
         return list(self._notices)
+
+    async def roi(self) -> Roi:
+        """The editable region of this session's bundle (polygons, and where it shows on each frame)."""
+        info = self._core.info
+        if info is None:
+            raise RuntimeError("the session has not joined yet")
+        return (await self._client.bundle_info(info.bundle)).roi
 
     @property
     def document(self) -> list[edits_pb2.EditOp]:

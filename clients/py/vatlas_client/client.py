@@ -41,6 +41,7 @@ from .records import (
     FitProgress,
     Frame,
     Participant,
+    Roi,
     SessionInfo,
 )
 
@@ -354,6 +355,13 @@ class Session:
     @property
     def info(self) -> SessionInfo | None:
         return self._core.info
+
+    def roi(self) -> Roi:
+        """The editable region of this session's bundle (polygons, and where it shows on each frame)."""
+        info = self._core.info
+        if info is None:
+            raise RuntimeError("the session has not joined yet")
+        return self._client.bundle_info(info.bundle).roi
 
     @property
     def document(self) -> list[edits_pb2.EditOp]:

@@ -15,8 +15,46 @@ from .images import decode_to_array
 
 
 @dataclass(frozen=True)
+class Roi:
+    """The editable region (ROI), in pixels of the bundle's frames.
+
+    `polygons` are the regions as marked on `ref_frame`; `visible[t]` is the box (x, y, w, h) of the pixels of
+    frame t where the region shows (w = 0: nowhere on that frame; the list is empty until the bundle is
+    loaded). Edits lying entirely outside the region of their frame are refused.
+    """
+
+    ref_frame: int
+    polygons: list[list[tuple[float, float]]]
+    visible: list[tuple[int, int, int, int]]
+
+    @classmethod
+    def from_proto(cls, msg: bundles_pb2.Roi) -> Roi:
+        return cls(msg.ref_frame, [[(p.x, p.y) for p in poly.points] for poly in msg.polygons],
+                   [(b.x, b.y, b.width, b.height) for b in msg.visible])
+
+    def box(self, frame: int | None = None) -> tuple[int, int, int, int] | None:
+        """Where the region shows on `frame` (default: the reference frame); None where it does not or when
+        the boxes are unknown."""
+        frame = self.ref_frame if frame is None else frame
+        if not 0 <= frame < len(self.visible) or self.visible[frame][2] == 0:
+            return None
+        return self.visible[frame]
+
+    def centre(self, frame: int | None = None) -> tuple[float, float] | None:
+        """A point to place an edit at on `frame`: the centre of its visible box, or on the reference frame
+        without boxes, the mean of the polygons' vertices. None where the region does not show."""
+        box = self.box(frame)
+        if box is not None:
+            return box[0] + box[2] / 2.0, box[1] + box[3] / 2.0
+        pts = [p for poly in self.polygons for p in poly]
+        if self.visible or (frame is not None and frame != self.ref_frame) or not pts:
+            return None
+        return sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+
+
+@dataclass(frozen=True)
 class BundleInfo:
-    """A fitted bundle the server knows (`loaded` = in GPU memory now)."""
+    """A fitted bundle the server knows (`loaded` = in GPU memory now; `roi`: its editable region)."""
 
     name: str
     loaded: bool
@@ -28,6 +66,7 @@ class BundleInfo:
     atlas_size: int
     metrics: dict[str, Any]
     file_bytes: int
+    roi: Roi
 
     @classmethod
     def from_proto(cls, msg: bundles_pb2.BundleInfo) -> BundleInfo:
@@ -36,7 +75,7 @@ class BundleInfo:
         except json.JSONDecodeError:  # display-only field: keep the text rather than fail the call
             metrics = {"raw": msg.metrics_json}
         return cls(msg.name, msg.loaded, msg.frames, msg.width, msg.height, msg.fps, msg.ref_frame,
-                   msg.atlas_size, metrics, msg.file_bytes)
+                   msg.atlas_size, metrics, msg.file_bytes, Roi.from_proto(msg.roi))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 // The editor: session lifecycle, rendering requests, tools, panels. DOM ids are stable (tests rely on them).
 import { Connection, WireRequestError, type ConnectionState } from "./connection";
-import { SessionDocument } from "./document";
+import { SessionDocument, type Layer } from "./document";
 import type {
   BundleInfo,
   EditOp,
@@ -16,11 +16,13 @@ import { adjustmentOp, stickerOp, strokeOp, textureOp } from "./ops";
 import { renderLayers, renderMarks, renderParticipants } from "./panels";
 import { $, byId, el, readNumber } from "./dom";
 import { reopenWith, StartFlow } from "./start";
+import { ROI_MASK_SIDE } from "./roi";
+import { Selection } from "./select-tool";
 import { View, type Preview, type Rect, type ShownFrame } from "./view";
 
-type Tool = "brush" | "eraser" | "image" | "adjust" | "sticker" | "pan";
-const TOOLS: Tool[] = ["brush", "eraser", "image", "adjust", "sticker", "pan"];
-const TOOL_KEYS: Record<string, Tool> = { b: "brush", e: "eraser", i: "image", a: "adjust", s: "sticker", h: "pan" };
+type Tool = "select" | "brush" | "eraser" | "image" | "adjust" | "sticker" | "pan";
+const TOOLS: Tool[] = ["select", "brush", "eraser", "image", "adjust", "sticker", "pan"];
+const TOOL_KEYS: Record<string, Tool> = { v: "select", b: "brush", e: "eraser", i: "image", a: "adjust", s: "sticker", h: "pan" };
 const PALETTE = ["#ff6b6b", "#4da3ff", "#34c759", "#ffb020", "#bf5af2", "#5ac8fa", "#ff9f0a", "#ff375f"];
 /** Renders while scrubbing, drawing, panning or zooming: half the final scale, quick; refined once the user
  *  pauses. The final scale and region follow the viewport: the frame's visible part, at one rendered pixel per
@@ -74,6 +76,9 @@ export class App {
   // Pointer interaction.
   private drag: { kind: "pan" | "draw"; last: [number, number]; pointerId: number } | null = null;
   private imageBytes: Uint8Array | null = null;
+  /** The picked image, for the local preview while it is placed. */
+  private imageBitmap: ImageBitmap | null = null;
+  private selection!: Selection;
   private stickerBytes: Uint8Array | null = null;
   private stickerAspect = 1;
   private pendingStickerAt: { at: Vec2; frame: number } | null = null;
@@ -120,6 +125,14 @@ export class App {
       // after a fit: open it here, or (with a session already open) in a fresh page for the new bundle
       openBundle: (name) => (this.session ? reopenWith(name, this.params.token) : this.openBundle(name)),
       bundleNames: async () => ((await this.conn.request({ list_bundles: {} })).bundles?.bundles ?? []).map((b) => b.name ?? ""),
+    });
+    this.selection = new Selection({
+      view: this.view,
+      doc: this.doc,
+      frame: () => this.frame,
+      newOpId: (kind) => this.newOpId(kind),
+      sendOp: (op, preview) => this.sendOp(op, preview),
+      changed: () => this.refreshLayers(),
     });
     this.bindUi();
     this.exposeForTests();
@@ -296,10 +309,14 @@ export class App {
       this.resumeKey = snap.resume_key ?? this.resumeKey;
       // On resume the server may send an empty document and then replay the ops we missed: keep ours.
       const replayFollows = this.resuming && !(snap.document?.ops?.length ?? 0);
-      if (!replayFollows) this.doc.reset(snap.document, snap.session?.seq ?? 0);
+      if (!replayFollows) this.doc.reset(snap.document, snap.session?.seq ?? 0, snap.authors ?? []);
       this.resuming = false;
       this.doc.participants.clear();
-      for (const p of snap.participants ?? []) if (p.participant_id) this.doc.participants.set(p.participant_id, p);
+      for (const p of snap.participants ?? []) {
+        if (!p.participant_id) continue;
+        this.doc.participants.set(p.participant_id, p);
+        this.doc.remember(p.participant_id, p.name ?? "", p.color ?? "");
+      }
       if (snap.session) void this.adoptSession(snap.session).catch((e: unknown) => this.toast(messageOf(e)));
       this.refreshPanels();
       this.renderNow();
@@ -321,13 +338,20 @@ export class App {
       this.view.invalidate();
       // A resent op that did reach the server before the drop comes back as a duplicate: it is not lost.
       const duplicate = event.rejected.error?.code === "ALREADY_EXISTS" && this.doc.get(opId) !== undefined;
-      if (!duplicate) this.toast(`Edit rejected: ${event.rejected.error?.message ?? "unknown reason"}`);
+      // Outside the editable region the server's sentence is the whole story: show it as it is.
+      const plain = event.rejected.error?.code === "OUT_OF_RANGE";
+      const message = event.rejected.error?.message ?? "unknown reason";
+      if (!duplicate) this.toast(plain ? message : `Edit rejected: ${message}`);
     } else if (event.presence?.participant) {
       const p = event.presence.participant;
       const id = p.participant_id ?? "";
       if (event.presence.left) this.doc.participants.delete(id);
-      else this.doc.participants.set(id, p);
+      else {
+        this.doc.participants.set(id, p);
+        this.doc.remember(id, p.name ?? "", p.color ?? "");
+      }
       this.refreshParticipants();
+      this.refreshLayers();
     } else if (event.error) {
       this.toast(`${event.error.code}: ${event.error.message}`);
     }
@@ -369,6 +393,8 @@ export class App {
         scale,
         atlas,
         request_id: counter,
+        // The frame's editable region, once per frame (kept in view.regions).
+        ...(!atlas && !this.view.regions.has(frame) ? { roi_mask_side: ROI_MASK_SIDE } : {}),
         ...(region ? { region: { x: region[0], y: region[1], width: region[2], height: region[3] } } : {}),
       };
       const response = await this.conn.request({ render }, 15_000);
@@ -432,6 +458,10 @@ export class App {
   /** Decode off the main thread (createImageBitmap) and show it. */
   private async display(frame: RenderedFrame, atlas: boolean, draft: boolean, scale: number,
                         region: Rect | null = null): Promise<void> {
+    if (frame.roi_mask && !atlas) {
+      this.view.regions.add(frame.frame ?? 0, frame.roi_mask);
+      this.showRegionState();
+    }
     const data = frame.data ?? new Uint8Array();
     const format = frame.format || "jpeg";
     let bitmap: ImageBitmap;
@@ -477,7 +507,8 @@ export class App {
     this.view.currentFrame = this.frame;
     byId<HTMLInputElement>("scrubber").value = String(this.frame);
     byId("frame-label").textContent = `${this.frame} / ${last}`;
-    this.view.invalidate();
+    this.selection.refresh();
+    this.showRegionState();
     if (render) {
       this.renderNow();
       this.sendPresence(this.pendingPresence);
@@ -508,6 +539,7 @@ export class App {
           format: "jpeg",
           quality: 80,
           scale: playScale,
+          ...(this.view.regions.size < frames ? { roi_mask_side: ROI_MASK_SIDE } : {}),
         },
       },
       (response) => {
@@ -611,6 +643,8 @@ export class App {
       return;
     }
     preview.opId = id;
+    if (this.imageBitmap) preview.image = this.imageBitmap;
+    preview.opacity = readNumber("image-opacity");
     this.sendOp(op, preview);
   }
 
@@ -660,6 +694,10 @@ export class App {
     this.stopPlayback();
     const at = this.view.toFrame(event.clientX, event.clientY);
     this.lastActivity = performance.now();
+    if (this.tool === "select") {
+      this.selection.pointerDown(at, event.pointerId);
+      return;
+    }
     if (this.tool === "sticker") {
       this.placeSticker(at);
       return;
@@ -689,6 +727,7 @@ export class App {
     const at = this.view.toFrame(event.clientX, event.clientY);
     this.queuePresence(at);
     this.updateBrushOutline(at);
+    if (this.selection.pointerMove(at, event.pointerId)) return;
     if (!this.drag || this.drag.pointerId !== event.pointerId) return;
     if (this.drag.kind === "pan") {
       this.view.pan(event.clientX - this.drag.last[0], event.clientY - this.drag.last[1]);
@@ -714,6 +753,7 @@ export class App {
   }
 
   private onPointerUp(event: PointerEvent): void {
+    if (this.selection.pointerUp(this.view.toFrame(event.clientX, event.clientY), event.pointerId)) return;
     if (!this.drag || this.drag.pointerId !== event.pointerId) return;
     const drag = this.drag;
     this.drag = null;
@@ -803,21 +843,31 @@ export class App {
   }
 
   private refreshMarks(): void {
-    renderMarks(byId("marks"), this.doc.live(), this.doc.participants, this.bundle?.frames ?? 1);
+    renderMarks(byId("marks"), this.doc.live(), (layer) => this.doc.authorOf(layer), this.bundle?.frames ?? 1);
   }
 
   private refreshLayers(): void {
     this.refreshMarks();
-    renderLayers(byId("layers"), this.doc.live(), this.doc.participants, {
+    this.selection.refresh();
+    renderLayers(byId("layers"), this.selection.stack(), {
       toggleVisible: (layer) =>
         this.sendOp({ id: this.newOpId("vis"), type: "set_visible", target: layer.id, visible: !layer.visible }),
       remove: (layer) => this.sendOp({ id: this.newOpId("del"), type: "delete", target: layer.id }),
-      goTo: (layer) => {
+      goTo: (layer: Layer) => {
         if (layer.op.frame === undefined || this.atlas) return;
         this.stopPlayback();
         this.setFrame(layer.op.frame);
+        if (this.selection.select(layer.id)) this.setTool("select");
       },
-    });
+      authorOf: (layer) => this.doc.authorOf(layer),
+    }, this.selection.selectedId);
+  }
+
+  /** The region toggle and the canvas's test hook say whether the outline is shown for this frame. */
+  private showRegionState(): void {
+    const known = this.view.regions.has(this.frame);
+    this.view.canvas.dataset.roi = this.atlas ? "atlas" : !known ? "pending" : this.view.showRegion ? "shown" : "hidden";
+    this.view.invalidate();
   }
 
   // ------------------------------------------------------------------ UI wiring
@@ -872,6 +922,11 @@ export class App {
       this.lastActivity = performance.now();
       this.setFrame(Number(scrubber.value));
     });
+    byId<HTMLInputElement>("roi-toggle").addEventListener("change", (e) => {
+      this.view.showRegion = (e.target as HTMLInputElement).checked;
+      this.showRegionState();
+    });
+    this.selection.bind();
     byId("play-btn").addEventListener("click", () => this.togglePlay());
     byId("undo-btn").addEventListener("click", () => this.undo());
     byId("redo-btn").addEventListener("click", () => this.redo());
@@ -920,6 +975,8 @@ export class App {
     }
     if (purpose === "image") {
       this.imageBytes = bytes;
+      this.imageBitmap?.close();
+      this.imageBitmap = await createImageBitmap(bitmap);
       this.setTool("image");
     } else {
       this.stickerBytes = bytes;
@@ -965,6 +1022,12 @@ export class App {
     } else if (key === "0") {
       this.view.fit();
       this.updateZoomLabel();
+    } else if (key === "r") {
+      const toggle = byId<HTMLInputElement>("roi-toggle");
+      toggle.checked = !toggle.checked;
+      toggle.dispatchEvent(new Event("change"));
+    } else if (this.selection.key(key)) {
+      e.preventDefault();
     } else if (TOOL_KEYS[key]) {
       this.setTool(TOOL_KEYS[key]);
     }
@@ -993,6 +1056,7 @@ export class App {
       }
     }
     this.view.canvas.dataset.tool = tool;
+    if (tool !== "select") this.selection.select(null);
     this.updateBrushOutline(this.view.brush?.at ?? null);
     this.sendPresence(this.pendingPresence);
   }
@@ -1082,6 +1146,18 @@ export class App {
       clientPoint(x: number, y: number): [number, number] {
         const rect = app.view.canvas.getBoundingClientRect();
         return [rect.left + app.view.offset[0] + x * app.view.zoom, rect.top + app.view.offset[1] + y * app.view.zoom];
+      },
+      /** The editable region on the frame shown: its visible box (full-resolution pixels), the outline's
+       *  segment count, and whether it is drawn. null until the server sent it for this frame. */
+      get region() {
+        const region = app.view.regions.get(app.frame);
+        if (!region) return null;
+        return { frame: app.frame, visible: region.visible, segments: region.outline.length / 4, shown: app.view.showRegion,
+                 cols: region.cols, rows: region.rows };
+      },
+      /** The selected layer's id ("" when none). */
+      get selected() {
+        return app.selection.selectedId;
       },
       dropConnection(outageMs = 0): void {
         app.conn.dropForTest(outageMs);

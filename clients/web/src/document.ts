@@ -1,5 +1,5 @@
 // The client's copy of the session's edit document: live objects (layers) rebuilt from snapshot + applied ops.
-import type { EditDocument, EditOp, Participant } from "./generated/messages";
+import type { EditDocument, EditOp, LayerAuthor, Participant } from "./generated/messages";
 
 export const OBJECT_TYPES = new Set(["stroke", "texture", "adjustment", "sticker"]);
 
@@ -15,12 +15,32 @@ export class SessionDocument {
   seq = 0;
   private readonly layers = new Map<string, Layer>();
   readonly participants = new Map<string, Participant>();
+  /** Name and colour of everyone who made a layer, also after they left (from the snapshot, then presence). */
+  private readonly authors = new Map<string, { name: string; color: string }>();
 
-  /** Replace everything with a snapshot's document (deleted objects are already left out). */
-  reset(document: EditDocument | undefined, seq: number): void {
+  /** Replace everything with a snapshot's document (deleted objects are already left out); `authors` says
+   *  who made each object, so layers made before we joined show their author's colour too. */
+  reset(document: EditDocument | undefined, seq: number, authors: LayerAuthor[] = []): void {
     this.layers.clear();
-    for (const op of document?.ops ?? []) this.applyOp(op, "", 0);
+    const byOp = new Map(authors.map((a) => [a.op_id ?? "", a]));
+    for (const op of document?.ops ?? []) {
+      const author = byOp.get(op.id ?? "");
+      if (author?.participant_id) this.remember(author.participant_id, author.name ?? "", author.color ?? "");
+      this.applyOp(op, author?.participant_id ?? "", 0);
+    }
     this.seq = seq;
+  }
+
+  /** Keep a participant's name and colour for their layers (call on every presence and join). */
+  remember(participantId: string, name: string, color: string): void {
+    if (participantId && color) this.authors.set(participantId, { name, color });
+  }
+
+  /** The colour and name a layer's author has now, or had when last seen; undefined when unknown. */
+  authorOf(layer: Layer): { name: string; color: string } | undefined {
+    const present = this.participants.get(layer.author);
+    if (present?.color) return { name: present.name ?? "", color: present.color };
+    return this.authors.get(layer.author);
   }
 
   /** Apply one op in sequence order (ops at or below the current seq are replays and ignored). */

@@ -27,13 +27,16 @@ export function renderParticipants(list: HTMLElement, people: Participant[], myI
 export interface LayerActions {
   toggleVisible: (layer: Layer) => void;
   remove: (layer: Layer) => void;
+  /** Clicked its name: go to its frame (and select it, when it can be edited). */
   goTo: (layer: Layer) => void;
+  authorOf: (layer: Layer) => { name: string; color: string } | undefined;
 }
 
-/** Layers topmost first, as in every editor, each with its author's colour, Hide/Show and delete. */
-export function renderLayers(list: HTMLElement, layers: Layer[], people: Map<string, Participant>, actions: LayerActions): void {
+/** Layers topmost first (given bottom to top), as in every editor, each with its author's colour, Hide/Show
+ *  and delete; the selected one is marked. */
+export function renderLayers(list: HTMLElement, layers: Layer[], actions: LayerActions, selected = ""): void {
   const items = [...layers].reverse().map((layer) => {
-    const author = people.get(layer.author);
+    const author = actions.authorOf(layer);
     const visible = el("button", { class: "layer-visible", "data-testid": "layer-visible", title: "Show / hide" }, [
       layer.visible ? "Hide" : "Show",
     ]);
@@ -48,7 +51,9 @@ export function renderLayers(list: HTMLElement, layers: Layer[], people: Map<str
       "data-layer-type": layer.op.type ?? "",
       "data-visible": String(layer.visible),
       "data-testid": "layer",
-      class: layer.visible ? "" : "hidden-layer",
+      "data-author-color": author?.color ?? "",
+      "data-selected": String(layer.id === selected),
+      class: `${layer.visible ? "" : "hidden-layer"}${layer.id === selected ? " selected" : ""}`.trim(),
     };
     return el("li", attributes, [
       el("span", { class: "swatch", style: `background:${author?.color || opColour(layer.op)}` }),
@@ -61,12 +66,12 @@ export function renderLayers(list: HTMLElement, layers: Layer[], people: Map<str
 }
 
 /** Ticks under the timeline at the frames where edits were drawn, in their author's colour. */
-export function renderMarks(track: HTMLElement, layers: Layer[], people: Map<string, Participant>, frames: number): void {
+export function renderMarks(track: HTMLElement, layers: Layer[], authorOf: LayerActions["authorOf"], frames: number): void {
   const last = Math.max(1, frames - 1);
   const marked = new Map<number, string>();
   for (const layer of layers) {
     if (layer.op.frame === undefined || layer.op.space === "atlas") continue;
-    marked.set(layer.op.frame, people.get(layer.author)?.color || "");
+    marked.set(layer.op.frame, authorOf(layer)?.color || "");
   }
   track.replaceChildren(
     ...[...marked].map(([frame, colour]) =>

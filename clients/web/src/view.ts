@@ -1,10 +1,13 @@
 // The canvas: the server's latest frame under a zoom/pan transform, local stroke previews and others' cursors.
 import type { Participant, Vec2 } from "./generated/messages";
+import { drawRegion, RegionCache } from "./roi";
+import { handles, rotate, type Box } from "./selection";
 
 export interface Preview {
   opId: string;
   frame: number;
-  kind: "stroke" | "erase" | "adjust" | "rect" | "sticker";
+  /** rect: an image being placed (points = two corners); image: a placed image or sticker moved (box). */
+  kind: "stroke" | "erase" | "adjust" | "rect" | "sticker" | "image";
   points: Vec2[];
   width: number;
   color: string;
@@ -14,6 +17,10 @@ export interface Preview {
   seq: number | null;
   /** performance.now() when the op was sent (for the edit-to-pixels latency). */
   sentAt?: number;
+  /** The picture of an image preview (kinds rect and image). */
+  image?: ImageBitmap;
+  /** Where an image preview sits (kind image). */
+  box?: Box;
 }
 
 export interface ShownFrame {
@@ -48,6 +55,12 @@ export class View {
   /** Outline of the brush under the pointer (frame pixels), or null. */
   brush: { at: Vec2; width: number } | null = null;
   currentFrame = 0;
+  /** The editable region per frame, and whether its outline is shown. */
+  readonly regions = new RegionCache();
+  showRegion = true;
+  /** The selected object's box (frame pixels), drawn with its scale and rotate handles. */
+  selection: Box | null = null;
+  private readonly scratch = document.createElement("canvas");
   private dirty = true;
   /** Called after zoom or pan changes (the toolbar shows the zoom). */
   onTransform: () => void = () => undefined;
@@ -191,9 +204,10 @@ export class View {
       ctx.drawImage(this.shown.bitmap, rx, ry, rw, rh);
     }
     if (!this.shown?.atlas) {
-      for (const preview of [...this.previews, ...(this.live ? [this.live] : [])]) {
-        if (preview.frame === this.currentFrame) this.drawPreview(preview);
-      }
+      const region = this.regions.get(this.currentFrame);
+      if (region && this.showRegion) drawRegion(ctx, region, w, h, this.zoom);
+      this.drawPreviews([...this.previews, ...(this.live ? [this.live] : [])].filter((p) => p.frame === this.currentFrame), w, h);
+      if (this.selection) this.drawSelection(this.selection);
       for (const participant of this.cursors) this.drawCursor(participant);
       if (this.brush) {
         ctx.save();
@@ -211,21 +225,113 @@ export class View {
     }
   }
 
-  private drawPreview(p: Preview): void {
+  /** Previews as the server will show them: painted into a scratch canvas clipped by the frame's soft mask
+   *  (where it is known), then their outlines on top, unclipped. */
+  private drawPreviews(previews: Preview[], w: number, h: number): void {
+    if (!previews.length) return;
+    const region = this.regions.get(this.currentFrame);
+    const { ctx, canvas, scratch } = this;
+    if (region) {
+      if (scratch.width !== canvas.width || scratch.height !== canvas.height) {
+        scratch.width = canvas.width;
+        scratch.height = canvas.height;
+      }
+      const sctx = scratch.getContext("2d");
+      if (sctx) {
+        sctx.setTransform(1, 0, 0, 1, 0, 0);
+        sctx.clearRect(0, 0, scratch.width, scratch.height);
+        sctx.setTransform(ctx.getTransform());
+        for (const p of previews) this.drawPreview(sctx, p);
+        sctx.globalCompositeOperation = "destination-in";
+        sctx.imageSmoothingEnabled = true;
+        sctx.drawImage(region.clip, 0, 0, w, h);
+        sctx.globalCompositeOperation = "source-over";
+        ctx.save();
+        ctx.setTransform(1, 0, 0, 1, 0, 0);
+        ctx.drawImage(scratch, 0, 0);
+        ctx.restore();
+      }
+    } else {
+      for (const p of previews) this.drawPreview(ctx, p);
+    }
+    for (const p of previews) this.drawOutline(p);
+  }
+
+  private drawOutline(p: Preview): void {
     const { ctx } = this;
     ctx.save();
+    ctx.strokeStyle = "#4da3ff";
+    ctx.lineWidth = 1.5 / this.zoom;
     if (p.kind === "rect" && p.points.length >= 2) {
       const [a, b] = [p.points[0] as Vec2, p.points[p.points.length - 1] as Vec2];
-      ctx.strokeStyle = "#4da3ff";
-      ctx.lineWidth = 1.5 / this.zoom;
       ctx.setLineDash([6 / this.zoom, 4 / this.zoom]);
       ctx.strokeRect(Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]));
     } else if (p.kind === "sticker" && p.points[0]) {
       const [x, y] = p.points[0];
-      ctx.strokeStyle = "#4da3ff";
       ctx.lineWidth = 2 / this.zoom;
       ctx.strokeRect(x - p.width / 2, y - p.width / 2, p.width, p.width);
-    } else {
+    } else if (p.kind === "image" && p.box) {
+      ctx.setLineDash([6 / this.zoom, 4 / this.zoom]);
+      this.boxPath(ctx, p.box);
+      ctx.stroke();
+    }
+    ctx.restore();
+  }
+
+  private boxPath(ctx: CanvasRenderingContext2D, box: Box): void {
+    const [w, h] = box.size;
+    ctx.beginPath();
+    ([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]] as Vec2[]).forEach((corner, i) => {
+      const [dx, dy] = rotate(corner, box.rotation);
+      if (i === 0) ctx.moveTo(box.centre[0] + dx, box.centre[1] + dy);
+      else ctx.lineTo(box.centre[0] + dx, box.centre[1] + dy);
+    });
+    ctx.closePath();
+  }
+
+  private drawSelection(box: Box): void {
+    const { ctx } = this;
+    const s = 1 / this.zoom;
+    const { scale, rotate: turn } = handles(box, this.zoom);
+    const [tx, ty] = rotate([0, -box.size[1] / 2], box.rotation);
+    ctx.save();
+    ctx.lineWidth = 1.5 * s;
+    ctx.strokeStyle = "#ffffff";
+    ctx.setLineDash([5 * s, 3 * s]);
+    this.boxPath(ctx, box);
+    ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.beginPath();
+    ctx.moveTo(box.centre[0] + tx, box.centre[1] + ty);
+    ctx.lineTo(turn[0], turn[1]);
+    ctx.stroke();
+    ctx.fillStyle = "#4da3ff";
+    ctx.fillRect(scale[0] - 5 * s, scale[1] - 5 * s, 10 * s, 10 * s);
+    ctx.strokeRect(scale[0] - 5 * s, scale[1] - 5 * s, 10 * s, 10 * s);
+    ctx.beginPath();
+    ctx.arc(turn[0], turn[1], 5 * s, 0, Math.PI * 2);
+    ctx.fill();
+    ctx.stroke();
+    ctx.restore();
+  }
+
+  private drawPreview(ctx: CanvasRenderingContext2D, p: Preview): void {
+    ctx.save();
+    if (p.kind === "rect" && p.points.length >= 2) {
+      const [a, b] = [p.points[0] as Vec2, p.points[p.points.length - 1] as Vec2];
+      if (p.image) {
+        ctx.globalAlpha = p.opacity;
+        ctx.drawImage(p.image, Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]));
+      }
+    } else if (p.kind === "image" && p.box) {
+      if (p.image) {
+        const { centre, size, rotation } = p.box;
+        ctx.globalAlpha = p.opacity;
+        ctx.translate(centre[0], centre[1]);
+        ctx.rotate((-rotation * Math.PI) / 180);
+        ctx.drawImage(p.image, -size[0] / 2, -size[1] / 2, size[0], size[1]);
+      }
+    } else if (p.kind !== "sticker") {
       ctx.lineCap = "round";
       ctx.lineJoin = "round";
       ctx.lineWidth = p.width;

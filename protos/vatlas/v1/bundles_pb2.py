@@ -23,9 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from vatlas.v1 import common_pb2 as vatlas_dot_v1_dot_common__pb2
+from vatlas.v1 import edits_pb2 as vatlas_dot_v1_dot_edits__pb2
+from vatlas.v1 import render_pb2 as vatlas_dot_v1_dot_render__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vatlas/v1/bundles.proto\x12\tvatlas.v1\x1a\x16vatlas/v1/common.proto\"\xb7\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x11\n\tref_frame\x18\x07 \x01(\r\x12\x12\n\natlas_size\x18\x08 \x01(\r\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12\x12\n\nfile_bytes\x18\n \x01(\x04\"\x14\n\x12ListBundlesRequest\"=\n\x13ListBundlesResponse\x12&\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x15.vatlas.v1.BundleInfo\"!\n\x11LoadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetBundleInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x0bUploadChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"0\n\x0cUploadResult\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x97\x01\n\x0fStartFitRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08roi_json\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x12\n\niterations\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65tach\x18\x08 \x01(\x08\"\x8c\x03\n\x0b\x46itProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x11\n\titeration\x18\x03 \x01(\r\x12\x32\n\x06losses\x18\x04 \x03(\x0b\x32\".vatlas.v1.FitProgress.LossesEntry\x12\x13\n\x0b\x65ta_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12%\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x15.vatlas.v1.BundleInfo\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06\x66it_id\x18\t \x01(\t\x12\x14\n\x0cstage_number\x18\n \x01(\r\x12\x13\n\x0bstage_count\x18\x0b \x01(\r\x12\x0f\n\x07readout\x18\x0c \x01(\t\x12\x17\n\x0f\x65lapsed_seconds\x18\r \x01(\x02\x12\x0f\n\x07preview\x18\x0e \x01(\x0c\x12\x15\n\rpreview_frame\x18\x0f \x01(\r\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x1f\n\x0eUploadProgress\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"H\n\x12UploadFrameRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\r\x12\x10\n\x08max_side\x18\x03 \x01(\r\"\xa4\x01\n\x0bUploadFrame\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\r\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x0c\n\x04jpeg\x18\x07 \x01(\x0c\x12\x13\n\x0bimage_width\x18\x08 \x01(\r\x12\x14\n\x0cimage_height\x18\t \x01(\r\"\x95\x01\n\x07\x46itInfo\x12\x0e\n\x06\x66it_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\x08\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.vatlas.v1.FitProgress\x12\x1f\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x10.vatlas.v1.Error\x12\x10\n\x08\x64\x65tached\x18\x06 \x01(\x08\"\x11\n\x0fListFitsRequest\"4\n\x10ListFitsResponse\x12 \n\x04\x66its\x18\x01 \x03(\x0b\x32\x12.vatlas.v1.FitInfo\"\"\n\x10\x41ttachFitRequest\x12\x0e\n\x06\x66it_id\x18\x01 \x01(\t2\xb9\x04\n\x07\x42undles\x12L\n\x0bListBundles\x12\x1d.vatlas.v1.ListBundlesRequest\x1a\x1e.vatlas.v1.ListBundlesResponse\x12\x41\n\nLoadBundle\x12\x1c.vatlas.v1.LoadBundleRequest\x1a\x15.vatlas.v1.BundleInfo\x12G\n\rGetBundleInfo\x12\x1f.vatlas.v1.GetBundleInfoRequest\x1a\x15.vatlas.v1.BundleInfo\x12@\n\x0bUploadVideo\x12\x16.vatlas.v1.UploadChunk\x1a\x17.vatlas.v1.UploadResult(\x01\x12@\n\x08StartFit\x12\x1a.vatlas.v1.StartFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x12G\n\x0eGetUploadFrame\x12\x1d.vatlas.v1.UploadFrameRequest\x1a\x16.vatlas.v1.UploadFrame\x12\x43\n\x08ListFits\x12\x1a.vatlas.v1.ListFitsRequest\x1a\x1b.vatlas.v1.ListFitsResponse\x12\x42\n\tAttachFit\x12\x1b.vatlas.v1.AttachFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vatlas/v1/bundles.proto\x12\tvatlas.v1\x1a\x16vatlas/v1/common.proto\x1a\x15vatlas/v1/edits.proto\x1a\x16vatlas/v1/render.proto\"\xd4\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x11\n\tref_frame\x18\x07 \x01(\r\x12\x12\n\natlas_size\x18\x08 \x01(\r\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12\x12\n\nfile_bytes\x18\n \x01(\x04\x12\x1b\n\x03roi\x18\x0b \x01(\x0b\x32\x0e.vatlas.v1.Roi\"-\n\nRoiPolygon\x12\x1f\n\x06points\x18\x01 \x03(\x0b\x32\x0f.vatlas.v1.Vec2\"e\n\x03Roi\x12\x11\n\tref_frame\x18\x01 \x01(\r\x12\'\n\x08polygons\x18\x02 \x03(\x0b\x32\x15.vatlas.v1.RoiPolygon\x12\"\n\x07visible\x18\x03 \x03(\x0b\x32\x11.vatlas.v1.Region\"\x14\n\x12ListBundlesRequest\"=\n\x13ListBundlesResponse\x12&\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x15.vatlas.v1.BundleInfo\"!\n\x11LoadBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetBundleInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x0bUploadChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"0\n\x0cUploadResult\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x97\x01\n\x0fStartFitRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08roi_json\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x12\n\niterations\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65tach\x18\x08 \x01(\x08\"\x8c\x03\n\x0b\x46itProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12\x11\n\titeration\x18\x03 \x01(\r\x12\x32\n\x06losses\x18\x04 \x03(\x0b\x32\".vatlas.v1.FitProgress.LossesEntry\x12\x13\n\x0b\x65ta_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12%\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x15.vatlas.v1.BundleInfo\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x0e\n\x06\x66it_id\x18\t \x01(\t\x12\x14\n\x0cstage_number\x18\n \x01(\r\x12\x13\n\x0bstage_count\x18\x0b \x01(\r\x12\x0f\n\x07readout\x18\x0c \x01(\t\x12\x17\n\x0f\x65lapsed_seconds\x18\r \x01(\x02\x12\x0f\n\x07preview\x18\x0e \x01(\x0c\x12\x15\n\rpreview_frame\x18\x0f \x01(\r\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x1f\n\x0eUploadProgress\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"H\n\x12UploadFrameRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\r\x12\x10\n\x08max_side\x18\x03 \x01(\r\"\xa4\x01\n\x0bUploadFrame\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05\x66rame\x18\x02 \x01(\r\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x02\x12\x0c\n\x04jpeg\x18\x07 \x01(\x0c\x12\x13\n\x0bimage_width\x18\x08 \x01(\r\x12\x14\n\x0cimage_height\x18\t \x01(\r\"\x95\x01\n\x07\x46itInfo\x12\x0e\n\x06\x66it_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\x08\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.vatlas.v1.FitProgress\x12\x1f\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x10.vatlas.v1.Error\x12\x10\n\x08\x64\x65tached\x18\x06 \x01(\x08\"\x11\n\x0fListFitsRequest\"4\n\x10ListFitsResponse\x12 \n\x04\x66its\x18\x01 \x03(\x0b\x32\x12.vatlas.v1.FitInfo\"\"\n\x10\x41ttachFitRequest\x12\x0e\n\x06\x66it_id\x18\x01 \x01(\t2\xb9\x04\n\x07\x42undles\x12L\n\x0bListBundles\x12\x1d.vatlas.v1.ListBundlesRequest\x1a\x1e.vatlas.v1.ListBundlesResponse\x12\x41\n\nLoadBundle\x12\x1c.vatlas.v1.LoadBundleRequest\x1a\x15.vatlas.v1.BundleInfo\x12G\n\rGetBundleInfo\x12\x1f.vatlas.v1.GetBundleInfoRequest\x1a\x15.vatlas.v1.BundleInfo\x12@\n\x0bUploadVideo\x12\x16.vatlas.v1.UploadChunk\x1a\x17.vatlas.v1.UploadResult(\x01\x12@\n\x08StartFit\x12\x1a.vatlas.v1.StartFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x12G\n\x0eGetUploadFrame\x12\x1d.vatlas.v1.UploadFrameRequest\x1a\x16.vatlas.v1.UploadFrame\x12\x43\n\x08ListFits\x12\x1a.vatlas.v1.ListFitsRequest\x1a\x1b.vatlas.v1.ListFitsResponse\x12\x42\n\tAttachFit\x12\x1b.vatlas.v1.AttachFitRequest\x1a\x16.vatlas.v1.FitProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,40 +36,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FITPROGRESS_LOSSESENTRY']._loaded_options = None
   _globals['_FITPROGRESS_LOSSESENTRY']._serialized_options = b'8\001'
-  _globals['_BUNDLEINFO']._serialized_start=63
-  _globals['_BUNDLEINFO']._serialized_end=246
-  _globals['_LISTBUNDLESREQUEST']._serialized_start=248
-  _globals['_LISTBUNDLESREQUEST']._serialized_end=268
-  _globals['_LISTBUNDLESRESPONSE']._serialized_start=270
-  _globals['_LISTBUNDLESRESPONSE']._serialized_end=331
-  _globals['_LOADBUNDLEREQUEST']._serialized_start=333
-  _globals['_LOADBUNDLEREQUEST']._serialized_end=366
-  _globals['_GETBUNDLEINFOREQUEST']._serialized_start=368
-  _globals['_GETBUNDLEINFOREQUEST']._serialized_end=404
-  _globals['_UPLOADCHUNK']._serialized_start=406
-  _globals['_UPLOADCHUNK']._serialized_end=486
-  _globals['_UPLOADRESULT']._serialized_start=488
-  _globals['_UPLOADRESULT']._serialized_end=536
-  _globals['_STARTFITREQUEST']._serialized_start=539
-  _globals['_STARTFITREQUEST']._serialized_end=690
-  _globals['_FITPROGRESS']._serialized_start=693
-  _globals['_FITPROGRESS']._serialized_end=1089
-  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_start=1044
-  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_end=1089
-  _globals['_UPLOADPROGRESS']._serialized_start=1091
-  _globals['_UPLOADPROGRESS']._serialized_end=1122
-  _globals['_UPLOADFRAMEREQUEST']._serialized_start=1124
-  _globals['_UPLOADFRAMEREQUEST']._serialized_end=1196
-  _globals['_UPLOADFRAME']._serialized_start=1199
-  _globals['_UPLOADFRAME']._serialized_end=1363
-  _globals['_FITINFO']._serialized_start=1366
-  _globals['_FITINFO']._serialized_end=1515
-  _globals['_LISTFITSREQUEST']._serialized_start=1517
-  _globals['_LISTFITSREQUEST']._serialized_end=1534
-  _globals['_LISTFITSRESPONSE']._serialized_start=1536
-  _globals['_LISTFITSRESPONSE']._serialized_end=1588
-  _globals['_ATTACHFITREQUEST']._serialized_start=1590
-  _globals['_ATTACHFITREQUEST']._serialized_end=1624
-  _globals['_BUNDLES']._serialized_start=1627
-  _globals['_BUNDLES']._serialized_end=2196
+  _globals['_BUNDLEINFO']._serialized_start=110
+  _globals['_BUNDLEINFO']._serialized_end=322
+  _globals['_ROIPOLYGON']._serialized_start=324
+  _globals['_ROIPOLYGON']._serialized_end=369
+  _globals['_ROI']._serialized_start=371
+  _globals['_ROI']._serialized_end=472
+  _globals['_LISTBUNDLESREQUEST']._serialized_start=474
+  _globals['_LISTBUNDLESREQUEST']._serialized_end=494
+  _globals['_LISTBUNDLESRESPONSE']._serialized_start=496
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=557
+  _globals['_LOADBUNDLEREQUEST']._serialized_start=559
+  _globals['_LOADBUNDLEREQUEST']._serialized_end=592
+  _globals['_GETBUNDLEINFOREQUEST']._serialized_start=594
+  _globals['_GETBUNDLEINFOREQUEST']._serialized_end=630
+  _globals['_UPLOADCHUNK']._serialized_start=632
+  _globals['_UPLOADCHUNK']._serialized_end=712
+  _globals['_UPLOADRESULT']._serialized_start=714
+  _globals['_UPLOADRESULT']._serialized_end=762
+  _globals['_STARTFITREQUEST']._serialized_start=765
+  _globals['_STARTFITREQUEST']._serialized_end=916
+  _globals['_FITPROGRESS']._serialized_start=919
+  _globals['_FITPROGRESS']._serialized_end=1315
+  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_start=1270
+  _globals['_FITPROGRESS_LOSSESENTRY']._serialized_end=1315
+  _globals['_UPLOADPROGRESS']._serialized_start=1317
+  _globals['_UPLOADPROGRESS']._serialized_end=1348
+  _globals['_UPLOADFRAMEREQUEST']._serialized_start=1350
+  _globals['_UPLOADFRAMEREQUEST']._serialized_end=1422
+  _globals['_UPLOADFRAME']._serialized_start=1425
+  _globals['_UPLOADFRAME']._serialized_end=1589
+  _globals['_FITINFO']._serialized_start=1592
+  _globals['_FITINFO']._serialized_end=1741
+  _globals['_LISTFITSREQUEST']._serialized_start=1743
+  _globals['_LISTFITSREQUEST']._serialized_end=1760
+  _globals['_LISTFITSRESPONSE']._serialized_start=1762
+  _globals['_LISTFITSRESPONSE']._serialized_end=1814
+  _globals['_ATTACHFITREQUEST']._serialized_start=1816
+  _globals['_ATTACHFITREQUEST']._serialized_end=1850
+  _globals['_BUNDLES']._serialized_start=1853
+  _globals['_BUNDLES']._serialized_end=2422
 # @@protoc_insertion_point(module_scope)

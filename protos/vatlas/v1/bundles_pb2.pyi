@@ -1,4 +1,6 @@
 from vatlas.v1 import common_pb2 as _common_pb2
+from vatlas.v1 import edits_pb2 as _edits_pb2
+from vatlas.v1 import render_pb2 as _render_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -8,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BundleInfo(_message.Message):
-    __slots__ = ("name", "loaded", "frames", "width", "height", "fps", "ref_frame", "atlas_size", "metrics_json", "file_bytes")
+    __slots__ = ("name", "loaded", "frames", "width", "height", "fps", "ref_frame", "atlas_size", "metrics_json", "file_bytes", "roi")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +21,7 @@ class BundleInfo(_message.Message):
     ATLAS_SIZE_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ROI_FIELD_NUMBER: _ClassVar[int]
     name: str
     loaded: bool
     frames: int
@@ -29,7 +32,24 @@ class BundleInfo(_message.Message):
     atlas_size: int
     metrics_json: str
     file_bytes: int
-    def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ..., frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., ref_frame: _Optional[int] = ..., atlas_size: _Optional[int] = ..., metrics_json: _Optional[str] = ..., file_bytes: _Optional[int] = ...) -> None: ...
+    roi: Roi
+    def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ..., frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., ref_frame: _Optional[int] = ..., atlas_size: _Optional[int] = ..., metrics_json: _Optional[str] = ..., file_bytes: _Optional[int] = ..., roi: _Optional[_Union[Roi, _Mapping]] = ...) -> None: ...
+
+class RoiPolygon(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[_edits_pb2.Vec2]
+    def __init__(self, points: _Optional[_Iterable[_Union[_edits_pb2.Vec2, _Mapping]]] = ...) -> None: ...
+
+class Roi(_message.Message):
+    __slots__ = ("ref_frame", "polygons", "visible")
+    REF_FRAME_FIELD_NUMBER: _ClassVar[int]
+    POLYGONS_FIELD_NUMBER: _ClassVar[int]
+    VISIBLE_FIELD_NUMBER: _ClassVar[int]
+    ref_frame: int
+    polygons: _containers.RepeatedCompositeFieldContainer[RoiPolygon]
+    visible: _containers.RepeatedCompositeFieldContainer[_render_pb2.Region]
+    def __init__(self, ref_frame: _Optional[int] = ..., polygons: _Optional[_Iterable[_Union[RoiPolygon, _Mapping]]] = ..., visible: _Optional[_Iterable[_Union[_render_pb2.Region, _Mapping]]] = ...) -> None: ...
 
 class ListBundlesRequest(_message.Message):
     __slots__ = ()

@@ -18,7 +18,7 @@ class Region(_message.Message):
     def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class RenderRequest(_message.Message):
-    __slots__ = ("session_id", "frame", "format", "quality", "scale", "region", "atlas", "request_id", "join_token")
+    __slots__ = ("session_id", "frame", "format", "quality", "scale", "region", "atlas", "request_id", "join_token", "roi_mask_side")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class RenderRequest(_message.Message):
     ATLAS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROI_MASK_SIDE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frame: int
     format: str
@@ -37,10 +38,23 @@ class RenderRequest(_message.Message):
     atlas: bool
     request_id: int
     join_token: str
-    def __init__(self, session_id: _Optional[str] = ..., frame: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., atlas: _Optional[bool] = ..., request_id: _Optional[int] = ..., join_token: _Optional[str] = ...) -> None: ...
+    roi_mask_side: int
+    def __init__(self, session_id: _Optional[str] = ..., frame: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., atlas: _Optional[bool] = ..., request_id: _Optional[int] = ..., join_token: _Optional[str] = ..., roi_mask_side: _Optional[int] = ...) -> None: ...
+
+class RoiMask(_message.Message):
+    __slots__ = ("width", "height", "data", "visible")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    VISIBLE_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    data: bytes
+    visible: Region
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., visible: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class RenderedFrame(_message.Message):
-    __slots__ = ("frame", "format", "width", "height", "data", "seq", "request_id", "render_ms")
+    __slots__ = ("frame", "format", "width", "height", "data", "seq", "request_id", "render_ms", "roi_mask")
     FRAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +63,7 @@ class RenderedFrame(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RENDER_MS_FIELD_NUMBER: _ClassVar[int]
+    ROI_MASK_FIELD_NUMBER: _ClassVar[int]
     frame: int
     format: str
     width: int
@@ -57,10 +72,11 @@ class RenderedFrame(_message.Message):
     seq: int
     request_id: int
     render_ms: float
-    def __init__(self, frame: _Optional[int] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., seq: _Optional[int] = ..., request_id: _Optional[int] = ..., render_ms: _Optional[float] = ...) -> None: ...
+    roi_mask: RoiMask
+    def __init__(self, frame: _Optional[int] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., seq: _Optional[int] = ..., request_id: _Optional[int] = ..., render_ms: _Optional[float] = ..., roi_mask: _Optional[_Union[RoiMask, _Mapping]] = ...) -> None: ...
 
 class PlaybackRequest(_message.Message):
-    __slots__ = ("session_id", "fps", "start_frame", "end_frame", "loop", "format", "quality", "scale", "join_token")
+    __slots__ = ("session_id", "fps", "start_frame", "end_frame", "loop", "format", "quality", "scale", "join_token", "roi_mask_side")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     START_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +86,7 @@ class PlaybackRequest(_message.Message):
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROI_MASK_SIDE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     fps: float
     start_frame: int
@@ -79,7 +96,8 @@ class PlaybackRequest(_message.Message):
     quality: int
     scale: float
     join_token: str
-    def __init__(self, session_id: _Optional[str] = ..., fps: _Optional[float] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., loop: _Optional[bool] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., join_token: _Optional[str] = ...) -> None: ...
+    roi_mask_side: int
+    def __init__(self, session_id: _Optional[str] = ..., fps: _Optional[float] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., loop: _Optional[bool] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., join_token: _Optional[str] = ..., roi_mask_side: _Optional[int] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
     __slots__ = ("session_id", "format", "start_frame", "end_frame", "crf", "join_token")

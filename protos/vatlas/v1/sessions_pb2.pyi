@@ -119,18 +119,32 @@ class ClientMessage(_message.Message):
     def __init__(self, join: _Optional[_Union[Join, _Mapping]] = ..., op: _Optional[_Union[_edits_pb2.EditOp, _Mapping]] = ..., undo: _Optional[_Union[Undo, _Mapping]] = ..., redo: _Optional[_Union[Redo, _Mapping]] = ..., presence: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("session", "document", "participants", "participant_id", "resume_key")
+    __slots__ = ("session", "document", "participants", "participant_id", "resume_key", "authors")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     RESUME_KEY_FIELD_NUMBER: _ClassVar[int]
+    AUTHORS_FIELD_NUMBER: _ClassVar[int]
     session: SessionInfo
     document: _edits_pb2.EditDocument
     participants: _containers.RepeatedCompositeFieldContainer[Participant]
     participant_id: str
     resume_key: str
-    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ..., document: _Optional[_Union[_edits_pb2.EditDocument, _Mapping]] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., participant_id: _Optional[str] = ..., resume_key: _Optional[str] = ...) -> None: ...
+    authors: _containers.RepeatedCompositeFieldContainer[LayerAuthor]
+    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ..., document: _Optional[_Union[_edits_pb2.EditDocument, _Mapping]] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., participant_id: _Optional[str] = ..., resume_key: _Optional[str] = ..., authors: _Optional[_Iterable[_Union[LayerAuthor, _Mapping]]] = ...) -> None: ...
+
+class LayerAuthor(_message.Message):
+    __slots__ = ("op_id", "participant_id", "name", "color")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COLOR_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    participant_id: str
+    name: str
+    color: str
+    def __init__(self, op_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., name: _Optional[str] = ..., color: _Optional[str] = ...) -> None: ...
 
 class OpAccepted(_message.Message):
     __slots__ = ("op_id", "seq")

@@ -55,6 +55,7 @@ export interface EditOp {
   target?: string;
   visible?: boolean;
   set?: EditOp;
+  z?: number;
 }
 
 /** vatlas.v1.EditDocument */
@@ -77,6 +78,19 @@ export interface BundleInfo {
   atlas_size?: number;
   metrics_json?: string;
   file_bytes?: number;
+  roi?: Roi;
+}
+
+/** vatlas.v1.RoiPolygon */
+export interface RoiPolygon {
+  points?: Vec2[];
+}
+
+/** vatlas.v1.Roi */
+export interface Roi {
+  ref_frame?: number;
+  polygons?: RoiPolygon[];
+  visible?: Region[];
 }
 
 /** vatlas.v1.ListBundlesRequest */
@@ -211,6 +225,15 @@ export interface RenderRequest {
   atlas?: boolean;
   request_id?: number;
   join_token?: string;
+  roi_mask_side?: number;
+}
+
+/** vatlas.v1.RoiMask */
+export interface RoiMask {
+  width?: number;
+  height?: number;
+  data?: Uint8Array;
+  visible?: Region;
 }
 
 /** vatlas.v1.RenderedFrame */
@@ -223,6 +246,7 @@ export interface RenderedFrame {
   seq?: number;
   request_id?: number;
   render_ms?: number;
+  roi_mask?: RoiMask;
 }
 
 /** vatlas.v1.PlaybackRequest */
@@ -236,6 +260,7 @@ export interface PlaybackRequest {
   quality?: number;
   scale?: number;
   join_token?: string;
+  roi_mask_side?: number;
 }
 
 /** vatlas.v1.ExportRequest */
@@ -341,6 +366,15 @@ export interface Snapshot {
   participants?: Participant[];
   participant_id?: string;
   resume_key?: string;
+  authors?: LayerAuthor[];
+}
+
+/** vatlas.v1.LayerAuthor */
+export interface LayerAuthor {
+  op_id?: string;
+  participant_id?: string;
+  name?: string;
+  color?: string;
 }
 
 /** vatlas.v1.OpAccepted */

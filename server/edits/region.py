@@ -1,0 +1,127 @@
+"""The editable region: where a bundle's ROI surface is visible on each frame, and whether an op lands on it.
+
+A pixel is in the region on frame t when the soft mask there is at least one half (`VISIBLE`); an atlas-space
+op lands on the region where the atlas is covered. An op whose footprint (stroke or brush path with its width,
+texture or sticker rectangle, adjustment polygon) touches no such pixel is refused with one plain sentence,
+`OUTSIDE_REGION`, the same for every tool and every door. Clients see the region as per-frame bounding boxes
+(BundleInfo.roi) and a coarse per-frame mask (RenderedFrame.roi_mask).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+from vatlas.models.bundle import Bundle
+from vatlas.server.edits.layers import DEFAULT_STROKE_WIDTH
+from vatlas.server.edits.ops import OpError, decode_image
+from vatlas.server.edits.raster import rotation_matrix
+
+from vatlas.errors import OUTSIDE_REGION
+
+VISIBLE = 128  # soft mask (0..255) from which a pixel counts as showing the region
+MAX_MASK_SIDE = 256  # longest side of a RoiMask a client may ask for
+MAX_CHECK_PIXELS = 1 << 20  # the footprint test looks at no more cells than this (coarser for huge ops)
+_BOXES_ATTR = "_vatlas_visible_boxes"
+
+
+def outside_region(op_id: str = "") -> OpError:
+    """The refusal of an op that lies entirely outside the editable region (OUT_OF_RANGE, plain words)."""
+    return OpError("OUT_OF_RANGE", OUTSIDE_REGION, op_id)
+
+
+def visible_boxes(bundle: Bundle) -> np.ndarray:
+    """(T, 4) int [x, y, w, h] of each frame's visible pixels (all zero where none); computed once per bundle."""
+    cached = getattr(bundle, _BOXES_ATTR, None)
+    if cached is not None:
+        return cached
+    boxes = np.zeros((bundle.num_frames, 4), dtype=np.int64)
+    for t in range(bundle.num_frames):
+        boxes[t] = _box(bundle.mask[t] >= VISIBLE)
+    boxes.setflags(write=False)
+    setattr(bundle, _BOXES_ATTR, boxes)
+    return boxes
+
+
+def _box(visible: np.ndarray) -> list[int]:
+    rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+    if not len(rows):
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def mask_preview(bundle: Bundle, frame: int, side: int) -> tuple[int, int, bytes]:
+    """Frame `frame`'s soft mask averaged down so its long side is at most `side` cells: (w, h, bytes)."""
+    side = max(1, min(int(side), MAX_MASK_SIDE))
+    h, w = bundle.height, bundle.width
+    k = min(1.0, side / max(h, w))
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    small = cv2.resize(bundle.mask[frame], size, interpolation=cv2.INTER_AREA) if k < 1.0 else bundle.mask[frame]
+    return size[0], size[1], np.ascontiguousarray(small, dtype=np.uint8).tobytes()
+
+
+def check_on_region(bundle: Bundle, op: dict[str, Any]) -> None:
+    """Raise `outside_region` when an object op's footprint touches no visible pixel of its frame (frame
+    space) or no covered atlas texel (atlas space)."""
+    if op.get("space", "frame") == "atlas":
+        grid = bundle.atlas_coverage
+        k = bundle.atlas_size / bundle.atlas_span_px  # reference-frame pixels -> atlas texels
+        offset = np.array([bundle.atlas_size / 2.0 - bundle.width / 2.0 * k,
+                           bundle.atlas_size / 2.0 - bundle.height / 2.0 * k])
+        threshold = 1
+    else:
+        grid, k, offset, threshold = bundle.mask[int(op["frame"])], 1.0, np.zeros(2), VISIBLE
+    shapes = [(pts * k + offset, width * k, closed) for pts, width, closed in _footprint(op)]
+    if not _touches(grid, shapes, threshold):
+        raise outside_region(op.get("id", ""))
+
+
+def _footprint(op: dict[str, Any]) -> list[tuple[np.ndarray, float, bool]]:
+    """The op's footprint as (points (n, 2), line width, filled polygon?) pieces in its space's pixels."""
+    kind = op["type"]
+    if kind == "stroke" or (kind == "adjustment" and op.get("region", "polygon") == "path"):
+        return [(np.asarray(op["points"], np.float64), float(op.get("width", DEFAULT_STROKE_WIDTH)), False)]
+    if kind == "adjustment":
+        return [(np.asarray(op["points"], np.float64), 0.0, True)]
+    if kind == "texture" and op.get("space", "frame") == "frame":
+        x, y, w, h = (float(v) for v in op["rect"])
+        centre, size = np.array([x + w / 2, y + h / 2]), np.array([w, h])
+    else:  # a sticker, or a texture in atlas space: an image of `size` (or its own) times scale, about position
+        rgba = decode_image(op["image"], op_id=op.get("id", ""))
+        size = np.asarray(op.get("size", [rgba.shape[1], rgba.shape[0]]), np.float64) * float(op.get("scale", 1.0))
+        centre = np.asarray(op["position"], np.float64)
+    corners = (np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]]) * size) @ rotation_matrix(
+        float(op.get("rotation", 0.0))).T
+    return [(corners + centre, 0.0, True)]
+
+
+def _touches(grid: np.ndarray, shapes: list[tuple[np.ndarray, float, bool]], threshold: int) -> bool:
+    """Whether the shapes cover any cell of grid (H, W) at or above threshold."""
+    pts = np.concatenate([p for p, _, _ in shapes])
+    reach = max(w for _, w, _ in shapes) / 2.0 + 1.0
+    x0, y0 = (max(int(math.floor(v - reach)), 0) for v in pts.min(axis=0))
+    x1, y1 = int(math.ceil(pts[:, 0].max() + reach)) + 1, int(math.ceil(pts[:, 1].max() + reach)) + 1
+    x1, y1 = min(x1, grid.shape[1]), min(y1, grid.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return False
+    crop = grid[y0:y1, x0:x1]
+    f = max(1, math.ceil(math.sqrt(crop.size / MAX_CHECK_PIXELS)))
+    if f > 1:  # any visible cell of an f x f block keeps the block (a thin visible sliver is not lost)
+        hh, ww = math.ceil(crop.shape[0] / f) * f, math.ceil(crop.shape[1] / f) * f
+        padded = np.zeros((hh, ww), crop.dtype)
+        padded[: crop.shape[0], : crop.shape[1]] = crop
+        crop = padded.reshape(hh // f, f, ww // f, f).max(axis=(1, 3))
+    canvas = np.zeros(crop.shape, np.uint8)
+    shift = 4  # cv2's fixed-point sub-pixel bits
+    for p, width, closed in shapes:
+        q = np.round((p - [x0, y0]) / f * (1 << shift)).astype(np.int32).reshape(-1, 1, 2)
+        if closed and len(p) >= 3:
+            cv2.fillPoly(canvas, [q], 1, lineType=cv2.LINE_8, shift=shift)
+        thickness = max(1, int(round(width / f)))
+        if len(p) == 1:
+            cv2.circle(canvas, tuple(int(v) for v in q[0, 0]), max(1, thickness // 2) << shift, 1, -1, shift=shift)
+        else:
+            cv2.polylines(canvas, [q], closed, 1, thickness=thickness, lineType=cv2.LINE_8, shift=shift)
+    return bool(((canvas > 0) & (crop >= threshold)).any())
