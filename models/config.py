@@ -43,6 +43,10 @@ class FitConfig:
     # (DIS, chained to the reference) bring T into the right basin early; late in the fit their sub-pixel
     # errors would fight the reconstruction term, which aligns textured regions better
     prior_final_factor: float = 0.05
+    # corr_ref's weight: "mask" (RNA: M(p) x validity) or "roi" (validity x "the match lies in the reference ROI",
+    # so T stays held where M gives up); corr_ref_final_factor: its own decay floor (None: prior_final_factor)
+    corr_ref_weight: str = "mask"
+    corr_ref_final_factor: float | None = None
     # T's warm start where no reference correspondence survives: "camera" (the composed camera motion) or
     # "identity" (RNA's implicit choice: under a pan, content the reference never saw lands wherever the
     # reference frame shows that screen position, the ROI included)
@@ -123,6 +127,8 @@ class FitConfig:
         if self.illumination_encoding not in ILLUMINATION_ENCODINGS:
             raise ValueError(f"illumination_encoding must be one of {ILLUMINATION_ENCODINGS}, "
                              f"got {self.illumination_encoding!r}")
+        if self.corr_ref_weight not in ("mask", "roi"):
+            raise ValueError(f"corr_ref_weight must be 'mask' or 'roi', got {self.corr_ref_weight!r}")
         if self.visibility not in ("evidence", "learned"):
             raise ValueError(f"visibility must be 'evidence' or 'learned', got {self.visibility!r}")
         if self.roi_border not in ("polygon", "learned"):

@@ -518,6 +518,12 @@ class Fitter:
         """Continuous pixel coords + frame index -> normalized (N, 3)."""
         return self.net_cfg.normalize_xyt(x, y, t.float())
 
+    def _reference_roi_at(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The reference ROI mask (0/1) at continuous reference-frame pixel coordinates (0 outside the frame)."""
+        ix, iy = x.floor().long(), y.floor().long()
+        inside = (ix >= 0) & (ix < self.width) & (iy >= 0) & (iy < self.height)
+        return self.roi_mask_t[iy.clamp(0, self.height - 1), ix.clamp(0, self.width - 1)] * inside
+
     def _rand(self, n: int, high: int) -> torch.Tensor:
         return torch.randint(0, high, (n,), generator=self.generator, device=self.device)
 
@@ -787,13 +793,20 @@ class Fitter:
         a = alpha[:, None]
         pred = a * light * rgb_atlas + (1.0 - a) * b["rgb"]
         a_detached = alpha.detach()
-        ref_w = a_detached * b["ref_valid"]
-        prior = cfg.prior_final_factor ** (self.iteration / max(cfg.iters_main, 1))
+        done = self.iteration / max(cfg.iters_main, 1)
+        prior = cfg.prior_final_factor ** done
+        if cfg.corr_ref_weight == "roi":
+            # a checked match into the reference ROI says "this is the ROI's surface" whatever M says: where M
+            # gives up on a hard frame, T is still held (else it forks off under a long occlusion)
+            ref_w = self._reference_roi_at(b["ref_x"], b["ref_y"]) * b["ref_valid"]
+        else:
+            ref_w = a_detached * b["ref_valid"]
+        ref_prior = prior if cfg.corr_ref_final_factor is None else cfg.corr_ref_final_factor ** done
         terms = {
             "recon": cfg.reconstruction * losses.reconstruction(pred, b["rgb"]),
             "rigid": cfg.rigidity * losses.rigidity(losses.finite_difference_jacobian(uv, uv_dx, uv_dy, step)),
             "pos": prior * cfg.position * losses.position(uv_ref[r["inside"]], xyt_ref[r["inside"], :2]),
-            "corr_ref": prior * cfg.corr_ref * losses.weighted_correspondence(uv, uv_r, ref_w),
+            "corr_ref": ref_prior * cfg.corr_ref * losses.weighted_correspondence(uv, uv_r, ref_w),
             "ref_mask": cfg.ref_mask * losses.mask_bce(logit_ref, r["roi"]),
             "ref_alpha": cfg.ref_flow_alpha * losses.alpha_consistency(alpha, alpha_r, b["ref_valid"]),
             "illum": cfg.illumination_reg * losses.illumination(light, a_detached),

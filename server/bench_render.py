@@ -111,7 +111,21 @@ def _rate(fn: Any, per_call: int, seconds: float, device: torch.device, warmup: 
             return calls * per_call / elapsed
 
 
-def _edits(engine: EditEngine, width: int, height: int) -> None:
+Box = tuple[float, float, float, float]  # x0, y0, width, height (pixels)
+
+
+def _edit_box(bundle: Bundle, synthetic: bool) -> Box:
+    """Where the bench's edits go: the whole frame of a synthetic bundle (all of it is the surface), or the middle
+    half of a fitted bundle's ROI on its reference frame (edits outside the editable region are refused)."""
+    if synthetic or not bundle.roi_polygons:
+        return 0.0, 0.0, float(bundle.width), float(bundle.height)
+    pts = np.concatenate([np.asarray(poly, np.float64) for poly in bundle.roi_polygons])
+    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+    return x0 + 0.25 * (x1 - x0), y0 + 0.25 * (y1 - y0), 0.5 * (x1 - x0), 0.5 * (y1 - y0)
+
+
+def _edits(engine: EditEngine, box: Box) -> None:
+    x0, y0, width, height = box
     rng = np.random.default_rng(1)
     img = (rng.uniform(0, 255, (64, 96, 4))).astype(np.uint8)
     img[..., 3] = 200
@@ -122,16 +136,19 @@ def _edits(engine: EditEngine, width: int, height: int) -> None:
     buf = io.BytesIO()
     Image.fromarray(img, "RGBA").save(buf, format="PNG")
     engine.apply({"id": "logo", "type": "texture", "space": "atlas", "image": buf.getvalue(),
-                  "position": [width * 0.5, height * 0.45], "scale": max(width, height) / 400.0, "rotation": 15.0})
+                  "position": [x0 + width * 0.5, y0 + height * 0.45], "scale": max(width, height) / 400.0,
+                  "rotation": 15.0})
     engine.apply({"id": "warm", "type": "adjustment", "space": "atlas", "exposure": 0.3, "temperature": 0.4,
-                  "points": [[width * 0.1, height * 0.1], [width * 0.4, height * 0.1], [width * 0.3, height * 0.6]]})
+                  "points": [[x0 + width * 0.1, y0 + height * 0.1], [x0 + width * 0.4, y0 + height * 0.1],
+                             [x0 + width * 0.3, y0 + height * 0.6]]})
 
 
-def _random_stroke(rng: np.random.Generator, k: int, width: int, height: int, frames: int) -> dict[str, Any]:
-    start = rng.uniform([0.1 * width, 0.1 * height], [0.9 * width, 0.9 * height])
+def _random_stroke(rng: np.random.Generator, k: int, box: Box, frames: list[int]) -> dict[str, Any]:
+    x0, y0, width, height = box
+    start = rng.uniform([x0 + 0.1 * width, y0 + 0.1 * height], [x0 + 0.9 * width, y0 + 0.9 * height])
     pts = start + np.cumsum(rng.normal(0, 0.02 * width, (6, 2)), axis=0)
-    pts = np.clip(pts, 1, [width - 1, height - 1])
-    return {"id": f"stroke{k}", "type": "stroke", "space": "frame", "frame": int(k % frames),
+    pts = np.clip(pts, [x0 + 1, y0 + 1], [x0 + width - 1, y0 + height - 1])
+    return {"id": f"stroke{k}", "type": "stroke", "space": "frame", "frame": int(frames[k % len(frames)]),
             "points": pts.tolist(), "width": 0.01 * width + 2, "color": [0.9, 0.2, 0.1, 1.0], "hardness": 0.7}
 
 
@@ -139,20 +156,23 @@ def bench_size(width: int, height: int, args: argparse.Namespace, device: torch.
                bundle: Bundle | None = None, label: str = "") -> list[dict[str, Any]]:
     """Rows for one bundle: the synthetic one at width x height, or `bundle` (a fitted one) at its own size."""
     t0 = time.perf_counter()
+    synthetic = bundle is None
     if bundle is None:
         bundle = synthetic_bundle(width, height, args.frames, args.atlas)
     build_s = time.perf_counter() - t0
+    box = _edit_box(bundle, synthetic)
+    stroke_frames = list(range(bundle.num_frames)) if synthetic else [bundle.ref_frame]
     frames = bundle.num_frames
     engine = EditEngine(bundle, device)
     if args.backend != "auto":
         engine.compositor = Compositor(bundle, engine.device, backend=args.backend)
     comp = engine.compositor
-    _edits(engine, width, height)
+    _edits(engine, box)
     # Stroke latency: op in -> atlas layer ready (synchronised).
     rng = np.random.default_rng(0)
     lat = []
     for k in range(args.strokes + 3):
-        op = _random_stroke(rng, k, width, height, frames)
+        op = _random_stroke(rng, k, box, stroke_frames)
         _sync(device)
         s = time.perf_counter()
         engine.apply(op)

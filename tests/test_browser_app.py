@@ -522,6 +522,9 @@ def test_renders_follow_the_viewport(running_server: Any, tiny_bundle: Any, new_
     page.keyboard.press("ArrowLeft")
     wait_frame(page, frame=0, min_seq=0)
     assert "region" not in renders[-1]
+    # the whole frame at full scale on the canvas (a loaded machine can still be showing the zoomed-in crop)
+    page.wait_for_function("([w, h]) => { const d = window.vatlas.frameData(); return d && d.scale === 1 "
+                           "&& d.width === w && d.height === h; }", arg=[tiny_bundle.width, tiny_bundle.height])
     full = page.evaluate("window.vatlas.frameData()")
     whole = np.asarray(full["data"], dtype=np.float64).reshape(full["height"], full["width"], 4)
     part = np.asarray(data["data"], dtype=np.float64).reshape(data["height"], data["width"], 4)
