@@ -635,3 +635,23 @@ def test_half_opacity_stroke_on_a_hidpi_screen(running_server: Any, tiny_bundle:
     # Half-way to green (the clip's lighting is close to 1 here): before / 2 + green / 2.
     expected = before / 2 + np.array([0.0, 127.5, 0.0])
     assert np.abs(after - expected).max() < 25, (before, after, expected)
+
+
+def test_ctrl_c_with_a_tab_open_stops_the_server_and_the_tab_says_so(server_process_factory: Any,
+                                                                        new_page: Any) -> None:
+    """One SIGINT with a browser tab joined: the server closes the socket (1001) and exits within 10 s; the tab
+    says the server stopped and that it is reconnecting."""
+    import signal
+    import time
+
+    server = server_process_factory(token=TEST_TOKEN)
+    page = new_page()
+    open_bundle(page, server.http_url)
+    assert page.locator("#conn-text").inner_text() == "connected"
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    code = server.proc.wait(timeout=30)
+    assert time.monotonic() - started < 10.0
+    assert code in (0, 130, -signal.SIGINT)
+    page.wait_for_function("() => document.querySelector('#conn-text').textContent.startsWith('server stopped')")
+    assert page.locator("#conn-text").inner_text() == "server stopped, reconnecting…"

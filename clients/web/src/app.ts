@@ -1,5 +1,5 @@
 // The editor: session lifecycle, rendering requests, tools, panels. DOM ids are stable (tests rely on them).
-import { Connection, WireRequestError, type ConnectionState } from "./connection";
+import { Connection, SERVER_STOPPED, WireRequestError, type ConnectionState } from "./connection";
 import { SessionDocument, type Layer } from "./document";
 import type {
   BundleInfo,
@@ -1065,8 +1065,10 @@ export class App {
     const box = byId("conn-status");
     box.dataset.state = state;
     box.title = detail;
+    const stopped = detail.startsWith(SERVER_STOPPED);
     byId("conn-text").textContent =
-      state === "open" ? "connected" : state === "closed" ? "disconnected" : state === "reconnecting" ? "reconnecting…" : "connecting…";
+      state === "open" ? "connected" : state === "closed" ? "disconnected"
+        : stopped ? "server stopped, reconnecting…" : state === "reconnecting" ? "reconnecting…" : "connecting…";
   }
 
   private toastTimer: number | undefined;

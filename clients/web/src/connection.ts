@@ -5,6 +5,9 @@ import { ProtocolVersion } from "./generated/messages";
 
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
+/** The close reason shown when the server went away on purpose (close code 1001, "going away"). */
+export const SERVER_STOPPED = "server stopped";
+
 /** A request body: WsRequest without the id (the connection assigns it). */
 export type Call = Omit<WsRequest, "request_id">;
 
@@ -33,6 +36,8 @@ export class Connection {
   private readonly pending = new Map<number, { resolve: (r: WsResponse) => void; reject: (e: Error) => void }>();
   private attempts = 0;
   private everOpened = false;
+  // set by a 1001 close, kept through the failed retries that follow, cleared by the next open
+  private serverStopped = false;
   private stopped = false;
   private retryTimer: number | undefined;
   private outageUntil = 0;
@@ -138,7 +143,8 @@ export class Connection {
       if (this.socket !== socket) return;
       this.socket = null;
       this.failAll(`connection closed (${event.code})`);
-      if (!this.stopped) this.scheduleRetry(event.reason || `closed (${event.code})`);
+      if (event.code === 1001) this.serverStopped = true;
+      if (!this.stopped) this.scheduleRetry(this.serverStopped ? SERVER_STOPPED : event.reason || `closed (${event.code})`);
     };
   }
 
@@ -156,6 +162,7 @@ export class Connection {
     }
     const reconnected = this.everOpened;
     this.everOpened = true;
+    this.serverStopped = false;
     this.attempts = 0;
     this.setState("open", "connected");
     this.options.onOpen(reconnected);
