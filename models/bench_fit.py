@@ -49,12 +49,35 @@ def track_drift(bundle: Any, scene: Any, points: int = 64) -> float:
     return float(dist.mean()) if dist.size else math.nan
 
 
+def uv_error(bundle: Any, scene: Any) -> tuple[float, list[list[float]]]:
+    """T's error per frame: the median distance (reference-frame px) between the bundle's atlas point and the
+    true one over the frame's visible ROI pixels. Returns (median over frames, the three worst [frame, px])."""
+    from vatlas.synth import apply_homography
+
+    h, w = scene.height, scene.width
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    pixels = np.stack([xs, ys], -1).reshape(-1, 2)
+    per_frame: list[list[float]] = []
+    for t in range(scene.num_frames):
+        seen = ((scene.gt_visibility[t] > 0.5) & (scene.roi_coverage(t) > 0.5)).reshape(-1)
+        if seen.sum() < 10:
+            continue
+        truth = apply_homography(np.linalg.inv(scene.atlas_to_frame[t]), pixels[seen])
+        ours = bundle.uv_to_atlas(bundle.uv_float(t).reshape(-1, 2)[seen])
+        per_frame.append([t, float(np.median(np.linalg.norm(ours - truth, axis=1)))])
+    if not per_frame:
+        return math.nan, []
+    worst = sorted(per_frame, key=lambda row: -row[1])[:3]
+    return float(np.median([e for _, e in per_frame])), [[t, round(e, 3)] for t, e in worst]
+
+
 Worst = dict[str, list[list[float]]]
 
 
 def synth_report(bundle: Any, scene: Any, device: str = "cpu") -> tuple[dict[str, float], Worst]:
-    """ROI PSNR (from the fit and RNA's), drift (px) and vatlas.edit_eval's metrics: edits made through the
-    product's edit engine against the scene's ground-truth edited clip, the mask against its visibility."""
+    """ROI PSNR (from the fit and RNA's), drift (px), T's error against the truth (`uv_error_px`, median over
+    frames, and its worst frame) and vatlas.edit_eval's metrics: edits made through the product's edit engine
+    against the scene's ground-truth edited clip, the mask against its visibility."""
     from vatlas.edit_eval import synth_edit_metrics
 
     out = {
@@ -62,9 +85,11 @@ def synth_report(bundle: Any, scene: Any, device: str = "cpu") -> tuple[dict[str
         "roi_psnr_rna": composite_psnr(bundle),
         "drift_px": track_drift(bundle, scene),
     }
+    out["uv_error_px"], uv_worst = uv_error(bundle, scene)
+    out["uv_error_px_worst"] = uv_worst[0][1] if uv_worst else math.nan
     edits, worst = synth_edit_metrics(bundle, scene, device)
     out.update(edits)
-    return out, worst
+    return out, {**worst, "uv_error_px": uv_worst}
 
 
 def synth_quality(bundle: Any, scene: Any, device: str = "cpu") -> dict[str, float]:

@@ -63,10 +63,11 @@ def test_synthetic_rows_and_worst_frames(exact_fit: list[Any], capsys: pytest.Ca
     (row,) = result["rows"]
     assert row["clip"] == "hard0" and row["frames"] == FRAMES
     assert row["mask_iou"] == 1.0 and row["ref_cover"] == 1.0 and row["untouched"] == 1.0
+    assert row["uv_error_px"] < 0.05 and row["uv_error_px_worst"] < 0.1  # the exact bundle's T is the truth
     for key in ("edit_psnr", "edit_psnr_worst", "mask_iou_worst", "mask_false_hidden", "paste_psnr",
                 "false_hidden_edge_px_median", "t_metrics"):
         assert key in row
-    assert set(result["worst_frames"]["hard0"]) >= {"edit_psnr", "mask_iou"}
+    assert set(result["worst_frames"]["hard0"]) >= {"edit_psnr", "mask_iou", "uv_error_px"}
     assert result["meta"]["synth_preset"] == "hard"
     assert "[hard0] worst frames, edit_psnr (frame:value):" in capsys.readouterr().out
     json.dumps(result, default=str)
