@@ -317,7 +317,7 @@ def guided_reference_flows(frames: np.ndarray, ref_frame: int, camera: np.ndarra
     out, only the residual is left to find. It re-anchors the chains where a long occlusion broke them: a
     surface the occluder hid in every intermediate frame has no chain, and without this, no correspondence to
     the reference at all. Returns (flow, FB-valid) per target frame."""
-    num, h, w = frames.shape[:3]
+    h, w = frames.shape[1:3]
     ref = np.ascontiguousarray(frames[ref_frame])
     warped = [cv2.warpAffine(ref, camera[t].astype(np.float64), (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REPLICATE) for t in targets]
@@ -391,10 +391,10 @@ def compute_correspondences(
         step = 1 if ref_frame > t else -1
         acc = np.zeros((h, w, 2), np.float32)
         count = np.zeros((h, w), np.float32)
-        candidates = [t + step * k for k in range(1, min(hops, d) + 1)]
-        for mid in candidates:
-            if mid == ref_frame and t in guided:
-                continue  # the guided direct flow below stands in for the plain one
+        # chains through up to `hops` frames short of the reference (its neighbour's one hop is the reference
+        # itself); every farther frame's direct flow is the guided one below
+        last = 1 if d == 1 else min(hops, d - 1)
+        for mid in (t + step * k for k in range(1, last + 1)):
             f_tm, f_mt = flows[(t, mid)], flows[(mid, t)]
             thr = adj_fb_px if abs(mid - t) == 1 else ref_fb_px
             valid = fb_valid(f_tm, f_mt, thr)
