@@ -13,6 +13,7 @@ handles and the Selection panel).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,36 @@ def start_server(models: Path, data: Path) -> tuple[subprocess.Popen, str]:
 
     threading.Thread(target=read, daemon=True).start()
     return proc, ready.result(120)["http"]
+
+
+@contextlib.contextmanager
+def served_browser(root: Path) -> Iterator[tuple[str, Any]]:
+    """`vatlas serve` on root/models (data in root/data) and a headless Chromium: (web URL, browser)."""
+    from playwright.sync_api import sync_playwright
+
+    proc, http = start_server(root / "models", root / "data")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                yield http, browser
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def demo_models(root: Path, frames: int) -> Any:
+    """root/models/demo.vatlas: a synthetic scene's exact bundle at 480x320; returns the scene."""
+    from vatlas.models.bundle import save_bundle
+
+    from vatlas.synth import make_scene
+
+    (root / "models").mkdir()
+    scene = make_scene(frames=frames, size=(480, 320), seed=3)
+    save_bundle(scene.ground_truth_bundle(atlas_size=512), root / "models" / "demo.vatlas")
+    return scene
 
 
 def sticker_png() -> bytes:
@@ -95,54 +127,39 @@ def report_latency(page: Any, cx: float, cy: float, strokes: int) -> None:
 
 
 def take(out: Path, measure: int = 0) -> None:
-    from playwright.sync_api import sync_playwright
-    from vatlas.models.bundle import save_bundle
-
-    from vatlas.synth import make_scene
-
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        models.mkdir()
-        scene = make_scene(frames=24, size=(480, 320), seed=3)
-        save_bundle(scene.ground_truth_bundle(atlas_size=512), models / "demo.vatlas")
-        proc, http = start_server(models, Path(tmp) / "data")
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-                alice = browser.new_context(viewport={"width": 1440, "height": 860}).new_page()
-                alice.set_default_timeout(60_000)
-                alice.goto(f"{http}/?bundle=demo&token={TOKEN}&name=Alice")
-                alice.wait_for_selector("#app[data-ready=true]")
-                bob = browser.new_context(viewport={"width": 1280, "height": 760}).new_page()
-                bob.set_default_timeout(60_000)
-                bob.goto(alice.url + "&name=Bob")
-                bob.wait_for_selector("#app[data-ready=true]")
-                polygon = scene.roi.polygons[0]
-                cx, cy = (float(v) for v in polygon.mean(axis=0))
-                stroke(alice, [(cx - 60, cy - 20), (cx - 20, cy - 35), (cx + 20, cy - 20), (cx + 60, cy - 35)],
-                       "#ff375f", 10)
-                stroke(bob, [(cx - 50, cy + 25), (cx, cy + 40), (cx + 50, cy + 25)], "#0a84ff", 8)
-                bob.set_input_files("#sticker-file", files=[{"name": "smile.png", "mimeType": "image/png",
-                                                              "buffer": sticker_png()}])
-                bob.fill("#sticker-size", "56")
-                bob.mouse.click(*point(bob, cx + 5, cy + 2))
-                alice.click("[data-testid=tool-brush]")
-                bob.mouse.move(*point(bob, cx + 70, cy + 50))
-                bob.mouse.move(*point(bob, cx + 72, cy + 52))
-                alice.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 3")
-                alice.wait_for_function("document.querySelector('[data-participant-id] [data-cursor]') !== null"
-                                        " || [...document.querySelectorAll('[data-cursor]')].length > 0")
-                alice.wait_for_function("window.vatlas.pendingPreviews === 0"
-                                        " && document.querySelector('#view-canvas').dataset.draft === 'false'")
-                alice.wait_for_timeout(500)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                alice.screenshot(path=str(out))
-                if measure:
-                    report_latency(alice, cx, cy, measure)
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        scene = demo_models(Path(tmp), 24)
+        with served_browser(Path(tmp)) as (http, browser):
+            alice = browser.new_context(viewport={"width": 1440, "height": 860}).new_page()
+            alice.set_default_timeout(60_000)
+            alice.goto(f"{http}/?bundle=demo&token={TOKEN}&name=Alice")
+            alice.wait_for_selector("#app[data-ready=true]")
+            bob = browser.new_context(viewport={"width": 1280, "height": 760}).new_page()
+            bob.set_default_timeout(60_000)
+            bob.goto(alice.url + "&name=Bob")
+            bob.wait_for_selector("#app[data-ready=true]")
+            polygon = scene.roi.polygons[0]
+            cx, cy = (float(v) for v in polygon.mean(axis=0))
+            stroke(alice, [(cx - 60, cy - 20), (cx - 20, cy - 35), (cx + 20, cy - 20), (cx + 60, cy - 35)],
+                   "#ff375f", 10)
+            stroke(bob, [(cx - 50, cy + 25), (cx, cy + 40), (cx + 50, cy + 25)], "#0a84ff", 8)
+            bob.set_input_files("#sticker-file", files=[{"name": "smile.png", "mimeType": "image/png",
+                                                          "buffer": sticker_png()}])
+            bob.fill("#sticker-size", "56")
+            bob.mouse.click(*point(bob, cx + 5, cy + 2))
+            alice.click("[data-testid=tool-brush]")
+            bob.mouse.move(*point(bob, cx + 70, cy + 50))
+            bob.mouse.move(*point(bob, cx + 72, cy + 52))
+            alice.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 3")
+            alice.wait_for_function("document.querySelector('[data-participant-id] [data-cursor]') !== null"
+                                    " || [...document.querySelectorAll('[data-cursor]')].length > 0")
+            alice.wait_for_function("window.vatlas.pendingPreviews === 0"
+                                    " && document.querySelector('#view-canvas').dataset.draft === 'false'")
+            alice.wait_for_timeout(500)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            alice.screenshot(path=str(out))
+            if measure:
+                report_latency(alice, cx, cy, measure)
 
 
 def _small_png(data: bytes, path: Path) -> None:
@@ -154,50 +171,35 @@ def _small_png(data: bytes, path: Path) -> None:
 
 def take_region_shots(out_dir: Path) -> None:
     """docs/web-region.png and docs/web-select.png: small crops of one window."""
-    from playwright.sync_api import sync_playwright
-    from vatlas.models.bundle import save_bundle
-
-    from vatlas.synth import make_scene
-
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        models.mkdir()
-        scene = make_scene(frames=12, size=(480, 320), seed=3)
-        save_bundle(scene.ground_truth_bundle(atlas_size=512), models / "demo.vatlas")
-        proc, http = start_server(models, Path(tmp) / "data")
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-                # string predicates are evaluated, which the server's CSP forbids: the page bypasses it
-                page = browser.new_context(viewport={"width": 960, "height": 560}, bypass_csp=True).new_page()
-                page.set_default_timeout(60_000)
-                page.goto(f"{http}/?bundle=demo&token={TOKEN}&name=Alice")
-                page.wait_for_selector("#app[data-ready=true]")
-                page.wait_for_selector("#view-canvas[data-roi=shown]")
-                page.wait_for_timeout(300)
-                out_dir.mkdir(parents=True, exist_ok=True)
-                _small_png(page.locator("#stage").screenshot(), out_dir / "web-region.png")
-                cx, cy = (float(v) for v in scene.roi.polygons[0].mean(axis=0))
-                page.click("[data-testid=tool-image]")
-                page.set_input_files("#image-file", files=[{"name": "smile.png", "mimeType": "image/png",
-                                                             "buffer": sticker_png()}])
-                page.wait_for_selector("#image-file[data-loaded=true]")
-                page.mouse.move(*point(page, cx - 30, cy - 30))
-                page.mouse.down()
-                page.mouse.move(*point(page, cx + 30, cy + 30), steps=6)
-                page.mouse.up()
-                page.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 1")
-                page.click("[data-testid=tool-select]")
-                page.mouse.click(*point(page, cx, cy))
-                page.wait_for_function("window.vatlas.selected !== ''")
-                page.wait_for_function("window.vatlas.pendingPreviews === 0"
-                                       " && document.querySelector('#view-canvas').dataset.draft === 'false'")
-                page.wait_for_timeout(300)
-                _small_png(page.screenshot(clip={"x": 0, "y": 40, "width": 960, "height": 480}), out_dir / "web-select.png")
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        scene = demo_models(Path(tmp), 12)
+        with served_browser(Path(tmp)) as (http, browser):
+            # string predicates are evaluated, which the server's CSP forbids: the page bypasses it
+            page = browser.new_context(viewport={"width": 960, "height": 560}, bypass_csp=True).new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{http}/?bundle=demo&token={TOKEN}&name=Alice")
+            page.wait_for_selector("#app[data-ready=true]")
+            page.wait_for_selector("#view-canvas[data-roi=shown]")
+            page.wait_for_timeout(300)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _small_png(page.locator("#stage").screenshot(), out_dir / "web-region.png")
+            cx, cy = (float(v) for v in scene.roi.polygons[0].mean(axis=0))
+            page.click("[data-testid=tool-image]")
+            page.set_input_files("#image-file", files=[{"name": "smile.png", "mimeType": "image/png",
+                                                         "buffer": sticker_png()}])
+            page.wait_for_selector("#image-file[data-loaded=true]")
+            page.mouse.move(*point(page, cx - 30, cy - 30))
+            page.mouse.down()
+            page.mouse.move(*point(page, cx + 30, cy + 30), steps=6)
+            page.mouse.up()
+            page.wait_for_function("document.querySelectorAll('[data-testid=layer]').length === 1")
+            page.click("[data-testid=tool-select]")
+            page.mouse.click(*point(page, cx, cy))
+            page.wait_for_function("window.vatlas.selected !== ''")
+            page.wait_for_function("window.vatlas.pendingPreviews === 0"
+                                   " && document.querySelector('#view-canvas').dataset.draft === 'false'")
+            page.wait_for_timeout(300)
+            _small_png(page.screenshot(clip={"x": 0, "y": 40, "width": 960, "height": 480}), out_dir / "web-select.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from web_screenshot import CHROMIUM_ARGS, TOKEN, start_server  # noqa: E402
+from web_screenshot import TOKEN, served_browser  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REGIONS = [[(40, 24), (120, 22), (124, 70), (44, 74)], [(132, 60), (152, 60), (152, 88), (132, 88)]]
@@ -32,8 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs")
     parser.add_argument("--iterations", type=int, default=8, help="fit iterations (short: the shots, not quality)")
     args = parser.parse_args(argv)
-    from playwright.sync_api import sync_playwright
-
     from vatlas.synth import make_scene
     from vatlas.video import write_mp4
 
@@ -43,38 +41,31 @@ def main(argv: list[str] | None = None) -> int:
         clip = root / "street.mp4"
         scene = make_scene(frames=6, size=(160, 96), seed=2)
         write_mp4(clip, scene.frames, scene.fps, crf=12)
-        proc, http = start_server(root / "models", root / "data")
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-                page = browser.new_context(viewport={"width": 1180, "height": 720}, bypass_csp=True).new_page()
-                page.set_default_timeout(300_000)
-                page.goto(f"{http}/?token={TOKEN}&name=Alice")
-                page.wait_for_selector("#start-page:not([hidden])[data-step=choose]")
-                shot(page, args.out_dir / "start-1-upload.png")
-                page.set_input_files("#video-file", str(clip))
-                page.wait_for_selector("#start-page[data-step=roi]")
-                page.fill("#ref-scrubber", "2")
-                page.wait_for_selector("#roi-canvas[data-frame='2']")
-                for region in REGIONS:
-                    for x, y in [*region, region[0]]:
-                        page.mouse.click(*page.evaluate("([x, y]) => window.vatlasStart.clientPoint(x, y)", [x, y]))
-                page.wait_for_selector("#roi-canvas[data-regions='2']")
-                shot(page, args.out_dir / "start-2-regions.png")
-                page.click("#start-page details summary")
-                page.fill("#fit-iterations", str(args.iterations))
-                page.click("#fit-start")
-                page.wait_for_selector("#fit-preview:not([hidden])")
-                page.wait_for_function("/about/.test(document.querySelector('#fit-eta').textContent)")
-                shot(page, args.out_dir / "start-3-fit.png")
-                page.wait_for_selector("#app[data-ready=true]")
-                page.wait_for_selector("#share-box:not([hidden])")
-                page.wait_for_function("document.querySelector('#view-canvas').dataset.draft === 'false'")
-                shot(page, args.out_dir / "start-4-session.png")
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        with served_browser(root) as (http, browser):
+            page = browser.new_context(viewport={"width": 1180, "height": 720}, bypass_csp=True).new_page()
+            page.set_default_timeout(300_000)
+            page.goto(f"{http}/?token={TOKEN}&name=Alice")
+            page.wait_for_selector("#start-page:not([hidden])[data-step=choose]")
+            shot(page, args.out_dir / "start-1-upload.png")
+            page.set_input_files("#video-file", str(clip))
+            page.wait_for_selector("#start-page[data-step=roi]")
+            page.fill("#ref-scrubber", "2")
+            page.wait_for_selector("#roi-canvas[data-frame='2']")
+            for region in REGIONS:
+                for x, y in [*region, region[0]]:
+                    page.mouse.click(*page.evaluate("([x, y]) => window.vatlasStart.clientPoint(x, y)", [x, y]))
+            page.wait_for_selector("#roi-canvas[data-regions='2']")
+            shot(page, args.out_dir / "start-2-regions.png")
+            page.click("#start-page details summary")
+            page.fill("#fit-iterations", str(args.iterations))
+            page.click("#fit-start")
+            page.wait_for_selector("#fit-preview:not([hidden])")
+            page.wait_for_function("/about/.test(document.querySelector('#fit-eta').textContent)")
+            shot(page, args.out_dir / "start-3-fit.png")
+            page.wait_for_selector("#app[data-ready=true]")
+            page.wait_for_selector("#share-box:not([hidden])")
+            page.wait_for_function("document.querySelector('#view-canvas').dataset.draft === 'false'")
+            shot(page, args.out_dir / "start-4-session.png")
     return 0
 
 
