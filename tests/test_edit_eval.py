@@ -149,6 +149,7 @@ def test_exact_bundle_scores_the_ceiling(scene: SynthScene, exact: Bundle) -> No
     assert scores["ref_cover"] == 1.0
     assert scores["untouched"] == 1.0 and scores["untouched_changed_px"] == 0
     assert scores["edit_psnr"] > 35.0 and scores["edit_psnr_worst"] > 28.0
+    assert scores["edit_err_visibility_share"] == 0.0 and scores["edit_psnr_vis_exact"] == scores["edit_psnr"]
     assert 1 <= scores["paste_frame"] < scene.num_frames and scores["paste_psnr"] > 30.0
     assert [len(v) for v in worst.values()] == [ee.WORST] * len(worst)
     assert worst["edit_psnr"][0][1] == pytest.approx(scores["edit_psnr_worst"], abs=1e-3)
@@ -175,6 +176,8 @@ def test_reference_cover_sees_a_hole_on_frame_0(scene: SynthScene, exact: Bundle
     holed.mask[0, :, : int(np.median(xs))] = 0  # the left half of the ROI hidden on the reference frame
     scores, worst = ee.synth_edit_metrics(holed, scene, "cpu")
     assert scores["ref_cover"] < 0.8 and scores["mask_iou_worst"] < 0.8
+    # the hole is where the logo lost: nearly all its error is visibility, and exact visibility would win it back
+    assert scores["edit_err_visibility_share"] > 0.5 and scores["edit_psnr_vis_exact"] > scores["edit_psnr"] + 3
     assert worst["mask_iou"][0][0] == 0  # the worst frame is the reference frame
 
 

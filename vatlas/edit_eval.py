@@ -6,6 +6,9 @@ mode), never through a compositor of our own, so the scores follow whatever the 
 Metric functions (numpy; clips are (T, H, W, 3) uint8, masks (T, H, W)):
 
 * ``region_psnr(out, truth, region) -> (pooled dB, per-frame dB)``: PSNR over ``region``, NaN for empty frames.
+* ``error_split(out, truth, region, wrong) -> (share, dB)``: the share of that error on the pixels the mask gets
+  wrong, and the pooled dB with them exact (``edit_err_visibility_share``, ``edit_psnr_vis_exact``): visibility
+  against geometry and light.
 * ``visibility_scores(pred, truth, occlusion) -> (dict, per-frame IoU)``: IoU pooled and per frame, false-visible
   and false-hidden shares of the union, and the median / 90th percentile distance (px between pixel centres) of
   those pixels from the nearest ground-truth occluder edge (capped at the frame diagonal, also when no occluder
@@ -212,6 +215,26 @@ def region_psnr(out: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple
 
     per_frame = np.array([db(s, n) for s, n in zip(sq, count, strict=True)])
     return db(float(sq.sum()), float(count.sum())), per_frame
+
+
+def error_split(out: np.ndarray, truth: np.ndarray, region: np.ndarray, wrong: np.ndarray) -> tuple[float, float]:
+    """How much of the edit's error is visibility: the share of the squared error over ``region`` that lies on
+    the ``wrong`` pixels (T, H, W; the mask disagrees with the truth), and the pooled dB were they exact."""
+    total = 0.0
+    on_wrong = 0.0
+    count = 0
+    for t in range(out.shape[0]):
+        sel = region[t]
+        diff = out[t][sel].astype(np.float64) - truth[t][sel].astype(np.float64)
+        sq = (diff * diff).sum(-1)
+        total += float(sq.sum())
+        on_wrong += float(sq[wrong[t][sel]].sum())
+        count += diff.size
+    rest = total - on_wrong
+    if count == 0:
+        return math.nan, math.nan
+    share = on_wrong / total if total > 0 else 0.0
+    return share, (math.inf if rest <= 0 else 10.0 * math.log10(255.0**2 * count / rest))
 
 
 def edge_distance(occluded: np.ndarray) -> np.ndarray:
@@ -458,6 +481,9 @@ def synth_edit_metrics(bundle: Any, scene: Any, device: str = "auto") -> tuple[d
         worst["edit_psnr"] = worst_frames(per_frame)
         out["edit_psnr_logo"], per_logo = region_psnr(ours, truth, dilate(alpha > 0, 3) & region)
         worst["edit_psnr_logo"] = worst_frames(per_logo)
+        wrong = metrics.binarize(bundle.mask) != metrics.binarize(scene.gt_visibility)
+        out["edit_err_visibility_share"], out["edit_psnr_vis_exact"] = error_split(ours, truth, region, wrong)
+        del wrong
         untouched.append(untouched_share(ours, scene.frames, atlas_footprint(bundle, rect, 0), 3))
         del truth, ours
 
