@@ -21,6 +21,7 @@ from .footprint import clip_to_footprint, reference_coverage, roi_coverage
 from .inverse_map import bake_inverse_map
 from .matting import soft_masks
 from .networks import RnaModel
+from .uv_snap import UvSnap, fit_uv_snap
 from .visibility import evidence_visibility
 
 if TYPE_CHECKING:
@@ -69,10 +70,11 @@ def _pixel_grid(width: int, height: int, sx: float, sy: float, device: torch.dev
 
 @torch.no_grad()
 def evaluate_frames(model: RnaModel, potential: np.ndarray, ref_frame: int, delivery: Delivery | None = None,
-                    show_progress: bool = False) -> dict[str, np.ndarray]:
+                    show_progress: bool = False, snap: UvSnap | None = None) -> dict[str, np.ndarray]:
     """Per frame at the delivery size: uv (T,H,W,2, bundle convention), M gated by the potential footprint,
     shown = L*A(uv) (uint8), and light_ratio = L(uv, t) / L(uv, ref) (float16), the re-lighting of the
-    reference frame's colours. The continuous networks are evaluated at the delivery's pixel centres."""
+    reference frame's colours. The continuous networks are evaluated at the delivery's pixel centres, T plus
+    the snap's correction (models/uv_snap.py) where one is given."""
     cfg = model.cfg
     out = delivery or Delivery.of(cfg)
     device = next(model.parameters()).device
@@ -88,6 +90,8 @@ def evaluate_frames(model: RnaModel, potential: np.ndarray, ref_frame: int, deli
     for t in tqdm(range(n), desc="bake", disable=not show_progress, leave=False):
         xyt = cfg.normalize_xyt(x, y, torch.full_like(x, float(t)))
         uv = model.mapping(xyt)
+        if snap is not None:
+            uv = uv + snap.at(x, y, t)
         ij = ((uv + 1.0) * 0.5 * size).floor().long().clamp(0, size - 1)
         alpha = model.mask(xyt) * pot[ij[:, 1], ij[:, 0]].float()
         light = model.illumination(uv, xyt[:, 2:3])
@@ -210,7 +214,13 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
     delivery = Delivery.of(model.cfg, frames.shape[2], frames.shape[1])
     span = delivery.span(model.cfg.atlas_span_px)
     width, height = delivery.width, delivery.height
-    fields = evaluate_frames(model, potential, data.ref_frame, delivery, show_progress)
+    snap = None
+    if cfg.uv_snap and data.frames_np.shape[0] > 1:
+        net = model.cfg
+        snap = fit_uv_snap(model.mapping, net.normalize_xyt, ref_flow=corr.ref_flow, ref_valid=corr.ref_valid,
+                           roi_mask=data.roi_mask, ref_frame=data.ref_frame, atlas_span_px=net.atlas_span_px,
+                           device=next(model.parameters()).device)
+    fields = evaluate_frames(model, potential, data.ref_frame, delivery, show_progress, snap)
     visibility_stats: dict[str, float] = {}
     if cfg.visibility == "evidence":
         roi_cov = roi_coverage(fields["uv"], roi, span, width, height)
@@ -240,6 +250,7 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
         "flow": dict(corr.stats),
         "visibility": {"method": cfg.visibility, **visibility_stats},
         "working_size": [model.cfg.width, model.cfg.height],
+        "uv_snap": snap.stats if snap is not None else None,
     }
     source = dict(data.source)
     source.setdefault("sha256", content_hash(frames))
@@ -256,7 +267,7 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
         mask=np.clip(np.rint(soft * 255.0), 0, 255).astype(np.uint8),
         illumination=bake_illumination(model, cfg.illumination_downscale, delivery),
         inverse_map=bake_inverse_map(model, grid, domain=domain, uv_to_model=(1.0, 1.0 / delivery.k),
-                                     xy_scale=(delivery.sx, delivery.sy)),
+                                     xy_scale=(delivery.sx, delivery.sy), snap=snap),
         atlas_span_px=float(span),
         source=source,
         config={**cfg.to_dict(), "network": model.cfg.to_dict()},

@@ -74,6 +74,9 @@ class FitConfig:
     # frame (models/visibility.py); "learned" is RNA's refined M, matted (it hid surface an occluder had left,
     # and 13-26 % of the reference ROI on held-out clips: issue 15)
     visibility: str = "evidence"
+    # bake T plus a smooth per-frame correction onto the checked reference matches (models/uv_snap.py): the
+    # fit left T 1-2 px off matches that were right to 0.05 px, and forked it under long occlusions (issue 15)
+    uv_snap: bool = True
     # soft mask (RNA 3.4): trimap erosion/dilation (3x3 kernel iterations) and guided-filter matting
     trimap_erode: int = 2
     trimap_dilate: int = 1

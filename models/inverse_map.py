@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .networks import RnaModel
+from .uv_snap import UvSnap
 
 
 def inverse_loss(model: RnaModel, uv: torch.Tensor, t_n: torch.Tensor, xy_n: torch.Tensor,
@@ -25,14 +26,15 @@ def grid_uv(grid: int, device: torch.device | str = "cpu") -> torch.Tensor:
 @torch.no_grad()
 def bake_inverse_map(model: RnaModel, grid: int, *, domain: np.ndarray | None = None, cycle_px: float = 2.0,
                      uv_to_model: tuple[float, float] = (1.0, 1.0), xy_scale: tuple[float, float] = (1.0, 1.0),
-                     chunk: int = 1 << 16) -> np.ndarray:
+                     chunk: int = 1 << 16, snap: UvSnap | None = None, snap_steps: int = 3) -> np.ndarray:
     """(T, G, G, 2) float32 frame pixels (x, y) of B at the grid's uv; NaN outside the fitted domain.
 
     A cell is in the domain for frame t when B lands inside the frame, T(B(uv, t), t) returns to uv within
     `cycle_px` reference pixels (B is only trusted where it inverts T), and `domain[i, j]` (an atlas-space
     footprint at G x G, if given) is set. uv_to_model and xy_scale carry a bundle delivered at another size
     than the fit's (models/bake.py Delivery): the grid's uv times uv_to_model is the model's, and the frame
-    pixels come back times xy_scale.
+    pixels come back times xy_scale. With a snap (models/uv_snap.py) B inverts T plus its correction c: the
+    fixed point of p = B(uv - c(p)), a few steps from B(uv) since c is smooth and small against T's scale.
     """
     cfg = model.cfg
     device = next(model.parameters()).device
@@ -46,8 +48,13 @@ def bake_inverse_map(model: RnaModel, grid: int, *, domain: np.ndarray | None = 
         for start in range(0, uv.shape[0], chunk):
             part = uv[start:start + chunk]
             xy_n = model.inverse(part, t_n.to(device))
+            for _ in range(snap_steps if snap is not None else 0):
+                xy = cfg.denormalize_xy(xy_n)
+                xy_n = model.inverse(part - snap.at(xy[:, 0], xy[:, 1], t), t_n.to(device))
             back = model.mapping(torch.cat([xy_n, t_n.to(device).expand(part.shape[0], 1)], dim=1))
             xy = cfg.denormalize_xy(xy_n)
+            if snap is not None:
+                back = back + snap.at(xy[:, 0], xy[:, 1], t)
             inside = (xy[:, 0] >= 0) & (xy[:, 0] <= cfg.width) & (xy[:, 1] >= 0) & (xy[:, 1] <= cfg.height)
             cycle = (back - part).norm(dim=-1) * half < cycle_px
             xy_parts.append(xy)

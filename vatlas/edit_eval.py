@@ -44,6 +44,7 @@ import numpy as np
 
 from vatlas import metrics
 from vatlas.roi import Roi
+from vatlas.server.edits.ops import OpError
 
 COVER_TOL = 24  # levels (max over channels): twice-resampled flat colour and re-lighting stay well inside
 CHANGE_THRESHOLD = 2  # levels: a pixel changed by an edit, not by re-encoding or rounding noise
@@ -508,14 +509,21 @@ def synth_edit_metrics(bundle: Any, scene: Any, device: str = "auto") -> tuple[d
         n, rect = found
         photo = photo_rgba(rect[2], rect[3], seed=n)
         truth, alpha = scene.render_pasted(photo, frame=n, rect=rect, return_alpha=True)
-        ours = render_edit(bundle, [texture_op("photo", n, photo, rect)], device)
-        shown = rect_mask(rect, height, width) & (scene.gt_visibility[n] >= 0.5)
         out["paste_frame"] = float(n)
-        out["paste_psnr"] = float(metrics.psnr(ours[n], truth[n], mask=shown, data_range=255.0))
-        out["paste_clip_psnr"], per_paste = region_psnr(ours, truth, dilate(alpha > 0, 3) & region)
-        worst["paste_clip_psnr"] = worst_frames(per_paste)
-        untouched.append(untouched_share(ours, scene.frames, atlas_footprint(bundle, rect, n), 3))
-        del truth, ours
+        try:
+            ours = render_edit(bundle, [texture_op("photo", n, photo, rect)], device)
+        except OpError:  # the fit calls that visible surface outside the region: the user cannot paste there
+            out["paste_refused"] = 1.0
+            out["paste_psnr"] = out["paste_clip_psnr"] = math.nan
+        else:
+            shown = rect_mask(rect, height, width) & (scene.gt_visibility[n] >= 0.5)
+            out["paste_refused"] = 0.0
+            out["paste_psnr"] = float(metrics.psnr(ours[n], truth[n], mask=shown, data_range=255.0))
+            out["paste_clip_psnr"], per_paste = region_psnr(ours, truth, dilate(alpha > 0, 3) & region)
+            worst["paste_clip_psnr"] = worst_frames(per_paste)
+            untouched.append(untouched_share(ours, scene.frames, atlas_footprint(bundle, rect, n), 3))
+            del ours
+        del truth
 
     if untouched:
         out["untouched"] = min(u[0] for u in untouched)
