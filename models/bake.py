@@ -105,7 +105,8 @@ def evaluate_frames(model: RnaModel, potential: np.ndarray, ref_frame: int, deli
 
 
 @torch.no_grad()
-def bake_illumination(model: RnaModel, downscale: int, delivery: Delivery | None = None) -> np.ndarray:
+def bake_illumination(model: RnaModel, downscale: int, delivery: Delivery | None = None,
+                      snap: UvSnap | None = None) -> np.ndarray:
     """(T, h, w, 3) float16 L at the centres of a grid `downscale` times coarser than the delivered frame."""
     cfg = model.cfg
     out_size = delivery or Delivery.of(cfg)
@@ -115,7 +116,10 @@ def bake_illumination(model: RnaModel, downscale: int, delivery: Delivery | None
     out = np.empty((cfg.num_frames, lh, lw, 3), np.float16)
     for t in range(cfg.num_frames):
         xyt = cfg.normalize_xyt(x, y, torch.full_like(x, float(t)))
-        light = model.illumination(model.mapping(xyt), xyt[:, 2:3])
+        uv = model.mapping(xyt)
+        if snap is not None:
+            uv = uv + snap.at(x, y, t)
+        light = model.illumination(uv, xyt[:, 2:3])
         out[t] = light.reshape(lh, lw, 3).cpu().numpy().astype(np.float16)
     return out
 
@@ -222,11 +226,17 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
                            device=next(model.parameters()).device)
     fields = evaluate_frames(model, potential, data.ref_frame, delivery, show_progress, snap)
     visibility_stats: dict[str, float] = {}
+    illumination = bake_illumination(model, cfg.illumination_downscale, delivery, snap)
     if cfg.visibility == "evidence":
         roi_cov = roi_coverage(fields["uv"], roi, span, width, height)
+        gain = np.ones(illumination.shape, np.float32) if cfg.measured_light else None
         soft, visibility_stats = evidence_visibility(
             frames, fields["uv"], roi_cov, fields["light_ratio"], data.ref_frame, span,
-            flows=upsample_flows(corr, delivery), reference_cover=reference_coverage(roi, width, height))
+            flows=upsample_flows(corr, delivery), reference_cover=reference_coverage(roi, width, height),
+            light_gain=gain)
+        if gain is not None:
+            illumination = (illumination.astype(np.float32) * gain).astype(np.float16)
+            del gain
     else:
         soft = soft_masks(frames, fields["mask"], method=cfg.matting, erode_iters=cfg.trimap_erode,
                           dilate_iters=cfg.trimap_dilate, radius=cfg.matting_radius, eps=cfg.matting_eps)
@@ -265,7 +275,7 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
         atlas_coverage=coverage,
         uv=encode_uv(fields["uv"]),
         mask=np.clip(np.rint(soft * 255.0), 0, 255).astype(np.uint8),
-        illumination=bake_illumination(model, cfg.illumination_downscale, delivery),
+        illumination=illumination,
         inverse_map=bake_inverse_map(model, grid, domain=domain, uv_to_model=(1.0, 1.0 / delivery.k),
                                      xy_scale=(delivery.sx, delivery.sy), snap=snap),
         atlas_span_px=float(span),

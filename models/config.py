@@ -77,6 +77,9 @@ class FitConfig:
     # bake T plus a smooth per-frame correction onto the checked reference matches (models/uv_snap.py): the
     # fit left T 1-2 px off matches that were right to 0.05 px, and forked it under long occlusions (issue 15)
     uv_snap: bool = True
+    # with the evidence visibility: bake the illumination times the light it measured beyond L's ratio (a per-frame
+    # colour gain and a smooth local gain), so edits are re-lit by the frame's own light where the fit's L missed it
+    measured_light: bool = True
     # soft mask (RNA 3.4): trimap erosion/dilation (3x3 kernel iterations) and guided-filter matting
     trimap_erode: int = 2
     trimap_dilate: int = 1

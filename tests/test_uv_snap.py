@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from vatlas.models.uv_snap import UvSnap, fit_uv_snap
 
 W, H, FRAMES, SPAN = 160, 96, 6, 200.0
