@@ -48,6 +48,7 @@ class VisibilitySettings:
     motion_strong_px: float = 8.0  # atlas disagreement that marks occlusion whatever the colours say (3 and 5 px cost
     # 0.4 and 0.3 % IoU on hard synthetic scenes through flow errors, 8 px nothing; a passing car moves more)
     gain_sigma: float = 8.0  # px: the smooth local gain that absorbs illumination the fitted L missed
+    gain_rounds: int = int(__import__("os").environ.get("VIS_ROUNDS", "1"))
     # px: the finer gain measured on the pixels finally called visible, which re-lights edits (hard preset, exact
     # geometry and visibility, one L gain per frame: a logo at 43.6 dB with 8 px, 48.1 with 3 px, 49.8 with 1.5)
     light_sigma: float = 3.0
@@ -148,9 +149,14 @@ def corrected_residuals(ev: FrameEvidence, reference: np.ndarray, span: float, t
     gain = ev.light_ratio * extra
     patch_res, _ = appearance_residual(ev.frame, reference, ev.uv, gain, span, s.patch)
     # trusted: colours agree, or (under light the gains missed) the local patterns still correlate
-    trusted = footprint & ((patch_res < tau) | structure_agrees(ev.frame, warped * gain))
-    extra = extra * _local_gain(ev.frame, warped * gain, trusted, s.gain_sigma)
-    patch_res, pixel_res = appearance_residual(ev.frame, reference, ev.uv, ev.light_ratio * extra, span, s.patch)
+    trusted = footprint & ((patch_res < tau) | structure_agrees(ev.frame, warped * gain, min_std=float(__import__("os").environ.get("VIS_STD", "0.02"))))
+    base = extra
+    for _ in range(s.gain_rounds):
+        # each round the trusted set grows into a shadow's penumbra, as far as the light there is smooth
+        extra = base * _local_gain(ev.frame, warped * ev.light_ratio * base, trusted, s.gain_sigma)
+        patch_res, pixel_res = appearance_residual(ev.frame, reference, ev.uv, ev.light_ratio * extra, span,
+                                                   s.patch)
+        trusted = footprint & ((patch_res < float(__import__("os").environ.get("VIS_GROW", "1.0")) * tau) | trusted)
     return patch_res, pixel_res, extra.astype(np.float32)
 
 

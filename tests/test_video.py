@@ -21,7 +21,9 @@ from vatlas.video import (
     choose_codec,
     content_hash,
     fps_fraction,
+    frame_timestamps,
     list_image_files,
+    read_frame,
     read_video,
     timing_from_source,
     write_mp4,
@@ -194,6 +196,32 @@ def test_frame_range_stride_and_resize(clip: tuple[Path, np.ndarray]) -> None:
     assert video.frame_range == (2, 9) and video.stride == 3 and video.source_size == (96, 64)
     assert read_video(path, frames=(10, None)).num_frames == 2
     assert read_video(path, fps=12.5).fps == 12.5
+
+
+@pytest.mark.parametrize("container", ["mkv", "mp4"])
+def test_one_frame_from_the_key_frame_before_it(tmp_path: Path, container: str) -> None:
+    """read_frame seeks (key frames every 8, B-frames) and returns exactly what decoding from the start gives."""
+    path = tmp_path / f"gop.{container}"
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (30, 48, 64, 3), np.uint8)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size = 8
+        stream.options = {"bf": "2", "crf": "30"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    everything = read_video(path).frames
+    stamps = frame_timestamps(path)
+    assert len(stamps) == len(everything) == 30
+    for index in (0, 1, 7, 8, 9, 17, 29):
+        rgb, fps = read_frame(path, index, stamps)
+        assert fps == 25.0 and np.array_equal(rgb, everything[index]), index
+    with pytest.raises(VideoError, match="beyond"):
+        read_frame(path, 30, stamps)
 
 
 def test_png_sequence_round_trip_is_lossless_and_numeric(tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ audio=None, crf=18, preset="medium", progress=False) -> Path``
 ``timing_from_source(source, frames, num_frames, fps) -> Timing`` and
 ``audio_from_source(source, frames, num_frames) -> (AudioCopy | None, note)``: what a bundle's ``source``
     dict (``Video.info`` plus ``path``/``sha256``) asks for when ``frames`` of its ``num_frames`` are exported.
+``frame_timestamps(path) -> list[int]`` and ``read_frame(path, index, timestamps) -> (rgb, fps)``: one frame of a
+    file, decoded from the key frame before it (the upload scrubber).
 ``write_png_sequence(directory, frames) -> list[Path]``: ``00000.png``, ``00001.png``, ... (lossless).
 ``content_hash(frames_or_path) -> str``: sha256 hex of an array (shape + dtype + bytes), a file's bytes,
     or a folder's image files (names + bytes, in reading order).
@@ -235,6 +237,46 @@ def _read_file(
     reported = float(fps) if fps else (float(rate) if rate else DEFAULT_FOLDER_FPS)
     end = decoded if stop is None else stop
     return Video(np.stack(out), reported, path, source_size, (start, end), stride, info)
+
+
+def frame_timestamps(path: str | Path) -> list[int]:
+    """The pts of every frame of a file's video stream, in presentation order, read from its packets (nothing
+    is decoded: cheap even for a long clip). ``read_frame`` seeks with them."""
+    path = Path(path)
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: contains no video stream")
+            stream = container.streams.video[0]
+            stamps = [int(p.pts) for p in container.demux(stream) if p.pts is not None]
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoError(f"{path}: not a readable video ({_one_line(exc)})") from None
+    return sorted(stamps)
+
+
+def read_frame(path: str | Path, index: int, timestamps: Sequence[int]) -> tuple[np.ndarray, float]:
+    """Frame ``index`` (RGB uint8) of a video file and its stream's rate, decoded from the key frame before it
+    rather than from the start: a scrubbing client asks for late frames again and again. ``timestamps`` are
+    the file's ``frame_timestamps``. Falls back to decoding from the start if the seek lands past the frame."""
+    path = Path(path)
+    if not 0 <= index < len(timestamps):
+        raise VideoError(f"{path}: frame {index} is beyond its {len(timestamps)} frames")
+    target = int(timestamps[index])
+    try:
+        with av.open(str(path), mode="r") as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else DEFAULT_FOLDER_FPS
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts > target:
+                    break
+                if frame.pts == target:
+                    return frame.to_ndarray(format="rgb24"), fps
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise VideoError(f"{path}: frame {index} cannot be decoded ({_one_line(exc)})") from None
+    video = read_video(path, frames=(index, index + 1))
+    return video.frames[0], video.fps
 
 
 # H.273 / FFmpeg enum values that mean "not said"; those are left out of Video.info["color"].

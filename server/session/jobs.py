@@ -66,6 +66,7 @@ class Upload:
     created: float = field(default_factory=time.monotonic)
     fits: int = 0  # fits reading it now: never removed then
     lock: threading.Lock = field(default_factory=threading.Lock)  # one sanitizing thread at a time
+    timestamps: list[int] | None = None  # the sanitized copy's frame pts, for seeking (upload_frame)
 
 
 @dataclass
@@ -263,7 +264,7 @@ class Jobs:
     def _upload_frame(self, upload: Upload, request: bundles_pb2.UploadFrameRequest) -> bundles_pb2.UploadFrame:
         import cv2
 
-        from vatlas.video import VideoError, read_video
+        from vatlas.video import VideoError, frame_timestamps, read_frame
 
         frames, width, height = self._sanitized(upload)
         sanitized = upload.path.with_name(SANITIZED_NAME)
@@ -272,10 +273,11 @@ class Jobs:
         if request.frame >= frames:
             raise CoreError("OUT_OF_RANGE", f"frame {request.frame} is beyond the video's {frames} frames")
         try:
-            video = read_video(sanitized, frames=(request.frame, request.frame + 1))
+            if upload.timestamps is None:
+                upload.timestamps = frame_timestamps(sanitized)
+            rgb, fps = read_frame(sanitized, request.frame, upload.timestamps)
         except VideoError:
             raise CoreError("FAILED_PRECONDITION", f"frame {request.frame} of the upload cannot be decoded") from None
-        rgb = video.frames[0]
         side = request.max_side or max(width, height)
         scale = min(1.0, side / max(width, height))
         if scale < 1.0:
@@ -285,7 +287,7 @@ class Jobs:
         if not ok:
             raise CoreError("INTERNAL", f"frame {request.frame}: {INTERNAL_MESSAGE}")
         return bundles_pb2.UploadFrame(upload_id=request.upload_id, frame=request.frame, frames=frames, width=width,
-                                       height=height, fps=video.fps, jpeg=jpeg.tobytes(),
+                                       height=height, fps=fps, jpeg=jpeg.tobytes(),
                                        image_width=int(rgb.shape[1]), image_height=int(rgb.shape[0]))
 
     # ---------------------------------------------------------------- fits
