@@ -172,3 +172,29 @@ def test_from_a_video_to_an_edited_export(empty_server, clip: Path, new_page, tm
     print(f"\nuser actions: {len(act.done)}: " + "; ".join(act.done))
     print(f"user time to the fit: {user_seconds:.1f} s; stroke to a second frame: {edit_seconds:.1f} s")
     assert len(act.done) <= 16
+
+
+def test_a_running_fit_is_cancelled_from_the_page(empty_server, clip: Path, new_page) -> None:  # noqa: F811
+    page = new_page()
+    page.goto(f"{empty_server.http_url}/?token={TEST_TOKEN}&name=Alice")
+    page.wait_for_selector("#start-page:not([hidden])[data-step=choose]")
+    page.set_input_files("#video-file", str(clip))
+    page.wait_for_selector("#start-page[data-step=roi]")
+    for x, y in [*REGION, REGION[0]]:
+        click_video_point(page, x, y)
+    page.wait_for_selector("#roi-canvas[data-regions='1']")
+    page.click("#start-page details summary")
+    page.fill("#fit-iterations", "100000")
+    page.click("#fit-start")
+    page.wait_for_selector("#fit-cancel:not([hidden])")
+    page.wait_for_function("window.vatlasStart.fitId !== ''")
+    page.click("#fit-cancel")
+    page.wait_for_selector("#fit-back:not([hidden])", timeout=60_000)
+    assert page.inner_text("#fit-stage") == "The fit stopped"
+    assert "cancelled" in page.inner_text("#start-error")
+    assert page.is_hidden("#fit-cancel")
+    assert not empty_server.core.jobs._fitting
+    assert not list((empty_server.core.bundles.models_dir).glob("my-holiday*"))
+    page.click("#fit-back")  # back to the drawing, the region kept, ready to start again
+    page.wait_for_selector("#start-page[data-step=roi]")
+    assert page.evaluate("window.vatlasStart.regions()") == [[list(map(float, p)) for p in REGION]]

@@ -361,3 +361,27 @@ def test_async_session_resumes_after_server_restart(server_process_factory: Call
                 assert seen.seq == second and b.seq == second
 
     asyncio.run(flow())
+
+
+def test_a_detached_fit_is_cancelled_over_grpc(running_server, tmp_path: Path) -> None:
+    from vatlas_client import VatlasError
+
+    from vatlas.synth import make_scene
+    from vatlas.video import write_mp4
+
+    scene = make_scene(frames=4, size=(64, 48), seed=3)
+    video = write_mp4(tmp_path / "clip.mp4", scene.frames, scene.fps, crf=12)
+    roi = {"ref_frame": 0, "polygons": [[[14, 10], [50, 10], [50, 38], [14, 38]]]}
+    with Client(running_server.grpc_target, token=TOKEN, timeout=60) as c:
+        progress = c.fit_progress(video, "to-cancel", roi, preset="draft", iterations=100_000, detach=True)
+        first = next(progress)
+        assert first.fit_id
+        c.cancel_fit(first.fit_id)
+        with pytest.raises(VatlasError) as stopped:
+            for _ in progress:
+                pass
+        assert stopped.value.code == "CANCELLED" and "cancelled" in stopped.value.message
+        assert "to-cancel" not in [b.name for b in c.list_bundles()]
+        with pytest.raises(VatlasError) as again:
+            c.cancel_fit(first.fit_id)
+        assert again.value.code == "FAILED_PRECONDITION"

@@ -213,6 +213,41 @@ def test_a_fit_stops_with_its_socket_unless_detached_and_is_found_again(server, 
     run(scenario())
 
 
+def test_a_detached_fit_is_cancelled_and_leaves_nothing(server, clip: bytes) -> None:
+    async def scenario() -> None:
+        client = await WsClient.connect(server.ws_url, server.token)
+        result, _ = await upload(client, clip)
+        start = bundles_pb2.StartFitRequest(upload_id=result.upload_id, name="stopped", roi_json=json.dumps(ROI),
+                                            preset="draft", iterations=100_000, detach=True)
+        rid = await client.send(start_fit=start)
+        first = (await client.recv_until(lambda r: r.request_id == rid)).fit
+        deadline = time.monotonic() + 60
+        while server.core.jobs._fitting.get("stopped") is None:
+            assert time.monotonic() < deadline, "the fit process did not start"
+            await asyncio.sleep(0.1)
+        other = await WsClient.connect(server.ws_url, server.token)  # anyone holding the server's token
+        answer = await other.call(cancel_fit=bundles_pb2.CancelFitRequest(fit_id=first.fit_id))
+        info = answer.fit_info
+        assert answer.WhichOneof("result") == "fit_info", answer
+        assert (info.fit_id, info.running, info.error.code) == (first.fit_id, False, "CANCELLED")
+        assert "cancelled" in info.error.message
+        assert not server.core.jobs._fitting and not (server.core.bundles.models_dir / "stopped.vatlas").exists()
+        # the follower's stream ends with the same error; a second cancel and an unknown id are typed errors
+        while True:
+            resp = await client.recv_until(lambda r: r.request_id == rid, timeout=30)
+            if resp.WhichOneof("result") == "error":
+                assert resp.error.code == "CANCELLED"
+                break
+        again = await other.call(cancel_fit=bundles_pb2.CancelFitRequest(fit_id=first.fit_id))
+        assert again.error.code == "FAILED_PRECONDITION"
+        missing = await other.call(cancel_fit=bundles_pb2.CancelFitRequest(fit_id="f-none"))
+        assert missing.error.code == "NOT_FOUND"
+        await client.close()
+        await other.close()
+
+    run(scenario())
+
+
 def test_the_fit_progress_sink_sees_what_the_bar_shows_without_a_bar() -> None:
     """models.fit.FitProgress(sink=...) hands its state to `vatlas fit --json` even with the bar off."""
     from vatlas.models.fit import FitProgress, StagePlan

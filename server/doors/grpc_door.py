@@ -151,6 +151,14 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
         await self.check(context)
         return self.core.jobs.list_fits()
 
+    async def CancelFit(self, request: Any, context: Any) -> bundles_pb2.FitInfo:
+        await self.check(context)
+        try:
+            return await self.core.jobs.cancel(request)
+        except CoreError as exc:
+            await abort(context, exc)
+            raise
+
     async def AttachFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
         await self.check(context)
         try:

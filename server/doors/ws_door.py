@@ -39,7 +39,8 @@ Uploads and fits
     ``start_fit`` -> ``fit`` events (FitProgress: fit_id, stage, stage_number/stage_count, overall fraction,
     eta_seconds, readout, a ``preview`` JPEG every few seconds), the last with ``done`` and the bundle, or an
     ``error``. Without ``detach`` the fit stops when the connection closes. ``list_fits`` -> ``fits``;
-    ``attach_fit`` -> ``fit`` events of a running or recently ended fit (its latest state first).
+    ``attach_fit`` -> ``fit`` events of a running or recently ended fit (its latest state first);
+    ``cancel_fit`` -> ``fit_info`` (the fit stopped, its partial bundle removed; its followers get CANCELLED).
     ``session`` carries a ``ClientMessage``: first ``join`` (one session per connection), then ``op``,
     ``undo``, ``redo``, ``presence``, ``leave``. All session events (snapshot, accepted, rejected, applied,
     presence, error) come back as ``event`` with the request_id of the ``join``. Every op gets exactly one
@@ -410,6 +411,9 @@ class WsConnection:
         async with contextlib.aclosing(events):  # a closed socket ends the stream (and an undetached fit)
             async for event in events:
                 await self.send(rid, fit=event)
+
+    async def _call_cancel_fit(self, rid: int, request: Any) -> None:
+        await self.send(rid, fit_info=await self.core.jobs.cancel(request))
 
     async def _call_list_fits(self, rid: int, _: Any) -> None:
         await self.send(rid, fits=self.core.jobs.list_fits())

@@ -83,6 +83,7 @@ class FitJob:
     running: bool = True
     watchers: set[asyncio.Queue] = field(default_factory=set)
     task: asyncio.Future | None = None
+    stopped_by: str = "its caller went away"  # why a cancelled fit stopped, for its error
 
     def subscribe(self) -> asyncio.Queue:
         """A queue of this fit's events from now on, starting with its current state (None ends it)."""
@@ -359,6 +360,19 @@ class Jobs:
                                          "not across restarts)")
         return self._watch(job, job.subscribe(), owner=False)
 
+    async def cancel(self, request: bundles_pb2.CancelFitRequest) -> bundles_pb2.FitInfo:
+        """Stop a running fit (a detached one too) and remove its partial bundle; the fit as it ended."""
+        job = self.fits.get(request.fit_id)
+        if job is None:
+            raise CoreError("NOT_FOUND", f"no fit {request.fit_id!r}")
+        if not job.running or job.task is None:
+            raise CoreError("FAILED_PRECONDITION", f"the fit of {job.name!r} has already ended")
+        job.stopped_by = "it was cancelled"
+        job.task.cancel()
+        # its process is stopped and its partial outputs removed before the answer
+        await asyncio.wait({job.task}, timeout=2 * FIT_STOP_SECONDS)
+        return job.info()
+
     def _forget_old_fits(self) -> None:
         ended = sorted((j for j in self.fits.values() if not j.running), key=lambda j: j.created)
         for job in ended[:max(0, len(ended) - MAX_FIT_RECORDS)]:
@@ -461,7 +475,7 @@ class Jobs:
         except CoreError as exc:
             job.error = exc
         except asyncio.CancelledError:
-            job.error = CoreError("CANCELLED", "the fit was stopped: its caller went away")
+            job.error = CoreError("CANCELLED", f"the fit was stopped: {job.stopped_by}")
         except Exception:  # noqa: BLE001 - a server bug: the fit's watchers get INTERNAL, the log the details
             log.exception("fit %s failed", name)
             job.error = CoreError("INTERNAL", f"fit failed: {INTERNAL_MESSAGE}")

@@ -131,6 +131,9 @@ class AsyncClient:
             raise VatlasError(f"fit of {name!r} ended without a bundle")
         return last.bundle
 
+    async def cancel_fit(self, fit_id: str) -> None:
+        await self._unary(self._bundles.CancelFit, bundles_pb2.CancelFitRequest(fit_id=fit_id))
+
     # ---- sessions ----
 
     async def create_session(

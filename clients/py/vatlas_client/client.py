@@ -166,6 +166,10 @@ class Client:
                               + (f" (last stage {last.stage!r}: {last.message})" if last else ""))
         return last.bundle
 
+    def cancel_fit(self, fit_id: str) -> None:
+        """Stop a running fit (one started with `detach` too); its partial bundle is removed."""
+        self._unary(self._bundles.CancelFit, bundles_pb2.CancelFitRequest(fit_id=fit_id))
+
     # ---- sessions ----
 
     def create_session(

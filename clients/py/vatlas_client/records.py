@@ -139,12 +139,13 @@ class FitProgress:
     done: bool
     bundle: BundleInfo | None
     message: str
+    fit_id: str = ""  # for `cancel_fit`
 
     @classmethod
     def from_proto(cls, msg: bundles_pb2.FitProgress) -> FitProgress:
         bundle = BundleInfo.from_proto(msg.bundle) if msg.HasField("bundle") else None
         return cls(msg.stage, msg.fraction, msg.iteration, dict(msg.losses), msg.eta_seconds, msg.done, bundle,
-                   msg.message)
+                   msg.message, msg.fit_id)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ export class StartFlow {
     byId("fit-start").addEventListener("click", () => void this.startFit());
     byId("fit-name").addEventListener("input", () => this.refreshRoiUi());
     byId("fit-back").addEventListener("click", () => this.step(this.uploadId ? "roi" : "choose"));
+    byId("fit-cancel").addEventListener("click", () => void this.cancelFit());
     byId("share-box-close").addEventListener("click", () => (byId("share-box").hidden = true));
     this.exposeForTests();
   }
@@ -356,6 +357,7 @@ export class StartFlow {
     const number = event.stage_number ? `Step ${event.stage_number} of ${event.stage_count}: ` : "";
     byId("fit-stage").textContent = `${number}${stage}`;
     byId("fit-stage").dataset.stage = event.stage ?? "";
+    byId("fit-cancel").hidden = Boolean(event.done);
     const eta = event.eta_seconds ?? 0;
     byId("fit-eta").textContent = event.done ? "" : eta > 0 ? `about ${duration(eta)} left` : "estimating time left…";
     byId("fit-readout").textContent = event.readout ?? event.message ?? "";
@@ -371,10 +373,26 @@ export class StartFlow {
     }
   }
 
+  /** Stop the running fit on the server; its stream then ends with CANCELLED (fitFailed shows that). */
+  private async cancelFit(): Promise<void> {
+    if (!this.fitId) return;
+    const button = byId<HTMLButtonElement>("fit-cancel");
+    button.disabled = true;
+    try {
+      const response = await this.conn.request({ cancel_fit: { fit_id: this.fitId } });
+      if (response.error) this.error(response.error.message ?? "the fit could not be cancelled");
+    } catch (error) {
+      this.error(messageOf(error));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   private fitFailed(message: string): void {
     localStorage.removeItem(STORAGE_KEY);
     this.fitId = "";
     this.fitStream = null;
+    byId("fit-cancel").hidden = true;
     byId("fit-stage").textContent = "The fit stopped";
     byId("fit-eta").textContent = "";
     this.error(message);
@@ -404,6 +422,7 @@ export class StartFlow {
     page.dataset.step = step;
     for (const section of page.querySelectorAll<HTMLElement>("[data-step]")) section.hidden = section.dataset.step !== step;
     byId("fit-back").hidden = true;
+    if (step !== "fit") byId("fit-cancel").hidden = true;
     if (step === "roi") {
       this.refreshRoiUi();
       this.editor.draw();

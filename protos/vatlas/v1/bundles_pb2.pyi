@@ -223,3 +223,9 @@ class AttachFitRequest(_message.Message):
     FIT_ID_FIELD_NUMBER: _ClassVar[int]
     fit_id: str
     def __init__(self, fit_id: _Optional[str] = ...) -> None: ...
+
+class CancelFitRequest(_message.Message):
+    __slots__ = ("fit_id",)
+    FIT_ID_FIELD_NUMBER: _ClassVar[int]
+    fit_id: str
+    def __init__(self, fit_id: _Optional[str] = ...) -> None: ...

@@ -74,6 +74,11 @@ class BundlesStub:
                 request_serializer=vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
                 response_deserializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
                 _registered_method=True)
+        self.CancelFit = channel.unary_unary(
+                '/vatlas.v1.Bundles/CancelFit',
+                request_serializer=vatlas_dot_v1_dot_bundles__pb2.CancelFitRequest.SerializeToString,
+                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.FitInfo.FromString,
+                _registered_method=True)
 
 
 class BundlesServicer:
@@ -127,6 +132,12 @@ class BundlesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelFit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BundlesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_BundlesServicer_to_server(servicer, server):
                     servicer.AttachFit,
                     request_deserializer=vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.FromString,
                     response_serializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.SerializeToString,
+            ),
+            'CancelFit': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelFit,
+                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.CancelFitRequest.FromString,
+                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.FitInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class Bundles:
             '/vatlas.v1.Bundles/AttachFit',
             vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
             vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelFit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vatlas.v1.Bundles/CancelFit',
+            vatlas_dot_v1_dot_bundles__pb2.CancelFitRequest.SerializeToString,
+            vatlas_dot_v1_dot_bundles__pb2.FitInfo.FromString,
             options,
             channel_credentials,
             insecure,

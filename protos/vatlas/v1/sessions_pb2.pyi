@@ -219,7 +219,7 @@ class StopPlayback(_message.Message):
     def __init__(self) -> None: ...
 
 class WsRequest(_message.Message):
-    __slots__ = ("request_id", "hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info", "upload", "upload_frame", "start_fit", "list_fits", "attach_fit")
+    __slots__ = ("request_id", "hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info", "upload", "upload_frame", "start_fit", "list_fits", "attach_fit", "cancel_fit")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     LIST_BUNDLES_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,7 @@ class WsRequest(_message.Message):
     START_FIT_FIELD_NUMBER: _ClassVar[int]
     LIST_FITS_FIELD_NUMBER: _ClassVar[int]
     ATTACH_FIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: Hello
     list_bundles: _bundles_pb2.ListBundlesRequest
@@ -254,10 +255,11 @@ class WsRequest(_message.Message):
     start_fit: _bundles_pb2.StartFitRequest
     list_fits: _bundles_pb2.ListFitsRequest
     attach_fit: _bundles_pb2.AttachFitRequest
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., list_bundles: _Optional[_Union[_bundles_pb2.ListBundlesRequest, _Mapping]] = ..., create_session: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., session: _Optional[_Union[ClientMessage, _Mapping]] = ..., render: _Optional[_Union[_render_pb2.RenderRequest, _Mapping]] = ..., playback: _Optional[_Union[_render_pb2.PlaybackRequest, _Mapping]] = ..., stop_playback: _Optional[_Union[StopPlayback, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportRequest, _Mapping]] = ..., load_bundle: _Optional[_Union[_bundles_pb2.LoadBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.GetBundleInfoRequest, _Mapping]] = ..., upload: _Optional[_Union[_bundles_pb2.UploadChunk, _Mapping]] = ..., upload_frame: _Optional[_Union[_bundles_pb2.UploadFrameRequest, _Mapping]] = ..., start_fit: _Optional[_Union[_bundles_pb2.StartFitRequest, _Mapping]] = ..., list_fits: _Optional[_Union[_bundles_pb2.ListFitsRequest, _Mapping]] = ..., attach_fit: _Optional[_Union[_bundles_pb2.AttachFitRequest, _Mapping]] = ...) -> None: ...
+    cancel_fit: _bundles_pb2.CancelFitRequest
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., list_bundles: _Optional[_Union[_bundles_pb2.ListBundlesRequest, _Mapping]] = ..., create_session: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., session: _Optional[_Union[ClientMessage, _Mapping]] = ..., render: _Optional[_Union[_render_pb2.RenderRequest, _Mapping]] = ..., playback: _Optional[_Union[_render_pb2.PlaybackRequest, _Mapping]] = ..., stop_playback: _Optional[_Union[StopPlayback, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportRequest, _Mapping]] = ..., load_bundle: _Optional[_Union[_bundles_pb2.LoadBundleRequest, _Mapping]] = ..., list_sessions: _Optional[_Union[ListSessionsRequest, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.GetBundleInfoRequest, _Mapping]] = ..., upload: _Optional[_Union[_bundles_pb2.UploadChunk, _Mapping]] = ..., upload_frame: _Optional[_Union[_bundles_pb2.UploadFrameRequest, _Mapping]] = ..., start_fit: _Optional[_Union[_bundles_pb2.StartFitRequest, _Mapping]] = ..., list_fits: _Optional[_Union[_bundles_pb2.ListFitsRequest, _Mapping]] = ..., attach_fit: _Optional[_Union[_bundles_pb2.AttachFitRequest, _Mapping]] = ..., cancel_fit: _Optional[_Union[_bundles_pb2.CancelFitRequest, _Mapping]] = ...) -> None: ...
 
 class WsResponse(_message.Message):
-    __slots__ = ("request_id", "welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions", "upload_progress", "upload", "upload_frame", "fit", "fits")
+    __slots__ = ("request_id", "welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions", "upload_progress", "upload", "upload_frame", "fit", "fits", "fit_info")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +275,7 @@ class WsResponse(_message.Message):
     UPLOAD_FRAME_FIELD_NUMBER: _ClassVar[int]
     FIT_FIELD_NUMBER: _ClassVar[int]
     FITS_FIELD_NUMBER: _ClassVar[int]
+    FIT_INFO_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     welcome: Welcome
     bundles: _bundles_pb2.ListBundlesResponse
@@ -288,4 +291,5 @@ class WsResponse(_message.Message):
     upload_frame: _bundles_pb2.UploadFrame
     fit: _bundles_pb2.FitProgress
     fits: _bundles_pb2.ListFitsResponse
-    def __init__(self, request_id: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., bundles: _Optional[_Union[_bundles_pb2.ListBundlesResponse, _Mapping]] = ..., session_info: _Optional[_Union[SessionInfo, _Mapping]] = ..., event: _Optional[_Union[ServerEvent, _Mapping]] = ..., frame: _Optional[_Union[_render_pb2.RenderedFrame, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportEvent, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.BundleInfo, _Mapping]] = ..., sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., upload_progress: _Optional[_Union[_bundles_pb2.UploadProgress, _Mapping]] = ..., upload: _Optional[_Union[_bundles_pb2.UploadResult, _Mapping]] = ..., upload_frame: _Optional[_Union[_bundles_pb2.UploadFrame, _Mapping]] = ..., fit: _Optional[_Union[_bundles_pb2.FitProgress, _Mapping]] = ..., fits: _Optional[_Union[_bundles_pb2.ListFitsResponse, _Mapping]] = ...) -> None: ...
+    fit_info: _bundles_pb2.FitInfo
+    def __init__(self, request_id: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., bundles: _Optional[_Union[_bundles_pb2.ListBundlesResponse, _Mapping]] = ..., session_info: _Optional[_Union[SessionInfo, _Mapping]] = ..., event: _Optional[_Union[ServerEvent, _Mapping]] = ..., frame: _Optional[_Union[_render_pb2.RenderedFrame, _Mapping]] = ..., export: _Optional[_Union[_render_pb2.ExportEvent, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., bundle_info: _Optional[_Union[_bundles_pb2.BundleInfo, _Mapping]] = ..., sessions: _Optional[_Union[ListSessionsResponse, _Mapping]] = ..., upload_progress: _Optional[_Union[_bundles_pb2.UploadProgress, _Mapping]] = ..., upload: _Optional[_Union[_bundles_pb2.UploadResult, _Mapping]] = ..., upload_frame: _Optional[_Union[_bundles_pb2.UploadFrame, _Mapping]] = ..., fit: _Optional[_Union[_bundles_pb2.FitProgress, _Mapping]] = ..., fits: _Optional[_Union[_bundles_pb2.ListFitsResponse, _Mapping]] = ..., fit_info: _Optional[_Union[_bundles_pb2.FitInfo, _Mapping]] = ...) -> None: ...

@@ -204,6 +204,11 @@ export interface AttachFitRequest {
   fit_id?: string;
 }
 
+/** vatlas.v1.CancelFitRequest */
+export interface CancelFitRequest {
+  fit_id?: string;
+}
+
 // ---- vatlas/v1/render.proto ----
 
 /** vatlas.v1.Region */
@@ -449,9 +454,10 @@ export interface WsRequest {
   start_fit?: StartFitRequest;  // oneof call
   list_fits?: ListFitsRequest;  // oneof call
   attach_fit?: AttachFitRequest;  // oneof call
+  cancel_fit?: CancelFitRequest;  // oneof call
 }
 /** Members of oneof `call` in WsRequest (set at most one). */
-export const WSREQUEST_CALL = ["hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info", "upload", "upload_frame", "start_fit", "list_fits", "attach_fit"] as const;
+export const WSREQUEST_CALL = ["hello", "list_bundles", "create_session", "session", "render", "playback", "stop_playback", "export", "load_bundle", "list_sessions", "bundle_info", "upload", "upload_frame", "start_fit", "list_fits", "attach_fit", "cancel_fit"] as const;
 
 /** vatlas.v1.WsResponse */
 export interface WsResponse {
@@ -470,6 +476,7 @@ export interface WsResponse {
   upload_frame?: UploadFrame;  // oneof result
   fit?: FitProgress;  // oneof result
   fits?: ListFitsResponse;  // oneof result
+  fit_info?: FitInfo;  // oneof result
 }
 /** Members of oneof `result` in WsResponse (set at most one). */
-export const WSRESPONSE_RESULT = ["welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions", "upload_progress", "upload", "upload_frame", "fit", "fits"] as const;
+export const WSRESPONSE_RESULT = ["welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions", "upload_progress", "upload", "upload_frame", "fit", "fits", "fit_info"] as const;
