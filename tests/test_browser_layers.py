@@ -205,6 +205,19 @@ def test_a_placed_image_is_moved_and_the_move_undone(running_server: Any, tiny_b
     full = back[y, x].astype(int)
     assert np.abs(half - (source + full) / 2).max() < 40, (half, source, full)
 
+    # Its colour: the grade sliders show for an image and turn the blue grey.
+    assert alice.is_visible("#sel-grade") and alice.is_hidden("#sel-color-row")
+    alice.evaluate("() => { const s = document.querySelector('#sel-opacity'); s.value = '1';"
+                   " s.dispatchEvent(new Event('change')); }")
+    wait_frame(alice, frame=0, min_seq=5)
+    alice.evaluate("() => { const s = document.querySelector('#sel-saturation'); s.value = '-1';"
+                   " s.dispatchEvent(new Event('change')); }")
+    wait_frame(alice, frame=0, min_seq=6)
+    grey = frame_rgb(alice)[y, x].astype(int)
+    assert grey.max() - grey.min() < 25 and not is_colour(grey, BLUE), grey
+    wait_frame(bob, frame=0, min_seq=6)
+    assert np.abs(frame_rgb(bob)[y, x].astype(int) - grey).max() <= 2
+
 
 def test_late_joiners_see_the_authors_colours(running_server: Any, tiny_bundle: Any, new_page: Any) -> None:
     alice = new_page()

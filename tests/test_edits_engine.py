@@ -274,3 +274,27 @@ def test_a_frame_texture_turns_about_its_centre(engine) -> None:
     assert changed(30, 26) and not changed(22, 19)  # lying: right of the centre, not above it
     engine.apply({"type": "update", "target": "bar", "set": {"rotation": 90.0}})
     assert changed(22, 19) and not changed(30, 26)  # standing: above the centre, not right of it
+
+
+def test_a_placed_image_has_its_own_colour_grade(engine) -> None:
+    """Textures and stickers take the adjustment's colour fields as the image's colour control; an update sets
+    them and undoing it (an update back) restores the pixels exactly."""
+    rect = [14, 24, 10, 10]
+    engine.apply({"id": "pic", "type": "texture", "frame": 0, "image": png_bytes(solid_rgba(8, 8, (200, 60, 40, 255))),
+                  "rect": rect})
+    before = engine.render([0]).numpy()[0, 29, 19].astype(int)
+    engine.apply({"type": "update", "target": "pic", "set": {"saturation": -1.0}})
+    grey = engine.render([0]).numpy()[0, 29, 19].astype(int)
+    assert grey.max() - grey.min() <= 3 and before.max() - before.min() > 100
+    engine.apply({"type": "update", "target": "pic", "set": {"saturation": 0.0, "hue": 180.0}})
+    turned = engine.render([0]).numpy()[0, 29, 19].astype(int)
+    assert turned[2] > turned[0]  # red-orange turned towards cyan
+    engine.apply({"type": "update", "target": "pic", "set": {"hue": 0.0}})
+    assert np.array_equal(engine.render([0]).numpy()[0, 29, 19], before)
+    engine.apply({"id": "dot", "type": "sticker", "frame": 0, "position": [19, 29], "size": [6, 6],
+                  "image": png_bytes(solid_rgba(6, 6, (200, 200, 200, 255)))})
+    plain = int(engine.render([0]).numpy()[0, 29, 19, 0])
+    engine.apply({"type": "update", "target": "dot", "set": {"exposure": -1.0}})
+    assert abs(int(engine.render([0]).numpy()[0, 29, 19, 0]) - plain / 2) <= 3  # one stop darker
+    with pytest.raises(OpError, match="exposure"):
+        engine.apply({"type": "update", "target": "pic", "set": {"exposure": 99.0}})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
+from vatlas.server.edits.ops import decode_image
 
 # Rec. 709 luma weights.
 LUMA = (0.2126, 0.7152, 0.0722)
@@ -52,6 +54,18 @@ def apply_adjustment(rgb: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
     if hue:
         out = out @ _hue_matrix(hue, out.device).T
     return out.clamp(0.0, 1.0)
+
+
+def graded_image(op: dict[str, Any]) -> np.ndarray:
+    """A texture's or sticker's image (h, w, 4) uint8 RGBA with its own colour grade applied (the op's exposure,
+    contrast, saturation, hue and temperature; alpha kept): the image's colour control."""
+    rgba = decode_image(op["image"], op_id=op.get("id", ""))
+    params = {k: op[k] for k in ADJUST_FIELDS if op.get(k)}
+    if not params:
+        return rgba
+    graded = apply_adjustment(torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0), params)
+    rgb = (graded * 255.0).round().to(torch.uint8).numpy()
+    return np.concatenate([rgb, rgba[..., 3:]], axis=-1)
 
 
 def adjustment_affine(params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

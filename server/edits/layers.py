@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vatlas.models.bundle import decode_uv
-from vatlas.server.edits.adjust import adjustment_affine, is_identity
-from vatlas.server.edits.ops import OpError, OpLimits, decode_image
+from vatlas.server.edits.adjust import adjustment_affine, graded_image, is_identity
+from vatlas.server.edits.ops import OpError, OpLimits
 from vatlas.server.edits.raster import (
     DENSIFY_FRAME_PX,
     IMAGE_OVERSAMPLE,
@@ -254,7 +254,7 @@ class AtlasLayers:
         return AtlasOp("paint", rect, op, points=self._points_tensor(pieces), width=width, extra=extra, segs=segs)
 
     def _prepare_texture(self, op: dict[str, Any]) -> AtlasOp:
-        rgba = decode_image(op["image"], op_id=op.get("id", ""))
+        rgba = graded_image(op)
         h, w = rgba.shape[:2]
         if op.get("space", "frame") == "atlas":
             scale = float(op.get("scale", 1.0))

@@ -35,11 +35,14 @@ DECODE_CACHE_BYTES = 128 * 1024 * 1024
 FIELDS_BY_TYPE: dict[str, frozenset[str]] = {
     "stroke": frozenset({"space", "frame", "points", "width", "color", "hardness", "mode", "opacity"}),
     "texture": frozenset({"space", "frame", "image", "rect", "position", "scale", "rotation", "opacity"}),
-    "adjustment": frozenset({"space", "frame", "points", "width", "hardness", "region", "exposure", "contrast",
-                             "saturation", "hue", "temperature", "opacity"}),
+    "adjustment": frozenset({"space", "frame", "points", "width", "hardness", "region", "opacity"}),
     "sticker": frozenset({"space", "frame", "image", "position", "size", "scale", "rotation", "opacity",
                           "follow_scale", "follow_rotation"}),
 }
+# An adjustment's colour change, and an image's own colour grade (texture and sticker: its colour control).
+COLOUR_FIELDS = frozenset({"exposure", "contrast", "saturation", "hue", "temperature"})
+FIELDS_BY_TYPE = {kind: fields | COLOUR_FIELDS if kind in ("adjustment", "texture", "sticker") else fields
+                  for kind, fields in FIELDS_BY_TYPE.items()}
 # Every object may carry its stacking position (higher on top; see EditOp.z).
 FIELDS_BY_TYPE = {kind: fields | {"z"} for kind, fields in FIELDS_BY_TYPE.items()}
 MAX_Z = 1.0e9

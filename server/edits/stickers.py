@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vatlas.server.edits.ops import decode_image
+from vatlas.server.edits.adjust import graded_image
 from vatlas.server.edits.raster import (
     IMAGE_OVERSAMPLE,
     AtlasGeometry,
@@ -62,7 +62,7 @@ def track_sticker(geom: AtlasGeometry, op: dict[str, Any], device: torch.device)
     if not np.isfinite(centre[frame]).all():  # the inverse map is unknown there: nothing to follow
         raise outside_region(op.get("id", ""))
     j_ref = jac[frame]
-    rgba = decode_image(op["image"], op_id=op.get("id", ""))
+    rgba = graded_image(op)
     h, w = rgba.shape[:2]
     size = np.asarray(op.get("size", [w, h]), dtype=np.float64) * float(op.get("scale", 1.0))
     base = rotation_matrix(float(op.get("rotation", 0.0))) * size[None, :]

@@ -41,6 +41,8 @@ interface Drag {
 }
 
 const HANDLE_PX = 9; // screen pixels around a handle that grab it
+// a placed image's colour controls: EditOp fields the server applies to a texture's or sticker's own image
+const GRADE_FIELDS = ["exposure", "saturation", "hue"] as const;
 
 export class Selection {
   selectedId = "";
@@ -96,6 +98,16 @@ export class Selection {
     opacity.dispatchEvent(new Event("input"));
     const isStroke = layer.op.type === "stroke";
     byId("sel-color-row").hidden = !isStroke;
+    // a placed image's own colour grade (the server applies it to the image before it lands on the surface)
+    const isImage = layer.op.type === "texture" || layer.op.type === "sticker";
+    byId("sel-grade").hidden = !isImage;
+    if (isImage) {
+      for (const field of GRADE_FIELDS) {
+        const input = byId<HTMLInputElement>(`sel-${field}`);
+        input.value = String(layer.op[field] ?? 0);
+        input.dispatchEvent(new Event("input"));
+      }
+    }
     if (isStroke) {
       const [r, g, b] = layer.op.color ?? [1, 1, 1];
       const hex = (v: number | undefined): string => Math.round((v ?? 0) * 255).toString(16).padStart(2, "0");
@@ -205,6 +217,15 @@ export class Selection {
       const layer = this.layer();
       if (layer?.op.type === "stroke") this.update(layer, { color: [...hexToRgb((e.target as HTMLInputElement).value), 1] });
     });
+    for (const field of GRADE_FIELDS) {
+      byId<HTMLInputElement>(`sel-${field}`).addEventListener("change", (e) => {
+        const layer = this.layer();
+        const value = Number((e.target as HTMLInputElement).value);
+        if ((layer?.op.type === "texture" || layer?.op.type === "sticker") && value !== (layer.op[field] ?? 0)) {
+          this.update(layer, { [field]: value });
+        }
+      });
+    }
     for (const how of ["front", "forward", "backward", "back"] as Restack[]) {
       byId(`sel-${how}`).addEventListener("click", () => this.restack(how));
     }
