@@ -269,7 +269,7 @@ def test_updates_move_and_restack_are_validated_undone_and_broadcast(running_ser
             assert list(undo.op.set.rect) == pytest.approx(rect)
 
             # Validation: a property the object lacks, a z out of range.
-            for op in ({"id": "bad1", "type": "update", "target": "red", "set": {"exposure": 1.0}},
+            for op in ({"id": "bad1", "type": "update", "target": "red", "set": {"width": 3.0}},
                        {"id": "bad2", "type": "update", "target": "red", "set": {"z": 1e12}}):
                 alice.send_op(op)
                 rejected = await alice.event("rejected", where=lambda r, i=op["id"]: r.op_id == i)
