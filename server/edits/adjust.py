@@ -7,17 +7,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from vatlas.server.edits.ops import decode_image
+from vatlas.server.edits.ops import COLOUR_FIELDS, decode_image
 
 # Rec. 709 luma weights.
 LUMA = (0.2126, 0.7152, 0.0722)
-ADJUST_FIELDS = ("exposure", "contrast", "saturation", "hue", "temperature")
 # Full warm (+1) scales red up and blue down by this fraction.
 TEMPERATURE_GAIN = 0.25
 
 
 def is_identity(params: dict[str, Any]) -> bool:
-    return all(float(params.get(k, 0.0)) == 0.0 for k in ADJUST_FIELDS)
+    return all(float(params.get(k, 0.0)) == 0.0 for k in COLOUR_FIELDS)
 
 
 def _hue_matrix(degrees: float, device: torch.device) -> torch.Tensor:
@@ -60,7 +59,7 @@ def graded_image(op: dict[str, Any]) -> np.ndarray:
     """A texture's or sticker's image (h, w, 4) uint8 RGBA with its own colour grade applied (the op's exposure,
     contrast, saturation, hue and temperature; alpha kept): the image's colour control."""
     rgba = decode_image(op["image"], op_id=op.get("id", ""))
-    params = {k: op[k] for k in ADJUST_FIELDS if op.get(k)}
+    params = {k: op[k] for k in COLOUR_FIELDS if op.get(k)}
     if not params:
         return rgba
     graded = apply_adjustment(torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0), params)

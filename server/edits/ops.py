@@ -31,18 +31,17 @@ MAX_COORD = 1.0e6
 # Decoded images kept for reuse, process-wide (validation and the engine both decode an op's image).
 DECODE_CACHE_BYTES = 128 * 1024 * 1024
 
+# An adjustment's colour change, and an image's own colour grade (texture and sticker: its colour control).
+COLOUR_FIELDS = ("exposure", "contrast", "saturation", "hue", "temperature")
 # Fields each object type may carry (besides id/type); anything else is rejected.
 FIELDS_BY_TYPE: dict[str, frozenset[str]] = {
     "stroke": frozenset({"space", "frame", "points", "width", "color", "hardness", "mode", "opacity"}),
-    "texture": frozenset({"space", "frame", "image", "rect", "position", "scale", "rotation", "opacity"}),
-    "adjustment": frozenset({"space", "frame", "points", "width", "hardness", "region", "opacity"}),
+    "texture": frozenset({"space", "frame", "image", "rect", "position", "scale", "rotation", "opacity",
+                          *COLOUR_FIELDS}),
+    "adjustment": frozenset({"space", "frame", "points", "width", "hardness", "region", "opacity", *COLOUR_FIELDS}),
     "sticker": frozenset({"space", "frame", "image", "position", "size", "scale", "rotation", "opacity",
-                          "follow_scale", "follow_rotation"}),
+                          "follow_scale", "follow_rotation", *COLOUR_FIELDS}),
 }
-# An adjustment's colour change, and an image's own colour grade (texture and sticker: its colour control).
-COLOUR_FIELDS = frozenset({"exposure", "contrast", "saturation", "hue", "temperature"})
-FIELDS_BY_TYPE = {kind: fields | COLOUR_FIELDS if kind in ("adjustment", "texture", "sticker") else fields
-                  for kind, fields in FIELDS_BY_TYPE.items()}
 # Every object may carry its stacking position (higher on top; see EditOp.z).
 FIELDS_BY_TYPE = {kind: fields | {"z"} for kind, fields in FIELDS_BY_TYPE.items()}
 MAX_Z = 1.0e9
