@@ -198,8 +198,8 @@ def rect_mask(rect: Rect, height: int, width: int) -> np.ndarray:
 # Metric functions
 
 
-def region_psnr(out: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[float, np.ndarray]:
-    """PSNR (dB) over ``region`` (T, H, W): pooled over every frame, and per frame (NaN where it is empty)."""
+def _squared_errors(out: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: the sum of squared colour differences over ``region`` and the count of values summed."""
     if out.shape != truth.shape or out.shape[:3] != region.shape:
         raise ValueError(f"shapes differ: {out.shape}, {truth.shape}, region {region.shape}")
     sq = np.zeros(out.shape[0])
@@ -208,34 +208,31 @@ def region_psnr(out: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple
         sel = region[t]
         diff = out[t][sel].astype(np.float64) - truth[t][sel].astype(np.float64)
         sq[t], count[t] = float((diff * diff).sum()), diff.size
+    return sq, count
 
-    def db(s: float, n: float) -> float:
-        if n == 0:
-            return math.nan
-        return math.inf if s == 0 else 10.0 * math.log10(255.0**2 * n / s)
 
-    per_frame = np.array([db(s, n) for s, n in zip(sq, count, strict=True)])
-    return db(float(sq.sum()), float(count.sum())), per_frame
+def _db(sq: float, count: float) -> float:
+    if count == 0:
+        return math.nan
+    return math.inf if sq <= 0 else 10.0 * math.log10(255.0**2 * count / sq)
+
+
+def region_psnr(out: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[float, np.ndarray]:
+    """PSNR (dB) over ``region`` (T, H, W): pooled over every frame, and per frame (NaN where it is empty)."""
+    sq, count = _squared_errors(out, truth, region)
+    per_frame = np.array([_db(s, n) for s, n in zip(sq, count, strict=True)])
+    return _db(float(sq.sum()), float(count.sum())), per_frame
 
 
 def error_split(out: np.ndarray, truth: np.ndarray, region: np.ndarray, wrong: np.ndarray) -> tuple[float, float]:
     """How much of the edit's error is visibility: the share of the squared error over ``region`` that lies on
     the ``wrong`` pixels (T, H, W; the mask disagrees with the truth), and the pooled dB were they exact."""
-    total = 0.0
-    on_wrong = 0.0
-    count = 0
-    for t in range(out.shape[0]):
-        sel = region[t]
-        diff = out[t][sel].astype(np.float64) - truth[t][sel].astype(np.float64)
-        sq = (diff * diff).sum(-1)
-        total += float(sq.sum())
-        on_wrong += float(sq[wrong[t][sel]].sum())
-        count += diff.size
-    rest = total - on_wrong
-    if count == 0:
+    sq, count = _squared_errors(out, truth, region)
+    on_wrong = float(_squared_errors(out, truth, region & wrong)[0].sum())
+    total = float(sq.sum())
+    if count.sum() == 0:
         return math.nan, math.nan
-    share = on_wrong / total if total > 0 else 0.0
-    return share, (math.inf if rest <= 0 else 10.0 * math.log10(255.0**2 * count / rest))
+    return (on_wrong / total if total > 0 else 0.0), _db(total - on_wrong, float(count.sum()))
 
 
 def edge_distance(occluded: np.ndarray) -> np.ndarray:
