@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -100,6 +101,16 @@ async def abort(context: grpc.aio.ServicerContext, exc: CoreError) -> None:
     await context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL), exc.message)
 
 
+async def answer(context: grpc.aio.ServicerContext, call: Callable[[], Any]) -> Any:
+    """A unary RPC's reply: call()'s result, awaited when it is awaitable; a CoreError aborts with its status."""
+    try:
+        result = call()
+        return await result if inspect.isawaitable(result) else result
+    except CoreError as exc:
+        await abort(context, exc)
+        raise
+
+
 class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
     async def ListBundles(self, request: Any, context: Any) -> bundles_pb2.ListBundlesResponse:
         await self.check(context)
@@ -107,27 +118,15 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
 
     async def LoadBundle(self, request: Any, context: Any) -> bundles_pb2.BundleInfo:
         await self.check(context)
-        try:
-            return await self.core.load_bundle(request.name)
-        except CoreError as exc:
-            await abort(context, exc)
-            raise
+        return await answer(context, lambda: self.core.load_bundle(request.name))
 
     async def GetBundleInfo(self, request: Any, context: Any) -> bundles_pb2.BundleInfo:
         await self.check(context)
-        try:
-            return self.core.bundle_info(request.name)
-        except CoreError as exc:
-            await abort(context, exc)
-            raise
+        return await answer(context, lambda: self.core.bundle_info(request.name))
 
     async def UploadVideo(self, request_iterator: Any, context: Any) -> bundles_pb2.UploadResult:
         await self.check(context)
-        try:
-            return await self.core.jobs.upload(request_iterator)
-        except CoreError as exc:
-            await abort(context, exc)
-            raise
+        return await answer(context, lambda: self.core.jobs.upload(request_iterator))
 
     async def StartFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
         await self.check(context)
@@ -141,11 +140,7 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
 
     async def GetUploadFrame(self, request: Any, context: Any) -> bundles_pb2.UploadFrame:
         await self.check(context)
-        try:
-            return await self.core.jobs.upload_frame(request)
-        except CoreError as exc:
-            await abort(context, exc)
-            raise
+        return await answer(context, lambda: self.core.jobs.upload_frame(request))
 
     async def ListFits(self, request: Any, context: Any) -> bundles_pb2.ListFitsResponse:
         await self.check(context)
@@ -153,11 +148,7 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
 
     async def CancelFit(self, request: Any, context: Any) -> bundles_pb2.FitInfo:
         await self.check(context)
-        try:
-            return await self.core.jobs.cancel(request)
-        except CoreError as exc:
-            await abort(context, exc)
-            raise
+        return await answer(context, lambda: self.core.jobs.cancel(request))
 
     async def AttachFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
         await self.check(context)
@@ -173,11 +164,7 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
 class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
     async def CreateSession(self, request: Any, context: Any) -> sessions_pb2.SessionInfo:
         await self.check(context)
-        try:
-            return await self.core.create_session(request)
-        except CoreError as exc:
-            await abort(context, exc)
-            raise
+        return await answer(context, lambda: self.core.create_session(request))
 
     async def ListSessions(self, request: Any, context: Any) -> sessions_pb2.ListSessionsResponse:
         await self.check(context)
@@ -252,11 +239,8 @@ def _err(code: str, message: str) -> Any:
 class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
     async def RenderFrame(self, request: Any, context: Any) -> render_pb2.RenderedFrame:
         await self.check(context)
-        try:
-            return await self.core.render(self.client_key(context), request, viewer=self.viewer(context))
-        except CoreError as exc:
-            await abort(context, exc)
-            raise
+        return await answer(context, lambda: self.core.render(self.client_key(context), request,
+                                                              viewer=self.viewer(context)))
 
     async def Playback(self, request: Any, context: Any) -> AsyncIterator[render_pb2.RenderedFrame]:
         await self.check(context)
