@@ -236,7 +236,6 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
             light_gain=gain)
         if gain is not None:
             illumination = (illumination.astype(np.float32) * gain).astype(np.float16)
-            del gain
     else:
         soft = soft_masks(frames, fields["mask"], method=cfg.matting, erode_iters=cfg.trimap_erode,
                           dilate_iters=cfg.trimap_dilate, radius=cfg.matting_radius, eps=cfg.matting_eps)

@@ -142,7 +142,7 @@ def fit_uv_snap(mapping: Mapping, normalize_xyt: Callable[..., torch.Tensor], *,
         residual = evaluate(qx, qy, float(ref_frame)) - evaluate(px, py, float(t))
         idx, w = _bilinear_weights(torch.from_numpy(px).to(device), torch.from_numpy(py).to(device),
                                    width, height, gw, gh)
-        c = solve_field(idx, w.double(), residual, n, lap, smooth=smooth, huber=huber_px / half, iters=iters)
+        c = solve_field(idx, w, residual, n, lap, smooth=smooth, huber=huber_px / half, iters=iters)
         fields[t] = c.T.reshape(2, gh, gw).float()
         used.append(t)
         shifts.append(float(c.norm(dim=-1).median()) * half)

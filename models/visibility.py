@@ -258,9 +258,7 @@ def evidence_visibility(frames: np.ndarray, uv: np.ndarray, coverage: np.ndarray
         ev = FrameEvidence(as_float(t), uv[t], light_ratio[t].astype(np.float32), motion(t))
         occluded, extra = frame_occlusion(ev, reference, span, tau, footprints[t], s)
         if light_gain is not None:
-            size = (light_gain.shape[2], light_gain.shape[1])
-            light_gain[t] = extra if extra.shape[:2] == light_gain.shape[1:3] else \
-                cv2.resize(extra, size, interpolation=cv2.INTER_AREA)
+            light_gain[t] = cv2.resize(extra, (light_gain.shape[2], light_gain.shape[1]), interpolation=cv2.INTER_AREA)
         visible = (~occluded).astype(np.float32)
         # a thin soft edge along the occluder, aligned with the frame's colour edges
         tri = trimap(visible, erode_iters=1, dilate_iters=1)
