@@ -298,3 +298,15 @@ def test_a_placed_image_has_its_own_colour_grade(engine) -> None:
     assert abs(int(engine.render([0]).numpy()[0, 29, 19, 0]) - plain / 2) <= 3  # one stop darker
     with pytest.raises(OpError, match="exposure"):
         engine.apply({"type": "update", "target": "pic", "set": {"exposure": 99.0}})
+
+
+def test_an_image_is_graded_band_by_band_as_if_whole() -> None:
+    import torch
+    from vatlas.server.edits.adjust import GRADE_ROWS, apply_adjustment, graded_image
+
+    rgba = np.random.default_rng(0).integers(0, 256, (2 * GRADE_ROWS + 7, 24, 4), np.uint8)
+    params = {"exposure": 0.3, "saturation": -0.5, "hue": 40.0}
+    whole = apply_adjustment(torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0), params)
+    expected = (whole * 255.0).round().to(torch.uint8).numpy()
+    graded = graded_image({"id": "g", "image": png_bytes(rgba), **params})
+    assert np.array_equal(graded[..., :3], expected) and np.array_equal(graded[..., 3], rgba[..., 3])

@@ -11,6 +11,7 @@ from vatlas.server.edits.ops import COLOUR_FIELDS, decode_image
 
 # Rec. 709 luma weights.
 LUMA = (0.2126, 0.7152, 0.0722)
+GRADE_ROWS = 256  # rows of an image graded at once (graded_image)
 # Full warm (+1) scales red up and blue down by this fraction.
 TEMPERATURE_GAIN = 0.25
 
@@ -62,9 +63,12 @@ def graded_image(op: dict[str, Any]) -> np.ndarray:
     params = {k: op[k] for k in COLOUR_FIELDS if op.get(k)}
     if not params:
         return rgba
-    graded = apply_adjustment(torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0), params)
-    rgb = (graded * 255.0).round().to(torch.uint8).numpy()
-    return np.concatenate([rgb, rgba[..., 3:]], axis=-1)
+    out = rgba.copy()
+    # a band of rows at a time: a 4096^2 image would otherwise take ~1 GB of float intermediates per op
+    for top in range(0, rgba.shape[0], GRADE_ROWS):
+        band = torch.from_numpy(rgba[top:top + GRADE_ROWS, :, :3].astype(np.float32) / 255.0)
+        out[top:top + GRADE_ROWS, :, :3] = (apply_adjustment(band, params) * 255.0).round().to(torch.uint8).numpy()
+    return out
 
 
 def adjustment_affine(params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
