@@ -251,8 +251,11 @@ def test_two_browsers_see_each_others_edits_and_cursors(running_server: Any, tin
     alice.mouse.move(*alice.evaluate("window.vatlas.clientPoint(31, 21)"))
     alice_id = alice.evaluate("window.vatlas.participantId")
     cursor = bob.locator(f"[data-participant-id='{alice_id}']")
+    # the last of the two moves (presence is throttled: the first may arrive on its own before it)
     bob.wait_for_function(
-        "(id) => (document.querySelector(`[data-participant-id='${id}']`)?.dataset.cursor ?? '') !== ''",
+        "(id) => { const c = document.querySelector(`[data-participant-id='${id}']`)?.dataset.cursor ?? '';"
+        " const [x, y] = c.split(',').map(Number); return c !== '' && Math.abs(x - 31) < 0.6"
+        " && Math.abs(y - 21) < 0.6; }",
         arg=alice_id)
     cx, cy = (float(v) for v in cursor.get_attribute("data-cursor").split(","))
     assert abs(cx - 31) < 0.6 and abs(cy - 21) < 0.6
