@@ -194,7 +194,7 @@ class FitProgress:
             s.done, s.elapsed, s.finished = s.units, elapsed, True
             if s.units and s.rate is None:
                 s.rate = elapsed / s.units
-            self._draw()
+            self._draw(sink_now=True)  # a stage shorter than SINK_S still reports its last readout
 
     def set_readout(self, text: str) -> None:
         self.readout = text
@@ -233,7 +233,7 @@ class FitProgress:
             return None
         return s.done * rate, max(s.units - s.done, 0.0) * rate
 
-    def _draw(self) -> None:
+    def _draw(self, *, sink_now: bool = False) -> None:
         """Redraw the bar (and tell the sink); the caller holds the lock."""
         if not self.enabled and self.sink is None:
             return
@@ -262,7 +262,7 @@ class FitProgress:
         self._bar.set_postfix_str(eta_text + (f", {self.readout}" if self.readout else ""), refresh=False)
         if self.enabled:
             self._bar.refresh()
-        if self.sink is not None and (now - self._sunk_at >= SINK_S or self._bar.n >= 1000):
+        if self.sink is not None and (sink_now or now - self._sunk_at >= SINK_S or self._bar.n >= 1000):
             self._sunk_at = now
             self.sink({"stage": self.stage, "stage_number": number, "stage_count": len(self.order),
                        "done": int(s.done), "units": s.units, "fraction": self._bar.n / 1000,

@@ -274,3 +274,22 @@ def test_the_fit_progress_sink_sees_what_the_bar_shows_without_a_bar() -> None:
     assert any(s["stage"] == "main" and s["readout"].startswith("loss ") for s in seen)
     fractions = [s["fraction"] for s in seen]
     assert fractions == sorted(fractions)
+
+
+def test_a_stage_shorter_than_the_sink_interval_still_reports_its_last_readout() -> None:
+    """A fast stage ends inside one SINK_S window: its finish sends what it showed last, not nothing."""
+    from vatlas.models.fit import FitProgress, StagePlan
+
+    seen: list[dict] = []
+    progress = FitProgress([StagePlan("main", 8), StagePlan("refine", 8), StagePlan("bake", 2)], enabled=False,
+                           bake_seconds_per_main_iter=1.0, sink=seen.append)
+    try:
+        for stage in ("main", "refine"):
+            progress.begin(stage)
+            progress.advance(8)
+            progress.set_readout(f"loss 0.0100 ({stage})")
+            progress.finish(stage, 0.01)
+    finally:
+        progress.close()
+    readouts = {s["readout"] for s in seen}
+    assert {"loss 0.0100 (main)", "loss 0.0100 (refine)"} <= readouts, readouts
