@@ -60,6 +60,7 @@ from vatlas.server.edits.raster import (
     shrink_image,
     union,
 )
+from vatlas.server.edits.roi_labels import regions_at
 
 DEFAULT_STROKE_WIDTH = 8.0
 DEFAULT_HARDNESS = 0.8
@@ -163,6 +164,7 @@ class AtlasLayers:
         # Atlas points of every texel centre: rectangles slice it instead of rebuilding a grid per op.
         self._centres = geometry.texel_centres((0, s, 0, s), device)
         self._weight_owners: weakref.WeakValueDictionary[int, AtlasOp] = weakref.WeakValueDictionary()
+        self._regions: torch.Tensor | None = None  # each texel's ROI region (roi_labels), once an op names one
 
     # ---- preparation -------------------------------------------------------------------------------------
     # Every op's geometry is clipped to what can reach a texel before anything is densified or rasterised:
@@ -413,10 +415,13 @@ class AtlasLayers:
         """Alpha-over one paint op into target, the (h, w, 4) premultiplied view of E over `sub`."""
         op = aop.op
         opacity = float(op.get("opacity", 1.0))
+        region = self._region_weight(aop, sub)
         if op["type"] == "stroke":
             assert aop.segs is not None
             cov = brush_coverage(self.geom, sub, aop.segs, aop.width, float(op.get("hardness", DEFAULT_HARDNESS)),
                                  self.device)
+            if region is not None:
+                cov = cov * region
             color = op.get("color", DEFAULT_COLOR)
             alpha = (cov * (opacity * float(color[3]))).unsqueeze(-1)
             target.mul_(1.0 - alpha)
@@ -437,6 +442,8 @@ class AtlasLayers:
             coords, _ = self._image_coords(aop, sub)
             src = sample_image(premultiply(aop.image), coords, aop.extra["footprint"], aop.extra["size"],
                                aop.extra["window"]) * opacity
+        if region is not None:
+            src = src * region.unsqueeze(-1)
         target.mul_(1.0 - src[..., 3:4]).add_(src)
 
     # ---- frame-space textures: fitted so that frame N shows them as pasted ----------------------------------
@@ -569,7 +576,20 @@ class AtlasLayers:
             cov = brush_coverage(self.geom, rect, aop.segs, aop.width, hardness, self.device)
         else:
             cov = polygon_coverage(self.geom, rect, aop.segs, (1.0 - hardness) * aop.width, self.device)
+        region = self._region_weight(aop, rect)
+        if region is not None:
+            cov = cov * region
         return (cov * float(op.get("opacity", 1.0))).unsqueeze(-1)
+
+    def _region_weight(self, aop: AtlasOp, sub: Rect) -> torch.Tensor | None:
+        """1 on the texels of sub in the op's `roi_region`, 0 elsewhere (h, w); None for an op on the whole ROI."""
+        region = int(aop.op.get("roi_region", 0))
+        if not region:
+            return None
+        if self._regions is None:
+            labels = regions_at(self.geom.bundle, self._centres.cpu().numpy())
+            self._regions = torch.from_numpy(labels).to(self.device)
+        return (self._view(self._regions, sub) == region).to(torch.float32)
 
     @staticmethod
     def _view(t: torch.Tensor, rect: Rect) -> torch.Tensor:

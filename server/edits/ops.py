@@ -42,9 +42,10 @@ FIELDS_BY_TYPE: dict[str, frozenset[str]] = {
     "sticker": frozenset({"space", "frame", "image", "position", "size", "scale", "rotation", "opacity",
                           "follow_scale", "follow_rotation", *COLOUR_FIELDS}),
 }
-# Every object may carry its stacking position (higher on top; see EditOp.z).
-FIELDS_BY_TYPE = {kind: fields | {"z"} for kind, fields in FIELDS_BY_TYPE.items()}
+# Every object may carry its stacking position (higher on top; see EditOp.z) and the ROI region it keeps to.
+FIELDS_BY_TYPE = {kind: fields | {"z", "roi_region"} for kind, fields in FIELDS_BY_TYPE.items()}
 MAX_Z = 1.0e9
+MAX_ROI_REGION = 255  # EditOp.roi_region: 0 = the whole ROI, k = its k-th polygon only
 SETTABLE_FIELDS = frozenset().union(*FIELDS_BY_TYPE.values())
 
 
@@ -244,7 +245,14 @@ def _field_validators(limits: OpLimits, op_id: str) -> dict[str, Callable[[Any],
         "follow_rotation": lambda v: _bool(v, "follow_rotation", op_id),
         "visible": lambda v: _bool(v, "visible", op_id),
         "z": lambda v: _number(v, "z", op_id, -MAX_Z, MAX_Z),
+        "roi_region": lambda v: _count(v, "roi_region", op_id, MAX_ROI_REGION),
     }
+
+
+def _count(value: Any, name: str, op_id: str, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= hi:
+        raise _fail(f"{name} must be an integer in 0..{hi}", op_id)
+    return int(value)
 
 
 def _rect(value: Any, op_id: str, limits: OpLimits) -> list[float]:

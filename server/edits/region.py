@@ -5,6 +5,10 @@ op lands on the region where the atlas is covered. An op whose footprint (stroke
 texture or sticker rectangle, adjustment polygon) touches no such pixel is refused with one plain sentence,
 `OUTSIDE_REGION`, the same for every tool and every door. Clients see the region as per-frame bounding boxes
 (BundleInfo.roi) and a coarse per-frame mask (RenderedFrame.roi_mask).
+
+Each ROI polygon is a region of its own (1-based, in BundleInfo.roi.polygons order): a point of any frame
+belongs to the region whose reference-frame polygon holds its atlas point T(p). An op with `roi_region` k is
+placed only where it touches region k and drawn only on it; the coarse mask says which region each cell shows.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from vatlas.models.bundle import Bundle
 from vatlas.server.edits.layers import DEFAULT_STROKE_WIDTH
 from vatlas.server.edits.ops import OpError, decode_image
 from vatlas.server.edits.raster import rotation_matrix
+from vatlas.server.edits.roi_labels import frame_regions, region_count, regions_at
 
 from vatlas.errors import OUTSIDE_REGION
 
@@ -62,17 +67,47 @@ def mask_preview(bundle: Bundle, frame: int, side: int) -> tuple[int, int, bytes
     return size[0], size[1], np.ascontiguousarray(small, dtype=np.uint8).tobytes()
 
 
+def mask_regions(bundle: Bundle, frame: int, width: int, height: int, cells: bytes) -> bytes:
+    """RoiMask.regions: the region each cell of a (width x height) coarse mask shows (0 where it shows none);
+    empty when the ROI is one region."""
+    if region_count(bundle) < 2:
+        return b""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
+    xy = np.stack([xs * bundle.width / width, ys * bundle.height / height], axis=-1)
+    labels = frame_regions(bundle, frame, xy)
+    shows = np.frombuffer(cells, np.uint8).reshape(height, width) > 0
+    return np.where(shows, labels, 0).astype(np.uint8).tobytes()
+
+
+def check_roi_region(bundle: Bundle, op: dict[str, Any]) -> int:
+    """The op's `roi_region` (0: the whole ROI); INVALID_ARGUMENT when the ROI has no such region."""
+    region = int(op.get("roi_region", 0))
+    count = region_count(bundle)
+    if region > count:
+        raise OpError("INVALID_ARGUMENT", f"roi_region {region} does not exist: the ROI has {count} "
+                      f"region{'s' if count != 1 else ''} (1..{count}, or 0 for all)", op.get("id", ""))
+    return region
+
+
 def check_on_region(bundle: Bundle, op: dict[str, Any]) -> None:
     """Raise `outside_region` when an object op's footprint touches no visible pixel of its frame (frame
-    space) or no covered atlas texel (atlas space)."""
+    space) or no covered atlas texel (atlas space), of its `roi_region` when it names one."""
+    region = check_roi_region(bundle, op)
     if op.get("space", "frame") == "atlas":
         grid = bundle.atlas_coverage
         k = bundle.atlas_size / bundle.atlas_span_px  # reference-frame pixels -> atlas texels
         offset = np.array([bundle.atlas_size / 2.0 - bundle.width / 2.0 * k,
                            bundle.atlas_size / 2.0 - bundle.height / 2.0 * k])
         threshold = 1
+        if region:
+            ys, xs = np.mgrid[0:grid.shape[0], 0:grid.shape[1]].astype(np.float64) + 0.5
+            grid = np.where(regions_at(bundle, (np.stack([xs, ys], -1) - offset) / k) == region, grid, 0)
     else:
-        grid, k, offset, threshold = bundle.mask[int(op["frame"])], 1.0, np.zeros(2), VISIBLE
+        frame = int(op["frame"])
+        grid, k, offset, threshold = bundle.mask[frame], 1.0, np.zeros(2), VISIBLE
+        if region:
+            ys, xs = np.mgrid[0:bundle.height, 0:bundle.width].astype(np.float64) + 0.5
+            grid = np.where(frame_regions(bundle, frame, np.stack([xs, ys], -1)) == region, grid, 0)
     shapes = [(pts * k + offset, width * k, closed) for pts, width, closed in _footprint(op)]
     if not _touches(grid, shapes, threshold):
         raise outside_region(op.get("id", ""))

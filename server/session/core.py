@@ -40,7 +40,7 @@ from typing import Any
 
 from vatlas.server.doors import wire
 from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpError, OpLimits, validate_op
-from vatlas.server.edits.region import check_on_region, mask_preview, visible_boxes
+from vatlas.server.edits.region import check_on_region, mask_preview, mask_regions, visible_boxes
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.errors import CoreError
@@ -84,7 +84,8 @@ def roi_mask(bundle: Any, frame: int, side: int) -> render_pb2.RoiMask:
     width, height, data = mask_preview(bundle, frame, side)
     x, y, w, h = (int(v) for v in visible_boxes(bundle)[frame])
     return render_pb2.RoiMask(width=width, height=height, data=data,
-                              visible=render_pb2.Region(x=x, y=y, width=w, height=h))
+                              visible=render_pb2.Region(x=x, y=y, width=w, height=h),
+                              regions=mask_regions(bundle, frame, width, height, data))
 
 
 def storage_reason(exc: BaseException) -> str:

@@ -85,9 +85,11 @@ def stroke(
     color: Color = (1.0, 1.0, 1.0, 1.0),
     hardness: float | None = None,
     mode: str = "paint",
+    roi_region: int | None = None,
     id: str | None = None,
 ) -> edits_pb2.EditOp:
-    """A brush stroke along a polyline (mode "paint" or "erase")."""
+    """A brush stroke along a polyline (mode "paint" or "erase"); `roi_region` k keeps it to the ROI's k-th
+    polygon (1-based; every object op takes it)."""
     if mode not in ("paint", "erase"):
         raise ValueError(f"stroke mode must be 'paint' or 'erase', got {mode!r}")
     op = _placed("stroke", id, space, frame)
@@ -95,21 +97,22 @@ def stroke(
     op.width = float(width)
     op.color.extend(to_rgba(color))
     op.mode = mode
-    _set_optional(op, hardness=hardness)
+    _set_optional(op, hardness=hardness, roi_region=roi_region)
     return op
 
 
 @overload
 def texture(
     image: ImageSource, *, frame: int, rect: Sequence[float], space: Literal["frame"] = "frame",
-    opacity: float | None = None, id: str | None = None,
+    opacity: float | None = None, roi_region: int | None = None, id: str | None = None,
 ) -> edits_pb2.EditOp: ...
 
 
 @overload
 def texture(
     image: ImageSource, *, position: Point, space: Literal["atlas"] = "atlas", scale: float | None = None,
-    rotation: float | None = None, opacity: float | None = None, id: str | None = None,
+    rotation: float | None = None, opacity: float | None = None, roi_region: int | None = None,
+    id: str | None = None,
 ) -> edits_pb2.EditOp: ...
 
 
@@ -123,6 +126,7 @@ def texture(
     scale: float | None = None,
     rotation: float | None = None,
     opacity: float | None = None,
+    roi_region: int | None = None,
     id: str | None = None,
 ) -> edits_pb2.EditOp:
     """An image pasted onto the surface, in one of two forms:
@@ -155,7 +159,7 @@ def texture(
         op.rect.extend(float(v) for v in rect)
     if position is not None:
         op.position.CopyFrom(_vec2(position))
-    _set_optional(op, scale=scale, rotation=rotation, opacity=opacity)
+    _set_optional(op, scale=scale, rotation=rotation, opacity=opacity, roi_region=roi_region)
     return op
 
 
@@ -171,6 +175,7 @@ def adjustment(
     saturation: float | None = None,
     hue: float | None = None,
     temperature: float | None = None,
+    roi_region: int | None = None,
     id: str | None = None,
 ) -> edits_pb2.EditOp:
     """A colour adjustment inside a polygon (region="polygon") or along a brush path of `width` ("path")."""
@@ -180,7 +185,7 @@ def adjustment(
     op.points.extend(_vec2(p) for p in points)
     op.region = region
     _set_optional(op, width=width, exposure=exposure, contrast=contrast, saturation=saturation, hue=hue,
-                  temperature=temperature)
+                  temperature=temperature, roi_region=roi_region)
     return op
 
 
@@ -194,6 +199,7 @@ def sticker(
     follow_rotation: bool = True,
     rotation: float | None = None,
     opacity: float | None = None,
+    roi_region: int | None = None,
     id: str | None = None,
 ) -> edits_pb2.EditOp:
     """A rigid image tracked through the clip, anchored at point `position` of frame `frame`, `size` = [w, h]
@@ -209,7 +215,7 @@ def sticker(
     op.size.extend(float(v) for v in size)
     op.follow_scale = follow_scale
     op.follow_rotation = follow_rotation
-    _set_optional(op, rotation=rotation, opacity=opacity)
+    _set_optional(op, rotation=rotation, opacity=opacity, roi_region=roi_region)
     return op
 
 

@@ -15,7 +15,7 @@ class Vec2(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
 class EditOp(_message.Message):
-    __slots__ = ("id", "type", "space", "frame", "points", "width", "color", "hardness", "mode", "image", "rect", "position", "scale", "rotation", "opacity", "region", "exposure", "contrast", "saturation", "hue", "temperature", "size", "follow_scale", "follow_rotation", "target", "visible", "set", "z")
+    __slots__ = ("id", "type", "space", "frame", "points", "width", "color", "hardness", "mode", "image", "rect", "position", "scale", "rotation", "opacity", "region", "exposure", "contrast", "saturation", "hue", "temperature", "size", "follow_scale", "follow_rotation", "target", "visible", "set", "z", "roi_region")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class EditOp(_message.Message):
     VISIBLE_FIELD_NUMBER: _ClassVar[int]
     SET_FIELD_NUMBER: _ClassVar[int]
     Z_FIELD_NUMBER: _ClassVar[int]
+    ROI_REGION_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     space: str
@@ -72,7 +73,8 @@ class EditOp(_message.Message):
     visible: bool
     set: EditOp
     z: float
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., space: _Optional[str] = ..., frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[Vec2, _Mapping]]] = ..., width: _Optional[float] = ..., color: _Optional[_Iterable[float]] = ..., hardness: _Optional[float] = ..., mode: _Optional[str] = ..., image: _Optional[bytes] = ..., rect: _Optional[_Iterable[float]] = ..., position: _Optional[_Union[Vec2, _Mapping]] = ..., scale: _Optional[float] = ..., rotation: _Optional[float] = ..., opacity: _Optional[float] = ..., region: _Optional[str] = ..., exposure: _Optional[float] = ..., contrast: _Optional[float] = ..., saturation: _Optional[float] = ..., hue: _Optional[float] = ..., temperature: _Optional[float] = ..., size: _Optional[_Iterable[float]] = ..., follow_scale: _Optional[bool] = ..., follow_rotation: _Optional[bool] = ..., target: _Optional[str] = ..., visible: _Optional[bool] = ..., set: _Optional[_Union[EditOp, _Mapping]] = ..., z: _Optional[float] = ...) -> None: ...
+    roi_region: int
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., space: _Optional[str] = ..., frame: _Optional[int] = ..., points: _Optional[_Iterable[_Union[Vec2, _Mapping]]] = ..., width: _Optional[float] = ..., color: _Optional[_Iterable[float]] = ..., hardness: _Optional[float] = ..., mode: _Optional[str] = ..., image: _Optional[bytes] = ..., rect: _Optional[_Iterable[float]] = ..., position: _Optional[_Union[Vec2, _Mapping]] = ..., scale: _Optional[float] = ..., rotation: _Optional[float] = ..., opacity: _Optional[float] = ..., region: _Optional[str] = ..., exposure: _Optional[float] = ..., contrast: _Optional[float] = ..., saturation: _Optional[float] = ..., hue: _Optional[float] = ..., temperature: _Optional[float] = ..., size: _Optional[_Iterable[float]] = ..., follow_scale: _Optional[bool] = ..., follow_rotation: _Optional[bool] = ..., target: _Optional[str] = ..., visible: _Optional[bool] = ..., set: _Optional[_Union[EditOp, _Mapping]] = ..., z: _Optional[float] = ..., roi_region: _Optional[int] = ...) -> None: ...
 
 class EditDocument(_message.Message):
     __slots__ = ("version", "ops")

@@ -42,16 +42,18 @@ class RenderRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., frame: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., scale: _Optional[float] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., atlas: _Optional[bool] = ..., request_id: _Optional[int] = ..., join_token: _Optional[str] = ..., roi_mask_side: _Optional[int] = ...) -> None: ...
 
 class RoiMask(_message.Message):
-    __slots__ = ("width", "height", "data", "visible")
+    __slots__ = ("width", "height", "data", "visible", "regions")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     VISIBLE_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
     width: int
     height: int
     data: bytes
     visible: Region
-    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., visible: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    regions: bytes
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., visible: _Optional[_Union[Region, _Mapping]] = ..., regions: _Optional[bytes] = ...) -> None: ...
 
 class RenderedFrame(_message.Message):
     __slots__ = ("frame", "format", "width", "height", "data", "seq", "request_id", "render_ms", "roi_mask")

@@ -56,6 +56,7 @@ export interface EditOp {
   visible?: boolean;
   set?: EditOp;
   z?: number;
+  roi_region?: number;
 }
 
 /** vatlas.v1.EditDocument */
@@ -239,6 +240,7 @@ export interface RoiMask {
   height?: number;
   data?: Uint8Array;
   visible?: Region;
+  regions?: Uint8Array;
 }
 
 /** vatlas.v1.RenderedFrame */
