@@ -237,3 +237,48 @@ def test_late_joiners_see_the_authors_colours(running_server: Any, tiny_bundle: 
     swatch = row.first.locator(".swatch").get_attribute("style")
     assert swatch == colour, (swatch, colour)
     assert "Alice" in row.first.locator(".name").get_attribute("title")
+
+
+def test_several_roi_polygons_are_regions_picked_one_at_a_time(new_page: Any, tmp_path: Any) -> None:
+    """A bundle whose ROI is two polygons: the page offers the regions, outlines the one picked, and a stroke
+    drawn across both lands only on it."""
+    from conftest import TEST_TOKEN, start_in_process_server
+    from test_roi_regions import labels, near, two_region_bundle
+    from vatlas.models.bundle import save_bundle
+
+    bundle = two_region_bundle()
+    models = tmp_path / "models"
+    models.mkdir()
+    save_bundle(bundle, models / "two.vatlas")
+    server = start_in_process_server(models)
+    try:
+        page = new_page()
+        page.goto(f"{server.http_url}/?bundle=two&token={TEST_TOKEN}&name=Alice")
+        wait_ready(page)
+        every = wait_region(page, 0)
+        assert page.is_visible("[data-testid=roi-region]")
+        options = page.eval_on_selector_all("#roi-region option", "os => os.map(o => o.textContent)")
+        assert options == ["All regions", "Region 1", "Region 2"]
+        assert "its own region" in page.text_content("[data-testid=roi-hint]")
+
+        page.select_option("[data-testid=roi-region]", "2")
+        right = page.evaluate("window.vatlas.region")
+        assert right["picked"] == 2 and right["segments"] > 0
+        assert right["visible"][0] > every["visible"][0] and right["visible"][2] < every["visible"][2]
+        assert "region 2" in page.text_content("[data-testid=roi-hint]")
+
+        ys, xs = np.nonzero(bundle.mask[0] >= 200)
+        row = int(np.median(ys))
+        before = frame_rgb(page)
+        draw_stroke(page, (int(xs.min()) + 6, row), width=5)  # a short stroke in region 1: refused
+        wait_toast(page, OUTSIDE_REGION)
+        page.click("[data-testid=tool-brush]")
+        drag(page, [(float(xs.min()) + 2, row + 0.5), (float(xs.mean()), row + 0.5), (float(xs.max()) - 2, row + 0.5)])
+        wait_frame(page, frame=0, min_seq=1)
+        after = frame_rgb(page)
+        moved = np.abs(after.astype(int) - before.astype(int)).max(axis=2) > 60
+        lab = labels(bundle, 0)
+        assert moved[lab == 2].sum() > 20
+        assert not (moved & (lab == 1) & ~near(lab == 2, 3.0)).any()
+    finally:
+        server.stop()

@@ -1,6 +1,6 @@
 // The editor: session lifecycle, rendering requests, tools, panels. DOM ids are stable (tests rely on them).
 import { Connection, SERVER_STOPPED, WireRequestError, type ConnectionState } from "./connection";
-import { SessionDocument, type Layer } from "./document";
+import { OBJECT_TYPES, SessionDocument, type Layer } from "./document";
 import type {
   BundleInfo,
   EditOp,
@@ -288,6 +288,7 @@ export class App {
       const scrubber = byId<HTMLInputElement>("scrubber");
       scrubber.max = String(Math.max(0, frames - 1));
       this.view.setSize(this.bundle?.width ?? 1, this.bundle?.height ?? 1);
+      this.offerRegions(this.bundle?.roi?.polygons?.length ?? 0);
       byId("fps-label").textContent = `${(this.bundle?.fps ?? 0).toFixed(2)} fps`;
       this.setFrame(Math.min(this.frame, frames - 1), false);
       this.refreshMarks();
@@ -596,6 +597,8 @@ export class App {
 
   private sendOp(op: EditOp, preview?: Preview): void {
     if (!this.session) return;
+    const region = this.view.regions.selected;
+    if (region && OBJECT_TYPES.has(op.type ?? "") && op.roi_region === undefined) op = { ...op, roi_region: region };
     if (preview) {
       preview.sentAt = performance.now();
       this.view.previews.push(preview);
@@ -863,6 +866,29 @@ export class App {
     }, this.selection.selectedId);
   }
 
+  /** With several ROI polygons, the region picker: edits keep to the picked one, and the outline shows it. */
+  private offerRegions(count: number): void {
+    const picker = byId<HTMLSelectElement>("roi-region");
+    picker.replaceChildren(...["All regions", ...Array.from({ length: count }, (_, i) => `Region ${i + 1}`)].map((text, i) => {
+      const option = document.createElement("option");
+      option.value = String(i);
+      option.textContent = text;
+      return option;
+    }));
+    byId("roi-region-box").hidden = count < 2;
+    this.pickRegion(0);
+  }
+
+  private pickRegion(region: number): void {
+    byId<HTMLSelectElement>("roi-region").value = String(region);
+    this.view.regions.selected = region;
+    byId("roi-hint").textContent = region
+      ? `Edits keep to region ${region}; outside it they are refused. Pick "All regions" to edit every one.`
+      : byId("roi-region-box").hidden ? "Edits land inside the outlined region; outside it they are refused."
+      : "Each polygon you marked is its own region: pick one to keep your edits to it.";
+    this.showRegionState();
+  }
+
   /** The region toggle and the canvas's test hook say whether the outline is shown for this frame. */
   private showRegionState(): void {
     const known = this.view.regions.has(this.frame);
@@ -922,6 +948,8 @@ export class App {
       this.lastActivity = performance.now();
       this.setFrame(Number(scrubber.value));
     });
+    byId<HTMLSelectElement>("roi-region").addEventListener("change", (e) =>
+      this.pickRegion(Number((e.target as HTMLSelectElement).value)));
     byId<HTMLInputElement>("roi-toggle").addEventListener("change", (e) => {
       this.view.showRegion = (e.target as HTMLInputElement).checked;
       this.showRegionState();
@@ -1155,7 +1183,7 @@ export class App {
         const region = app.view.regions.get(app.frame);
         if (!region) return null;
         return { frame: app.frame, visible: region.visible, segments: region.outline.length / 4, shown: app.view.showRegion,
-                 cols: region.cols, rows: region.rows };
+                 cols: region.cols, rows: region.rows, picked: app.view.regions.selected };
       },
       /** The selected layer's id ("" when none). */
       get selected() {

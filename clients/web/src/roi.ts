@@ -1,6 +1,7 @@
 // The editable region (ROI) per frame, from the coarse soft masks the server sends with renders on request
 // (RenderRequest.roi_mask_side): an outline and a light veil outside it, and a mask that clips the local
-// previews the way the server's soft mask clips the edits.
+// previews the way the server's soft mask clips the edits. With several ROI polygons each is a region of its
+// own (RoiMask.regions labels the cells): the cache shows one of them, or all.
 import type { RoiMask } from "./generated/messages";
 
 /** Cells on the long side of the masks asked for (the server allows up to 256). */
@@ -25,17 +26,47 @@ export interface FrameRegion {
   veil: HTMLCanvasElement;
   /** Outline segments in cell units [x0, y0, x1, y1, ...] (marching squares at VISIBLE). */
   outline: Float32Array;
+  /** The region each cell shows (1-based ROI polygon, 0 none); null for a one-region ROI. */
+  labels: Uint8Array | null;
 }
 
 export class RegionCache {
   private readonly frames = new Map<number, FrameRegion>();
+  /** One region's view of a frame, by `${frame}:${region}` (dropped with a change of region). */
+  private readonly picked = new Map<string, FrameRegion>();
+  private shown = 0;
+  /** Full-resolution frame size (the view sets it), to turn a region's cells into pixels. */
+  frameSize: [number, number] = [1, 1];
+
+  /** The region (1-based ROI polygon) that outlines, veils and clips show; 0 = every region. */
+  get selected(): number {
+    return this.shown;
+  }
+
+  set selected(region: number) {
+    if (region === this.shown) return;
+    this.shown = region;
+    this.picked.clear();
+  }
 
   has(frame: number): boolean {
     return this.frames.has(frame);
   }
 
   get(frame: number): FrameRegion | undefined {
-    return this.frames.get(frame);
+    const all = this.frames.get(frame);
+    if (!all || !this.shown || !all.labels) return all;
+    const key = `${frame}:${this.shown}`;
+    let one = this.picked.get(key);
+    if (!one) {
+      const k = this.shown;
+      const labels = all.labels;
+      const data = all.data.map((m, i) => (labels[i] === k ? m : 0));
+      one = build(all.cols, all.rows, data, regionBox(all, data, this.frameSize), labels);
+      if (this.picked.size >= MAX_FRAMES) this.picked.delete(this.picked.keys().next().value as string);
+      this.picked.set(key, one);
+    }
+    return one;
   }
 
   get size(): number {
@@ -44,6 +75,7 @@ export class RegionCache {
 
   clear(): void {
     this.frames.clear();
+    this.picked.clear();
   }
 
   add(frame: number, mask: RoiMask): void {
@@ -53,17 +85,41 @@ export class RegionCache {
     if (cols < 1 || rows < 1 || data.length !== cols * rows) return;
     if (this.frames.size >= MAX_FRAMES) this.frames.delete(this.frames.keys().next().value as number);
     const v = mask.visible ?? {};
-    this.frames.set(frame, {
-      cols,
-      rows,
-      data,
-      visible: [v.x ?? 0, v.y ?? 0, v.width ?? 0, v.height ?? 0],
-      clip: alphaCanvas(data, cols, rows, (m) => [255, 255, 255, m]),
-      veil: alphaCanvas(data, cols, rows, (m) => [0, 0, 0, Math.round(VEIL * (255 - m))]),
-      outline: contour(data, cols, rows),
-    });
+    const labels = mask.regions && mask.regions.length === cols * rows ? mask.regions : null;
+    this.frames.set(frame, build(cols, rows, data, [v.x ?? 0, v.y ?? 0, v.width ?? 0, v.height ?? 0], labels));
   }
 }
+
+function build(cols: number, rows: number, data: Uint8Array, visible: [number, number, number, number],
+               labels: Uint8Array | null): FrameRegion {
+  return {
+    cols,
+    rows,
+    data,
+    visible,
+    clip: alphaCanvas(data, cols, rows, (m) => [255, 255, 255, m]),
+    veil: alphaCanvas(data, cols, rows, (m) => [0, 0, 0, Math.round(VEIL * (255 - m))]),
+    outline: contour(data, cols, rows),
+    labels,
+  };
+}
+
+/** The full-resolution box of one region's visible cells, within the frame's visible box (cells are coarse:
+ *  the box is that of the cells, clamped to the exact union box). */
+function regionBox(all: FrameRegion, data: Uint8Array, [fw, fh]: [number, number]): [number, number, number, number] {
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (let i = 0; i < data.length; i++) {
+    if ((data[i] ?? 0) < VISIBLE) continue;
+    const x = i % all.cols, y = Math.floor(i / all.cols);
+    x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + 1); y1 = Math.max(y1, y + 1);
+  }
+  const [vx, vy, vw, vh] = all.visible;
+  if (x0 === Infinity || vw === 0) return [0, 0, 0, 0];
+  const left = Math.max(vx, Math.floor(x0 * fw / all.cols)), top = Math.max(vy, Math.floor(y0 * fh / all.rows));
+  const right = Math.min(vx + vw, Math.ceil(x1 * fw / all.cols)), bottom = Math.min(vy + vh, Math.ceil(y1 * fh / all.rows));
+  return right > left && bottom > top ? [left, top, right - left, bottom - top] : [0, 0, 0, 0];
+}
+
 
 /** A cols x rows canvas whose pixel i is pixel(mask[i]). */
 function alphaCanvas(data: Uint8Array, cols: number, rows: number,

@@ -120,6 +120,7 @@ export class View {
 
   setSize(width: number, height: number): void {
     this.size = [width, height];
+    this.regions.frameSize = [width, height];
     this.fitted = false;
     this.fit();
   }
