@@ -251,7 +251,7 @@ def test_cli_checks_the_output_before_any_work(tmp_path, capsys, out, message):
 
 
 def test_cli_preset_follows_the_device_unless_named():
-    from vatlas.commands.fit import choose_preset
+    from vatlas.models.prepare import choose_preset
 
     assert choose_preset(None, "cpu") == ("draft", "preset: draft (the default on a CPU; --preset standard is "
                                                     "GPU-sized)")

@@ -293,3 +293,30 @@ def test_a_stage_shorter_than_the_sink_interval_still_reports_its_last_readout()
         progress.close()
     readouts = {s["readout"] for s in seen}
     assert {"loss 0.0100 (main)", "loss 0.0100 (refine)"} <= readouts, readouts
+
+
+def test_a_fit_job_that_refuses_its_input_says_why_in_one_line(server, tmp_path: Path) -> None:
+    """Bad input only the fit job finds (one frame: nothing to fit) ends the stream with FAILED_PRECONDITION and
+    the job's own sentence, without the server's paths."""
+    scene = make_scene(frames=4, size=(64, 48), seed=3)
+    one = tmp_path / "one.mp4"
+    write_mp4(one, scene.frames[:1], scene.fps, crf=12)
+
+    async def scenario() -> None:
+        client = await WsClient.connect(server.ws_url, server.token)
+        try:
+            result, _ = await upload(client, one.read_bytes())
+            roi = {"ref_frame": 0, "polygons": ROI["polygons"]}
+            rid = await client.send(start_fit=bundles_pb2.StartFitRequest(
+                upload_id=result.upload_id, name="single", roi_json=json.dumps(roi), preset="draft", iterations=4))
+            while True:
+                resp = await client.recv_until(lambda r: r.request_id == rid, timeout=120)
+                if resp.WhichOneof("result") != "fit":
+                    break
+            assert resp.error.code == "FAILED_PRECONDITION", resp
+            assert resp.error.message.startswith("fit failed: ") and "need at least 2 frames" in resp.error.message
+            assert str(server.core.jobs.work_dir) not in resp.error.message
+        finally:
+            await client.close()
+
+    run(scenario())

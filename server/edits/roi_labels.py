@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 from vatlas.models.bundle import Bundle, decode_uv
+
+from vatlas.roi import Roi
 
 _LABELS_ATTR = "_vatlas_region_labels"
 MAX_REGIONS = 255  # labels are one byte
@@ -22,12 +23,8 @@ def _label_grid(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
         return cached
     n = max(1, math.ceil(bundle.atlas_span_px))
     origin = np.array([bundle.width / 2.0, bundle.height / 2.0]) - bundle.atlas_span_px / 2.0
-    labels = np.zeros((n, n), np.uint8)
-    shift = 4
-    for index, polygon in enumerate(bundle.roi_polygons[:MAX_REGIONS], start=1):
-        pts = np.asarray(polygon, np.float64).reshape(-1, 2) - origin - 0.5  # cell centres at integer coords
-        cv2.fillPoly(labels, [np.round(pts * (1 << shift)).astype(np.int32).reshape(-1, 1, 2)], index,
-                     lineType=cv2.LINE_8, shift=shift)
+    polygons = [np.asarray(p, np.float64).reshape(-1, 2) - origin for p in bundle.roi_polygons[:MAX_REGIONS]]
+    labels = Roi(0, polygons).label_mask(n, n)  # one cell per pixel, cell (0, 0) at the origin
     labels.setflags(write=False)
     setattr(bundle, _LABELS_ATTR, (labels, origin))
     return labels, origin

@@ -9,10 +9,10 @@ re-encoded) into a Matroska file the server wrote itself; the fit reads that fil
 
 Quotas (M4): the uploads kept on disk share `max_upload_store_bytes` (the oldest unused ones are removed to
 make room); a cancelled upload is removed at once, and uploads left by an earlier run (their ids lived in its
-memory) are removed at start. A fit runs as a `vatlas fit` child process within `max_fit_pixels`,
+memory) are removed at start. A fit runs as a `vatlas.models.fit_job` child process (prepare_fit and fit, as a library) within `max_fit_pixels`,
 `max_fit_iterations` and `max_fit_video_bytes`; it is stopped, and its slot freed, when its caller goes away,
-unless the request says `detach`. Each fit is a `FitJob` known by id: the child's `--json` progress and
-previews are published to whoever follows it (its caller, `attach` callers); ended fits are kept for
+unless the request says `detach`. Each fit is a `FitJob` known by id: the child's progress and
+previews (its stdout's fit_events lines) are published to whoever follows it (its caller, `attach` callers); ended fits are kept for
 `list_fits` / `attach` (the last MAX_FIT_RECORDS, not across restarts). An export's slot and folder are freed only once its worker has stopped
 (L8): a cancelled export stops at its next frame.
 """
@@ -294,10 +294,10 @@ class Jobs:
     # ---------------------------------------------------------------- fits
 
     async def start_fit(self, request: bundles_pb2.StartFitRequest) -> AsyncIterator[bundles_pb2.FitProgress]:
-        """Validate, then run `vatlas fit` (models.fit) in a child process; returns its caller's event stream.
+        """Validate, then run the fit (models.fit_job) in a child process; returns its caller's event stream.
 
         UNIMPLEMENTED when this build has no fit module. Events carry the child's overall fraction, stage, ETA
-        and loss readout (its `--json` lines), a preview of the reconstruction every PREVIEW_SECONDS, and a
+        and loss readout (its fit_events lines), a preview of the reconstruction every PREVIEW_SECONDS, and a
         heartbeat when the child is silent (preparing the upload); the last one has `done` and the bundle.
         Closing the stream stops the fit unless the request says `detach`; `attach` follows it by id.
         """
@@ -323,24 +323,20 @@ class Jobs:
         if request.iterations > limits.max_fit_iterations:
             raise CoreError("INVALID_ARGUMENT", f"iterations must be <= {limits.max_fit_iterations}")
         path = upload.path
-        roi_path = path.with_name(f"{name}.roi.json")
-        roi_path.write_text(json.dumps(roi.to_json()))
         device = str(self.core.config.device)
-        argv = ["fit", str(path.with_name(SANITIZED_NAME)), "--roi", str(roi_path), "--out", str(out), "--quiet",
-                "--json", "-", "--preview-seconds", str(PREVIEW_SECONDS),
-                "--device", "cuda" if device.startswith("cuda") else device]
-        if request.preset:  # else the CLI's choice: draft on a CPU, standard on a GPU
-            argv += ["--preset", request.preset]
-        if request.iterations:
-            argv += ["--iters", str(request.iterations)]
         size = (request.width, request.height) if request.width else None
-        if size is not None:
-            argv += ["--size", f"{size[0]}x{size[1]}"]
+        request_path = path.with_name(f"{name}.fit.json")
+        request_path.write_text(json.dumps({
+            "video": str(path.with_name(SANITIZED_NAME)), "roi": roi.to_json(), "out": str(out),
+            "size": list(size) if size else None,
+            "preset": request.preset or None,  # else the device's choice: draft on a CPU, standard on a GPU
+            "iters": request.iterations or None, "preview_seconds": PREVIEW_SECONDS,
+            "device": "cuda" if device.startswith("cuda") else device}))
         self._fitting[name] = None  # the slot is taken from here until the fit process has ended
         job = FitJob("f" + secrets.token_hex(8), name, request.detach)
         self.fits[job.fit_id] = job
         watch = self._watch(job, job.subscribe(), owner=True)  # subscribed before the job's first event
-        job.task = asyncio.ensure_future(self._drive(job, argv, upload, size, roi))
+        job.task = asyncio.ensure_future(self._drive(job, request_path, upload, size, roi))
         self._background.add(job.task)
         job.task.add_done_callback(self._background.discard)
         self._forget_old_fits()
@@ -426,7 +422,7 @@ class Jobs:
             raise CoreError("RESOURCE_EXHAUSTED", f"the fit would hold {need} bytes of decoded frames ({frames} "
                                                   f"frames of {width}x{height}; limit {budget}): trim the clip")
 
-    async def _drive(self, job: FitJob, argv: list[str], upload: Upload, size: tuple[int, int] | None,
+    async def _drive(self, job: FitJob, request_path: Path, upload: Upload, size: tuple[int, int] | None,
                      roi: Any) -> None:
         """Run one fit to its end (or until cancelled: its caller left), publishing its events to the job."""
         started = time.monotonic()
@@ -440,15 +436,16 @@ class Jobs:
             await asyncio.shield(prepare)  # a thread cannot be stopped: the slot waits for it (below)
             env = dict(os.environ)
             device = str(self.core.config.device)
-            if device.startswith("cuda:"):  # the CLI takes "cuda": show it only the server's GPU
+            if device.startswith("cuda:"):  # the job takes "cuda": show it only the server's GPU
                 env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vatlas.cli", *argv, stdin=asyncio.subprocess.DEVNULL,
+                sys.executable, "-m", "vatlas.models.fit_job", str(request_path), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
                 limit=EVENT_LINE_BYTES)
             self._fitting[name] = process
             errors = asyncio.ensure_future(_tail(process.stderr))
             assert process.stdout is not None
+            failure: str | None = None  # the job's one-line message for bad input
             while True:
                 try:
                     line = await asyncio.wait_for(process.stdout.readline(), HEARTBEAT_SECONDS)
@@ -462,10 +459,12 @@ class Jobs:
                 event = child_event(line, job, time.monotonic() - started)
                 if event is not None:
                     job.publish(event)
+                else:
+                    failure = child_failure(line) or failure
             await process.wait()
             lines = await errors
             if process.returncode != 0:
-                raise self._fit_error(name, process.returncode, lines)
+                raise self._fit_error(name, process.returncode, failure, lines)
             info = self.core.bundles.info(name)
             job.publish(bundles_pb2.FitProgress(
                 fit_id=job.fit_id, stage="done", fraction=1.0, done=True, bundle=info,
@@ -510,12 +509,12 @@ class Jobs:
             else:
                 partial.unlink(missing_ok=True)
 
-    def _fit_error(self, name: str, code: int, lines: list[str]) -> CoreError:
-        """The child's failure as a client-safe error: its one-line message for bad input, else INTERNAL."""
-        prefix = "vatlas fit: error: "
-        message = next((line[len(prefix):] for line in reversed(lines) if line.startswith(prefix)), None)
-        if code == 2 and message is not None:
-            detail = scrub_paths(message, self.work_dir, self.core.bundles.models_dir)
+    def _fit_error(self, name: str, code: int, failure: str | None, lines: list[str]) -> CoreError:
+        """The job's failure as a client-safe error: its one-line message for bad input, else INTERNAL."""
+        from vatlas.models.fit_job import INPUT_ERROR_EXIT
+
+        if code == INPUT_ERROR_EXIT and failure is not None:
+            detail = scrub_paths(failure, self.work_dir, self.core.bundles.models_dir)
             return CoreError("FAILED_PRECONDITION", f"fit failed: {detail}")
         log.error("fit %s exited with %s:\n%s", name, code, "\n".join(lines[-30:]))
         return CoreError("INTERNAL", f"fit failed: {INTERNAL_MESSAGE}")
@@ -648,7 +647,7 @@ def parse_roi(text: str) -> Any:
 
 
 def child_event(line: bytes, job: FitJob, elapsed: float) -> bundles_pb2.FitProgress | None:
-    """One `vatlas fit --json` line as a FitProgress of `job` (None for what is not a progress or preview)."""
+    """One fit_events line of a fit job as a FitProgress of `job` (None for what is not a progress or preview)."""
     try:
         data = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -673,6 +672,17 @@ def child_event(line: bytes, job: FitJob, elapsed: float) -> bundles_pb2.FitProg
     except (KeyError, TypeError, ValueError, binascii.Error):
         return None
     return event
+
+
+def child_failure(line: bytes) -> str | None:
+    """The message of a fit job's {"event": "error"} line (bad input), else None."""
+    try:
+        data = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and data.get("event") == "error" and isinstance(data.get("message"), str):
+        return data["message"]
+    return None
 
 
 async def _tail(stream: Any, keep: int = 200) -> list[str]:
@@ -764,7 +774,7 @@ def _in_daemon_thread(fn: Any, name: str) -> asyncio.Future:
 HEARTBEAT_SECONDS = 2.0  # a fit's watchers hear from it at least this often
 FIT_STOP_SECONDS = 5.0  # SIGTERM, then SIGKILL
 PREVIEW_SECONDS = 3.0  # a preview of the reconstruction this often while training
-EVENT_LINE_BYTES = 4 * 1024 * 1024  # one --json line of the fit child (a preview is tens of kB)
+EVENT_LINE_BYTES = 4 * 1024 * 1024  # one fit_events line of the fit child (a preview is tens of kB)
 WATCH_BACKLOG = 64  # events queued for one fit watcher before its oldest are dropped
 MAX_FIT_RECORDS = 16  # ended fits kept for list_fits / attach
 MAX_ROI_JSON_BYTES = 1024 * 1024
