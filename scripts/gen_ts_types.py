@@ -1,6 +1,6 @@
 """Generate the web client's TypeScript message types from the vatlas.v1 proto descriptors.
 
-The types describe the msgpack mirror form used on the WebSocket (see server/doors/wire.py): field names as in
+The types describe the msgpack mirror form used on the WebSocket (see server/doors/mirror.py): field names as in
 the proto, `Vec2` as `[x, y]`, bytes as `Uint8Array`, a oneof member as an ordinary key of which at most one is
 set. Every field is optional in the types because the mirror leaves out unset and default-valued fields.
 

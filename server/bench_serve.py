@@ -56,18 +56,16 @@ class _WsLink:
         self.rid = 0
 
     async def send(self, **call: Any) -> int:
-        from vatlas.server.doors import wire
-        from vatlas.v1 import sessions_pb2
+        from vatlas.v1 import mirror, sessions_pb2
 
         self.rid += 1
-        await self.ws.send(wire.pack(sessions_pb2.WsRequest(request_id=self.rid, **call)))
+        await self.ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=self.rid, **call)))
         return self.rid
 
     async def recv(self) -> Any:
-        from vatlas.server.doors import wire
-        from vatlas.v1 import sessions_pb2
+        from vatlas.v1 import mirror, sessions_pb2
 
-        return wire.unpack(await self.ws.recv(), sessions_pb2.WsResponse)
+        return mirror.unpack(await self.ws.recv(), sessions_pb2.WsResponse)
 
     def calls(self) -> tuple[Callable[..., Awaitable[int]], Callable[[], Awaitable[Any]]]:
         return self.send, self.recv
@@ -245,8 +243,7 @@ async def _queued(outbox: asyncio.Queue) -> Any:
 async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                         quality: int) -> list[float]:
     import grpc
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
+    from vatlas.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
 
     rng = random.Random(1)
     out: list[float] = []
@@ -262,7 +259,7 @@ async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: t
             pass
         for n in range(edits):
             frame = n % frames
-            op = wire.from_mirror(_stroke(f"g{n}", frame, rng, *size), edits_pb2.EditOp)
+            op = mirror.from_mirror(_stroke(f"g{n}", frame, rng, *size), edits_pb2.EditOp)
             start = time.perf_counter()
             outbox.put_nowait(sessions_pb2.ClientMessage(op=op))
             while True:
@@ -289,8 +286,7 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
     """One participant editing a fixed set of strokes (updates, visibility toggles, undo/redo) at ~20 ops/s
     and rendering after each, so the document stays the same size and memory should stay flat."""
     import grpc
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
+    from vatlas.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
 
     rng = random.Random(3)
     async with grpc.aio.insecure_channel(target) as channel:
@@ -307,7 +303,7 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
             session_id=info.session_id, join_token=info.join_token, name="bench-soak", participant_id="soak")))
         for k in range(8):
             op = _stroke(f"soak{k}", k % frames, rng, *size)
-            outbox.put_nowait(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+            outbox.put_nowait(sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp)))
         end = time.monotonic() + seconds
         n = 0
         while time.monotonic() < end:
@@ -335,8 +331,7 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
 
 async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                       quality: int) -> list[float]:
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, render_pb2, sessions_pb2
+    from vatlas.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
     from websockets.asyncio.client import connect
 
     rng = random.Random(2)
@@ -350,7 +345,7 @@ async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[
             session_id=info.session_id, join_token=info.join_token, name="bench-ws")))
         for n in range(edits):
             frame = n % frames
-            op = wire.from_mirror(_stroke(f"w{n}", frame, rng, *size), edits_pb2.EditOp)
+            op = mirror.from_mirror(_stroke(f"w{n}", frame, rng, *size), edits_pb2.EditOp)
             start = time.perf_counter()
             await send(session=sessions_pb2.ClientMessage(op=op))
             seq = None
@@ -401,17 +396,16 @@ async def _playback_client(transport: str, grpc_target: str, ws_url: str, sessio
                     break
             call.cancel()
     else:
-        from vatlas.server.doors import wire
-        from vatlas.v1 import sessions_pb2
+        from vatlas.v1 import mirror, sessions_pb2
         from websockets.asyncio.client import connect
 
         async with connect(ws_url, max_size=None, compression=None) as ws:
-            await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=1, hello=sessions_pb2.Hello(
+            await ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=1, hello=sessions_pb2.Hello(
                 protocol_version=1))))
             await ws.recv()
-            await ws.send(wire.pack(sessions_pb2.WsRequest(request_id=2, playback=request)))
+            await ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=2, playback=request)))
             while True:
-                resp = wire.unpack(await ws.recv(), sessions_pb2.WsResponse)
+                resp = mirror.unpack(await ws.recv(), sessions_pb2.WsResponse)
                 now = time.perf_counter()
                 if resp.WhichOneof("result") != "frame":
                     raise RuntimeError(f"playback failed: {resp}")
@@ -810,15 +804,14 @@ def _settle(editor: ChaosEditor, pending: dict[str, dict[str, Any]], room: async
 async def _stream_ops(editor: ChaosEditor, pending: dict[str, dict[str, Any]], room: asyncio.Semaphore,
                       cycle: int, reader: asyncio.Task, put: Callable[[Any], Awaitable[None]]) -> None:
     """Send ops, at most `room` unanswered, until the reader stops (the server was killed)."""
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, sessions_pb2
+    from vatlas.v1 import edits_pb2, mirror, sessions_pb2
 
     while not reader.done():
         await room.acquire()
         op = editor.next_op(cycle)
         pending[op["id"]] = op
         editor.sent.append(op["id"])
-        await put(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+        await put(sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp)))
         await asyncio.sleep(0.002)
     await reader
 
@@ -856,8 +849,7 @@ async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEd
 
 
 async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor, cycle: int, window: int) -> None:
-    from vatlas.server.doors import wire
-    from vatlas.v1 import sessions_pb2
+    from vatlas.v1 import mirror, sessions_pb2
     from websockets.asyncio.client import connect
 
     pending: dict[str, dict[str, Any]] = {}
@@ -876,7 +868,7 @@ async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor,
 
             async def read_frames() -> None:
                 async for data in ws:
-                    resp = wire.unpack(data, sessions_pb2.WsResponse)
+                    resp = mirror.unpack(data, sessions_pb2.WsResponse)
                     if resp.WhichOneof("result") != "event":
                         continue
                     _settle(editor, pending, room, resp.event)
@@ -1097,8 +1089,7 @@ async def _create_session(target: str, bundle: str, token: str | None = None) ->
 async def _seed_base(target: str, token: str, info: Any, acked: dict[int, str]) -> None:
     """The shared "base" stroke every editor toggles."""
     import grpc
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, sessions_pb2, sessions_pb2_grpc
+    from vatlas.v1 import edits_pb2, mirror, sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(target) as channel:
@@ -1107,7 +1098,7 @@ async def _seed_base(target: str, token: str, info: Any, acked: dict[int, str]) 
         outbox.put_nowait(sessions_pb2.ClientMessage(join=sessions_pb2.Join(
             session_id=info.session_id, join_token=info.join_token)))
         op = _stroke("base", 0, random.Random(0), 64, 48)
-        outbox.put_nowait(sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+        outbox.put_nowait(sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp)))
         async for event in call:
             if event.WhichOneof("kind") == "accepted":
                 acked[event.accepted.seq] = event.accepted.op_id
@@ -1131,8 +1122,7 @@ async def _soak_client(transport: str, grpc_target: str, ws_url: str, session_id
 
     Returns per-second counts of ops answered and frames received, and the errors seen.
     """
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2, render_pb2, sessions_pb2
+    from vatlas.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
 
     rng = random.Random(1000 + index)
     slots = int(seconds) + 2
@@ -1160,7 +1150,7 @@ async def _soak_client(transport: str, grpc_target: str, ws_url: str, session_id
         else:
             op = _stroke(op_id, n % frames, rng, *size)
             mine.append(op_id)
-        return sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)), op_id
+        return sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp)), op_id
 
     def matches(event: Any, want: str) -> bool:
         kind = event.WhichOneof("kind")

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from vatlas.server.doors import wire
 from vatlas.v1 import (
     bundles_pb2_grpc,
     edits_pb2,
+    mirror,
     render_pb2_grpc,
     sessions_pb2,
     sessions_pb2_grpc,
@@ -26,7 +26,7 @@ def stroke_op(op_id: str, frame: int = 0, *, x: float = 28.0, color: tuple = (1.
 
 
 def stroke_proto(op_id: str, frame: int = 0, **kwargs: Any) -> edits_pb2.EditOp:
-    return wire.from_mirror(stroke_op(op_id, frame, **kwargs), edits_pb2.EditOp)
+    return mirror.from_mirror(stroke_op(op_id, frame, **kwargs), edits_pb2.EditOp)
 
 
 class WsClient:
@@ -52,7 +52,7 @@ class WsClient:
     async def send(self, **call: Any) -> int:
         rid = self.next_id
         self.next_id += 1
-        await self.ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
+        await self.ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=rid, **call)))
         return rid
 
     async def send_raw(self, data: bytes | str) -> None:
@@ -62,7 +62,7 @@ class WsClient:
         if self.backlog:
             return self.backlog.pop(0)
         data = await asyncio.wait_for(self.ws.recv(), timeout)
-        return wire.unpack(data, sessions_pb2.WsResponse)  # type: ignore[return-value]
+        return mirror.unpack(data, sessions_pb2.WsResponse)  # type: ignore[return-value]
 
     async def recv_until(self, predicate: Callable[[sessions_pb2.WsResponse], bool],
                          timeout: float = 30.0) -> sessions_pb2.WsResponse:
@@ -76,7 +76,7 @@ class WsClient:
             if remaining <= 0:
                 raise TimeoutError("no matching WebSocket response")
             data = await asyncio.wait_for(self.ws.recv(), remaining)
-            resp = wire.unpack(data, sessions_pb2.WsResponse)
+            resp = mirror.unpack(data, sessions_pb2.WsResponse)
             if predicate(resp):
                 return resp  # type: ignore[return-value]
             self.backlog.append(resp)  # type: ignore[arg-type]
@@ -141,7 +141,7 @@ class GrpcSession:
         self.outbox.put_nowait(sessions_pb2.ClientMessage(**kind))
 
     def send_op(self, op: dict) -> None:
-        self.send(op=wire.from_mirror(op, edits_pb2.EditOp))
+        self.send(op=mirror.from_mirror(op, edits_pb2.EditOp))
 
     async def event(self, kind: str, timeout: float = 30.0, where: Callable[[Any], bool] = lambda _: True) -> Any:
         deadline = time.monotonic() + timeout

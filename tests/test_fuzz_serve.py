@@ -27,9 +27,8 @@ from conftest import TINY_BUNDLE, start_in_process_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
-from vatlas.server.doors import wire
 from vatlas.server.session.limits import ServerLimits
-from vatlas.v1 import bundles_pb2, edits_pb2, render_pb2, sessions_pb2
+from vatlas.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 
 MAX_MESSAGE = 1024 * 1024
 MAX_UPLOAD = 256 * 1024
@@ -350,8 +349,8 @@ def _connect_fuzz(rng: random.Random, i: int) -> sessions_pb2.ClientMessage:
     else:
         op[field] = rng.choice(bad_values)
     try:
-        return sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp))
-    except wire.WireError:
+        return sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp))
+    except mirror.WireError:
         return sessions_pb2.ClientMessage(op=edits_pb2.EditOp(id=f"bad{i}", type="stroke", width=math.nan))
 
 
@@ -516,8 +515,8 @@ def test_wire_never_raises_anything_but_wire_error() -> None:
     rng = random.Random(3)
     for _ in range(2000):
         obj = random_value(rng)
-        with contextlib.suppress(wire.WireError):  # anything else escaping fails the test
-            wire.from_mirror(obj if isinstance(obj, dict) else {"request_id": obj}, sessions_pb2.WsRequest)
+        with contextlib.suppress(mirror.WireError):  # anything else escaping fails the test
+            mirror.from_mirror(obj if isinstance(obj, dict) else {"request_id": obj}, sessions_pb2.WsRequest)
 
 
 def test_upload_over_the_limit_is_refused_and_removed(small_server) -> None:

@@ -18,11 +18,10 @@ import pytest
 from conftest import TEST_TOKEN, TINY_BUNDLE
 from serve_helpers import AioStubs, GrpcSession, WsClient
 from test_edits_fixtures import png_bytes, solid_rgba
-from vatlas.server.doors import wire
 from vatlas.server.edits.region import visible_boxes
 from vatlas.server.encoders import decode
 from vatlas.server.session.bundles import BundleRegistry
-from vatlas.v1 import bundles_pb2, edits_pb2, render_pb2, sessions_pb2
+from vatlas.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 from vatlas_client import AsyncClient, Client
 
 from vatlas.cli import main
@@ -120,13 +119,13 @@ def test_every_tool_outside_the_region_gets_one_plain_sentence_over_websocket(ru
                 session_id=info.session_id, join_token=info.join_token, name="web")))
             await ws.event("snapshot")
             for op in outside_ops(tiny_bundle):
-                await ws.send(session=sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+                await ws.send(session=sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp)))
                 rejected = await ws.event("rejected", where=lambda r, i=op["id"]: r.op_id == i)
                 assert (rejected.error.code, rejected.error.message) == ("OUT_OF_RANGE", OUTSIDE_REGION), op["id"]
             # a session seeded with a document holding such an op is not made
             seeded = await ws.call(create_session=sessions_pb2.CreateSessionRequest(
                 bundle=TINY_BUNDLE, document=edits_pb2.EditDocument(version=1, ops=[
-                    wire.from_mirror(outside_ops(tiny_bundle)[0], edits_pb2.EditOp)])))
+                    mirror.from_mirror(outside_ops(tiny_bundle)[0], edits_pb2.EditOp)])))
             assert seeded.error.code == "OUT_OF_RANGE" and seeded.error.message == f"document op 0: {OUTSIDE_REGION}"
         finally:
             await ws.close()

@@ -70,10 +70,9 @@ def test_websocket_frames_waiting_are_bounded_by_bytes(tiny_models_dir: Path) ->
             for i, png in enumerate(pngs):
                 op = {"id": f"t{i}", "type": "texture", "space": "frame", "frame": 0, "image": png,
                       "rect": [4, 4, 32, 32]}
-                from vatlas.server.doors import wire
-                from vatlas.v1 import edits_pb2
+                from vatlas.v1 import edits_pb2, mirror
 
-                await client.send(session=sessions_pb2.ClientMessage(op=wire.from_mirror(op, edits_pb2.EditOp)))
+                await client.send(session=sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp)))
 
         sender = asyncio.create_task(send_all())
         await asyncio.sleep(3.0)

@@ -213,18 +213,17 @@ def test_join_checks(tiny_models_dir: Path) -> None:
 
 
 def test_initial_document_is_validated_and_sequenced(tiny_models_dir: Path) -> None:
-    from vatlas.server.doors import wire
-    from vatlas.v1 import edits_pb2
+    from vatlas.v1 import edits_pb2, mirror
 
     async def scenario() -> None:
         core = await make_core(tiny_models_dir)
         try:
-            doc = edits_pb2.EditDocument(version=1, ops=[wire.from_mirror(stroke_op("d1"), edits_pb2.EditOp),
-                                                         wire.from_mirror({**stroke_op("d2"), "visible": False},
+            doc = edits_pb2.EditDocument(version=1, ops=[mirror.from_mirror(stroke_op("d1"), edits_pb2.EditOp),
+                                                         mirror.from_mirror({**stroke_op("d2"), "visible": False},
                                                                           edits_pb2.EditOp)])
             info = await core.create_session(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE, document=doc))
             assert info.seq == 3  # two creates and the set_visible of the hidden one
-            bad = edits_pb2.EditDocument(ops=[wire.from_mirror({**stroke_op("x"), "width": -1.0}, edits_pb2.EditOp)])
+            bad = edits_pb2.EditDocument(ops=[mirror.from_mirror({**stroke_op("x"), "width": -1.0}, edits_pb2.EditOp)])
             with pytest.raises(CoreError) as exc:
                 await core.create_session(sessions_pb2.CreateSessionRequest(bundle=TINY_BUNDLE, document=bad))
             assert exc.value.code == "INVALID_ARGUMENT" and "document op 0" in exc.value.message

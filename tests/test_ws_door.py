@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from conftest import TINY_BUNDLE, TINY_FRAMES, TINY_SIZE
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
-from vatlas.server.doors import wire
 from vatlas.server.encoders import decode
-from vatlas.v1 import bundles_pb2, edits_pb2, render_pb2, sessions_pb2
+from vatlas.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -50,7 +49,7 @@ def test_bad_hello_gets_a_typed_error_then_close(running_server, hello, code) ->
     async def scenario() -> None:
         async with connect(running_server.ws_url) as ws:
             await ws.send(msgpack.packb({"request_id": 5, **hello}))
-            resp = wire.unpack(await ws.recv(), sessions_pb2.WsResponse)
+            resp = mirror.unpack(await ws.recv(), sessions_pb2.WsResponse)
             assert resp.request_id == 5 and resp.error.code == code and resp.error.message
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)

@@ -50,8 +50,7 @@ async def upload(client: WsClient, data: bytes, *, announce: bool = True) -> tup
     """Send `data` in CHUNK-byte chunks under one request id; the acknowledged byte counts and the result."""
     rid = client.next_id
     client.next_id += 1
-    from vatlas.server.doors import wire
-    from vatlas.v1 import sessions_pb2
+    from vatlas.v1 import mirror, sessions_pb2
 
     pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
     for i, piece in enumerate(pieces):
@@ -59,7 +58,7 @@ async def upload(client: WsClient, data: bytes, *, announce: bool = True) -> tup
         if i == 0:
             chunk.filename = "my clip.mp4"
             chunk.total_bytes = len(data) if announce else 0
-        await client.ws.send(wire.pack(sessions_pb2.WsRequest(request_id=rid, upload=chunk)))
+        await client.ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=rid, upload=chunk)))
     acks: list[int] = []
     while True:
         resp = await client.recv_until(lambda r: r.request_id == rid)

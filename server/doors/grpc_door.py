@@ -22,14 +22,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from vatlas.server.doors import wire
 from vatlas.server.doors.auth import bearer, check_protocol, check_token
 from vatlas.server.session.core import ServerCore, Viewer
 from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
@@ -111,6 +110,19 @@ async def answer(context: grpc.aio.ServicerContext, call: Callable[[], Any]) -> 
         raise
 
 
+async def stream(context: grpc.aio.ServicerContext, start: Callable[[], Awaitable[AsyncIterator[Any]]]
+                 ) -> AsyncIterator[Any]:
+    """A server-streaming RPC's replies: the stream start() opens, closed with the call (a cancelled call ends
+    it at once); a CoreError, on opening or later, aborts with its status."""
+    try:
+        replies = await start()
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield reply
+    except CoreError as exc:
+        await abort(context, exc)
+
+
 class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
     async def ListBundles(self, request: Any, context: Any) -> bundles_pb2.ListBundlesResponse:
         await self.check(context)
@@ -130,13 +142,8 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
 
     async def StartFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
         await self.check(context)
-        try:
-            progress = await self.core.jobs.start_fit(request)
-            async with contextlib.aclosing(progress):  # a cancelled call ends the job's stream at once
-                async for event in progress:
-                    yield event
-        except CoreError as exc:
-            await abort(context, exc)
+        async for event in stream(context, lambda: self.core.jobs.start_fit(request)):
+            yield event
 
     async def GetUploadFrame(self, request: Any, context: Any) -> bundles_pb2.UploadFrame:
         await self.check(context)
@@ -152,13 +159,8 @@ class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
 
     async def AttachFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
         await self.check(context)
-        try:
-            progress = await self.core.jobs.attach(request)
-            async with contextlib.aclosing(progress):
-                async for event in progress:
-                    yield event
-        except CoreError as exc:
-            await abort(context, exc)
+        async for event in stream(context, lambda: self.core.jobs.attach(request)):
+            yield event
 
 
 class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
@@ -190,7 +192,7 @@ class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
         async def read() -> None:
             try:
                 async for message in requests:
-                    if not await dispatch_session_message(self.core, participant, message):
+                    if not await self.core.handle(participant, message):
                         break
             except CoreError as exc:  # an undecodable message: tell this client, end only its stream
                 participant.send(sessions_pb2.ServerEvent(error=_err(exc.code, exc.message)))
@@ -210,26 +212,6 @@ class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
             self.core.leave(participant)
 
 
-async def dispatch_session_message(core: ServerCore, participant: Any, message: sessions_pb2.ClientMessage) -> bool:
-    """Hand one ClientMessage after join to the core; False when the participant leaves."""
-    kind = message.WhichOneof("kind")
-    if kind == "op":
-        await core.submit(participant, wire.to_mirror(message.op))
-    elif kind == "undo":
-        await core.undo(participant)
-    elif kind == "redo":
-        await core.redo(participant)
-    elif kind == "presence":
-        core.presence(participant, message.presence)
-    elif kind == "leave":
-        return False
-    elif kind == "join":
-        participant.send(sessions_pb2.ServerEvent(error=_err("FAILED_PRECONDITION", "already joined")))
-    else:
-        participant.send(sessions_pb2.ServerEvent(error=_err("INVALID_ARGUMENT", "empty session message")))
-    return True
-
-
 def _err(code: str, message: str) -> Any:
     from vatlas.v1 import common_pb2
 
@@ -244,23 +226,15 @@ class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
 
     async def Playback(self, request: Any, context: Any) -> AsyncIterator[render_pb2.RenderedFrame]:
         await self.check(context)
-        try:
-            frames = await self.core.playback(f"grpc-playback:{id(context)}", request, viewer=self.viewer(context))
-            async with contextlib.aclosing(frames):
-                async for frame in frames:
-                    yield frame
-        except CoreError as exc:
-            await abort(context, exc)
+        viewer = self.viewer(context)
+        async for frame in stream(context, lambda: self.core.playback(f"grpc-playback:{id(context)}", request,
+                                                                     viewer=viewer)):
+            yield frame
 
     async def Export(self, request: Any, context: Any) -> AsyncIterator[render_pb2.ExportEvent]:
         await self.check(context)
-        try:
-            events = await self.core.jobs.export(request)
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield event
-        except CoreError as exc:
-            await abort(context, exc)
+        async for event in stream(context, lambda: self.core.jobs.export(request)):
+            yield event
 
 
 class Undecodable:

@@ -3,7 +3,7 @@
 Endpoint and framing
     Connect to ``ws://HOST:PORT/ws`` (the HTTP port; the same port serves the web client at ``/``).
     Every WebSocket message is a *binary* frame holding msgpack of one ``vatlas.v1.WsRequest`` (client ->
-    server) or ``vatlas.v1.WsResponse`` (server -> client) in the mirror form of ``server/doors/wire.py``:
+    server) or ``vatlas.v1.WsResponse`` (server -> client) in the mirror form of ``server/doors/mirror.py``:
     maps keyed by proto field names, ``Vec2`` as ``[x, y]``, bytes as bin, a oneof as the single key of the
     member that is set, unset fields left out, enums as integers. Text frames are refused with an error.
     Frames larger than the server's max message size (64 MiB by default) close the connection (code 1009).
@@ -73,13 +73,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
-from vatlas.server.doors import wire
 from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_token
-from vatlas.server.doors.grpc_door import dispatch_session_message
 from vatlas.server.doors.http import OriginPolicy, StaticFiles, text_response, webapp_root
 from vatlas.server.session.core import ServerCore, Viewer
 from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
-from vatlas.v1 import bundles_pb2, common_pb2, sessions_pb2
+from vatlas.v1 import bundles_pb2, common_pb2, mirror, sessions_pb2
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
@@ -178,7 +176,7 @@ class WsConnection:
         self._drained.set()
 
     async def send(self, request_id: int, **result: Any) -> None:
-        await self.ws.send(wire.pack(sessions_pb2.WsResponse(request_id=request_id, **result)))
+        await self.ws.send(mirror.pack(sessions_pb2.WsResponse(request_id=request_id, **result)))
 
     async def send_error(self, request_id: int, code: str, message: str, op_id: str = "") -> None:
         await self.send(request_id, error=common_pb2.Error(code=code, message=message, op_id=op_id))
@@ -209,7 +207,7 @@ class WsConnection:
         try:
             if isinstance(frame, str):
                 raise CoreError("INVALID_ARGUMENT", "frames must be binary msgpack")
-            request = wire.unpack(frame, sessions_pb2.WsRequest)
+            request = mirror.unpack(frame, sessions_pb2.WsRequest)
             if request.WhichOneof("call") != "hello":
                 raise CoreError("FAILED_PRECONDITION", "the first request must be hello")
             check_protocol(request.hello.protocol_version)
@@ -218,7 +216,7 @@ class WsConnection:
                 self.scope = shared.session_id  # a share link: this session only
             else:
                 check_token(self.token, request.hello.token)
-        except (CoreError, wire.WireError) as exc:
+        except (CoreError, mirror.WireError) as exc:
             code = exc.code if isinstance(exc, CoreError) else "INVALID_ARGUMENT"
             await self.send_error(request_id, code, getattr(exc, "message", str(exc)))
             await self.ws.close(CLOSE_POLICY, code)
@@ -234,8 +232,8 @@ class WsConnection:
             await self.send_error(request_id, "INVALID_ARGUMENT", "frames must be binary msgpack, not text")
             return False
         try:
-            request = wire.unpack(frame, sessions_pb2.WsRequest)
-        except wire.WireError as exc:
+            request = mirror.unpack(frame, sessions_pb2.WsRequest)
+        except mirror.WireError as exc:
             await self.send_error(request_id, "INVALID_ARGUMENT", str(exc))
             return False
         del frame  # the decoded request holds what counts now
@@ -448,7 +446,7 @@ class WsConnection:
         while True:
             message, size = await self.session_inbox.get()
             try:
-                if not await dispatch_session_message(self.core, participant, message):
+                if not await self.core.handle(participant, message):
                     self.core.leave(participant)
                     return
             finally:

@@ -33,12 +33,11 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vatlas.server.doors import wire
 from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpError, OpLimits, validate_op
 from vatlas.server.edits.region import check_on_region, mask_preview, mask_regions, visible_boxes
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
@@ -62,7 +61,7 @@ from vatlas.server.session.render import (
     check_mask_side,
     check_render_request,
 )
-from vatlas.v1 import common_pb2, edits_pb2, render_pb2, sessions_pb2
+from vatlas.v1 import common_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +197,7 @@ def check_op_ids(raw: dict[str, Any], op_id: str) -> None:
 
 
 def op_to_proto(op: dict[str, Any]) -> edits_pb2.EditOp:
-    return wire.from_mirror(op, edits_pb2.EditOp)  # type: ignore[return-value]
+    return mirror.from_mirror(op, edits_pb2.EditOp)  # type: ignore[return-value]
 
 
 class ServerCore:
@@ -387,7 +386,7 @@ class ServerCore:
             raise CoreError("NOT_FOUND", f"no session {session_id!r}")
         return session
 
-    async def _ensure_engine(self, session: Session) -> Any:
+    async def ensure_engine(self, session: Session) -> Any:
         """Load the session if it was unloaded, then build its engine from the snapshot and the records after
         it (once, lazily)."""
         session.touch()
@@ -438,7 +437,7 @@ class ServerCore:
         ops: list[dict[str, Any]] = []
         scratch = Document()
         for i, op_msg in enumerate(request.document.ops):
-            raw = wire.to_mirror(op_msg)
+            raw = mirror.to_mirror(op_msg)
             hidden = raw.pop("visible", None) is False and raw.get("type") in ("stroke", "texture", "adjustment",
                                                                                "sticker")
             try:
@@ -473,7 +472,7 @@ class ServerCore:
                     await self._commit(session, "", op, "document")
 
         await _uncancellable(sequence())
-        await self._ensure_engine(session)
+        await self.ensure_engine(session)
         return session.info(with_token=True)
 
     def list_sessions(self) -> list[sessions_pb2.SessionInfo]:
@@ -490,7 +489,7 @@ class ServerCore:
         pid = check_participant_id(request.participant_id)
         name = check_name(request.name, f"guest-{pid[-4:]}")
         color = check_color(request.color, PALETTE[session.colors_used % len(PALETTE)])
-        await self._ensure_engine(session)
+        await self.ensure_engine(session)
         async with session.lock:
             await self._ensure_engine_locked(session)  # unloaded again while this join waited for the lock
             assert session.doc is not None
@@ -554,6 +553,36 @@ class ServerCore:
             else:
                 hi = mid
         return lo
+
+    async def handle(self, participant: Participant, message: sessions_pb2.ClientMessage) -> bool:
+        """One ClientMessage after join, whichever door it came through; False when the participant leaves."""
+        kind = message.WhichOneof("kind")
+        handler = self._SESSION_HANDLERS.get(kind or "")
+        if handler is None:
+            text = "already joined" if kind == "join" else "empty session message"
+            participant.send(_event(error=_error("FAILED_PRECONDITION" if kind == "join" else "INVALID_ARGUMENT",
+                                                 text)))
+            return True
+        return await handler(self, participant, getattr(message, kind)) is not False
+
+    async def _on_op(self, participant: Participant, op: edits_pb2.EditOp) -> None:
+        await self.submit(participant, mirror.to_mirror(op))
+
+    async def _on_undo(self, participant: Participant, _: Any) -> None:
+        await self.undo(participant)
+
+    async def _on_redo(self, participant: Participant, _: Any) -> None:
+        await self.redo(participant)
+
+    async def _on_presence(self, participant: Participant, update: sessions_pb2.PresenceUpdate) -> None:
+        self.presence(participant, update)
+
+    async def _on_leave(self, participant: Participant, _: Any) -> bool:
+        return False
+
+    # ClientMessage kinds after join -> their handlers (join itself is the doors' first message, see join()).
+    _SESSION_HANDLERS: dict[str, Callable[[ServerCore, Participant, Any], Awaitable[bool | None]]] = {
+        "op": _on_op, "undo": _on_undo, "redo": _on_redo, "presence": _on_presence, "leave": _on_leave}
 
     def leave(self, participant: Participant) -> None:
         """Remove a participant (idempotent) and tell the others."""
@@ -673,7 +702,7 @@ class ServerCore:
         try:
             check_op_ids(raw_op, op_id)
             op = validate_op(raw_op, session.op_limits)
-            await self._ensure_engine(session)
+            await self.ensure_engine(session)
         except (OpError, CoreError) as exc:
             self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
             return
@@ -724,7 +753,7 @@ class ServerCore:
         if not participant.ops_bucket.take():
             self._reject(participant, "RESOURCE_EXHAUSTED", f"too many {word}s: slow down", "")
             return
-        await self._ensure_engine(session)
+        await self.ensure_engine(session)
 
         async def sequence() -> None:
             async with session.lock:
@@ -786,7 +815,9 @@ class ServerCore:
 
     # ---------------------------------------------------------------- rendering
 
-    def _viewable(self, session_id: str, join_token: str, authorized: frozenset[str] | set[str]) -> Session:
+    def viewable(self, session_id: str, join_token: str, authorized: frozenset[str] | set[str]) -> Session:
+        """The session, for a caller that joined it on this connection (`authorized`) or holds its join token;
+        PERMISSION_DENIED otherwise."""
         session = self._session(session_id)
         session.touch()
         if session_id in authorized:
@@ -831,9 +862,9 @@ class ServerCore:
         `viewer` names the rate buckets and the GPU share (default: the client key is the connection).
         """
         viewer = viewer or Viewer(client_key)
-        session = self._viewable(request.session_id, request.join_token, authorized)
+        session = self.viewable(request.session_id, request.join_token, authorized)
         self._take_render_token(viewer)
-        await self._ensure_engine(session)
+        await self.ensure_engine(session)
         bundle = session.bundle
         params = check_render_request(request, bundle.num_frames, bundle.width, bundle.height, bundle.atlas_size,
                                       self.limits.min_scale)
@@ -865,9 +896,9 @@ class ServerCore:
         a waiting one. Every frame takes a render token (L2): over its rate a playback skips frames.
         """
         viewer = viewer or Viewer(client_key)
-        session = self._viewable(request.session_id, request.join_token, authorized)
+        session = self.viewable(request.session_id, request.join_token, authorized)
         self._take_render_token(viewer)
-        await self._ensure_engine(session)
+        await self.ensure_engine(session)
         bundle = session.bundle
         fmt, quality, scale = check_format(request.format, request.quality, request.scale, self.limits.min_scale)
         check_mask_side(request.roi_mask_side)

@@ -524,8 +524,8 @@ class Jobs:
     async def export(self, request: render_pb2.ExportRequest,
                      authorized: frozenset[str] | set[str] = frozenset()) -> AsyncIterator[render_pb2.ExportEvent]:
         """Validate, then stream progress events and the file in chunks (the last one has done=True)."""
-        session = self.core._viewable(request.session_id, request.join_token, authorized)
-        engine = await self.core._ensure_engine(session)
+        session = self.core.viewable(request.session_id, request.join_token, authorized)
+        engine = await self.core.ensure_engine(session)
         fmt = request.format or "mp4"
         if fmt not in EXPORT_FORMATS:
             raise CoreError("INVALID_ARGUMENT", f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")

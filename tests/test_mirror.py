@@ -1,4 +1,4 @@
-"""The proto <-> msgpack mirror (server/doors/wire.py): every vatlas.v1 message round-trips, bad input is refused."""
+"""The proto <-> msgpack mirror (server/doors/mirror.py): every vatlas.v1 message round-trips, bad input is refused."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import msgpack
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from vatlas.server.doors import wire
-from vatlas.v1 import common_pb2, edits_pb2, sessions_pb2
+from vatlas.v1 import common_pb2, edits_pb2, mirror, sessions_pb2
 
-ALL_CLASSES = wire.message_classes()
+ALL_CLASSES = mirror.message_classes()
 
 
 def _scalar_value(field: FieldDescriptor, rng: random.Random):
@@ -103,34 +102,34 @@ def test_every_message_round_trips_through_msgpack(full_name: str) -> None:
     for pick in range(max_members):
         msg = cls()
         _populate(msg, rng, 0, pick)
-        data = wire.pack(msg)
-        back = wire.unpack(data, cls)
+        data = mirror.pack(msg)
+        back = mirror.unpack(data, cls)
         assert back == msg, f"{full_name} (oneof pick {pick}) changed in the round trip"
-        assert wire.unpack(wire.pack(back), cls) == msg
+        assert mirror.unpack(mirror.pack(back), cls) == msg
     empty = cls()
-    assert wire.to_mirror(empty) in ({}, [0.0, 0.0])
-    assert wire.unpack(wire.pack(empty), cls) == empty
+    assert mirror.to_mirror(empty) in ({}, [0.0, 0.0])
+    assert mirror.unpack(mirror.pack(empty), cls) == empty
 
 
 def test_mirror_form_details() -> None:
     op = edits_pb2.EditOp(id="s1", type="stroke", points=[edits_pb2.Vec2(x=1.5, y=2.0)], image=b"\x00\xff",
                           frame=0, position=edits_pb2.Vec2(x=3, y=4))
     op.set.opacity = 0.5
-    mirror = wire.to_mirror(op)
-    assert mirror["points"] == [[1.5, 2.0]]
-    assert mirror["position"] == [3.0, 4.0]
-    assert mirror["frame"] == 0  # optional field set to its default is kept (presence)
-    assert "width" not in mirror and "mode" not in mirror  # unset optional / default implicit fields left out
-    assert mirror["set"] == {"opacity": 0.5}
-    raw = msgpack.unpackb(wire.pack(op), raw=True)
+    form = mirror.to_mirror(op)
+    assert form["points"] == [[1.5, 2.0]]
+    assert form["position"] == [3.0, 4.0]
+    assert form["frame"] == 0  # optional field set to its default is kept (presence)
+    assert "width" not in form and "mode" not in form  # unset optional / default implicit fields left out
+    assert form["set"] == {"opacity": 0.5}
+    raw = msgpack.unpackb(mirror.pack(op), raw=True)
     assert isinstance(raw[b"image"], bytes)  # bin, not str
     assert isinstance(raw[b"type"], bytes) and raw[b"type"] == b"stroke"
     req = sessions_pb2.WsRequest(request_id=7, session=sessions_pb2.ClientMessage(undo=sessions_pb2.Undo()))
-    assert wire.to_mirror(req) == {"request_id": 7, "session": {"undo": {}}}  # oneof = one key, empty message kept
+    assert mirror.to_mirror(req) == {"request_id": 7, "session": {"undo": {}}}  # oneof = one key, empty message kept
     hello = sessions_pb2.Hello(protocol_version=common_pb2.PROTOCOL_VERSION_CURRENT)
-    assert wire.to_mirror(hello) == {"protocol_version": 1}  # enum-valued numbers stay ints
+    assert mirror.to_mirror(hello) == {"protocol_version": 1}  # enum-valued numbers stay ints
     # nil means unset (JavaScript undefined)
-    assert wire.from_mirror({"id": "a", "width": None}, edits_pb2.EditOp) == edits_pb2.EditOp(id="a")
+    assert mirror.from_mirror({"id": "a", "width": None}, edits_pb2.EditOp) == edits_pb2.EditOp(id="a")
 
 
 @pytest.mark.parametrize(
@@ -156,8 +155,8 @@ def test_mirror_form_details() -> None:
     ],
 )
 def test_bad_input_is_refused_with_the_field_path(data, cls, fragment: str) -> None:
-    with pytest.raises(wire.WireError) as info:
-        wire.from_mirror(data, cls)
+    with pytest.raises(mirror.WireError) as info:
+        mirror.from_mirror(data, cls)
     assert fragment in str(info.value)
 
 
@@ -167,15 +166,15 @@ def test_deep_nesting_and_garbage_bytes_are_refused() -> None:
     for _ in range(100):
         node["set"] = {}
         node = node["set"]
-    with pytest.raises(wire.WireError, match="nested deeper"):
-        wire.from_mirror(deep, edits_pb2.EditOp)
+    with pytest.raises(mirror.WireError, match="nested deeper"):
+        mirror.from_mirror(deep, edits_pb2.EditOp)
     rng = random.Random(3)
     for _ in range(300):
         blob = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
-        with contextlib.suppress(wire.WireError):  # any other exception type fails the test
-            wire.unpack(blob, sessions_pb2.WsRequest)
+        with contextlib.suppress(mirror.WireError):  # any other exception type fails the test
+            mirror.unpack(blob, sessions_pb2.WsRequest)
 
 
 def test_nan_passes_the_wire_and_is_left_to_validators() -> None:
-    op = wire.from_mirror({"width": float("nan")}, edits_pb2.EditOp)
+    op = mirror.from_mirror({"width": float("nan")}, edits_pb2.EditOp)
     assert math.isnan(op.width)
