@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_edits_fixtures import SHIFTS, png_bytes, shifted_bundle, solid_rgba
 from vatlas.server.edits.engine import EditEngine
-from vatlas.server.edits.ops import OpError
+from vatlas.server.errors import CoreError
 
 from vatlas.errors import OUTSIDE_REGION
 
@@ -143,16 +143,16 @@ def test_update_is_last_writer_wins_per_property(engine) -> None:
 def test_errors(engine) -> None:
     engine.apply(_stroke("s", 0, [[10, 20], [50, 20]]))
     before = engine.layers.layer.clone()
-    with pytest.raises(OpError) as info:
+    with pytest.raises(CoreError) as info:
         engine.apply({"type": "delete", "target": "missing"})
     assert info.value.code == "NOT_FOUND"
-    with pytest.raises(OpError) as info:
+    with pytest.raises(CoreError) as info:
         engine.apply(_stroke("s", 0, [[1, 1]]))
     assert info.value.code == "ALREADY_EXISTS"
-    with pytest.raises(OpError) as info:
+    with pytest.raises(CoreError) as info:
         engine.apply({"type": "update", "target": "s", "set": {"rect": [0, 0, 2, 2]}})
     assert info.value.code == "INVALID_ARGUMENT"
-    with pytest.raises(OpError):
+    with pytest.raises(CoreError):
         engine.apply(_stroke("t", 9, [[1, 1]]))  # frame out of range
     assert torch.equal(engine.layers.layer, before) and engine.get("s")["width"] == 6.0
     with pytest.raises(IndexError):
@@ -242,7 +242,7 @@ def test_sticker_outside_the_mapped_surface_is_refused(bundle) -> None:
     unknown = shifted_bundle()
     unknown.inverse_map[:] = np.nan
     engine = EditEngine(unknown, "cpu")
-    with pytest.raises(OpError) as info:
+    with pytest.raises(CoreError) as info:
         engine.apply({"id": "k", "type": "sticker", "frame": 0, "position": [30, 20],
                       "image": png_bytes(solid_rgba(4, 4))})
     assert info.value.code == "OUT_OF_RANGE" and info.value.message == OUTSIDE_REGION
@@ -296,7 +296,7 @@ def test_a_placed_image_has_its_own_colour_grade(engine) -> None:
     plain = int(engine.render([0]).numpy()[0, 29, 19, 0])
     engine.apply({"type": "update", "target": "dot", "set": {"exposure": -1.0}})
     assert abs(int(engine.render([0]).numpy()[0, 29, 19, 0]) - plain / 2) <= 3  # one stop darker
-    with pytest.raises(OpError, match="exposure"):
+    with pytest.raises(CoreError, match="exposure"):
         engine.apply({"type": "update", "target": "pic", "set": {"exposure": 99.0}})
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from test_edits_fixtures import png_bytes, shifted_bundle, solid_rgba
 from vatlas.server.edits import layers as layers_module
 from vatlas.server.edits.engine import EditEngine
-from vatlas.server.edits.ops import OpError, OpLimits
+from vatlas.server.edits.ops import OpLimits
+from vatlas.server.errors import CoreError
 
 from vatlas.errors import OUTSIDE_REGION
 
@@ -86,18 +87,18 @@ def test_a_failed_draw_leaves_no_trace(bundle, monkeypatch: pytest.MonkeyPatch) 
         raise torch.OutOfMemoryError("simulated")
 
     monkeypatch.setattr(layers_module.AtlasLayers, "_paint_into", half_then_fail)
-    with pytest.raises(OpError) as info:
+    with pytest.raises(CoreError) as info:
         engine.apply(_stroke("b", [[10, 30], [50, 30]]))
     assert info.value.code == "RESOURCE_EXHAUSTED" and info.value.op_id == "b"
     for change in ({"id": "c1", "type": "update", "target": "a", "set": {"width": 9, "color": [0, 0, 1, 1]}},
                    {"id": "c2", "type": "delete", "target": "a"},
                    {"id": "c3", "type": "set_visible", "target": "a", "visible": False}):
-        with pytest.raises(OpError) as info:
+        with pytest.raises(CoreError) as info:
             engine.apply(change)
         assert info.value.code == "RESOURCE_EXHAUSTED" and info.value.op_id == change["id"]
     monkeypatch.setattr(layers_module.AtlasLayers, "_paint_into", real_paint)
     monkeypatch.setattr(layers_module.AtlasLayers, "_coverage_weight", out_of_memory)
-    with pytest.raises(OpError):
+    with pytest.raises(CoreError):
         engine.apply({"id": "adj2", "type": "adjustment", "space": "atlas", "points": [[40, 40], [60, 40], [50, 60]],
                       "saturation": 0.5})
     monkeypatch.setattr(layers_module.AtlasLayers, "_coverage_weight", real_weight)
@@ -121,7 +122,7 @@ def test_over_the_raster_budget_is_refused_without_trace(bundle) -> None:
     before = engine.layers.layer.clone()
     zigzag = [[x, 5 + (x % 2) * 40] for x in range(2, 62)]
     for op in (_stroke("wide", zigzag, width=60), {**HUGE_POLYGON, "id": "poly", "points": zigzag}):
-        with pytest.raises(OpError) as info:
+        with pytest.raises(CoreError) as info:
             engine.apply(op)
         assert info.value.code == "RESOURCE_EXHAUSTED" and "texel-segment" in info.value.message
     assert [o["id"] for o in engine.objects()] == ["small"]
@@ -151,7 +152,7 @@ def test_points_per_op_are_capped_after_densifying(bundle) -> None:
     engine.apply(_stroke("s", scribble, width=1))
     assert len(engine._objects["s"].atlas_op.segs) <= limits.max_raster_points
     # A stroke wholly outside the frame is outside the editable region: refused, in plain words.
-    with pytest.raises(OpError) as refused:
+    with pytest.raises(CoreError) as refused:
         engine.apply(_stroke("out", [[-500, -500], [-100, -400]]))
     assert refused.value.message == OUTSIDE_REGION and "out" not in engine._objects
 
@@ -217,18 +218,18 @@ def test_edit_memory_has_a_budget_and_deleting_frees_it(bundle) -> None:
     one = probe.edit_bytes()
     budget = int(2.5 * one)  # room for two
     engine = EditEngine(bundle, "cpu", limits=OpLimits.for_bundle(bundle, max_edit_bytes=budget))
-    with pytest.raises(OpError) as info:  # the whole atlas: kept at about 128 x 128, over the budget
+    with pytest.raises(CoreError) as info:  # the whole atlas: kept at about 128 x 128, over the budget
         engine.apply(paste("big", 0.4))
     assert info.value.code == "RESOURCE_EXHAUSTED" and f"limit {budget}" in info.value.message
     assert engine.get("big") is None and engine.edit_bytes() == 0
     engine.apply(paste("p0", 0.1))
     engine.apply(paste("p1", 0.1))
-    with pytest.raises(OpError):
+    with pytest.raises(CoreError):
         engine.apply(paste("p2", 0.1))
     engine.apply({"type": "delete", "target": "p0"})  # deleting gives its memory back
     assert engine.edit_bytes() == one
     engine.apply(paste("p2", 0.1))
-    with pytest.raises(OpError) as info:  # restoring p0 would go over: refused, p0 stays deleted
+    with pytest.raises(CoreError) as info:  # restoring p0 would go over: refused, p0 stays deleted
         engine.apply({"type": "restore", "target": "p0"})
     assert info.value.code == "RESOURCE_EXHAUSTED" and engine.get("p0")["deleted"] is True
     engine.apply({"type": "delete", "target": "p2"})

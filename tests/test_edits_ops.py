@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_edits_fixtures import png_bytes, solid_rgba
-from vatlas.server.edits.ops import OpError, OpLimits, decode_image, validate_op
+from vatlas.server.edits.ops import OpLimits, decode_image, validate_op
+from vatlas.server.errors import CoreError
 
 LIMITS = OpLimits(num_frames=4, max_points=16, max_image_side=64, max_image_pixels=64 * 64)
 STROKE = {"id": "s1", "type": "stroke", "space": "frame", "frame": 1, "points": [[1, 2], [3.5, 4]],
           "width": 5, "color": [1, 0.5, 0, 1], "hardness": 0.5, "mode": "paint"}
 
 
-def _err(op: dict, limits: OpLimits = LIMITS) -> OpError:
-    with pytest.raises(OpError) as info:
+def _err(op: dict, limits: OpLimits = LIMITS) -> CoreError:
+    with pytest.raises(CoreError) as info:
         validate_op(op, limits)
     return info.value
 
@@ -118,7 +119,7 @@ def test_control_ops() -> None:
 
 
 def test_non_mapping_is_rejected() -> None:
-    with pytest.raises(OpError):
+    with pytest.raises(CoreError):
         validate_op(["stroke"], LIMITS)  # type: ignore[arg-type]
-    with pytest.raises(OpError):
+    with pytest.raises(CoreError):
         validate_op({**STROKE, "points": np.zeros((2, 2)).tolist() + [None]}, LIMITS)

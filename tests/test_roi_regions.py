@@ -13,8 +13,8 @@ from conftest import TEST_TOKEN, start_in_process_server
 from serve_helpers import WsClient
 from vatlas.models.bundle import Bundle, save_bundle
 from vatlas.server.edits.engine import EditEngine
-from vatlas.server.edits.ops import OpError
 from vatlas.server.edits.roi_labels import frame_regions
+from vatlas.server.errors import CoreError
 from vatlas.v1 import edits_pb2, render_pb2, sessions_pb2
 from vatlas_client import Client, ops
 
@@ -108,10 +108,10 @@ def test_an_op_outside_its_region_or_naming_a_missing_one_is_refused(bundle: Bun
     left, row, right = band(bundle)
     engine = EditEngine(bundle, "cpu")
     right_only = {"id": "r", "type": "stroke", "frame": 0, "points": [[right - 3, row], [right, row]], "width": 3.0}
-    with pytest.raises(OpError) as refused:
+    with pytest.raises(CoreError) as refused:
         engine.apply({**right_only, "roi_region": 1})
     assert refused.value.code == "OUT_OF_RANGE" and refused.value.message == OUTSIDE_REGION
-    with pytest.raises(OpError) as missing:
+    with pytest.raises(CoreError) as missing:
         engine.apply({**right_only, "roi_region": 3})
     assert missing.value.code == "INVALID_ARGUMENT" and "2 regions" in missing.value.message
     engine.apply({**right_only, "roi_region": 2})  # where it lies: placed

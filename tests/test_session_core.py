@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import TINY_BUNDLE, TINY_FRAMES
 from serve_helpers import stroke_op
-from vatlas.server.edits.ops import OpError, validate_op
+from vatlas.server.edits.ops import validate_op
+from vatlas.server.errors import CoreError
 from vatlas.server.session.core import CoreConfig, ServerCore
 from vatlas.server.session.document import Document
-from vatlas.server.session.errors import CoreError
 from vatlas.server.session.limits import ServerLimits, TokenBucket
 from vatlas.v1 import render_pb2, sessions_pb2
 
@@ -79,7 +79,7 @@ def test_inverse_of_every_op_kind() -> None:
 def test_document_checks(op, code) -> None:
     doc = Document()
     doc.apply(validate_op(stroke_op("a")))
-    with pytest.raises(OpError) as info:
+    with pytest.raises(CoreError) as info:
         doc.check(validate_op(op))
     assert info.value.code == code
 

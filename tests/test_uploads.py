@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import start_in_process_server
 from serve_helpers import GrpcStubs
-from vatlas.server.session.errors import CoreError
+from vatlas.server.errors import CoreError
 from vatlas.server.session.jobs import SANITIZED_NAME, sanitize_upload
 from vatlas.v1 import bundles_pb2
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from vatlas import metrics
 from vatlas.roi import Roi
-from vatlas.server.edits.ops import OpError
+from vatlas.server.errors import CoreError
 
 COVER_TOL = 24  # levels (max over channels): twice-resampled flat colour and re-lighting stay well inside
 CHANGE_THRESHOLD = 2  # levels: a pixel changed by an edit, not by re-encoding or rounding noise
@@ -509,7 +509,7 @@ def synth_edit_metrics(bundle: Any, scene: Any, device: str = "auto") -> tuple[d
         out["paste_frame"] = float(n)
         try:
             ours = render_edit(bundle, [texture_op("photo", n, photo, rect)], device)
-        except OpError:  # the fit calls that visible surface outside the region: the user cannot paste there
+        except CoreError:  # the fit calls that visible surface outside the region: the user cannot paste there
             out["paste_refused"] = 1.0
             out["paste_psnr"] = out["paste_clip_psnr"] = math.nan
         else:

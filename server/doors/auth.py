@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from vatlas.server.session.errors import CoreError
+from vatlas.server.errors import CoreError
 from vatlas.v1 import common_pb2
 
 PROTOCOL_VERSION = common_pb2.PROTOCOL_VERSION_CURRENT

@@ -30,8 +30,8 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from vatlas.server.doors.auth import bearer, check_protocol, check_token
+from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.server.session.core import ServerCore, Viewer
-from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import (
     bundles_pb2,
     bundles_pb2_grpc,

@@ -75,8 +75,8 @@ from typing import Any
 import msgpack
 from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_token
 from vatlas.server.doors.http import OriginPolicy, StaticFiles, text_response, webapp_root
+from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.server.session.core import ServerCore, Viewer
-from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import bundles_pb2, common_pb2, mirror, sessions_pb2
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed

@@ -1,7 +1,7 @@
 """Edit documents: ``{"version": 1, "ops": [...]}`` as JSON on disk or msgpack on the wire.
 
 On disk an op's `image` is a path relative to the document or a ``data:`` URI; in memory and in msgpack it is
-the encoded image bytes. Loading validates every op (OpError names the op and its index).
+the encoded image bytes. Loading validates every op (CoreError names the op and its index).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from vatlas.server.edits.ops import OpError, OpLimits, validate_op
+from vatlas.server.edits.ops import OpLimits, validate_op
+from vatlas.server.errors import CoreError
 
 from vatlas.errors import VatlasError
 
@@ -94,7 +95,7 @@ def parse_document(doc: Any, *, base_dir: Path | None = None, limits: OpLimits |
             op["set"]["image"] = resolve_image(op["set"]["image"], base_dir, limits.max_image_bytes)
         try:
             out.append(validate_op(op, limits))
-        except OpError as exc:
+        except CoreError as exc:
             raise DocumentError(f"{name}: op #{i} ({exc.op_id or '?'}): {exc.message}") from None
     return out
 

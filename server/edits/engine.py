@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from vatlas.models.bundle import Bundle
 from vatlas.server.compositor import Compositor
 from vatlas.server.edits.layers import AtlasLayers, AtlasOp, union
-from vatlas.server.edits.ops import FIELDS_BY_TYPE, OpError, OpLimits, check_object, validate_op
+from vatlas.server.edits.ops import FIELDS_BY_TYPE, OpLimits, check_object, validate_op
 from vatlas.server.edits.raster import AtlasGeometry
 from vatlas.server.edits.region import check_on_region
 from vatlas.server.edits.stickers import StickerTrack, draw_sticker, track_sticker
+from vatlas.server.errors import CoreError
 
 # "layers" (the default everywhere): the edits laid over the source frames, untouched pixels bit for bit;
 # "reconstruction" (a diagnostic): the model's own rendering l * (E over A)(uv) inside the visible ROI.
@@ -51,11 +52,11 @@ def _out_of_memory_is_refusal(op_id: str) -> Iterator[None]:
     try:
         yield
     except (torch.OutOfMemoryError, MemoryError):
-        raise OpError("RESOURCE_EXHAUSTED", "out of memory while drawing this op", op_id) from None
+        raise CoreError("RESOURCE_EXHAUSTED", "out of memory while drawing this op", op_id) from None
     except RuntimeError as exc:  # the CPU allocator says so only in its message
         if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc):
             raise
-        raise OpError("RESOURCE_EXHAUSTED", "out of memory while drawing this op", op_id) from None
+        raise CoreError("RESOURCE_EXHAUSTED", "out of memory while drawing this op", op_id) from None
 
 
 class EditEngine:
@@ -79,7 +80,7 @@ class EditEngine:
     def apply(self, op: dict[str, Any]) -> dict[str, Any]:
         """Validate and apply one op; returns the state of the object it created or changed.
 
-        Raises OpError: INVALID_ARGUMENT, NOT_FOUND (unknown target), ALREADY_EXISTS (id reused),
+        Raises CoreError: INVALID_ARGUMENT, NOT_FOUND (unknown target), ALREADY_EXISTS (id reused),
         RESOURCE_EXHAUSTED (over the raster or memory budget). A refused op leaves no trace: the document,
         the layers and the memory count are as they were.
         """
@@ -90,7 +91,7 @@ class EditEngine:
                 return self._create(clean)
             obj = self._objects.get(clean["target"])
             if obj is None:
-                raise OpError("NOT_FOUND", f"no op with id {clean['target']!r}", clean.get("id", ""))
+                raise CoreError("NOT_FOUND", f"no op with id {clean['target']!r}", clean.get("id", ""))
             op_id = clean.get("id", "")
             if kind == "update":
                 self._update(obj, clean)
@@ -143,12 +144,12 @@ class EditEngine:
 
     def _check_memory(self, more: int, op_id: str) -> None:
         if self._bytes + more > self.limits.max_edit_bytes:
-            raise OpError("RESOURCE_EXHAUSTED", f"this session's edits would keep {self._bytes + more} bytes "
+            raise CoreError("RESOURCE_EXHAUSTED", f"this session's edits would keep {self._bytes + more} bytes "
                           f"(limit {self.limits.max_edit_bytes}): delete some or use smaller images", op_id)
 
     def _create(self, op: dict[str, Any]) -> dict[str, Any]:
         if op["id"] in self._objects:
-            raise OpError("ALREADY_EXISTS", f"an op with id {op['id']!r} already exists", op["id"])
+            raise CoreError("ALREADY_EXISTS", f"an op with id {op['id']!r} already exists", op["id"])
         obj = _Object(op=op)
         self._prepare(obj)
         size = obj.nbytes()
@@ -177,10 +178,10 @@ class EditEngine:
                     obj.sticker = track_sticker(self.geometry, obj.op, self.device)
                 else:
                     obj.atlas_op = self.layers.prepare(obj.op)
-        except OpError as exc:
-            raise OpError(exc.code, exc.message, op_id) from None
+        except CoreError as exc:
+            raise CoreError(exc.code, exc.message, op_id) from None
         except (ValueError, np.linalg.LinAlgError) as exc:
-            raise OpError("INVALID_ARGUMENT", f"op cannot be placed: {exc}", op_id) from None
+            raise CoreError("INVALID_ARGUMENT", f"op cannot be placed: {exc}", op_id) from None
 
     def _update(self, obj: _Object, update: dict[str, Any]) -> None:
         """Change properties and/or visibility at once: either all of it shows, or (on an error) none."""
@@ -193,7 +194,7 @@ class EditEngine:
             allowed = FIELDS_BY_TYPE[obj.op["type"]]
             bad = sorted(set(changes) - allowed)
             if bad:
-                raise OpError("INVALID_ARGUMENT", f"a {obj.op['type']} has no {', '.join(bad)}", op_id)
+                raise CoreError("INVALID_ARGUMENT", f"a {obj.op['type']} has no {', '.join(bad)}", op_id)
             candidate.op = {**obj.op, **changes}
             check_object(candidate.op, op_id)
             candidate.atlas_op = candidate.sticker = None
@@ -334,7 +335,7 @@ class EditEngine:
         with self._lock:
             obj = self._objects.get(op_id)
             if obj is None or obj.sticker is None:
-                raise OpError("NOT_FOUND", f"no sticker with id {op_id!r}", op_id)
+                raise CoreError("NOT_FOUND", f"no sticker with id {op_id!r}", op_id)
             return obj.sticker.centre.copy()
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from vatlas.models.bundle import decode_uv
 from vatlas.server.edits.adjust import adjustment_affine, graded_image, is_identity
-from vatlas.server.edits.ops import OpError, OpLimits
+from vatlas.server.edits.ops import OpLimits
 from vatlas.server.edits.raster import (
     DENSIFY_FRAME_PX,
     IMAGE_OVERSAMPLE,
@@ -61,6 +61,7 @@ from vatlas.server.edits.raster import (
     union,
 )
 from vatlas.server.edits.roi_labels import regions_at
+from vatlas.server.errors import CoreError
 
 DEFAULT_STROKE_WIDTH = 8.0
 DEFAULT_HARDNESS = 0.8
@@ -140,7 +141,7 @@ class AtlasOp:
 def raster_budget(op_id: str, work: int, limits: OpLimits) -> None:
     """Refuse an op whose rasterisation would take more than limits.max_raster_work texel-segment pairs."""
     if work > limits.max_raster_work:
-        raise OpError("RESOURCE_EXHAUSTED", f"the op needs {work} texel-segment evaluations (limit "
+        raise CoreError("RESOURCE_EXHAUSTED", f"the op needs {work} texel-segment evaluations (limit "
                       f"{limits.max_raster_work}): use fewer points, a thinner brush or a smaller area", op_id)
 
 
@@ -209,7 +210,7 @@ class AtlasLayers:
     def prepare(self, op: dict[str, Any]) -> AtlasOp:
         """Map a stroke, texture or adjustment into atlas space and find its texel rectangle.
 
-        Raises OpError(RESOURCE_EXHAUSTED) when drawing it would exceed the raster budget.
+        Raises CoreError(RESOURCE_EXHAUSTED) when drawing it would exceed the raster budget.
         """
         kind = op["type"]
         if kind == "stroke":

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from vatlas.server.errors import CoreError
 
 OBJECT_TYPES = ("stroke", "texture", "adjustment", "sticker")
 CONTROL_TYPES = ("update", "delete", "restore", "set_visible")
@@ -49,20 +50,6 @@ MAX_ROI_REGION = 255  # EditOp.roi_region: 0 = the whole ROI, k = its k-th polyg
 SETTABLE_FIELDS = frozenset().union(*FIELDS_BY_TYPE.values())
 
 
-class OpError(Exception):
-    """A rejected op; `code` is a gRPC status name (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED)."""
-
-    def __init__(self, code: str, message: str, op_id: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.op_id = op_id
-
-    def to_dict(self) -> dict[str, str]:
-        """The `vatlas.v1.Error` mirror."""
-        return {"code": self.code, "message": self.message, "op_id": self.op_id}
-
-
 @dataclass(frozen=True)
 class OpLimits:
     """Bounds on op sizes; `num_frames`/`frame_size` come from the bundle when known."""
@@ -87,8 +74,8 @@ class OpLimits:
         return cls(num_frames=int(bundle.num_frames), **overrides)
 
 
-def _fail(message: str, op_id: str, code: str = "INVALID_ARGUMENT") -> OpError:
-    return OpError(code, message, op_id)
+def _fail(message: str, op_id: str, code: str = "INVALID_ARGUMENT") -> CoreError:
+    return CoreError(code, message, op_id)
 
 
 def _number(value: Any, name: str, op_id: str, lo: float = -math.inf, hi: float = math.inf,
@@ -322,7 +309,7 @@ def check_object(op: dict[str, Any], op_id: str = "") -> None:
 def validate_op(op: dict[str, Any], limits: OpLimits | None = None) -> dict[str, Any]:
     """Check every field of one op; returns a normalised copy (numbers as float, unset fields dropped).
 
-    Raises OpError(INVALID_ARGUMENT | RESOURCE_EXHAUSTED). Unknown targets (NOT_FOUND) are the engine's call.
+    Raises CoreError(INVALID_ARGUMENT | RESOURCE_EXHAUSTED). Unknown targets (NOT_FOUND) are the engine's call.
     """
     limits = limits or OpLimits()
     if not isinstance(op, dict):

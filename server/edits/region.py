@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 from vatlas.models.bundle import Bundle
 from vatlas.server.edits.layers import DEFAULT_STROKE_WIDTH
-from vatlas.server.edits.ops import OpError, decode_image
+from vatlas.server.edits.ops import decode_image
 from vatlas.server.edits.raster import rotation_matrix
 from vatlas.server.edits.roi_labels import frame_regions, region_count, regions_at
+from vatlas.server.errors import CoreError
 
 from vatlas.errors import OUTSIDE_REGION
 
@@ -32,9 +33,9 @@ MAX_CHECK_PIXELS = 1 << 20  # the footprint test looks at no more cells than thi
 _BOXES_ATTR = "_vatlas_visible_boxes"
 
 
-def outside_region(op_id: str = "") -> OpError:
+def outside_region(op_id: str = "") -> CoreError:
     """The refusal of an op that lies entirely outside the editable region (OUT_OF_RANGE, plain words)."""
-    return OpError("OUT_OF_RANGE", OUTSIDE_REGION, op_id)
+    return CoreError("OUT_OF_RANGE", OUTSIDE_REGION, op_id)
 
 
 def visible_boxes(bundle: Bundle) -> np.ndarray:
@@ -84,7 +85,7 @@ def check_roi_region(bundle: Bundle, op: dict[str, Any]) -> int:
     region = int(op.get("roi_region", 0))
     count = region_count(bundle)
     if region > count:
-        raise OpError("INVALID_ARGUMENT", f"roi_region {region} does not exist: the ROI has {count} "
+        raise CoreError("INVALID_ARGUMENT", f"roi_region {region} does not exist: the ROI has {count} "
                       f"region{'s' if count != 1 else ''} (1..{count}, or 0 for all)", op.get("id", ""))
     return region
 

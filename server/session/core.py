@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpError, OpLimits, validate_op
+from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpLimits, validate_op
 from vatlas.server.edits.region import check_on_region, mask_preview, mask_regions, visible_boxes
+from vatlas.server.errors import CoreError
 from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
-from vatlas.server.session.errors import CoreError
 from vatlas.server.session.jobs import Jobs
 from vatlas.server.session.limits import ServerLimits, TokenBucket, take_all
 from vatlas.server.session.oplog import Damage, OpLog, SessionStore
@@ -193,7 +193,7 @@ def check_op_ids(raw: dict[str, Any], op_id: str) -> None:
     for key in ("id", "target"):
         value = raw.get(key)
         if isinstance(value, str) and value and not ID_PATTERN.fullmatch(value):
-            raise OpError("INVALID_ARGUMENT", f"{key} must be 1..64 characters of [A-Za-z0-9_.:-]", op_id)
+            raise CoreError("INVALID_ARGUMENT", f"{key} must be 1..64 characters of [A-Za-z0-9_.:-]", op_id)
 
 
 def op_to_proto(op: dict[str, Any]) -> edits_pb2.EditOp:
@@ -276,7 +276,7 @@ class ServerCore:
                 doc.check(op)  # type: ignore[arg-type]
                 author = record.get("author") or {"participant_id": str(record.get("participant_id", ""))}
                 doc.apply(op, rseq, author)  # type: ignore[arg-type]
-            except (OpError, KeyError, TypeError) as exc:
+            except (CoreError, KeyError, TypeError) as exc:
                 log.warning("session %s: record %s does not apply (%s); kept in the log", session_id, rseq, exc)
             seq = rseq
         records = [r for r in replay.records if isinstance(r.get("seq"), int) and r["seq"] > prev_seq]
@@ -412,7 +412,7 @@ class ServerCore:
             for op in ops:
                 try:
                     engine.apply(op)
-                except OpError as exc:
+                except CoreError as exc:
                     log.warning("session %s: replayed op %s refused by the engine: %s", session.session_id,
                                 op.get("id") or op.get("target"), exc)
             return engine
@@ -446,7 +446,7 @@ class ServerCore:
                 scratch.check(op)
                 if op["type"] in OBJECT_TYPES:
                     check_on_region(bundle, op)
-            except OpError as exc:
+            except CoreError as exc:
                 raise CoreError(exc.code, f"document op {i}: {exc.message}", exc.op_id) from None
             scratch.apply(op)
             ops.append(op)
@@ -620,7 +620,7 @@ class ServerCore:
                 await asyncio.to_thread(session.engine.apply, op)
             except Exception as exc:
                 await self._unlog(session, offset)
-                if isinstance(exc, OpError):
+                if isinstance(exc, CoreError):
                     raise
                 log.exception("session %s: engine refused op", session.session_id)
                 raise CoreError("INTERNAL", "the engine failed on this op (see the server log)", op_id) from None
@@ -703,7 +703,7 @@ class ServerCore:
             check_op_ids(raw_op, op_id)
             op = validate_op(raw_op, session.op_limits)
             await self.ensure_engine(session)
-        except (OpError, CoreError) as exc:
+        except CoreError as exc:
             self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
             return
 
@@ -719,7 +719,7 @@ class ServerCore:
                         op = {**op, "z": session.doc.next_z()}
                     inverse = session.doc.inverse(op)
                     seq = await self._commit(session, participant.participant_id, op, "op")
-                except (OpError, CoreError) as exc:
+                except CoreError as exc:
                     self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
                     return
                 history = session.history.setdefault(participant.participant_id, History())
@@ -775,7 +775,7 @@ class ServerCore:
                     self._check_images(session, op)
                     inverse = session.doc.inverse(op)
                     seq = await self._commit(session, participant.participant_id, op, word)
-                except (OpError, CoreError) as exc:
+                except CoreError as exc:
                     # someone else's edit made this step impossible (e.g. the object was deleted): drop it
                     self._reject(participant, exc.code, f"cannot {word}: {exc.message}", "")
                     return

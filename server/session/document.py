@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vatlas.server.edits.ops import FIELDS_BY_TYPE, OBJECT_TYPES, OpError, check_object
+from vatlas.server.edits.ops import FIELDS_BY_TYPE, OBJECT_TYPES, check_object
+from vatlas.server.errors import CoreError
 
 # Values that mean "no change" for properties an object may not have set; used to undo an update that set a
 # property the object did not carry before. Properties with no neutral value (width, colour, ...) are only
@@ -50,29 +51,29 @@ class Document:
         self._next_order = 0
 
     def check(self, op: dict[str, Any]) -> None:
-        """Raise OpError if a validated op cannot apply to the current state."""
+        """Raise CoreError if a validated op cannot apply to the current state."""
         op_id = op.get("id", "")
         kind = op["type"]
         if kind in OBJECT_TYPES:
             if op_id in self.objects or op_id in self.retired:
-                raise OpError("ALREADY_EXISTS", f"an object with id {op_id!r} already exists", op_id)
+                raise CoreError("ALREADY_EXISTS", f"an object with id {op_id!r} already exists", op_id)
             return
         target = op["target"]
         obj = self.objects.get(target)
         if obj is None:
             gone = " (it was deleted long ago)" if target in self.retired else ""
-            raise OpError("NOT_FOUND", f"{kind}: no object with id {target!r}{gone}", op_id)
+            raise CoreError("NOT_FOUND", f"{kind}: no object with id {target!r}{gone}", op_id)
         if kind == "delete" and obj.deleted:
-            raise OpError("FAILED_PRECONDITION", f"object {target!r} is already deleted", op_id)
+            raise CoreError("FAILED_PRECONDITION", f"object {target!r} is already deleted", op_id)
         if kind == "restore" and not obj.deleted:
-            raise OpError("FAILED_PRECONDITION", f"object {target!r} is not deleted", op_id)
+            raise CoreError("FAILED_PRECONDITION", f"object {target!r} is not deleted", op_id)
         if kind in ("update", "set_visible") and obj.deleted:
-            raise OpError("FAILED_PRECONDITION", f"object {target!r} is deleted", op_id)
+            raise CoreError("FAILED_PRECONDITION", f"object {target!r} is deleted", op_id)
         if kind == "update":
             obj_type = obj.op["type"]
             bad = sorted(set(op["set"]) - FIELDS_BY_TYPE[obj_type] - {"visible"})
             if bad:
-                raise OpError("INVALID_ARGUMENT", f"a {obj_type} has no {', '.join(bad)}", op_id)
+                raise CoreError("INVALID_ARGUMENT", f"a {obj_type} has no {', '.join(bad)}", op_id)
             merged = {**obj.op, **{k: v for k, v in op["set"].items() if k != "visible"}}
             check_object(merged, op_id)
 

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vatlas.server.errors import INTERNAL_MESSAGE, CoreError, scrub_paths
 from vatlas.server.session.bundles import check_bundle_name
-from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError, scrub_paths
 from vatlas.v1 import bundles_pb2, common_pb2, render_pb2
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import re
 import secrets
 from typing import Any
 
-from vatlas.server.session.errors import CoreError
+from vatlas.server.errors import CoreError
 from vatlas.server.session.limits import ServerLimits, TokenBucket
 from vatlas.v1 import common_pb2, edits_pb2, sessions_pb2
 

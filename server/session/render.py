@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vatlas.server.edits.region import MAX_MASK_SIDE
-from vatlas.server.session.errors import INTERNAL_MESSAGE, CoreError
+from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.v1 import render_pb2
 
 log = logging.getLogger(__name__)

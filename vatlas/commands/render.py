@@ -49,7 +49,8 @@ def load_engine(bundle_path: Path, edits_path: Path | None, device: str, *, comp
     from vatlas.models.bundle import load_bundle
     from vatlas.server.edits.document import DocumentError, load_document
     from vatlas.server.edits.engine import EditEngine
-    from vatlas.server.edits.ops import OpError, OpLimits
+    from vatlas.server.edits.ops import OpLimits
+    from vatlas.server.errors import CoreError
 
     bundle = load_bundle(bundle_path)
     engine = EditEngine(bundle, device, compile=compile)
@@ -58,7 +59,7 @@ def load_engine(bundle_path: Path, edits_path: Path | None, device: str, *, comp
         for op in ops:
             try:
                 engine.apply(op)
-            except OpError as exc:
+            except CoreError as exc:
                 raise DocumentError(f"{edits_path}: op {exc.op_id or '?'}: {exc.message}") from None
     return engine
 
