@@ -1,4 +1,5 @@
-"""asyncio client: `AsyncClient` and `AsyncSession`, the same API as the sync client with `await`."""
+"""The client, in asyncio: `AsyncClient` and `AsyncSession`. The one implementation: the sync `Client` and
+`Session` (client.py) run these on a private event loop thread."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import time
 import weakref
@@ -30,16 +32,30 @@ from vatlas.v1 import (
 
 from . import _common, ops
 from ._session_core import Event, Outcome, SessionCore
-from .client import _RECONNECTABLE, MAX_NOTICES, _document, log
 from .errors import DeadlineExceeded, Unavailable, VatlasError, from_rpc_error
 from .images import ImageSource
 from .records import Ack, BundleInfo, ExportProgress, FitProgress, Frame, Participant, Roi, SessionInfo
 
-_CLOSED = object()
+_RECONNECTABLE = ("UNAVAILABLE", "CANCELLED")
+MAX_NOTICES = 32
+log = logging.getLogger("vatlas_client")
+_CLOSED = object()  # end-of-events marker in a session's event queue
+
+
+def _document(document: edits_pb2.EditDocument | Iterable[edits_pb2.EditOp] | None) -> edits_pb2.EditDocument:
+    if document is None:
+        return edits_pb2.EditDocument()
+    if isinstance(document, edits_pb2.EditDocument):
+        return document
+    return edits_pb2.EditDocument(version=1, ops=list(document))
 
 
 class AsyncClient:
-    """asyncio twin of `Client`: ``async with AsyncClient(address, token=...) as client: ...``."""
+    """A connection to a vatlas server over gRPC: ``async with AsyncClient(address, token=...) as client: ...``.
+
+    Unary calls get a deadline of `timeout` seconds; calls failing with UNAVAILABLE are retried by gRPC itself
+    (`retries`, at most 4); session and playback streams reconnect for up to `reconnect_timeout` seconds.
+    """
 
     def __init__(
         self,
@@ -84,18 +100,22 @@ class AsyncClient:
     # ---- bundles ----
 
     async def list_bundles(self) -> list[BundleInfo]:
+        """Every bundle in the server's model folder."""
         reply = await self._unary(self._bundles.ListBundles, bundles_pb2.ListBundlesRequest())
         return [BundleInfo.from_proto(b) for b in reply.bundles]
 
     async def load_bundle(self, name: str) -> BundleInfo:
+        """Load a bundle into server memory (sessions load it on demand too)."""
         reply = await self._unary(self._bundles.LoadBundle, bundles_pb2.LoadBundleRequest(name=name))
         return BundleInfo.from_proto(reply)
 
     async def bundle_info(self, name: str) -> BundleInfo:
+        """Size, frame count, fit metrics ... of one bundle."""
         reply = await self._unary(self._bundles.GetBundleInfo, bundles_pb2.GetBundleInfoRequest(name=name))
         return BundleInfo.from_proto(reply)
 
     async def upload_video(self, video: str | PathLike, *, chunk_bytes: int = _common.UPLOAD_CHUNK_BYTES) -> str:
+        """Upload a local video file in chunks; returns the upload id for `fit`."""
         path = _common.video_path(video)
         try:
             reply = await self._bundles.UploadVideo(_common.upload_chunks(path, chunk_bytes),
@@ -108,6 +128,10 @@ class AsyncClient:
         self, video: str | PathLike, name: str, roi: _common.RoiLike, *, preset: str = "draft",
         iterations: int = 0, width: int = 0, height: int = 0, detach: bool = False,
     ) -> AsyncIterator[FitProgress]:
+        """Upload `video` and fit bundle `name` on the server, yielding progress; the last item has `.bundle`.
+
+        The server stops the fit when this stream ends early, unless `detach` (then the bundle appears in
+        `list_bundles` when the fit is done)."""
         request = bundles_pb2.StartFitRequest(name=name, roi_json=_common.roi_json(roi), preset=preset,
                                               iterations=iterations, width=width, height=height, detach=detach)
         request.upload_id = await self.upload_video(video)
@@ -122,16 +146,19 @@ class AsyncClient:
         iterations: int = 0, width: int = 0, height: int = 0, detach: bool = False,
         progress: Callable[[FitProgress], None] | None = None,
     ) -> BundleInfo:
+        """Upload and fit; calls `progress` on every update and returns the new bundle's info."""
         last: FitProgress | None = None
         async for last in self.fit_progress(video, name, roi, preset=preset, iterations=iterations, width=width,
                                             height=height, detach=detach):
             if progress is not None:
                 progress(last)
         if last is None or not last.done or last.bundle is None:
-            raise VatlasError(f"fit of {name!r} ended without a bundle")
+            raise VatlasError(f"fit of {name!r} ended without a bundle"
+                              + (f" (last stage {last.stage!r}: {last.message})" if last else ""))
         return last.bundle
 
     async def cancel_fit(self, fit_id: str) -> None:
+        """Stop a running fit (one started with `detach` too); its partial bundle is removed."""
         await self._unary(self._bundles.CancelFit, bundles_pb2.CancelFitRequest(fit_id=fit_id))
 
     # ---- sessions ----
@@ -139,10 +166,12 @@ class AsyncClient:
     async def create_session(
         self, bundle: str, document: edits_pb2.EditDocument | Iterable[edits_pb2.EditOp] | None = None
     ) -> SessionInfo:
+        """A new session on `bundle`, optionally starting from an edit document."""
         request = sessions_pb2.CreateSessionRequest(bundle=bundle, document=_document(document))
         return SessionInfo.from_proto(await self._unary(self._sessions.CreateSession, request))
 
     async def list_sessions(self) -> list[SessionInfo]:
+        """Open sessions on the server."""
         reply = await self._unary(self._sessions.ListSessions, sessions_pb2.ListSessionsRequest())
         return [SessionInfo.from_proto(s) for s in reply.sessions]
 
@@ -150,6 +179,7 @@ class AsyncClient:
         self, session: SessionInfo | str, join_token: str | None = None, *, name: str = "python",
         color: str = "#3b82f6", participant_id: str = "", last_seq: int = 0, resume_key: str = "",
     ) -> AsyncSession:
+        """Join a session (a SessionInfo, or its id plus `join_token`) and start receiving its events."""
         if isinstance(session, SessionInfo):
             join_token = join_token or session.join_token
         core: SessionCore[asyncio.Future[Ack]] = SessionCore(
@@ -165,6 +195,7 @@ class AsyncClient:
         self, bundle: str, *, name: str = "python", color: str = "#3b82f6",
         document: edits_pb2.EditDocument | Iterable[edits_pb2.EditOp] | None = None,
     ) -> AsyncSession:
+        """Create a session on `bundle` and join it."""
         return await self.join(await self.create_session(bundle, document), name=name, color=color)
 
     # ---- rendering ----
@@ -173,26 +204,34 @@ class AsyncClient:
         self, session: Any, frame: int, *, format: str = "raw", quality: int = 0, scale: float = 1.0,
         region: Sequence[int] | None = None, atlas: bool = False, join_token: str | None = None,
     ) -> Frame:
+        """Render one frame (or the edited atlas) as the server encoded it.
+
+        `session` is a session or SessionInfo (their join token is used) or a session id plus `join_token`.
+        """
         request = _common.render_request(session, join_token, frame, format, quality, scale, region, atlas,
                                          next(self._request_ids))
         return Frame.from_proto(await self._unary(self._render.RenderFrame, request))
 
     async def render(self, session: Any, frame: int, **kwargs: Any) -> np.ndarray:
+        """One rendered frame as an (H, W, 3) uint8 array (keywords as in `render_frame`)."""
         kwargs.setdefault("format", "raw")
         return (await self.render_frame(session, frame, **kwargs)).to_numpy()
 
     async def render_image(self, session: Any, frame: int, **kwargs: Any) -> Image.Image:
+        """One rendered frame as a PIL image."""
         kwargs.setdefault("format", "png")
         return (await self.render_frame(session, frame, **kwargs)).to_pil()
 
     async def render_bytes(self, session: Any, frame: int, *, format: str = "jpeg", quality: int = 85,
                            **kwargs: Any) -> bytes:
+        """One rendered frame encoded as JPEG / WebP / PNG bytes."""
         return (await self.render_frame(session, frame, format=format, quality=quality, **kwargs)).data
 
     async def playback(
         self, session: Any, *, start: int = 0, end: int = 0, fps: float = 0.0, loop: bool = False,
         format: str = "jpeg", quality: int = 0, scale: float = 1.0, join_token: str | None = None,
     ) -> AsyncIterator[Frame]:
+        """Rendered frames in order at `fps` (0 = the clip's); resumes from the next frame if the link drops."""
         next_start = start
         down_since: float | None = None
         while not (end and next_start >= end):  # after a drop right after the last frame there is nothing left
@@ -232,7 +271,8 @@ class AsyncClient:
         self, session: Any, path: str | PathLike, *, format: str | None = None, start: int = 0, end: int = 0,
         crf: int = 0, progress: Callable[[ExportProgress], None] | None = None, join_token: str | None = None,
     ) -> Path:
-        """As `Client.export`: `.mp4` (H.264) or `.zip` (PNG frames), following the suffix."""
+        """Render the edited clip on the server and save it to `path` (written atomically): `.mp4` for H.264,
+        `.zip` for PNG frames (`format` follows the suffix; any other suffix raises ValueError first)."""
         format = _common.export_format(path, format)
         target = Path(path)
         partial = target.with_name(target.name + ".part")
@@ -261,7 +301,12 @@ class AsyncClient:
 
 
 class AsyncSession:
-    """asyncio twin of `Session`: a task reads events; ``await session.stroke(...)`` returns the seq."""
+    """One participant's live connection to a session (the Connect stream), made by `AsyncClient.join`.
+
+    A task reads server events: acknowledgements resolve the op methods (which return the accepted sequence
+    number as an `Ack`, or raise `OpRejected`), others' ops and presence go to `events()`. If the connection
+    drops, the task rejoins with `last_seq` and re-sends unanswered ops.
+    """
 
     def __init__(self, client: AsyncClient, core: SessionCore[asyncio.Future[Ack]]) -> None:
         self._client = client
@@ -271,6 +316,7 @@ class AsyncSession:
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._joined = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._wake = asyncio.Event()  # leave() sets it, so leaving never waits out a reconnect backoff
         self._closing = False
         self._error: VatlasError | None = None
         self._notices: collections.deque[VatlasError] = collections.deque(maxlen=MAX_NOTICES)
@@ -286,10 +332,12 @@ class AsyncSession:
 
     @property
     def participant_id(self) -> str:
+        """Yours, assigned by the server at the first join and kept across reconnects."""
         return self._core.participant_id
 
     @property
     def resume_key(self) -> str:
+        """The secret that proves `participant_id` is yours: pass both to a later `join` to keep undo history."""
         return self._core.resume_key
 
     @property
@@ -303,6 +351,7 @@ class AsyncSession:
 
     @property
     def reconnects(self) -> int:
+        """How many times the stream was re-established after the first join."""
         return max(0, self._core.joins - 1)
 
     @property
@@ -311,7 +360,7 @@ class AsyncSession:
 
     @property
     def errors(self) -> list[VatlasError]:
-        """Recent non-fatal errors the server sent on the stream."""
+        """Recent non-fatal errors the server sent on the stream (e.g. a refused presence update)."""
         return list(self._notices)
 
     async def roi(self) -> Roi:
@@ -323,10 +372,12 @@ class AsyncSession:
 
     @property
     def document(self) -> list[edits_pb2.EditOp]:
+        """The edit document of the snapshot received at join (one op per live object)."""
         return list(self._core.document)
 
     @property
     def participants(self) -> dict[str, Participant]:
+        """Everyone in the session now (yourself included), by participant id."""
         return dict(self._core.participants)
 
     async def _start(self) -> None:
@@ -351,6 +402,7 @@ class AsyncSession:
     async def leave(self, timeout: float = 5.0) -> None:
         """Leave the session and stop the reader task."""
         self._closing = True
+        self._wake.set()
         if self._queue is not None:
             self._queue.put_nowait(sessions_pb2.ClientMessage(leave=sessions_pb2.Leave()))
             self._queue.put_nowait(None)
@@ -427,7 +479,8 @@ class AsyncSession:
             if time.monotonic() - down_since > self._client.reconnect_timeout:
                 self._finish(reason)
                 return
-            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)
             backoff = min(backoff * 2, 2.0)
         self._finish(None)
 
@@ -468,7 +521,7 @@ class AsyncSession:
             raise DeadlineExceeded(f"no answer to {what} within the deadline") from None
 
     async def send(self, op: edits_pb2.EditOp, *, timeout: float | None = None) -> Ack:
-        """Send an op; returns its accepted seq or raises OpRejected."""
+        """Send an op built with `vatlas_client.ops`; returns its accepted seq or raises OpRejected."""
         self._check_open()
         waiter: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         msg = self._core.add_op(op, waiter)
@@ -478,30 +531,38 @@ class AsyncSession:
 
     @ops._with_signature_of(ops.stroke)
     async def stroke(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        """Paint (or erase) along a polyline; keywords as in `ops.stroke`."""
         return await self.send(ops.stroke(points, **kwargs), timeout=timeout)
 
     @ops._with_signature_of(ops.texture)
     async def texture(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        """Paste an image (path, bytes, PIL image or numpy array); keywords as in `ops.texture`."""
         return await self.send(ops.texture(image, **kwargs), timeout=timeout)
 
     @ops._with_signature_of(ops.adjustment)
     async def adjustment(self, points: Iterable[ops.Point], *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        """A colour adjustment region; keywords as in `ops.adjustment`."""
         return await self.send(ops.adjustment(points, **kwargs), timeout=timeout)
 
     @ops._with_signature_of(ops.sticker)
     async def sticker(self, image: ImageSource, *, timeout: float | None = None, **kwargs: Any) -> Ack:
+        """A tracked rigid sticker; keywords as in `ops.sticker`."""
         return await self.send(ops.sticker(image, **kwargs), timeout=timeout)
 
     async def update(self, target: str, *, timeout: float | None = None, **properties: Any) -> Ack:
+        """Change properties of an existing object."""
         return await self.send(ops.update(target, **properties), timeout=timeout)
 
     async def delete(self, target: str, *, timeout: float | None = None) -> Ack:
+        """Remove an object (undo or `restore` brings it back)."""
         return await self.send(ops.delete(target), timeout=timeout)
 
     async def restore(self, target: str, *, timeout: float | None = None) -> Ack:
+        """Bring back a deleted object."""
         return await self.send(ops.restore(target), timeout=timeout)
 
     async def set_visible(self, target: str, visible: bool, *, timeout: float | None = None) -> Ack:
+        """Show or hide an object without deleting it."""
         return await self.send(ops.set_visible(target, visible), timeout=timeout)
 
     async def _control(self, kind: str, timeout: float | None) -> Ack:
@@ -513,14 +574,17 @@ class AsyncSession:
         return await self._wait(waiter, timeout, kind)
 
     async def undo(self, *, timeout: float | None = None) -> Ack:
+        """Undo your last op (per-user undo); returns the seq of the inverse op."""
         return await self._control("undo", timeout)
 
     async def redo(self, *, timeout: float | None = None) -> Ack:
+        """Redo your last undone op."""
         return await self._control("redo", timeout)
 
     async def set_presence(
         self, *, cursor: ops.Point | None = None, frame: int = 0, tool: str = "", name: str = "", color: str = ""
     ) -> None:
+        """Tell others where you are (not acknowledged, not logged)."""
         update = sessions_pb2.PresenceUpdate(frame=frame, tool=tool, name=name, color=color)
         if cursor is not None:
             update.cursor.CopyFrom(edits_pb2.Vec2(x=float(cursor[0]), y=float(cursor[1])))
@@ -542,7 +606,7 @@ class AsyncSession:
         return event
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[Event]:
-        """Others' ops and presence; ends when the session closes or after `timeout` idle seconds."""
+        """Others' ops and presence as they arrive; ends when the session closes or after `timeout` idle seconds."""
         while True:
             try:
                 yield await self.next_event(timeout)
@@ -554,6 +618,7 @@ class AsyncSession:
                 return
 
     async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 10.0) -> Event:
+        """Consume events until one matches `predicate`; raises TimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -564,11 +629,14 @@ class AsyncSession:
                 return event
 
     async def render(self, frame: int, **kwargs: Any) -> np.ndarray:
+        """This session's frame `frame` as an (H, W, 3) uint8 array."""
         return await self._client.render(self, frame, **kwargs)
 
     async def render_frame(self, frame: int, **kwargs: Any) -> Frame:
+        """This session's frame `frame` as the server encoded it (keywords as in `AsyncClient.render_frame`)."""
         return await self._client.render_frame(self, frame, **kwargs)
 
     async def export(self, path: str | PathLike, **kwargs: Any) -> Path:
+        """Export this session's edited clip to a local file."""
         return await self._client.export(self, path, **kwargs)
 
