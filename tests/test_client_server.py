@@ -385,3 +385,32 @@ def test_a_detached_fit_is_cancelled_over_grpc(running_server, tmp_path: Path) -
         with pytest.raises(VatlasError) as again:
             c.cancel_fit(first.fit_id)
         assert again.value.code == "FAILED_PRECONDITION"
+
+
+def test_an_ack_is_a_handle_on_the_object_its_op_made(running_server: Any) -> None:
+    """``s = session.stroke(...)``, then ``s.update(width=8)`` and ``s.delete()``, sync and async alike."""
+    with Client(running_server.grpc_target, token=TOKEN) as client:
+        info = client.create_session(BUNDLE)
+        with client.join(info, name="sync") as session:
+            s = session.stroke(ON_ROI, frame=0, width=3.0, id="handle-stroke")
+            widened = s.update(width=8)
+            assert widened > s and widened.session is session
+            with client.join(info, name="late") as late:
+                assert [op.width for op in late.document if op.id == "handle-stroke"] == [8.0]
+            s.delete()
+            with client.join(info, name="later") as later:
+                assert "handle-stroke" not in [op.id for op in later.document]
+            s.restore()
+            undone = session.undo()
+            with pytest.raises(ValueError, match="no handle"):
+                undone.update(width=2)
+
+    async def scenario() -> None:
+        async with AsyncClient(running_server.grpc_target, token=TOKEN) as aclient:
+            session = await aclient.open_session(BUNDLE, name="async")
+            s = await session.stroke(ON_ROI, frame=0, width=3.0, id="async-stroke")
+            assert (await s.update(opacity=0.5)) > s
+            await s.delete()
+            await session.leave()
+
+    asyncio.run(scenario())

@@ -487,7 +487,7 @@ class AsyncSession:
     def _dispatch(self, outcome: Outcome[asyncio.Future[Ack]]) -> None:
         for waiter, seq, op_id in outcome.resolved:
             if not waiter.done():
-                waiter.set_result(Ack(seq, op_id))
+                waiter.set_result(Ack(seq, op_id, self))
         for waiter, error in outcome.failed:
             if not waiter.done():
                 waiter.set_exception(error)
@@ -571,7 +571,8 @@ class AsyncSession:
             raise Unavailable(f"not connected: {kind} cannot be sent now")
         waiter: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(self._core.add_control(kind, waiter))
-        return await self._wait(waiter, timeout, kind)
+        ack = await self._wait(waiter, timeout, kind)
+        return Ack(int(ack), ack.op_id)  # the inverse op is the server's: no handle on an object
 
     async def undo(self, *, timeout: float | None = None) -> Ack:
         """Undo your last op (per-user undo); returns the seq of the inverse op."""

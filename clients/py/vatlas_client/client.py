@@ -14,7 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ._io import IoLoop
 from .aio import AsyncClient, AsyncSession
 from .errors import VatlasError
-from .records import Participant, SessionInfo
+from .records import Ack, Participant, SessionInfo
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,6 +31,13 @@ def _iterating(method: Callable[Concatenate[Any, P], AsyncIterator[R]]) -> Calla
     """The sync method of an async generator: a sync iterator over it."""
     def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
         return self._io.iterate(method(self._async, *args, **kwargs))
+    return functools.wraps(method)(call)
+
+
+def _acking(method: Callable[Concatenate[Any, P], Awaitable[Ack]]) -> Callable[Concatenate[Any, P], Ack]:
+    """The sync method of an op: its Ack, a handle through this sync session."""
+    def call(self: Session, *args: P.args, **kwargs: P.kwargs) -> Ack:
+        return self._io.run(method(self._async, *args, **kwargs)).on(self)
     return functools.wraps(method)(call)
 
 
@@ -137,15 +144,15 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.leave()
 
-    send = _blocking(AsyncSession.send)
-    stroke = _blocking(AsyncSession.stroke)
-    texture = _blocking(AsyncSession.texture)
-    adjustment = _blocking(AsyncSession.adjustment)
-    sticker = _blocking(AsyncSession.sticker)
-    update = _blocking(AsyncSession.update)
-    delete = _blocking(AsyncSession.delete)
-    restore = _blocking(AsyncSession.restore)
-    set_visible = _blocking(AsyncSession.set_visible)
+    send = _acking(AsyncSession.send)
+    stroke = _acking(AsyncSession.stroke)
+    texture = _acking(AsyncSession.texture)
+    adjustment = _acking(AsyncSession.adjustment)
+    sticker = _acking(AsyncSession.sticker)
+    update = _acking(AsyncSession.update)
+    delete = _acking(AsyncSession.delete)
+    restore = _acking(AsyncSession.restore)
+    set_visible = _acking(AsyncSession.set_visible)
     undo = _blocking(AsyncSession.undo)
     redo = _blocking(AsyncSession.redo)
     set_presence = _blocking(AsyncSession.set_presence)

@@ -188,14 +188,43 @@ class Frame:
 
 
 class Ack(int):
-    """The server sequence number an op was accepted at (an int), carrying the op's id as `.op_id`."""
+    """The server sequence number an op was accepted at (an int), carrying the op's id as `.op_id`; also a handle
+    on the object the op made: ``s = session.stroke(...)``, then ``s.update(width=8)``, ``s.delete()`` (through
+    the session that sent it: on an `AsyncSession` these are coroutines)."""
 
     op_id: str
+    session: Any
 
-    def __new__(cls, seq: int, op_id: str) -> Ack:
+    def __new__(cls, seq: int, op_id: str, session: Any = None) -> Ack:
         ack = super().__new__(cls, seq)
         ack.op_id = op_id
+        ack.session = session
         return ack
+
+    def on(self, session: Any) -> Ack:
+        """The same ack, as a handle through `session`."""
+        return Ack(int(self), self.op_id, session)
+
+    def _through(self) -> Any:
+        if self.session is None or not self.op_id:
+            raise ValueError(f"{self!r} is no handle on an object (an undo, a redo, or not sent by a session)")
+        return self.session
+
+    def update(self, **properties: Any) -> Any:
+        """Set properties of the object this op made (as `Session.update`)."""
+        return self._through().update(self.op_id, **properties)
+
+    def delete(self) -> Any:
+        """Remove the object this op made."""
+        return self._through().delete(self.op_id)
+
+    def restore(self) -> Any:
+        """Bring the object back after a delete."""
+        return self._through().restore(self.op_id)
+
+    def set_visible(self, visible: bool) -> Any:
+        """Show or hide the object."""
+        return self._through().set_visible(self.op_id, visible)
 
     def __repr__(self) -> str:
         return f"Ack(seq={int(self)}, op_id={self.op_id!r})"
