@@ -25,7 +25,7 @@ from .uv_snap import UvSnap, fit_uv_snap
 from .visibility import evidence_visibility
 
 if TYPE_CHECKING:
-    from .fit import FitData
+    from .prepare import FitData
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ import numpy as np
 BUNDLE_FORMAT = "vatlas-bundle"
 BUNDLE_VERSION = 1
 UV_SCALE = 65535.0
+UV_STEP = 2.0 / UV_SCALE
+# On the device uv is stored as int16 q_s = q - 32768, so uv = q_s * step + (32768 * step - 1).
+UV_OFFSET = 32768.0 * UV_STEP - 1.0
 
 ARRAY_FIELDS = ("frames", "atlas", "atlas_coverage", "uv", "mask", "illumination", "inverse_map")
 

@@ -15,9 +15,9 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .encoding import HashGridConfig, LevelLayout
+from .hash_grid import HashGridConfig, LevelLayout
 
-# Same primes as HASH_PRIMES in encoding.py; as Python ints Triton types them uint32, so the
+# Same primes as HASH_PRIMES in hash_grid.py; as Python ints Triton types them uint32, so the
 # products wrap modulo 2^32 exactly like instant-NGP's.
 PRIME_Y: tl.constexpr = tl.constexpr(2654435761)
 PRIME_Z: tl.constexpr = tl.constexpr(805459861)

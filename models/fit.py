@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from .correspondence import Correspondences, compute_correspondences, flow_count
 from .encoding import FusedReluMLP, HashGridConfig
 from .inverse_map import inverse_loss
 from .networks import NetworkConfig, RnaModel
+from .prepare import FitData
 
 STAGES = ("flow", "init", "main", "refine", "inverse", "bake")
 TRAIN_STAGES = ("init", "main", "refine", "inverse")
@@ -346,32 +347,6 @@ def _unpack_optimizer(state: dict[str, Any] | None) -> dict[str, Any] | None:
 def _checksums(state: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-tensor sums of the seeded initialisation: a resume on another torch build must rebuild the same."""
     return {k: float(v.detach().double().sum()) for k, v in state.items() if v.is_floating_point()}
-
-
-@dataclass
-class FitData:
-    """Inputs of a fit, on the compute device."""
-
-    frames_np: np.ndarray  # (T, H, W, 3) uint8
-    roi: Roi  # at working resolution
-    roi_mask: np.ndarray  # (H, W) bool
-    fps: float
-    source: dict[str, Any] = field(default_factory=dict)
-    # the frames and ROI at the source's size, when the fit runs smaller: the bundle is delivered at this size
-    source_frames: np.ndarray | None = None
-    source_roi: Roi | None = None
-
-    @property
-    def ref_frame(self) -> int:
-        return self.roi.ref_frame
-
-    @property
-    def delivered_frames(self) -> np.ndarray:
-        return self.frames_np if self.source_frames is None else self.source_frames
-
-    @property
-    def delivered_roi(self) -> Roi:
-        return self.roi if self.source_roi is None else self.source_roi
 
 
 class Fitter:

@@ -5,7 +5,7 @@ jobs both call `prepare_fit`, then `run_prepared`)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,37 @@ import cv2
 import numpy as np
 
 from vatlas.errors import VatlasError
+from vatlas.roi import Roi
 
 
 class FitInputError(VatlasError):
     """Bad input for a fit (one line for people: the CLI prints it, a fit job answers it)."""
+
+
+@dataclass
+class FitData:
+    """Inputs of a fit, on the compute device."""
+
+    frames_np: np.ndarray  # (T, H, W, 3) uint8
+    roi: Roi  # at working resolution
+    roi_mask: np.ndarray  # (H, W) bool
+    fps: float
+    source: dict[str, Any] = field(default_factory=dict)
+    # the frames and ROI at the source's size, when the fit runs smaller: the bundle is delivered at this size
+    source_frames: np.ndarray | None = None
+    source_roi: Roi | None = None
+
+    @property
+    def ref_frame(self) -> int:
+        return self.roi.ref_frame
+
+    @property
+    def delivered_frames(self) -> np.ndarray:
+        return self.frames_np if self.source_frames is None else self.source_frames
+
+    @property
+    def delivered_roi(self) -> Roi:
+        return self.roi if self.source_roi is None else self.source_roi
 
 
 @dataclass

@@ -36,11 +36,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vatlas.models.bundle import UV_SCALE, Bundle
+from vatlas.models.bundle import UV_OFFSET, UV_STEP, Bundle
 
-UV_STEP = 2.0 / UV_SCALE
-# int16 storage q_s = q - 32768, so uv = q_s * step + (32768 * step - 1).
-UV_OFFSET = 32768.0 * UV_STEP - 1.0
 LAYER_CHANNELS = 4  # (alpha * r, alpha * g, alpha * b, alpha)
 ADJUST_CHANNELS = 12  # K - [I | 0], rows (r, g, b, offset) for output r, g, b
 BACKENDS = ("auto", "triton", "compile", "eager")

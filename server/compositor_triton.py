@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
-from vatlas.server.compositor import UV_OFFSET, UV_STEP
+from vatlas.models.bundle import UV_OFFSET, UV_STEP
 
 # Launch configuration. GPU time per 1080p frame on an H200 (batches of 64, run 2 of docs/BENCHMARKS.md):
 # BLOCK 512 / 4 warps / UV_EARLY 28.2 us; 1024/8/UV_EARLY 30.8; 1024/8 32.4; 256/2 35.2 (an earlier sweep

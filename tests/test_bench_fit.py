@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from vatlas.models import bench_fit
 
+from vatlas.bench import fit as bench_fit
 from vatlas.synth import SynthScene, make_scene
 from vatlas.video import write_png_sequence
 

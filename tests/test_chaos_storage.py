@@ -1,7 +1,7 @@
 """Storage chaos against the real `vatlas serve` process: SIGKILL at random moments, a full disk, torn tails and
 damaged files lose no acknowledged op.
 
-The SIGKILL storm (`vatlas.server.bench_serve.run_chaos`, also `vatlas bench serve --chaos KILLS`) kills a
+The SIGKILL storm (`vatlas.bench.serve.run_chaos`, also `vatlas bench serve --chaos KILLS`) kills a
 server over a hundred times while a gRPC and a WebSocket participant stream ops, injects torn tails and
 flipped snapshot bits between kills, and after each restart resumes from the last verified seq.
 
@@ -26,9 +26,10 @@ import pytest
 from conftest import TINY_BUNDLE
 from PIL import Image
 from serve_helpers import AioStubs, GrpcSession, stroke_op
-from vatlas.server.bench_serve import run_chaos
 from vatlas.server.session.oplog import DAMAGED_SUFFIX, read_records, read_snapshot
 from vatlas.v1 import render_pb2, sessions_pb2
+
+from vatlas.bench.serve import run_chaos
 
 ROOM = 8 * 1024  # what is left on the "disk" when the big op arrives
 

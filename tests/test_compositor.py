@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from test_edits_fixtures import png_bytes, shifted_bundle, solid_rgba
-from vatlas.models.bundle import decode_uv
+from vatlas.models.bundle import UV_OFFSET, UV_STEP, decode_uv
 from vatlas.models.reference_compositor import (
     edited_atlas,
     reference_composite,
@@ -14,7 +14,7 @@ from vatlas.models.reference_compositor import (
     to_uint8,
     upsample_bilinear,
 )
-from vatlas.server.compositor import UV_OFFSET, UV_STEP, Compositor, pad_to_bucket
+from vatlas.server.compositor import Compositor, pad_to_bucket
 from vatlas.server.edits.engine import EditEngine
 
 ALL = [0, 1, 2, 3]

@@ -26,7 +26,7 @@ CHECK = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from test_edits_fixtures import png_bytes, shifted_bundle, solid_rgba
     from vatlas.models.reference_compositor import reference_composite
-    from vatlas.server.bench_render import synthetic_bundle
+    from vatlas.bench.render import synthetic_bundle
     from vatlas.server.compositor import Compositor
     from vatlas.server.edits.engine import EditEngine
 

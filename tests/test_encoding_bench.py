@@ -9,7 +9,8 @@ import sys
 
 import pytest
 import torch
-from vatlas.models import bench_hash
+
+from vatlas.bench import encoding as bench_hash
 
 torch.set_num_threads(2)
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
-from vatlas.models import bench_fit
 from vatlas.models.bundle import load_bundle
 from vatlas.models.config import FitConfig
 from vatlas.models.fit import FitData, FitError, Fitter, checkpoint_path, fit
 
 from vatlas import edit_eval
+from vatlas.bench import fit as bench_fit
 from vatlas.roi import Roi
 from vatlas.synth import make_scene
 from vatlas.video import read_video

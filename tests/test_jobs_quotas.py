@@ -218,7 +218,8 @@ def test_a_fit_stops_when_its_caller_leaves_unless_it_detaches(tiny_models_dir: 
 @pytest.fixture(scope="module")
 def long_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vatlas.models.bundle import save_bundle
-    from vatlas.server.bench_render import synthetic_bundle
+
+    from vatlas.bench.render import synthetic_bundle
 
     models = tmp_path_factory.mktemp("long-models")
     save_bundle(synthetic_bundle(192, 128, 160, 128, seed=0), models / "long.vatlas")

@@ -11,10 +11,10 @@ from typing import Any
 
 # target -> (module with add_arguments(parser) and run(args) -> {"rows": [...], "meta": {...}}, help)
 BENCH_MODULES = {
-    "hash": ("vatlas.models.bench_hash", "hash-grid training step throughput (M samples/s)"),
-    "fit": ("vatlas.models.bench_fit", "fit time and quality on synthetic scenes and real clips"),
-    "render": ("vatlas.server.bench_render", "compositor, JPEG and stroke-apply speed"),
-    "serve": ("vatlas.server.bench_serve", "edit-to-pixels latency and playback fps with real clients"),
+    "hash": ("vatlas.bench.encoding", "hash-grid training step throughput (M samples/s)"),
+    "fit": ("vatlas.bench.fit", "fit time and quality on synthetic scenes and real clips"),
+    "render": ("vatlas.bench.render", "compositor, JPEG and stroke-apply speed"),
+    "serve": ("vatlas.bench.serve", "edit-to-pixels latency and playback fps with real clients"),
 }
 
 

@@ -100,10 +100,9 @@ def synth_quality(bundle: Any, scene: Any, device: str = "cpu") -> dict[str, flo
 def composite_psnr(bundle: Any) -> float:
     """RNA's reconstruction PSNR (its Table 1): the soft composite m * L * A(uv) + (1 - m) * c against the
     input c, over the ROI footprint (every pixel whose reference point lies in the ROI, occluded or not)."""
+    from vatlas.models.footprint import roi_coverage
+    from vatlas.models.reference_compositor import reference_composite
     from vatlas.roi import Roi
-
-    from .footprint import roi_coverage
-    from .reference_compositor import reference_composite
 
     roi = Roi(bundle.ref_frame, [np.asarray(p, np.float64) for p in bundle.roi_polygons])
     cov = roi_coverage(bundle.uv_float(), roi, bundle.atlas_span_px, bundle.width, bundle.height) >= 0.5
@@ -261,7 +260,8 @@ def fit_clip(frames: np.ndarray, roi: Any, cfg: Any, fps: float, device: torch.d
              ) -> tuple[Any, dict[str, Any], Any]:
     """One fit: (bundle, metrics, rebake(cfg) -> the same fit baked again with other bake settings); on CUDA the
     metrics carry each stage's GPU busy share (`gpu_busy`)."""
-    from .fit import FitData, Fitter
+    from vatlas.models.fit import Fitter
+    from vatlas.models.prepare import FitData
 
     data = FitData(np.ascontiguousarray(frames), roi, roi.mask(frames.shape[1], frames.shape[2]), float(fps), {},
                    source_frames, source_roi)
@@ -300,10 +300,9 @@ def _print_worst(name: str, worst: Worst) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from vatlas.edit_eval import object_roi
+    from vatlas.models.config import FitConfig, working_size
+    from vatlas.models.fit import resolve_device
     from vatlas.synth import make_scene
-
-    from .config import FitConfig, working_size
-    from .fit import resolve_device
 
     device = resolve_device(args.device)
     overrides = json.loads(args.set) if args.set else {}

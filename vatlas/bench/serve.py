@@ -243,6 +243,7 @@ async def _queued(outbox: asyncio.Queue) -> Any:
 async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                         quality: int) -> list[float]:
     import grpc
+
     from vatlas.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
 
     rng = random.Random(1)
@@ -286,6 +287,7 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
     """One participant editing a fixed set of strokes (updates, visibility toggles, undo/redo) at ~20 ops/s
     and rendering after each, so the document stays the same size and memory should stay flat."""
     import grpc
+
     from vatlas.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
 
     rng = random.Random(3)
@@ -331,8 +333,9 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
 
 async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                       quality: int) -> list[float]:
-    from vatlas.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
     from websockets.asyncio.client import connect
+
+    from vatlas.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
 
     rng = random.Random(2)
     out: list[float] = []
@@ -381,6 +384,7 @@ async def _playback_client(transport: str, grpc_target: str, ws_url: str, sessio
     t0 = None
     if transport == "grpc":
         import grpc
+
         from vatlas.v1 import render_pb2_grpc
 
         async with grpc.aio.insecure_channel(grpc_target) as channel:
@@ -396,8 +400,9 @@ async def _playback_client(transport: str, grpc_target: str, ws_url: str, sessio
                     break
             call.cancel()
     else:
-        from vatlas.v1 import mirror, sessions_pb2
         from websockets.asyncio.client import connect
+
+        from vatlas.v1 import mirror, sessions_pb2
 
         async with connect(ws_url, max_size=None, compression=None) as ws:
             await ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=1, hello=sessions_pb2.Hello(
@@ -452,8 +457,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 def run_chaos_bench(args: argparse.Namespace, device: str, width: int, height: int) -> dict[str, Any]:
     """`--chaos KILLS`: the chaos loop over the bench bundle; a table of what survived and how fast."""
+    from vatlas.bench.render import synthetic_bundle
     from vatlas.models.bundle import save_bundle
-    from vatlas.server.bench_render import synthetic_bundle
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vatlas-bench-chaos-") as tmp:
@@ -490,11 +495,11 @@ def run_chaos_bench(args: argparse.Namespace, device: str, width: int, height: i
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from vatlas.models.bundle import save_bundle
-    from vatlas.server.bench_render import synthetic_bundle
-    from vatlas.server.compositor import resolve_device
 
+    from vatlas.bench.render import synthetic_bundle
     from vatlas.commands.synth import parse_size
+    from vatlas.models.bundle import save_bundle
+    from vatlas.server.compositor import resolve_device
 
     device = str(resolve_device(args.device))
     on_gpu = device.startswith("cuda")
@@ -664,7 +669,7 @@ class ForkedServers:
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from vatlas.server.bench_serve import fork_launcher; fork_launcher()"],
+            [sys.executable, "-c", "from vatlas.bench.serve import fork_launcher; fork_launcher()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.lines: queue.Queue[str] = queue.Queue()
@@ -819,6 +824,7 @@ async def _stream_ops(editor: ChaosEditor, pending: dict[str, dict[str, Any]], r
 async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEditor, cycle: int,
                              window: int) -> None:
     import grpc
+
     from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
@@ -849,8 +855,9 @@ async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEd
 
 
 async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor, cycle: int, window: int) -> None:
-    from vatlas.v1 import mirror, sessions_pb2
     from websockets.asyncio.client import connect
+
+    from vatlas.v1 import mirror, sessions_pb2
 
     pending: dict[str, dict[str, Any]] = {}
     room = asyncio.Semaphore(window)
@@ -885,6 +892,7 @@ async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor,
 async def _chaos_resume(target: str, token: str, info: Any, last_seq: int) -> tuple[Any, list[Any], float]:
     """Join from `last_seq`; the snapshot, every applied op up to the session's seq, and seconds to the snapshot."""
     import grpc
+
     from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
@@ -1078,6 +1086,7 @@ def run_chaos(models: Path, bundle: str, data: Path, kills: int, *, seed: int = 
 
 async def _create_session(target: str, bundle: str, token: str | None = None) -> Any:
     import grpc
+
     from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -1089,6 +1098,7 @@ async def _create_session(target: str, bundle: str, token: str | None = None) ->
 async def _seed_base(target: str, token: str, info: Any, acked: dict[int, str]) -> None:
     """The shared "base" stroke every editor toggles."""
     import grpc
+
     from vatlas.v1 import edits_pb2, mirror, sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
@@ -1167,6 +1177,7 @@ async def _soak_client(transport: str, grpc_target: str, ws_url: str, session_id
         try:
             if transport == "grpc":
                 import grpc
+
                 from vatlas.v1 import render_pb2_grpc, sessions_pb2_grpc
 
                 async with grpc.aio.insecure_channel(grpc_target) as channel:
@@ -1258,8 +1269,9 @@ def _soak_worker(job: tuple) -> list[dict[str, Any]]:
 def run_soak(args: argparse.Namespace, device: str, width: int, height: int) -> dict[str, Any]:
     """`--soak SECONDS`: --clients N clients edit and render; the server's memory over time, and its slope."""
     import torch
+
+    from vatlas.bench.render import synthetic_bundle
     from vatlas.models.bundle import save_bundle
-    from vatlas.server.bench_render import synthetic_bundle
 
     clients = max(int(c) for c in args.clients.split(",") if c.strip())
     seconds = float(args.soak)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .encoding import (
+from vatlas.models.encoding import (
     HashGridConfig,
     HashGridEncoding,
     make_hash_encoding,

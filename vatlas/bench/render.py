@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from vatlas.models.bundle import Bundle, encode_uv, load_bundle
 from vatlas.models.reference_compositor import reference_composite, to_uint8
 from vatlas.server.compositor import Compositor, resolve_device, triton_available
