@@ -121,7 +121,24 @@ def generate() -> str:
             out += _enum(enum)
         for message in file.message_types_by_name.values():
             out += _message(message)
+    out += _op_kinds()
     return "\n".join(out).rstrip() + "\n"
+
+
+def _op_kinds() -> list[str]:
+    """The op kinds and each object kind's fields, as edits.proto's options declare them (vatlas.v1.op_kinds)."""
+    from vatlas.v1.op_kinds import CONTROL_TYPES, FIELDS_BY_TYPE, OBJECT_TYPES
+
+    def quoted(names: tuple[str, ...]) -> str:
+        return ", ".join(f'"{n}"' for n in names)
+
+    lines = ["// ---- op kinds (EditOp options in edits.proto) ----", "",
+             f"export const OBJECT_TYPES = [{quoted(OBJECT_TYPES)}] as const;",
+             f"export const CONTROL_TYPES = [{quoted(CONTROL_TYPES)}] as const;",
+             "/** The fields each object kind may carry (besides id and type). */",
+             "export const FIELDS_BY_TYPE: Readonly<Record<(typeof OBJECT_TYPES)[number], readonly string[]>> = {"]
+    lines += [f"  {kind}: [{quoted(fields)}]," for kind, fields in FIELDS_BY_TYPE.items()]
+    return lines + ["};", ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,3 +178,19 @@ def test_deep_nesting_and_garbage_bytes_are_refused() -> None:
 def test_nan_passes_the_wire_and_is_left_to_validators() -> None:
     op = mirror.from_mirror({"width": float("nan")}, edits_pb2.EditOp)
     assert math.isnan(op.width)
+
+
+def test_op_kinds_and_their_fields_come_from_the_proto_options() -> None:
+    """edits.proto declares the kinds and each kind's fields once; the server validates by exactly that table."""
+    from vatlas.server.edits.ops import FIELDS_BY_TYPE, OBJECT_TYPES, OP_TYPES
+    from vatlas.v1 import edits_pb2
+
+    options = edits_pb2.EditOp.DESCRIPTOR.GetOptions()
+    assert OBJECT_TYPES == tuple(options.Extensions[edits_pb2.object_kinds]) == ("stroke", "texture", "adjustment",
+                                                                                  "sticker")
+    assert OP_TYPES[len(OBJECT_TYPES):] == ("update", "delete", "restore", "set_visible")
+    for field in edits_pb2.EditOp.DESCRIPTOR.fields:
+        kinds = set(field.GetOptions().Extensions[edits_pb2.kinds])
+        for kind in OBJECT_TYPES:
+            assert (field.name in FIELDS_BY_TYPE[kind]) == bool(kinds & {kind, "*"}), (kind, field.name)
+    assert "color" in FIELDS_BY_TYPE["stroke"] and "color" not in FIELDS_BY_TYPE["texture"]

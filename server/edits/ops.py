@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from vatlas.server.errors import CoreError
+from vatlas.v1.op_kinds import CONTROL_TYPES, OBJECT_TYPES, OP_TYPES
+from vatlas.v1.op_kinds import FIELDS_BY_TYPE as PROTO_FIELDS
 
-OBJECT_TYPES = ("stroke", "texture", "adjustment", "sticker")
-CONTROL_TYPES = ("update", "delete", "restore", "set_visible")
-OP_TYPES = OBJECT_TYPES + CONTROL_TYPES
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # Coordinates beyond this are surely a client bug (and would overflow float32 arithmetic later).
@@ -34,17 +33,8 @@ DECODE_CACHE_BYTES = 128 * 1024 * 1024
 
 # An adjustment's colour change, and an image's own colour grade (texture and sticker: its colour control).
 COLOUR_FIELDS = ("exposure", "contrast", "saturation", "hue", "temperature")
-# Fields each object type may carry (besides id/type); anything else is rejected.
-FIELDS_BY_TYPE: dict[str, frozenset[str]] = {
-    "stroke": frozenset({"space", "frame", "points", "width", "color", "hardness", "mode", "opacity"}),
-    "texture": frozenset({"space", "frame", "image", "rect", "position", "scale", "rotation", "opacity",
-                          *COLOUR_FIELDS}),
-    "adjustment": frozenset({"space", "frame", "points", "width", "hardness", "region", "opacity", *COLOUR_FIELDS}),
-    "sticker": frozenset({"space", "frame", "image", "position", "size", "scale", "rotation", "opacity",
-                          "follow_scale", "follow_rotation", *COLOUR_FIELDS}),
-}
-# Every object may carry its stacking position (higher on top; see EditOp.z) and the ROI region it keeps to.
-FIELDS_BY_TYPE = {kind: fields | {"z", "roi_region"} for kind, fields in FIELDS_BY_TYPE.items()}
+# Fields each object type may carry (besides id/type), as edits.proto declares them; anything else is rejected.
+FIELDS_BY_TYPE: dict[str, frozenset[str]] = {kind: frozenset(fields) for kind, fields in PROTO_FIELDS.items()}
 MAX_Z = 1.0e9
 MAX_ROI_REGION = 255  # EditOp.roi_region: 0 = the whole ROI, k = its k-th polygon only
 SETTABLE_FIELDS = frozenset().union(*FIELDS_BY_TYPE.values())

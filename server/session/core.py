@@ -438,8 +438,7 @@ class ServerCore:
         scratch = Document()
         for i, op_msg in enumerate(request.document.ops):
             raw = mirror.to_mirror(op_msg)
-            hidden = raw.pop("visible", None) is False and raw.get("type") in ("stroke", "texture", "adjustment",
-                                                                               "sticker")
+            hidden = raw.pop("visible", None) is False and raw.get("type") in OBJECT_TYPES
             try:
                 check_op_ids(raw, raw.get("id", "") if isinstance(raw.get("id"), str) else "")
                 op = validate_op(raw, op_limits)

@@ -19,7 +19,6 @@ from .images import ImageSource, encode_image, image_size
 Point = Sequence[float]
 Color = str | Sequence[float]
 
-OP_TYPES = ("stroke", "texture", "adjustment", "sticker", "update", "delete", "restore", "set_visible")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _HEX_COLOR = re.compile(r"^#([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 

@@ -1,7 +1,8 @@
 // The client's copy of the session's edit document: live objects (layers) rebuilt from snapshot + applied ops.
-import type { EditDocument, EditOp, LayerAuthor, Participant } from "./generated/messages";
+import { OBJECT_TYPES as OBJECT_KINDS, type EditDocument, type EditOp, type LayerAuthor, type Participant } from "./generated/messages";
 
-export const OBJECT_TYPES = new Set(["stroke", "texture", "adjustment", "sticker"]);
+/** The op types that make an object (edits.proto declares them). */
+export const OBJECT_TYPES: ReadonlySet<string> = new Set(OBJECT_KINDS);
 
 export interface Layer {
   id: string;

@@ -22,19 +22,70 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vatlas/v1/edits.proto\x12\tvatlas.v1\"\x1c\n\x04Vec2\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\xc5\x06\n\x06\x45\x64itOp\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05space\x18\x03 \x01(\t\x12\x12\n\x05\x66rame\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1f\n\x06points\x18\x05 \x03(\x0b\x32\x0f.vatlas.v1.Vec2\x12\x12\n\x05width\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05\x63olor\x18\x07 \x03(\x02\x12\x15\n\x08hardness\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04mode\x18\t \x01(\t\x12\r\n\x05image\x18\n \x01(\x0c\x12\x0c\n\x04rect\x18\x0b \x03(\x02\x12&\n\x08position\x18\x0c \x01(\x0b\x32\x0f.vatlas.v1.Vec2H\x03\x88\x01\x01\x12\x12\n\x05scale\x18\r \x01(\x02H\x04\x88\x01\x01\x12\x15\n\x08rotation\x18\x0e \x01(\x02H\x05\x88\x01\x01\x12\x14\n\x07opacity\x18\x0f \x01(\x02H\x06\x88\x01\x01\x12\x0e\n\x06region\x18\x10 \x01(\t\x12\x15\n\x08\x65xposure\x18\x11 \x01(\x02H\x07\x88\x01\x01\x12\x15\n\x08\x63ontrast\x18\x12 \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nsaturation\x18\x13 \x01(\x02H\t\x88\x01\x01\x12\x10\n\x03hue\x18\x14 \x01(\x02H\n\x88\x01\x01\x12\x18\n\x0btemperature\x18\x15 \x01(\x02H\x0b\x88\x01\x01\x12\x0c\n\x04size\x18\x16 \x03(\x02\x12\x19\n\x0c\x66ollow_scale\x18\x17 \x01(\x08H\x0c\x88\x01\x01\x12\x1c\n\x0f\x66ollow_rotation\x18\x18 \x01(\x08H\r\x88\x01\x01\x12\x0e\n\x06target\x18\x19 \x01(\t\x12\x14\n\x07visible\x18\x1a \x01(\x08H\x0e\x88\x01\x01\x12\x1e\n\x03set\x18\x1b \x01(\x0b\x32\x11.vatlas.v1.EditOp\x12\x0e\n\x01z\x18\x1c \x01(\x02H\x0f\x88\x01\x01\x12\x17\n\nroi_region\x18\x1d \x01(\rH\x10\x88\x01\x01\x42\x08\n\x06_frameB\x08\n\x06_widthB\x0b\n\t_hardnessB\x0b\n\t_positionB\x08\n\x06_scaleB\x0b\n\t_rotationB\n\n\x08_opacityB\x0b\n\t_exposureB\x0b\n\t_contrastB\r\n\x0b_saturationB\x06\n\x04_hueB\x0e\n\x0c_temperatureB\x0f\n\r_follow_scaleB\x12\n\x10_follow_rotationB\n\n\x08_visibleB\x04\n\x02_zB\r\n\x0b_roi_region\"?\n\x0c\x45\x64itDocument\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x1e\n\x03ops\x18\x02 \x03(\x0b\x32\x11.vatlas.v1.EditOpb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vatlas/v1/edits.proto\x12\tvatlas.v1\x1a google/protobuf/descriptor.proto\"\x1c\n\x04Vec2\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\x8e\x0b\n\x06\x45\x64itOp\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x05space\x18\x03 \x01(\tB\x05\xba\xbb\x18\x01*\x12\x19\n\x05\x66rame\x18\x04 \x01(\x05\x42\x05\xba\xbb\x18\x01*H\x00\x88\x01\x01\x12\x39\n\x06points\x18\x05 \x03(\x0b\x32\x0f.vatlas.v1.Vec2B\x18\xba\xbb\x18\x06stroke\xba\xbb\x18\nadjustment\x12,\n\x05width\x18\x06 \x01(\x02\x42\x18\xba\xbb\x18\x06stroke\xba\xbb\x18\nadjustmentH\x01\x88\x01\x01\x12\x19\n\x05\x63olor\x18\x07 \x03(\x02\x42\n\xba\xbb\x18\x06stroke\x12/\n\x08hardness\x18\x08 \x01(\x02\x42\x18\xba\xbb\x18\x06stroke\xba\xbb\x18\nadjustmentH\x02\x88\x01\x01\x12\x18\n\x04mode\x18\t \x01(\tB\n\xba\xbb\x18\x06stroke\x12%\n\x05image\x18\n \x01(\x0c\x42\x16\xba\xbb\x18\x07texture\xba\xbb\x18\x07sticker\x12\x19\n\x04rect\x18\x0b \x03(\x02\x42\x0b\xba\xbb\x18\x07texture\x12>\n\x08position\x18\x0c \x01(\x0b\x32\x0f.vatlas.v1.Vec2B\x16\xba\xbb\x18\x07texture\xba\xbb\x18\x07stickerH\x03\x88\x01\x01\x12*\n\x05scale\x18\r \x01(\x02\x42\x16\xba\xbb\x18\x07texture\xba\xbb\x18\x07stickerH\x04\x88\x01\x01\x12-\n\x08rotation\x18\x0e \x01(\x02\x42\x16\xba\xbb\x18\x07texture\xba\xbb\x18\x07stickerH\x05\x88\x01\x01\x12\x1b\n\x07opacity\x18\x0f \x01(\x02\x42\x05\xba\xbb\x18\x01*H\x06\x88\x01\x01\x12\x1e\n\x06region\x18\x10 \x01(\tB\x0e\xba\xbb\x18\nadjustment\x12;\n\x08\x65xposure\x18\x11 \x01(\x02\x42$\xba\xbb\x18\x07texture\xba\xbb\x18\nadjustment\xba\xbb\x18\x07stickerH\x07\x88\x01\x01\x12;\n\x08\x63ontrast\x18\x12 \x01(\x02\x42$\xba\xbb\x18\x07texture\xba\xbb\x18\nadjustment\xba\xbb\x18\x07stickerH\x08\x88\x01\x01\x12=\n\nsaturation\x18\x13 \x01(\x02\x42$\xba\xbb\x18\x07texture\xba\xbb\x18\nadjustment\xba\xbb\x18\x07stickerH\t\x88\x01\x01\x12\x36\n\x03hue\x18\x14 \x01(\x02\x42$\xba\xbb\x18\x07texture\xba\xbb\x18\nadjustment\xba\xbb\x18\x07stickerH\n\x88\x01\x01\x12>\n\x0btemperature\x18\x15 \x01(\x02\x42$\xba\xbb\x18\x07texture\xba\xbb\x18\nadjustment\xba\xbb\x18\x07stickerH\x0b\x88\x01\x01\x12\x19\n\x04size\x18\x16 \x03(\x02\x42\x0b\xba\xbb\x18\x07sticker\x12&\n\x0c\x66ollow_scale\x18\x17 \x01(\x08\x42\x0b\xba\xbb\x18\x07stickerH\x0c\x88\x01\x01\x12)\n\x0f\x66ollow_rotation\x18\x18 \x01(\x08\x42\x0b\xba\xbb\x18\x07stickerH\r\x88\x01\x01\x12\x0e\n\x06target\x18\x19 \x01(\t\x12\x14\n\x07visible\x18\x1a \x01(\x08H\x0e\x88\x01\x01\x12\x1e\n\x03set\x18\x1b \x01(\x0b\x32\x11.vatlas.v1.EditOp\x12\x15\n\x01z\x18\x1c \x01(\x02\x42\x05\xba\xbb\x18\x01*H\x0f\x88\x01\x01\x12\x1e\n\nroi_region\x18\x1d \x01(\rB\x05\xba\xbb\x18\x01*H\x10\x88\x01\x01:\\\xaa\xbb\x18\x06stroke\xaa\xbb\x18\x07texture\xaa\xbb\x18\nadjustment\xaa\xbb\x18\x07sticker\xb2\xbb\x18\x06update\xb2\xbb\x18\x06\x64\x65lete\xb2\xbb\x18\x07restore\xb2\xbb\x18\x0bset_visibleB\x08\n\x06_frameB\x08\n\x06_widthB\x0b\n\t_hardnessB\x0b\n\t_positionB\x08\n\x06_scaleB\x0b\n\t_rotationB\n\n\x08_opacityB\x0b\n\t_exposureB\x0b\n\t_contrastB\r\n\x0b_saturationB\x06\n\x04_hueB\x0e\n\x0c_temperatureB\x0f\n\r_follow_scaleB\x12\n\x10_follow_rotationB\n\n\x08_visibleB\x04\n\x02_zB\r\n\x0b_roi_region\"?\n\x0c\x45\x64itDocument\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x1e\n\x03ops\x18\x02 \x03(\x0b\x32\x11.vatlas.v1.EditOp:7\n\x0cobject_kinds\x12\x1f.google.protobuf.MessageOptions\x18\xb5\x87\x03 \x03(\t:8\n\rcontrol_kinds\x12\x1f.google.protobuf.MessageOptions\x18\xb6\x87\x03 \x03(\t:.\n\x05kinds\x12\x1d.google.protobuf.FieldOptions\x18\xb7\x87\x03 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vatlas.v1.edits_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VEC2']._serialized_start=36
-  _globals['_VEC2']._serialized_end=64
-  _globals['_EDITOP']._serialized_start=67
-  _globals['_EDITOP']._serialized_end=904
-  _globals['_EDITDOCUMENT']._serialized_start=906
-  _globals['_EDITDOCUMENT']._serialized_end=969
+  _globals['_EDITOP'].fields_by_name['space']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['space']._serialized_options = b'\272\273\030\001*'
+  _globals['_EDITOP'].fields_by_name['frame']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['frame']._serialized_options = b'\272\273\030\001*'
+  _globals['_EDITOP'].fields_by_name['points']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['points']._serialized_options = b'\272\273\030\006stroke\272\273\030\nadjustment'
+  _globals['_EDITOP'].fields_by_name['width']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['width']._serialized_options = b'\272\273\030\006stroke\272\273\030\nadjustment'
+  _globals['_EDITOP'].fields_by_name['color']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['color']._serialized_options = b'\272\273\030\006stroke'
+  _globals['_EDITOP'].fields_by_name['hardness']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['hardness']._serialized_options = b'\272\273\030\006stroke\272\273\030\nadjustment'
+  _globals['_EDITOP'].fields_by_name['mode']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['mode']._serialized_options = b'\272\273\030\006stroke'
+  _globals['_EDITOP'].fields_by_name['image']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['image']._serialized_options = b'\272\273\030\007texture\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['rect']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['rect']._serialized_options = b'\272\273\030\007texture'
+  _globals['_EDITOP'].fields_by_name['position']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['position']._serialized_options = b'\272\273\030\007texture\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['scale']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['scale']._serialized_options = b'\272\273\030\007texture\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['rotation']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['rotation']._serialized_options = b'\272\273\030\007texture\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['opacity']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['opacity']._serialized_options = b'\272\273\030\001*'
+  _globals['_EDITOP'].fields_by_name['region']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['region']._serialized_options = b'\272\273\030\nadjustment'
+  _globals['_EDITOP'].fields_by_name['exposure']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['exposure']._serialized_options = b'\272\273\030\007texture\272\273\030\nadjustment\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['contrast']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['contrast']._serialized_options = b'\272\273\030\007texture\272\273\030\nadjustment\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['saturation']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['saturation']._serialized_options = b'\272\273\030\007texture\272\273\030\nadjustment\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['hue']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['hue']._serialized_options = b'\272\273\030\007texture\272\273\030\nadjustment\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['temperature']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['temperature']._serialized_options = b'\272\273\030\007texture\272\273\030\nadjustment\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['size']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['size']._serialized_options = b'\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['follow_scale']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['follow_scale']._serialized_options = b'\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['follow_rotation']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['follow_rotation']._serialized_options = b'\272\273\030\007sticker'
+  _globals['_EDITOP'].fields_by_name['z']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['z']._serialized_options = b'\272\273\030\001*'
+  _globals['_EDITOP'].fields_by_name['roi_region']._loaded_options = None
+  _globals['_EDITOP'].fields_by_name['roi_region']._serialized_options = b'\272\273\030\001*'
+  _globals['_EDITOP']._loaded_options = None
+  _globals['_EDITOP']._serialized_options = b'\252\273\030\006stroke\252\273\030\007texture\252\273\030\nadjustment\252\273\030\007sticker\262\273\030\006update\262\273\030\006delete\262\273\030\007restore\262\273\030\013set_visible'
+  _globals['_VEC2']._serialized_start=70
+  _globals['_VEC2']._serialized_end=98
+  _globals['_EDITOP']._serialized_start=101
+  _globals['_EDITOP']._serialized_end=1523
+  _globals['_EDITDOCUMENT']._serialized_start=1525
+  _globals['_EDITDOCUMENT']._serialized_end=1588
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -5,6 +6,12 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+OBJECT_KINDS_FIELD_NUMBER: _ClassVar[int]
+object_kinds: _descriptor.FieldDescriptor
+CONTROL_KINDS_FIELD_NUMBER: _ClassVar[int]
+control_kinds: _descriptor.FieldDescriptor
+KINDS_FIELD_NUMBER: _ClassVar[int]
+kinds: _descriptor.FieldDescriptor
 
 class Vec2(_message.Message):
     __slots__ = ("x", "y")

@@ -482,3 +482,15 @@ export interface WsResponse {
 }
 /** Members of oneof `result` in WsResponse (set at most one). */
 export const WSRESPONSE_RESULT = ["welcome", "bundles", "session_info", "event", "frame", "export", "error", "bundle_info", "sessions", "upload_progress", "upload", "upload_frame", "fit", "fits", "fit_info"] as const;
+
+// ---- op kinds (EditOp options in edits.proto) ----
+
+export const OBJECT_TYPES = ["stroke", "texture", "adjustment", "sticker"] as const;
+export const CONTROL_TYPES = ["update", "delete", "restore", "set_visible"] as const;
+/** The fields each object kind may carry (besides id and type). */
+export const FIELDS_BY_TYPE: Readonly<Record<(typeof OBJECT_TYPES)[number], readonly string[]>> = {
+  stroke: ["space", "frame", "points", "width", "color", "hardness", "mode", "opacity", "z", "roi_region"],
+  texture: ["space", "frame", "image", "rect", "position", "scale", "rotation", "opacity", "exposure", "contrast", "saturation", "hue", "temperature", "z", "roi_region"],
+  adjustment: ["space", "frame", "points", "width", "hardness", "opacity", "region", "exposure", "contrast", "saturation", "hue", "temperature", "z", "roi_region"],
+  sticker: ["space", "frame", "image", "position", "scale", "rotation", "opacity", "exposure", "contrast", "saturation", "hue", "temperature", "size", "follow_scale", "follow_rotation", "z", "roi_region"],
+};
