@@ -243,12 +243,12 @@ def test_render_coalesces_per_client(tiny_models_dir: Path) -> None:
             info, _ = await session_with(core)
             reqs = [render_pb2.RenderRequest(session_id=info.session_id, join_token=info.join_token, frame=i,
                                              request_id=i) for i in range(6)]
-            results = await asyncio.gather(*(core.render("viewer", r) for r in reqs), return_exceptions=True)
+            results = await asyncio.gather(*(core.viewing.render("viewer", r) for r in reqs), return_exceptions=True)
             assert not isinstance(results[-1], Exception) and results[-1].request_id == 5
             aborted = [r for r in results if isinstance(r, CoreError)]
             assert aborted and all(r.code == "ABORTED" for r in aborted)
             # another client's request is never aborted by this one's
-            a, b = await asyncio.gather(core.render("viewer", reqs[0]), core.render("other", reqs[1]))
+            a, b = await asyncio.gather(core.viewing.render("viewer", reqs[0]), core.viewing.render("other", reqs[1]))
             assert (a.frame, b.frame) == (0, 1)
         finally:
             await core.close()
@@ -261,7 +261,7 @@ def test_playback_skips_frames_for_a_slow_consumer(tiny_models_dir: Path) -> Non
         core = await make_core(tiny_models_dir)
         try:
             info, _ = await session_with(core)
-            frames = await core.playback("viewer", render_pb2.PlaybackRequest(
+            frames = await core.viewing.playback("viewer", render_pb2.PlaybackRequest(
                 session_id=info.session_id, join_token=info.join_token, fps=40))
             got = []
             async for frame in frames:
@@ -281,7 +281,7 @@ def test_sessions_replay_from_the_data_dir(tiny_models_dir: Path, tmp_path: Path
         info, (alice,) = await session_with(core, "alice")
         await core.submit(alice, stroke_op("a"))
         await core.submit(alice, {"id": "u", "type": "update", "target": "a", "set": {"opacity": 0.5}})
-        frame = await core.render("v", render_pb2.RenderRequest(session_id=info.session_id,
+        frame = await core.viewing.render("v", render_pb2.RenderRequest(session_id=info.session_id,
                                                                 join_token=info.join_token, format="png"))
         await core.close()
         return info.session_id, frame.data
@@ -290,7 +290,7 @@ def test_sessions_replay_from_the_data_dir(tiny_models_dir: Path, tmp_path: Path
         core = await make_core(tiny_models_dir, tmp_path)
         try:
             session = core.sessions[session_id]
-            frame = await core.render("v", render_pb2.RenderRequest(session_id=session_id,
+            frame = await core.viewing.render("v", render_pb2.RenderRequest(session_id=session_id,
                                                                     join_token=session.join_token, format="png"))
             return session.seq, frame.data
         finally:
@@ -317,10 +317,10 @@ def test_concurrent_renders_of_several_sessions_stay_apart(tiny_models_dir: Path
                 return render_pb2.RenderRequest(session_id=info.session_id, join_token=info.join_token, frame=0,
                                                 format=fmt)
 
-            alone_a = await core.render("x", req(info_a, "png"))
-            alone_b = await core.render("x", req(info_b, "png"))
+            alone_a = await core.viewing.render("x", req(info_a, "png"))
+            alone_b = await core.viewing.render("x", req(info_b, "png"))
             assert alone_a.data != alone_b.data and (alone_a.seq, alone_b.seq) == (1, 0)
-            together = await asyncio.gather(*(core.render(f"v{i}", req(info, fmt)) for i, (info, fmt) in
+            together = await asyncio.gather(*(core.viewing.render(f"v{i}", req(info, fmt)) for i, (info, fmt) in
                                               enumerate([(info_a, "png"), (info_b, "png"), (info_a, "jpeg"),
                                                          (info_b, "png")])))
             assert together[0].data == alone_a.data and together[1].data == alone_b.data

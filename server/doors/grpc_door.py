@@ -31,7 +31,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from vatlas.server.doors.auth import bearer, check_protocol, check_token
 from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
-from vatlas.server.session.core import ServerCore, Viewer
+from vatlas.server.session.core import ServerCore
+from vatlas.server.session.viewing import Viewer
 from vatlas.v1 import (
     bundles_pb2,
     bundles_pb2_grpc,
@@ -173,7 +174,9 @@ class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
         return sessions_pb2.ListSessionsResponse(sessions=self.core.list_sessions())
 
     async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[sessions_pb2.ServerEvent]:
-        await self.check(context)
+        # The join is read before the credentials are checked: a call ended before the client's first message
+        # was written makes grpc.aio report INTERNAL ("Internal error from Core") to that client instead of our
+        # status (grpc/grpc#36066). One message is bounded by the channel's maximum message size.
         requests = request_iterator.__aiter__()
         try:
             first = await requests.__anext__()
@@ -181,6 +184,7 @@ class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
             return
         except CoreError as exc:
             await abort(context, exc)
+        await self.check(context)
         if first.WhichOneof("kind") != "join":
             await abort(context, CoreError("INVALID_ARGUMENT", "the first message on Connect must be join"))
         try:
@@ -221,13 +225,13 @@ def _err(code: str, message: str) -> Any:
 class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
     async def RenderFrame(self, request: Any, context: Any) -> render_pb2.RenderedFrame:
         await self.check(context)
-        return await answer(context, lambda: self.core.render(self.client_key(context), request,
+        return await answer(context, lambda: self.core.viewing.render(self.client_key(context), request,
                                                               viewer=self.viewer(context)))
 
     async def Playback(self, request: Any, context: Any) -> AsyncIterator[render_pb2.RenderedFrame]:
         await self.check(context)
         viewer = self.viewer(context)
-        async for frame in stream(context, lambda: self.core.playback(f"grpc-playback:{id(context)}", request,
+        async for frame in stream(context, lambda: self.core.viewing.playback(f"grpc-playback:{id(context)}", request,
                                                                      viewer=viewer)):
             yield frame
 

@@ -76,7 +76,8 @@ import msgpack
 from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_token
 from vatlas.server.doors.http import OriginPolicy, StaticFiles, text_response, webapp_root
 from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
-from vatlas.server.session.core import ServerCore, Viewer
+from vatlas.server.session.core import ServerCore
+from vatlas.server.session.viewing import Viewer
 from vatlas.v1 import bundles_pb2, common_pb2, mirror, sessions_pb2
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -352,11 +353,11 @@ class WsConnection:
 
     async def _call_render(self, rid: int, request: Any) -> None:
         request.request_id = request.request_id or rid
-        frame = await self.core.render(self.key, request, self.authorized, viewer=self.viewer)
+        frame = await self.core.viewing.render(self.key, request, self.authorized, viewer=self.viewer)
         await self.send(rid, frame=frame)
 
     async def _call_playback(self, rid: int, request: Any) -> None:
-        frames = await self.core.playback(self.key, request, self.authorized, viewer=self.viewer)
+        frames = await self.core.viewing.playback(self.key, request, self.authorized, viewer=self.viewer)
         async with contextlib.aclosing(frames):  # stop_playback ends the producer at once
             async for frame in frames:
                 frame.request_id = rid
@@ -476,7 +477,7 @@ class WsConnection:
                 task.cancel()
         if self.participant is not None:
             self.core.leave(self.participant)
-        self.core.forget_client(self.key)
+        self.core.viewing.forget_client(self.key)
         for task in (*self.tasks, self.session_task, self.pump_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):

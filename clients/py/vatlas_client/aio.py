@@ -121,7 +121,12 @@ class AsyncClient:
             reply = await self._bundles.UploadVideo(_common.upload_chunks(path, chunk_bytes),
                                                     metadata=self._metadata, timeout=max(self.timeout, 600.0))
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            error = from_rpc_error(exc)
+            if error.code == "INTERNAL":
+                # A chunk written after the server refused the call (a bad token) makes grpc.aio report INTERNAL
+                # instead of the server's status (grpc/grpc#36066): a plain call says whether the token is why.
+                await self.list_bundles()
+            raise error from None
         return reply.upload_id
 
     async def fit_progress(
