@@ -96,3 +96,11 @@ def test_typescript_strict_typecheck_passes() -> None:
     result = subprocess.run(["node", str(tsc), "--noEmit", "-p", "."], cwd=WEB, capture_output=True, text=True,
                             timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_node
+def test_the_dom_free_modules_pass_their_unit_tests_in_node() -> None:
+    """clients/web/test/*.test.ts (the session protocol, session.ts) under node's test runner: `npm test`."""
+    run = subprocess.run(["node", "run-tests.mjs"], cwd=WEB, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"^# pass [1-9]", run.stdout, re.M) and re.search(r"^# fail 0$", run.stdout, re.M), run.stdout

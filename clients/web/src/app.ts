@@ -18,6 +18,7 @@ import { $, byId, el, readNumber } from "./dom";
 import { reopenWith, StartFlow } from "./start";
 import { ROI_MASK_SIDE } from "./roi";
 import { Selection } from "./select-tool";
+import { SessionProtocol } from "./session";
 import { View, type Preview, type Rect, type ShownFrame } from "./view";
 
 type Tool = "select" | "brush" | "eraser" | "image" | "adjust" | "sticker" | "pan";
@@ -49,9 +50,7 @@ export class App {
   private readonly params: Params;
   private session: SessionInfo | null = null;
   private bundle: BundleInfo | null = null;
-  private participantId = "";
-  private resumeKey = ""; // from the snapshot: proves participantId is ours when we rejoin
-  private resuming = false;
+  private readonly protocol = new SessionProtocol(); // join, resume, resend: the session protocol (session.ts)
   private name: string;
   private readonly color: string;
   private tool: Tool = "brush";
@@ -87,7 +86,6 @@ export class App {
   private readonly exporter: Exporter;
   private readonly start: StartFlow;
   /** Ops sent but not yet accepted or rejected: resent after a reconnect so no edit is lost. */
-  private readonly unacked = new Map<string, EditOp>();
 
   constructor() {
     const query = new URLSearchParams(location.search);
@@ -228,22 +226,13 @@ export class App {
 
   /** Join (or rejoin after a reconnect, replaying what we missed) and wait for the snapshot. */
   private async join(sessionId: string, joinToken: string, resume: boolean): Promise<void> {
-    this.resuming = resume && this.doc.seq > 0;
+    const join = this.protocol.join({ sessionId, joinToken, name: this.name, color: this.color },
+                                    resume ? this.doc.seq : 0);
     const snapshot = await new Promise<ServerEvent>((resolve, reject) => {
       let settled = false;
       const id = this.conn.stream(
         {
-          session: {
-            join: {
-              session_id: sessionId,
-              join_token: joinToken,
-              name: this.name,
-              color: this.color,
-              last_seq: resume ? this.doc.seq : 0,
-              participant_id: this.participantId,
-              resume_key: this.resumeKey,
-            },
-          },
+          session: { join },
         },
         (response) => {
           if (!settled && response.error) {
@@ -265,7 +254,7 @@ export class App {
     });
     if (!snapshot.snapshot && !this.session) throw new Error("join did not return a snapshot");
     byId("open-dialog").hidden = true;
-    for (const op of this.unacked.values()) this.conn.send({ session: { op } });
+    for (const op of this.protocol.resend()) this.conn.send({ session: { op } });
     this.renderNow();
   }
 
@@ -306,12 +295,8 @@ export class App {
   private onEvent(event: ServerEvent): void {
     if (event.snapshot) {
       const snap = event.snapshot;
-      this.participantId = snap.participant_id ?? this.participantId;
-      this.resumeKey = snap.resume_key ?? this.resumeKey;
       // On resume the server may send an empty document and then replay the ops we missed: keep ours.
-      const replayFollows = this.resuming && !(snap.document?.ops?.length ?? 0);
-      if (!replayFollows) this.doc.reset(snap.document, snap.session?.seq ?? 0, snap.authors ?? []);
-      this.resuming = false;
+      if (this.protocol.snapshot(snap)) this.doc.reset(snap.document, snap.session?.seq ?? 0, snap.authors ?? []);
       this.doc.participants.clear();
       for (const p of snap.participants ?? []) {
         if (!p.participant_id) continue;
@@ -329,19 +314,15 @@ export class App {
         this.renderNow();
       }
     } else if (event.accepted) {
-      this.unacked.delete(event.accepted.op_id ?? "");
+      this.protocol.accepted(event.accepted.op_id ?? "");
       const preview = this.view.previews.find((p) => p.opId === event.accepted?.op_id);
       if (preview) preview.seq = event.accepted.seq ?? 0;
     } else if (event.rejected) {
       const opId = event.rejected.op_id ?? "";
-      this.unacked.delete(opId);
+      const { duplicate, plain, message } = this.protocol.rejected(opId, event.rejected.error,
+                                                                   this.doc.get(opId) !== undefined);
       this.view.previews = this.view.previews.filter((p) => p.opId !== opId);
       this.view.invalidate();
-      // A resent op that did reach the server before the drop comes back as a duplicate: it is not lost.
-      const duplicate = event.rejected.error?.code === "ALREADY_EXISTS" && this.doc.get(opId) !== undefined;
-      // Outside the editable region the server's sentence is the whole story: show it as it is.
-      const plain = event.rejected.error?.code === "OUT_OF_RANGE";
-      const message = event.rejected.error?.message ?? "unknown reason";
       if (!duplicate) this.toast(plain ? message : `Edit rejected: ${message}`);
     } else if (event.presence?.participant) {
       const p = event.presence.participant;
@@ -604,8 +585,8 @@ export class App {
       this.view.previews.push(preview);
       this.view.invalidate();
     }
-    this.unacked.set(op.id ?? "", op);
-    // While disconnected the op waits in `unacked` (its preview stays) and goes out after the rejoin.
+    this.protocol.sent(op);
+    // While disconnected the op waits in the protocol's unanswered ops (its preview stays) and goes out after the rejoin.
     if (this.conn.send({ session: { op } }) === null) this.toast("Offline: the edit will be sent on reconnect", false);
   }
 
@@ -812,7 +793,7 @@ export class App {
   private sendPresence(at: Vec2 | null): void {
     if (!this.session) return;
     // The server does not echo our own presence: keep our row in the people list current here.
-    const me = this.doc.participants.get(this.participantId);
+    const me = this.doc.participants.get(this.protocol.participantId);
     if (me && (me.frame !== this.frame || me.tool !== this.tool)) {
       me.frame = this.frame;
       me.tool = this.tool;
@@ -840,8 +821,8 @@ export class App {
 
   private refreshParticipants(): void {
     const people = [...this.doc.participants.values()];
-    renderParticipants(byId("participants"), people, this.participantId);
-    this.view.cursors = people.filter((p) => p.participant_id !== this.participantId && p.cursor);
+    renderParticipants(byId("participants"), people, this.protocol.participantId);
+    this.view.cursors = people.filter((p) => p.participant_id !== this.protocol.participantId && p.cursor);
     this.view.invalidate();
   }
 
@@ -983,7 +964,7 @@ export class App {
       } catch {
         // storage can be disabled; the name then lasts for this page only
       }
-      const me = this.doc.participants.get(this.participantId);
+      const me = this.doc.participants.get(this.protocol.participantId);
       if (me) me.name = name;
       this.refreshParticipants();
       this.sendPresence(this.pendingPresence);
@@ -1122,7 +1103,7 @@ export class App {
         return app.doc.seq;
       },
       get participantId() {
-        return app.participantId;
+        return app.protocol.participantId;
       },
       get session() {
         return app.session;
