@@ -43,6 +43,7 @@ from vatlas.v1 import (
 )
 
 log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext
 
 SERVICE_NAMES = (
     bundles_pb2.DESCRIPTOR.services_by_name["Bundles"].full_name,
@@ -125,55 +126,55 @@ async def stream(context: grpc.aio.ServicerContext, start: Callable[[], Awaitabl
 
 
 class BundlesDoor(_Door, bundles_pb2_grpc.BundlesServicer):
-    async def ListBundles(self, request: Any, context: Any) -> bundles_pb2.ListBundlesResponse:
+    async def ListBundles(self, request: bundles_pb2.ListBundlesRequest, context: Context) -> bundles_pb2.ListBundlesResponse:
         await self.check(context)
         return bundles_pb2.ListBundlesResponse(bundles=self.core.list_bundles())
 
-    async def LoadBundle(self, request: Any, context: Any) -> bundles_pb2.BundleInfo:
+    async def LoadBundle(self, request: bundles_pb2.LoadBundleRequest, context: Context) -> bundles_pb2.BundleInfo:
         await self.check(context)
         return await answer(context, lambda: self.core.load_bundle(request.name))
 
-    async def GetBundleInfo(self, request: Any, context: Any) -> bundles_pb2.BundleInfo:
+    async def GetBundleInfo(self, request: bundles_pb2.GetBundleInfoRequest, context: Context) -> bundles_pb2.BundleInfo:
         await self.check(context)
         return await answer(context, lambda: self.core.bundle_info(request.name))
 
-    async def UploadVideo(self, request_iterator: Any, context: Any) -> bundles_pb2.UploadResult:
+    async def UploadVideo(self, request_iterator: AsyncIterator[bundles_pb2.UploadChunk], context: Context) -> bundles_pb2.UploadResult:
         await self.check(context)
         return await answer(context, lambda: self.core.jobs.upload(request_iterator))
 
-    async def StartFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
+    async def StartFit(self, request: bundles_pb2.StartFitRequest, context: Context) -> AsyncIterator[bundles_pb2.FitProgress]:
         await self.check(context)
         async for event in stream(context, lambda: self.core.jobs.start_fit(request)):
             yield event
 
-    async def GetUploadFrame(self, request: Any, context: Any) -> bundles_pb2.UploadFrame:
+    async def GetUploadFrame(self, request: bundles_pb2.UploadFrameRequest, context: Context) -> bundles_pb2.UploadFrame:
         await self.check(context)
         return await answer(context, lambda: self.core.jobs.upload_frame(request))
 
-    async def ListFits(self, request: Any, context: Any) -> bundles_pb2.ListFitsResponse:
+    async def ListFits(self, request: bundles_pb2.ListFitsRequest, context: Context) -> bundles_pb2.ListFitsResponse:
         await self.check(context)
         return self.core.jobs.list_fits()
 
-    async def CancelFit(self, request: Any, context: Any) -> bundles_pb2.FitInfo:
+    async def CancelFit(self, request: bundles_pb2.CancelFitRequest, context: Context) -> bundles_pb2.FitInfo:
         await self.check(context)
         return await answer(context, lambda: self.core.jobs.cancel(request))
 
-    async def AttachFit(self, request: Any, context: Any) -> AsyncIterator[bundles_pb2.FitProgress]:
+    async def AttachFit(self, request: bundles_pb2.AttachFitRequest, context: Context) -> AsyncIterator[bundles_pb2.FitProgress]:
         await self.check(context)
         async for event in stream(context, lambda: self.core.jobs.attach(request)):
             yield event
 
 
 class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
-    async def CreateSession(self, request: Any, context: Any) -> sessions_pb2.SessionInfo:
+    async def CreateSession(self, request: sessions_pb2.CreateSessionRequest, context: Context) -> sessions_pb2.SessionInfo:
         await self.check(context)
         return await answer(context, lambda: self.core.create_session(request))
 
-    async def ListSessions(self, request: Any, context: Any) -> sessions_pb2.ListSessionsResponse:
+    async def ListSessions(self, request: sessions_pb2.ListSessionsRequest, context: Context) -> sessions_pb2.ListSessionsResponse:
         await self.check(context)
         return sessions_pb2.ListSessionsResponse(sessions=self.core.list_sessions())
 
-    async def Connect(self, request_iterator: Any, context: Any) -> AsyncIterator[sessions_pb2.ServerEvent]:
+    async def Connect(self, request_iterator: AsyncIterator[sessions_pb2.ClientMessage], context: Context) -> AsyncIterator[sessions_pb2.ServerEvent]:
         # The join is read before the credentials are checked: a call ended before the client's first message
         # was written makes grpc.aio report INTERNAL ("Internal error from Core") to that client instead of our
         # status (grpc/grpc#36066). One message is bounded by the channel's maximum message size.
@@ -223,19 +224,19 @@ def _err(code: str, message: str) -> Any:
 
 
 class RenderDoor(_Door, render_pb2_grpc.RenderServicer):
-    async def RenderFrame(self, request: Any, context: Any) -> render_pb2.RenderedFrame:
+    async def RenderFrame(self, request: render_pb2.RenderRequest, context: Context) -> render_pb2.RenderedFrame:
         await self.check(context)
         return await answer(context, lambda: self.core.viewing.render(self.client_key(context), request,
                                                               viewer=self.viewer(context)))
 
-    async def Playback(self, request: Any, context: Any) -> AsyncIterator[render_pb2.RenderedFrame]:
+    async def Playback(self, request: render_pb2.PlaybackRequest, context: Context) -> AsyncIterator[render_pb2.RenderedFrame]:
         await self.check(context)
         viewer = self.viewer(context)
         async for frame in stream(context, lambda: self.core.viewing.playback(f"grpc-playback:{id(context)}", request,
                                                                      viewer=viewer)):
             yield frame
 
-    async def Export(self, request: Any, context: Any) -> AsyncIterator[render_pb2.ExportEvent]:
+    async def Export(self, request: render_pb2.ExportRequest, context: Context) -> AsyncIterator[render_pb2.ExportEvent]:
         await self.check(context)
         async for event in stream(context, lambda: self.core.jobs.export(request)):
             yield event
@@ -265,7 +266,7 @@ async def _checked_stream(requests: Any) -> AsyncIterator[Any]:
         yield item
 
 
-async def _fail(context: Any, exc: BaseException) -> None:
+async def _fail(context: Context, exc: BaseException) -> None:
     """Turn whatever a handler raised into a typed status: never UNKNOWN, never exception text."""
     if isinstance(exc, CoreError):
         await abort(context, exc)
@@ -285,7 +286,7 @@ class CallCounter:
         self.by_address: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
-    async def call(self, context: Any) -> AsyncIterator[None]:
+    async def call(self, context: Context) -> AsyncIterator[None]:
         address = peer_address(context.peer() or "?")
         if self.by_address.get(address, 0) >= self.per_address:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
