@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vatlas.server.edits.ops import ID_PATTERN, OBJECT_TYPES, OpLimits, validate_op
 from vatlas.server.edits.region import check_on_region
@@ -57,7 +57,11 @@ from vatlas.server.session.render import (
     RenderWorker,
 )
 from vatlas.server.session.viewing import Viewing
-from vatlas.v1 import common_pb2, edits_pb2, mirror, sessions_pb2
+from vatlas.v1 import bundles_pb2, common_pb2, edits_pb2, mirror, sessions_pb2
+
+if TYPE_CHECKING:  # the engine imports torch: only for the annotations
+    from vatlas.models.bundle import Bundle
+    from vatlas.server.edits.engine import EditEngine
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +101,8 @@ class Session:
         self.join_token = join_token
         self.created = created
         self.persisted = persisted  # its op log is on disk: unloading may drop everything but the metadata
-        self.bundle: Any = None
-        self.engine: Any = None
+        self.bundle: Bundle | None = None
+        self.engine: EditEngine | None = None
         self.op_limits = OpLimits()
         self.doc: Document | None = Document()  # None: unloaded (state on disk only)
         self.seq = 0
@@ -348,13 +352,13 @@ class ServerCore:
 
     # ---------------------------------------------------------------- bundles
 
-    def list_bundles(self) -> list[Any]:
+    def list_bundles(self) -> list[bundles_pb2.BundleInfo]:
         return self.bundles.list()
 
-    def bundle_info(self, name: str) -> Any:
+    def bundle_info(self, name: str) -> bundles_pb2.BundleInfo:
         return self.bundles.info(check_bundle_name(name))
 
-    async def load_bundle(self, name: str) -> Any:
+    async def load_bundle(self, name: str) -> bundles_pb2.BundleInfo:
         await self.bundles.load(check_bundle_name(name))
         return self.bundles.info(name)
 
@@ -366,7 +370,7 @@ class ServerCore:
             raise CoreError("NOT_FOUND", f"no session {session_id!r}")
         return session
 
-    async def ensure_engine(self, session: Session) -> Any:
+    async def ensure_engine(self, session: Session) -> EditEngine:
         """Load the session if it was unloaded, then build its engine from the snapshot and the records after
         it (once, lazily)."""
         session.touch()
@@ -375,7 +379,7 @@ class ServerCore:
         async with session.lock:
             return await self._ensure_engine_locked(session)
 
-    async def _ensure_engine_locked(self, session: Session) -> Any:
+    async def _ensure_engine_locked(self, session: Session) -> EditEngine:
         if session.engine is not None:
             return session.engine
         await self._ensure_loaded(session)
