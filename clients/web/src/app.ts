@@ -19,7 +19,8 @@ import { reopenWith, StartFlow } from "./start";
 import { ROI_MASK_SIDE } from "./roi";
 import { Selection } from "./select-tool";
 import { SessionProtocol } from "./session";
-import { View, type Preview, type Rect, type ShownFrame } from "./view";
+import { exposeForTests } from "./test-hooks";
+import { View, type Preview, type Rect } from "./view";
 
 type Tool = "select" | "brush" | "eraser" | "image" | "adjust" | "sticker" | "pan";
 const TOOLS: Tool[] = ["select", "brush", "eraser", "image", "adjust", "sticker", "pan"];
@@ -1095,85 +1096,16 @@ export class App {
   /** A small read-only window for tests and debugging: state that the DOM does not show exactly. */
   private exposeForTests(): void {
     const app = this;
-    (window as unknown as { vatlas: unknown }).vatlas = {
-      get frame() {
-        return app.frame;
-      },
-      get seq() {
-        return app.doc.seq;
-      },
-      get participantId() {
-        return app.protocol.participantId;
-      },
-      get session() {
-        return app.session;
-      },
-      get pendingPreviews() {
-        return app.view.previews.length;
-      },
-      /** Milliseconds from sending each op to showing the first server frame that includes it. */
-      get editLatencies() {
-        return [...app.editLatencies];
-      },
-      /** RGBA of the server's last frame at full-resolution pixel (x, y), without previews or cursors (from
-       *  the backdrop outside a region render; [] where neither holds it). */
-      framePixel(x: number, y: number): number[] {
-        const inside = (f: ShownFrame): boolean => {
-          const [rx, ry, rw, rh] = f.region ?? [0, 0, f.width, f.height];
-          return x >= rx && y >= ry && x < rx + rw && y < ry + rh;
-        };
-        const view = app.view;
-        const shown = [view.shown, view.backdrop].find((f): f is ShownFrame => f !== null && inside(f));
-        if (!shown) return [];
-        const canvas = new OffscreenCanvas(1, 1);
-        const ctx = canvas.getContext("2d");
-        if (!ctx) return [];
-        const [rx, ry, rw, rh] = shown.region ?? [0, 0, shown.width, shown.height];
-        const sx = shown.bitmap.width / rw;
-        const sy = shown.bitmap.height / rh;
-        ctx.drawImage(shown.bitmap, Math.floor((x - rx) * sx), Math.floor((y - ry) * sy), 1, 1, 0, 0, 1, 1);
-        return [...ctx.getImageData(0, 0, 1, 1).data];
-      },
-      /** The server's last frame (or atlas) as RGBA at its delivered resolution, without previews or cursors;
-       *  `region` is the part of the frame it holds ([x, y, w, h] full-resolution pixels) and `scale` its scale. */
-      frameData(): { width: number; height: number; frame: number; seq: number; data: number[]; scale: number;
-                     region: Rect } | null {
-        const shown = app.view.shown;
-        if (!shown) return null;
-        const { width, height } = shown.bitmap;
-        const canvas = new OffscreenCanvas(width, height);
-        const ctx = canvas.getContext("2d");
-        if (!ctx) return null;
-        ctx.drawImage(shown.bitmap, 0, 0);
-        return { width, height, frame: shown.frame, seq: shown.seq, data: [...ctx.getImageData(0, 0, width, height).data],
-                 scale: shown.scale, region: shown.region ?? [0, 0, shown.width, shown.height] };
-      },
-      /** The view: zoom (CSS px per frame px), device pixel ratio, canvas size in CSS px. */
-      get viewport() {
-        const rect = app.view.canvas.getBoundingClientRect();
-        return { zoom: app.view.zoom, dpr: window.devicePixelRatio || 1, width: rect.width, height: rect.height };
-      },
-      /** Client position (CSS px) of frame pixel (x, y): lets a test draw at exact frame coordinates. */
-      clientPoint(x: number, y: number): [number, number] {
-        const rect = app.view.canvas.getBoundingClientRect();
-        return [rect.left + app.view.offset[0] + x * app.view.zoom, rect.top + app.view.offset[1] + y * app.view.zoom];
-      },
-      /** The editable region on the frame shown: its visible box (full-resolution pixels), the outline's
-       *  segment count, and whether it is drawn. null until the server sent it for this frame. */
-      get region() {
-        const region = app.view.regions.get(app.frame);
-        if (!region) return null;
-        return { frame: app.frame, visible: region.visible, segments: region.outline.length / 4, shown: app.view.showRegion,
-                 cols: region.cols, rows: region.rows, picked: app.view.regions.selected };
-      },
-      /** The selected layer's id ("" when none). */
-      get selected() {
-        return app.selection.selectedId;
-      },
-      dropConnection(outageMs = 0): void {
-        app.conn.dropForTest(outageMs);
-      },
-    };
+    exposeForTests({
+      get frame() { return app.frame; },
+      get seq() { return app.doc.seq; },
+      get participantId() { return app.protocol.participantId; },
+      get session() { return app.session; },
+      get editLatencies() { return app.editLatencies; },
+      get selectedId() { return app.selection.selectedId; },
+      view: app.view,
+      dropConnection: (outageMs) => app.conn.dropForTest(outageMs),
+    });
   }
 }
 
