@@ -26,7 +26,6 @@ undo, or someone else's edit made the step impossible: that step is dropped).
 from __future__ import annotations
 
 import asyncio
-import errno
 import hmac
 import logging
 import math
@@ -44,7 +43,7 @@ from vatlas.server.session.bundles import BundleRegistry, check_bundle_name
 from vatlas.server.session.document import Document
 from vatlas.server.session.jobs import Jobs
 from vatlas.server.session.limits import ServerLimits
-from vatlas.server.session.oplog import Damage, OpLog, SessionStore
+from vatlas.server.session.oplog import Damage, SessionStore
 from vatlas.server.session.presence import (
     MAX_TOOL,
     PALETTE,
@@ -56,24 +55,16 @@ from vatlas.server.session.presence import (
 from vatlas.server.session.render import (
     RenderWorker,
 )
+from vatlas.server.session.session import History, Session, restorable
 from vatlas.server.session.viewing import Viewing
 from vatlas.v1 import bundles_pb2, common_pb2, edits_pb2, mirror, sessions_pb2
 
 if TYPE_CHECKING:  # the engine imports torch: only for the annotations
-    from vatlas.models.bundle import Bundle
     from vatlas.server.edits.engine import EditEngine
 
 log = logging.getLogger(__name__)
 
 MAX_HISTORY = 1000
-
-
-def storage_reason(exc: BaseException) -> str:
-    """A client-safe name for a storage failure: the errno's name, never a path or the OS message."""
-    number = getattr(exc, "errno", None)
-    if number == errno.ENOSPC:
-        return "the server's disk is full"
-    return errno.errorcode.get(number, "storage error") if isinstance(number, int) else "storage error"
 
 
 @dataclass
@@ -83,61 +74,6 @@ class CoreConfig:
     device: str = "auto"
     limits: ServerLimits = field(default_factory=ServerLimits)
     fsync: bool = True
-
-
-@dataclass
-class History:
-    undo: list[dict[str, Any]] = field(default_factory=list)
-    redo: list[dict[str, Any]] = field(default_factory=list)
-
-
-class Session:
-    """One editing session on one bundle."""
-
-    def __init__(self, session_id: str, bundle_name: str, join_token: str, created: float,
-                 persisted: bool = False) -> None:
-        self.session_id = session_id
-        self.bundle_name = bundle_name
-        self.join_token = join_token
-        self.created = created
-        self.persisted = persisted  # its op log is on disk: unloading may drop everything but the metadata
-        self.bundle: Bundle | None = None
-        self.engine: EditEngine | None = None
-        self.op_limits = OpLimits()
-        self.doc: Document | None = Document()  # None: unloaded (state on disk only)
-        self.seq = 0
-        self.applied_seq = 0  # read by the render thread
-        self.records: list[dict[str, Any]] = []  # every record after `records_from`, in seq order
-        self.records_from = 0  # a participant may resume from any last_seq >= this
-        self.base_seq = 0  # seq of the document state last snapshotted (0: none yet)
-        self.snap_seq: int | None = None  # seq of the snapshot file (None: there is none)
-        self.prev_seq = 0  # seq of the fallback snapshot (0: none; the log then starts at seq 1)
-        self.next_compact = 0  # compaction is tried again from this seq after a failure
-        self.compacting = False
-        self.participants: dict[str, Participant] = {}
-        self.history: dict[str, History] = {}
-        self.lock = asyncio.Lock()
-        self.oplog: OpLog | None = None
-        self.colors_used = 0
-        self.last_used = time.monotonic()
-
-    @property
-    def holds_memory(self) -> bool:
-        """Counts against max_loaded_sessions: an engine, or (with --data) a document and an open log."""
-        return self.engine is not None or (self.persisted and self.doc is not None)
-
-    def touch(self) -> None:
-        self.last_used = time.monotonic()
-
-    def info(self, *, with_token: bool) -> sessions_pb2.SessionInfo:
-        return sessions_pb2.SessionInfo(session_id=self.session_id, bundle=self.bundle_name,
-                                        join_token=self.join_token if with_token else "", seq=self.seq,
-                                        participants=len(self.participants))
-
-    def broadcast(self, event: sessions_pb2.ServerEvent, *, skip: Participant | None = None) -> None:
-        for participant in list(self.participants.values()):
-            if participant is not skip:
-                participant.send(event)
 
 
 def _event(**kwargs: Any) -> sessions_pb2.ServerEvent:
@@ -161,12 +97,6 @@ async def _uncancellable(coroutine: Any) -> None:
         if not task.done():
             await asyncio.wait({task})  # finish first; the cancellation still reaches the caller
         raise
-
-
-def restorable(session: Session) -> set[str]:
-    """Objects an undo or redo step may restore (only a "restore" step brings a deleted object back)."""
-    return {step.get("target", "") for h in session.history.values() for step in (*h.undo, *h.redo)
-            if step.get("type") == "restore"}
 
 
 def check_op_ids(raw: dict[str, Any], op_id: str) -> None:
@@ -217,7 +147,8 @@ class ServerCore:
             keep = {sid for sid, _ in stored[-self.limits.max_loaded_sessions:]}
             for session_id, meta in stored:
                 session = Session(session_id, str(meta.get("bundle", "")), str(meta.get("join_token", "")),
-                                  float(meta.get("created", 0.0)), persisted=True)
+                                  float(meta.get("created", 0.0)), persisted=True, store=self.store,
+                                  compact_every=self.limits.compact_every)
                 await asyncio.to_thread(self._load_state, session, True)
                 if session_id not in keep:
                     await asyncio.to_thread(self._drop_state, session)
@@ -440,7 +371,8 @@ class ServerCore:
             raise CoreError("RESOURCE_EXHAUSTED", f"the document's images take {scratch.image_bytes} bytes (limit "
                                                   f"{self.limits.max_document_image_bytes})")
         session_id = "s" + secrets.token_hex(8)
-        session = Session(session_id, name, secrets.token_urlsafe(18), time.time(), persisted=self.store is not None)
+        session = Session(session_id, name, secrets.token_urlsafe(18), time.time(), persisted=self.store is not None,
+                          store=self.store, compact_every=self.limits.compact_every)
         await self._make_room(session)
         if self.store is not None:
             meta = {"session_id": session_id, "bundle": name, "join_token": session.join_token,
@@ -452,7 +384,7 @@ class ServerCore:
         async def sequence() -> None:
             async with session.lock:
                 for op in ops:
-                    await self._commit(session, "", op, "document")
+                    await session.commit("", op, "document", spawn=self._spawn)
 
         await _uncancellable(sequence())
         await self.ensure_engine(session)
@@ -579,92 +511,6 @@ class ServerCore:
 
     # ---------------------------------------------------------------- ops
 
-    async def _commit(self, session: Session, pid: str, op: dict[str, Any], kind: str) -> int:
-        """Persist (write + fsync), apply, sequence one checked op. Caller holds session.lock.
-
-        The log comes first: an op the disk refused must never reach the engine (it would show in renders and
-        block its own retry with ALREADY_EXISTS). An op the engine then refuses is cut from the log again.
-        """
-        seq = session.seq + 1
-        op_id = op.get("id", "")
-        sender = session.participants.get(pid)
-        author = {"participant_id": pid, **({"name": sender.name, "color": sender.color} if sender else {})}
-        record = {"seq": seq, "participant_id": pid, "kind": kind, "op": op, "time": time.time(), "author": author}
-        offset = None
-        if session.oplog is not None:
-            try:
-                offset = await asyncio.to_thread(session.oplog.append, record)
-            except (OSError, RuntimeError) as exc:
-                log.error("session %s: cannot persist op %d: %s", session.session_id, seq, exc)
-                raise CoreError("UNAVAILABLE", f"the op could not be stored ({storage_reason(exc)}); nothing was "
-                                               "applied, try again later", op_id) from None
-        if session.engine is not None:
-            try:
-                await asyncio.to_thread(session.engine.apply, op)
-            except Exception as exc:
-                await self._unlog(session, offset)
-                if isinstance(exc, CoreError):
-                    raise
-                log.exception("session %s: engine refused op", session.session_id)
-                raise CoreError("INTERNAL", "the engine failed on this op (see the server log)", op_id) from None
-        session.seq = seq
-        session.records.append(record)
-        assert session.doc is not None
-        session.doc.apply(op, seq, author)
-        session.applied_seq = seq
-        session.touch()
-        if (seq - session.base_seq >= self.limits.compact_every and seq >= session.next_compact
-                and not session.compacting):
-            session.compacting = True
-            self._spawn(self._compact(session))
-        return seq
-
-    async def _compact(self, session: Session) -> None:
-        """Snapshot the document and cut the log back to the records after the fallback snapshot (L7).
-
-        The snapshot is taken under the session's lock and written outside it (ops go on meanwhile); the log
-        is rewritten under the lock. A failure (full disk) leaves files that still hold everything; it is
-        tried again after another quarter of compact_every ops.
-        """
-        try:
-            async with session.lock:
-                if session.doc is None or (session.persisted and session.oplog is None):
-                    return  # unloaded meanwhile: the next load compacts when it is due
-                session.doc.compact(restorable(session))
-                fallback = session.snap_seq if session.snap_seq is not None else session.prev_seq
-                state = {"seq": session.seq, "fallback_seq": fallback, "time": time.time(), **session.doc.state()}
-            if session.persisted:
-                assert self.store is not None
-                await asyncio.to_thread(self.store.write_snapshot, session.session_id, state)
-            async with session.lock:
-                # the files now hold this snapshot, whatever the log rewrite below does
-                session.base_seq, session.snap_seq, session.prev_seq = int(state["seq"]), int(state["seq"]), fallback
-                kept = [r for r in session.records if r["seq"] > fallback]
-                if session.persisted:
-                    if session.oplog is None:
-                        return
-                    await asyncio.to_thread(session.oplog.compact, kept)
-                session.records = kept
-                session.records_from = max(session.records_from, fallback)
-                log.info("session %s: snapshot at seq %d, %d records kept", session.session_id, state["seq"],
-                         len(kept))
-        except (OSError, RuntimeError) as exc:
-            session.next_compact = session.seq + max(1, self.limits.compact_every // 4)
-            log.error("session %s: cannot snapshot the op log (%s); it keeps growing until this works",
-                      session.session_id, storage_reason(exc))
-        finally:
-            session.compacting = False
-
-    @staticmethod
-    async def _unlog(session: Session, offset: int | None) -> None:
-        """Cut a logged record the engine refused; if even that fails, the record replays (and is refused)."""
-        if offset is None or session.oplog is None:
-            return
-        try:
-            await asyncio.to_thread(session.oplog.rollback, offset)
-        except OSError as exc:
-            log.error("session %s: cannot cut a refused op from the log: %s", session.session_id, exc)
-
     def _announce(self, session: Session, participant: Participant, op: dict[str, Any], seq: int) -> None:
         participant.send(_event(accepted=sessions_pb2.OpAccepted(op_id=op.get("id", ""), seq=seq)))
         session.broadcast(_event(applied=sessions_pb2.OpApplied(seq=seq, participant_id=participant.participant_id,
@@ -701,7 +547,7 @@ class ServerCore:
                     if op["type"] in OBJECT_TYPES and "z" not in op:  # a new object goes on top of the stack
                         op = {**op, "z": session.doc.next_z()}
                     inverse = session.doc.inverse(op)
-                    seq = await self._commit(session, participant.participant_id, op, "op")
+                    seq = await session.commit(participant.participant_id, op, "op", spawn=self._spawn)
                 except CoreError as exc:
                     self._reject(participant, exc.code, exc.message, exc.op_id or op_id)
                     return
@@ -757,7 +603,7 @@ class ServerCore:
                     session.doc.check(op)
                     self._check_images(session, op)
                     inverse = session.doc.inverse(op)
-                    seq = await self._commit(session, participant.participant_id, op, word)
+                    seq = await session.commit(participant.participant_id, op, word, spawn=self._spawn)
                 except CoreError as exc:
                     # someone else's edit made this step impossible (e.g. the object was deleted): drop it
                     self._reject(participant, exc.code, f"cannot {word}: {exc.message}", "")

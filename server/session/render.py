@@ -92,7 +92,7 @@ def check_mask_side(side: int) -> None:
 
 @dataclass
 class RenderJob:
-    session: Any  # server.session.core.Session (applied_seq)
+    session: Any  # server.session.session.Session (applied_seq)
     params: RenderParams
     request_id: int
     future: asyncio.Future

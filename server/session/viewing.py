@@ -22,7 +22,8 @@ from vatlas.server.session.render import (
 from vatlas.v1 import render_pb2
 
 if TYPE_CHECKING:
-    from vatlas.server.session.core import ServerCore, Session
+    from vatlas.server.session.core import ServerCore
+    from vatlas.server.session.session import Session
 
 MAX_RATE_KEYS = 4096  # rate buckets kept per table (gRPC says nothing when a connection goes away)
 
