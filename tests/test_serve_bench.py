@@ -30,6 +30,19 @@ def test_bench_serve_quick_on_cpu(tmp_path: Path) -> None:
     assert "edit->pixels p95" in proc.stdout  # the table is printed too
 
 
+def test_bench_serve_times_a_given_bundle_at_its_own_size(tiny_models_dir: Path, tmp_path: Path) -> None:
+    """--bundle serves a bundle file (a fitted one on the GPU), its strokes inside each frame's visible region."""
+    out = tmp_path / "bundle.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vatlas.cli", "bench", "serve", "--quick", "--device", "cpu", "--clients", "1",
+         "--bundle", str(tiny_models_dir / "tiny.vatlas"), "--json", str(out)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    settings = {(row["measure"], row["setting"]) for row in json.loads(out.read_text())["rows"]}
+    assert {("edit->pixels p95", "grpc 64x48"), ("edit->pixels p95", "websocket 64x48")} <= settings
+
+
 def test_bench_serve_soak_on_cpu(tmp_path: Path) -> None:
     """The soak mode (the GPU runs it for 10 minutes with 16 clients): clients edit and render, and the server's
     memory is reported over time."""

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class _WsLink:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="1920x1080", help="frame size WxH (default 1920x1080)")
     parser.add_argument("--frames", type=int, default=16, help="frames in the synthetic bundle (default 16)")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="serve this fitted bundle instead of a synthetic one (its size and frames are its own)")
     parser.add_argument("--atlas", type=int, default=1024, help="atlas size (default 1024)")
     parser.add_argument("--device", default="auto", help="server device: auto, cpu, cuda")
     parser.add_argument("--duration", type=float, default=None,
@@ -222,9 +224,17 @@ def _slope_per_min(samples: list[tuple[float, float]]) -> float | None:
 # ---------------------------------------------------------------- clients (run in worker processes too)
 
 
-def _stroke(op_id: str, frame: int, rng: random.Random, width: int, height: int) -> dict:
+def _stroke(op_id: str, frame: int, rng: random.Random, width: int, height: int,
+            box: Sequence[int] | None = None) -> dict:
     """A random stroke across the middle of the frame, so that it crosses the (central) ROI of the synthetic
-    scenes on every frame: one entirely outside the editable region would be refused."""
+    scenes on every frame: one entirely outside the editable region would be refused. With `box` (the frame's
+    visible region [x, y, w, h], a fitted bundle) the same stroke across the middle of that box."""
+    if box is not None and box[2] > 0 and box[3] > 0:
+        bx, by, width, height = box
+        x, y = bx + rng.uniform(0.15, 0.25) * width, by + rng.uniform(0.35, 0.55) * height
+        return {"id": op_id, "type": "stroke", "space": "frame", "frame": frame,
+                "points": [[x, y], [x + 0.3 * width, y + 0.03 * height], [x + 0.6 * width, y]],
+                "width": max(2.0, width / 200), "color": [rng.random(), rng.random(), rng.random(), 1.0]}
     x, y = rng.uniform(0.15, 0.25) * width, rng.uniform(0.35, 0.55) * height
     return {"id": op_id, "type": "stroke", "space": "frame", "frame": frame,
             "points": [[x, y], [x + 0.3 * width, y + 0.03 * height], [x + 0.6 * width, y]],
@@ -241,7 +251,7 @@ async def _queued(outbox: asyncio.Queue) -> Any:
 
 
 async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: tuple[int, int],
-                        quality: int) -> list[float]:
+                        quality: int, boxes: Sequence[Sequence[int]] | None = None) -> list[float]:
     import grpc
 
     from vatlas.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
@@ -260,7 +270,8 @@ async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: t
             pass
         for n in range(edits):
             frame = n % frames
-            op = mirror.from_mirror(_stroke(f"g{n}", frame, rng, *size), edits_pb2.EditOp)
+            op = mirror.from_mirror(_stroke(f"g{n}", frame, rng, *size, box=boxes[frame] if boxes else None),
+                                    edits_pb2.EditOp)
             start = time.perf_counter()
             outbox.put_nowait(sessions_pb2.ClientMessage(op=op))
             while True:
@@ -332,7 +343,7 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
 
 
 async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[int, int],
-                      quality: int) -> list[float]:
+                      quality: int, boxes: Sequence[Sequence[int]] | None = None) -> list[float]:
     from websockets.asyncio.client import connect
 
     from vatlas.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
@@ -348,7 +359,8 @@ async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[
             session_id=info.session_id, join_token=info.join_token, name="bench-ws")))
         for n in range(edits):
             frame = n % frames
-            op = mirror.from_mirror(_stroke(f"w{n}", frame, rng, *size), edits_pb2.EditOp)
+            op = mirror.from_mirror(_stroke(f"w{n}", frame, rng, *size, box=boxes[frame] if boxes else None),
+                                    edits_pb2.EditOp)
             start = time.perf_counter()
             await send(session=sessions_pb2.ClientMessage(op=op))
             seq = None
@@ -523,9 +535,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vatlas-bench-serve-") as tmp:
         models = Path(tmp) / "models"
         models.mkdir()
-        bundle = synthetic_bundle(width, height, args.frames, args.atlas, seed=0)
-        save_bundle(bundle, models / "bench.vatlas")
-        del bundle
+        if args.bundle is not None:
+            from vatlas.server.session.bundles import BundleRegistry
+
+            if not args.bundle.is_file():
+                raise SystemExit(f"vatlas bench serve: error: {args.bundle}: no such bundle")
+            (models / "bench.vatlas").symlink_to(args.bundle.resolve())
+            served = BundleRegistry(models).info("bench")
+            width, height, args.frames = int(served.width), int(served.height), int(served.frames)
+        else:
+            bundle = synthetic_bundle(width, height, args.frames, args.atlas, seed=0)
+            save_bundle(bundle, models / "bench.vatlas")
+            del bundle
         server = ServerUnderTest(models, device, Path(tmp) / "data" if args.data else None)
         sampler = MemorySampler(server.proc.pid)
         sampler.start()
@@ -534,9 +555,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pool = None if workers == 1 else multiprocessing.get_context("spawn").Pool(workers)
         try:
             info = asyncio.run(_create_session(server.grpc, "bench"))
+            boxes = asyncio.run(_visible_boxes(server.grpc)) if args.bundle is not None else None
             for transport, fn, target in (("grpc", _latency_grpc, server.grpc), ("websocket", _latency_ws,
                                                                                    server.ws)):
-                latency = asyncio.run(fn(target, info, edits, args.frames, (width, height), args.quality))
+                latency = asyncio.run(fn(target, info, edits, args.frames, (width, height), args.quality, boxes))
                 latency = latency[min(5, len(latency) // 4):]  # warm-up strokes out
                 rows.append({"measure": "edit->pixels p50", "setting": f"{transport} {width}x{height}",
                              "value": _percentile(latency, 0.5), "unit": "ms", "target": ""})
@@ -1082,6 +1104,17 @@ def run_chaos(models: Path, bundle: str, data: Path, kills: int, *, seed: int = 
     tally["snapshots"] = len(tally["snapshots"] - {0})
     tally["server_stderr"] = servers.stderr[-50:]
     return tally
+
+
+async def _visible_boxes(target: str) -> list[list[int]]:
+    """Per frame, the box where the served bundle's region shows (BundleInfo.roi of the loaded bundle)."""
+    import grpc
+
+    from vatlas.v1 import bundles_pb2, bundles_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        info = await bundles_pb2_grpc.BundlesStub(channel).LoadBundle(bundles_pb2.LoadBundleRequest(name="bench"))
+    return [[r.x, r.y, r.width, r.height] for r in info.roi.visible]
 
 
 async def _create_session(target: str, bundle: str, token: str | None = None) -> Any:
