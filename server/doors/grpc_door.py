@@ -300,55 +300,50 @@ class CallCounter:
                 del self.by_address[address]
 
 
+@contextlib.asynccontextmanager
+async def _guarded(context: Context, counter: CallCounter) -> AsyncIterator[None]:
+    """One call's body: counted against its address's calls in flight, any failure turned into a typed status
+    (see `_fail`)."""
+    try:
+        async with counter.call(context):
+            yield
+    except _PASS_THROUGH:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _fail
+        await _fail(context, exc)
+
+
+async def _decoded(request: Any, context: Context) -> None:
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+
+
 def _wrap(behaviour: Any, client_streaming: bool, server_streaming: bool, counter: CallCounter) -> Any:
     """Turn undecodable requests into INVALID_ARGUMENT before the servicer sees them, and any failure into a
-    typed status (see `_fail`); every call counts against its address's calls in flight."""
+    typed status; every call counts against its address's calls in flight (`_guarded`)."""
+    if client_streaming and server_streaming:
+        async def stream_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
+            async with _guarded(context, counter):
+                async for item in behaviour(_checked_stream(requests), context):
+                    yield item
+        return stream_stream
     if client_streaming:
-        if server_streaming:
-            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-                try:
-                    async with counter.call(context):
-                        async for item in behaviour(_checked_stream(requests), context):
-                            yield item
-                except _PASS_THROUGH:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - see _fail
-                    await _fail(context, exc)
-            return stream_stream
-
-        async def stream_unary(requests: Any, context: Any) -> Any:
-            try:
-                async with counter.call(context):
-                    return await behaviour(_checked_stream(requests), context)
-            except _PASS_THROUGH:
-                raise
-            except Exception as exc:  # noqa: BLE001 - see _fail
-                await _fail(context, exc)
+        async def stream_unary(requests: Any, context: Context) -> Any:
+            async with _guarded(context, counter):
+                return await behaviour(_checked_stream(requests), context)
         return stream_unary
     if server_streaming:
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-            try:
-                async with counter.call(context):
-                    async for item in behaviour(request, context):
-                        yield item
-            except _PASS_THROUGH:
-                raise
-            except Exception as exc:  # noqa: BLE001 - see _fail
-                await _fail(context, exc)
+        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            await _decoded(request, context)
+            async with _guarded(context, counter):
+                async for item in behaviour(request, context):
+                    yield item
         return unary_stream
 
-    async def unary_unary(request: Any, context: Any) -> Any:
-        if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-        try:
-            async with counter.call(context):
-                return await behaviour(request, context)
-        except _PASS_THROUGH:
-            raise
-        except Exception as exc:  # noqa: BLE001 - see _fail
-            await _fail(context, exc)
+    async def unary_unary(request: Any, context: Context) -> Any:
+        await _decoded(request, context)
+        async with _guarded(context, counter):
+            return await behaviour(request, context)
     return unary_unary
 
 
