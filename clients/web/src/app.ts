@@ -17,6 +17,7 @@ import { renderLayers, renderMarks, renderParticipants } from "./panels";
 import { $, byId, el, readNumber } from "./dom";
 import { reopenWith, StartFlow } from "./start";
 import { ROI_MASK_SIDE } from "./roi";
+import { Playback } from "./playback";
 import { Selection } from "./select-tool";
 import { SessionProtocol } from "./session";
 import { exposeForTests } from "./test-hooks";
@@ -69,10 +70,6 @@ export class App {
   private renders = 0;
   private readonly editLatencies: number[] = [];
   private drafts = 0;
-  // Playback.
-  private playing = false;
-  private playbackId: number | null = null;
-  private clientPlayTimer: number | undefined;
   // Pointer interaction.
   private drag: { kind: "pan" | "draw"; last: [number, number]; pointerId: number } | null = null;
   private imageBytes: Uint8Array | null = null;
@@ -86,7 +83,7 @@ export class App {
   private pendingPresence: Vec2 | null = null;
   private readonly exporter: Exporter;
   private readonly start: StartFlow;
-  /** Ops sent but not yet accepted or rejected: resent after a reconnect so no edit is lost. */
+  private readonly playback: Playback;
 
   constructor() {
     const query = new URLSearchParams(location.search);
@@ -120,6 +117,24 @@ export class App {
       onUnsolicited: (response) => this.onUnsolicited(response),
     });
     this.exporter = new Exporter(this.conn);
+    const app = this;
+    this.playback = new Playback({
+      conn: this.conn,
+      playable: () => (this.session && !this.atlas ? this.session.session_id ?? "" : null),
+      get frames() { return app.bundle?.frames ?? 1; },
+      get fps() { return app.bundle?.fps ?? 0; },
+      get frame() { return app.frame; },
+      scale: () => this.finalScale(),
+      wantsRegions: () => this.view.regions.size < (this.bundle?.frames ?? 1),
+      show: (frame, scale) => void this.display(frame, false, false, scale),
+      step: () => {
+        if (this.renderInFlight) return;
+        this.frame = (this.frame + 1) % (this.bundle?.frames ?? 1);
+        this.renderNow(true);
+        this.setFrame(this.frame, false);
+      },
+      stopped: () => this.renderNow(),
+    }, ROI_MASK_SIDE);
     this.start = new StartFlow(this.conn, {
       // after a fit: open it here, or (with a session already open) in a fresh page for the new bundle
       openBundle: (name) => (this.session ? reopenWith(name, this.params.token) : this.openBundle(name)),
@@ -142,10 +157,7 @@ export class App {
 
   private async onOpen(reconnected: boolean): Promise<void> {
     // Streams of the old socket are gone: reset what was waiting on them.
-    if (this.playing) {
-      this.playbackId = null;
-      this.stopPlayback();
-    }
+    this.playback.connectionLost();
     this.exporter.abandon();
     try {
       if (this.session) {
@@ -343,8 +355,8 @@ export class App {
   // ------------------------------------------------------------------ rendering
 
   /** Ask for the current frame; coalesced so at most one request is in flight. */
-  private renderNow(): void {
-    if (!this.session || this.playing) return;
+  private renderNow(force = false): void {
+    if (!this.session || (this.playback.playing && !force)) return;
     if (this.renderInFlight) {
       this.renderWanted = true;
       return;
@@ -421,7 +433,7 @@ export class App {
   private onTransform(): void {
     this.updateZoomLabel();
     // Zoomed in past what the last render resolved, or panned beyond its region: ask again.
-    if (!this.playing && !this.shownCoversView()) this.renderNow();
+    if (!this.playback.playing && !this.shownCoversView()) this.renderNow();
   }
 
   /** A zoom or pan by the user: interactive (drafts) until it pauses, then refined to the new viewport. */
@@ -481,7 +493,7 @@ export class App {
     canvas.dataset.scale = String(scale);
     canvas.dataset.region = region ? region.join(",") : "";
     byId("render-label").textContent = `${draft ? "draft" : `${Math.round(scale * 100)}%`} · ${(frame.render_ms ?? 0).toFixed(1)} ms`;
-    if (this.playing) this.setFrame(frame.frame ?? 0, false);
+    if (this.playback.playing) this.setFrame(frame.frame ?? 0, false);
   }
 
   private setFrame(frame: number, render = true): void {
@@ -496,79 +508,6 @@ export class App {
       this.renderNow();
       this.sendPresence(this.pendingPresence);
     }
-  }
-
-  // ------------------------------------------------------------------ playback
-
-  private togglePlay(): void {
-    if (this.playing) this.stopPlayback();
-    else this.startPlayback();
-  }
-
-  private startPlayback(): void {
-    if (!this.session || this.atlas) return;
-    this.playing = true;
-    byId("play-btn").textContent = "❚❚";
-    byId("play-btn").dataset.playing = "true";
-    const frames = this.bundle?.frames ?? 1;
-    const start = this.frame >= frames - 1 ? 0 : this.frame;
-    const playScale = this.finalScale();
-    this.playbackId = this.conn.stream(
-      {
-        playback: {
-          session_id: this.session.session_id ?? "",
-          start_frame: start,
-          loop: true,
-          format: "jpeg",
-          quality: 80,
-          scale: playScale,
-          ...(this.view.regions.size < frames ? { roi_mask_side: ROI_MASK_SIDE } : {}),
-        },
-      },
-      (response) => {
-        if (response.frame) void this.display(response.frame, false, false, playScale);
-        else if (response.error) {
-          // The server would not stream: pace requests here instead, still at the clip's fps.
-          this.endServerPlayback();
-          this.clientPlayback();
-        }
-      },
-    );
-  }
-
-  private clientPlayback(): void {
-    const fps = this.bundle?.fps || 25;
-    const frames = this.bundle?.frames ?? 1;
-    const tick = (): void => {
-      if (!this.playing) return;
-      if (!this.renderInFlight) {
-        this.frame = (this.frame + 1) % frames;
-        this.playing = false; // renderNow skips while playing
-        this.renderNow();
-        this.playing = true;
-        this.setFrame(this.frame, false);
-      }
-      this.clientPlayTimer = window.setTimeout(tick, 1000 / fps);
-    };
-    tick();
-  }
-
-  private endServerPlayback(): void {
-    if (this.playbackId !== null) {
-      this.conn.endStream(this.playbackId);
-      this.conn.send({ stop_playback: {} });
-      this.playbackId = null;
-    }
-  }
-
-  private stopPlayback(): void {
-    if (!this.playing) return;
-    this.playing = false;
-    window.clearTimeout(this.clientPlayTimer);
-    this.endServerPlayback();
-    byId("play-btn").textContent = "▶";
-    byId("play-btn").dataset.playing = "false";
-    this.renderNow();
   }
 
   // ------------------------------------------------------------------ edits
@@ -676,7 +615,7 @@ export class App {
       return;
     }
     if (event.button !== 0) return;
-    this.stopPlayback();
+    this.playback.stop();
     const at = this.view.toFrame(event.clientX, event.clientY);
     this.lastActivity = performance.now();
     if (this.tool === "select") {
@@ -840,7 +779,7 @@ export class App {
       remove: (layer) => this.sendOp({ id: this.newOpId("del"), type: "delete", target: layer.id }),
       goTo: (layer: Layer) => {
         if (layer.op.frame === undefined || this.atlas) return;
-        this.stopPlayback();
+        this.playback.stop();
         this.setFrame(layer.op.frame);
         if (this.selection.select(layer.id)) this.setTool("select");
       },
@@ -918,7 +857,7 @@ export class App {
       this.updateZoomLabel();
     });
     byId<HTMLInputElement>("atlas-toggle").addEventListener("change", (e) => {
-      this.stopPlayback();
+      this.playback.stop();
       this.atlas = (e.target as HTMLInputElement).checked;
       this.view.clear();
       this.view.setSize(this.bundle?.width ?? 1, this.bundle?.height ?? 1);
@@ -926,7 +865,7 @@ export class App {
     });
     const scrubber = byId<HTMLInputElement>("scrubber");
     scrubber.addEventListener("input", () => {
-      this.stopPlayback();
+      this.playback.stop();
       this.lastActivity = performance.now();
       this.setFrame(Number(scrubber.value));
     });
@@ -937,7 +876,7 @@ export class App {
       this.showRegionState();
     });
     this.selection.bind();
-    byId("play-btn").addEventListener("click", () => this.togglePlay());
+    byId("play-btn").addEventListener("click", () => this.playback.toggle());
     byId("undo-btn").addEventListener("click", () => this.undo());
     byId("redo-btn").addEventListener("click", () => this.redo());
     byId("export-btn").addEventListener("click", () => {
@@ -1018,10 +957,10 @@ export class App {
       return;
     } else if (key === " ") {
       e.preventDefault();
-      this.togglePlay();
+      this.playback.toggle();
     } else if (key === "arrowleft" || key === "arrowright") {
       e.preventDefault();
-      this.stopPlayback();
+      this.playback.stop();
       this.setFrame(this.frame + (key === "arrowleft" ? -1 : 1));
     } else if (key === "+" || key === "=") {
       this.zoomBy(1.25);

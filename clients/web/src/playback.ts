@@ -1,0 +1,107 @@
+// Playback: the server streams frames at the clip's rate (Playback over the socket); when it will not, the page
+// paces single renders itself at the same rate. The Play button shows the state.
+import type { Connection } from "./connection";
+import type { RenderedFrame } from "./generated/messages";
+import { byId } from "./dom";
+
+/** What playback needs from the app. */
+export interface PlaybackHost {
+  readonly conn: Connection;
+  /** The session to play, or null when there is none (or the atlas is shown). */
+  playable(): string | null;
+  readonly frames: number;
+  readonly fps: number;
+  readonly frame: number;
+  /** The scale to play at (the viewport's). */
+  scale(): number;
+  /** Whether the frames should carry their region mask (some frame's is not known yet). */
+  wantsRegions(): boolean;
+  /** A streamed frame arrived. */
+  show(frame: RenderedFrame, scale: number): void;
+  /** Pacing here: render the next frame unless one is still in flight. */
+  step(): void;
+  /** Playback ended: show the current frame at full quality. */
+  stopped(): void;
+}
+
+export class Playback {
+  playing = false;
+  private streamId: number | null = null;
+  private timer: number | undefined;
+
+  constructor(private readonly host: PlaybackHost, private readonly regionMaskSide: number) {}
+
+  toggle(): void {
+    if (this.playing) this.stop();
+    else this.start();
+  }
+
+  start(): void {
+    const sessionId = this.host.playable();
+    if (sessionId === null) return;
+    this.playing = true;
+    this.showState();
+    const frames = this.host.frames;
+    const start = this.host.frame >= frames - 1 ? 0 : this.host.frame;
+    const scale = this.host.scale();
+    this.streamId = this.host.conn.stream(
+      {
+        playback: {
+          session_id: sessionId,
+          start_frame: start,
+          loop: true,
+          format: "jpeg",
+          quality: 80,
+          scale,
+          ...(this.host.wantsRegions() ? { roi_mask_side: this.regionMaskSide } : {}),
+        },
+      },
+      (response) => {
+        if (response.frame) this.host.show(response.frame, scale);
+        else if (response.error) {
+          // The server would not stream: pace requests here instead, still at the clip's fps.
+          this.endStream();
+          this.paceHere();
+        }
+      },
+    );
+  }
+
+  stop(): void {
+    if (!this.playing) return;
+    this.playing = false;
+    window.clearTimeout(this.timer);
+    this.endStream();
+    this.showState();
+    this.host.stopped();
+  }
+
+  /** The socket went away with its streams: nothing to end on the server. */
+  connectionLost(): void {
+    this.streamId = null;
+    this.stop();
+  }
+
+  private paceHere(): void {
+    const fps = this.host.fps || 25;
+    const tick = (): void => {
+      if (!this.playing) return;
+      this.host.step();
+      this.timer = window.setTimeout(tick, 1000 / fps);
+    };
+    tick();
+  }
+
+  private endStream(): void {
+    if (this.streamId !== null) {
+      this.host.conn.endStream(this.streamId);
+      this.host.conn.send({ stop_playback: {} });
+      this.streamId = null;
+    }
+  }
+
+  private showState(): void {
+    byId("play-btn").textContent = this.playing ? "❚❚" : "▶";
+    byId("play-btn").dataset.playing = String(this.playing);
+  }
+}
