@@ -77,8 +77,9 @@ from vatlas.server.doors.auth import PROTOCOL_VERSION, check_protocol, check_tok
 from vatlas.server.doors.http import OriginPolicy, StaticFiles, text_response, webapp_root
 from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.server.session.core import ServerCore
+from vatlas.server.session.presence import Participant
 from vatlas.server.session.viewing import Viewer
-from vatlas.v1 import bundles_pb2, common_pb2, mirror, sessions_pb2
+from vatlas.v1 import bundles_pb2, common_pb2, mirror, render_pb2, sessions_pb2
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
@@ -139,7 +140,7 @@ class WsConnection:
         self.token = token
         self.key = f"ws:{id(self)}"
         self.authorized: set[str] = set()
-        self.participant: Any = None
+        self.participant: Participant | None = None
         self.session_request_id = 0
         self.tasks: set[asyncio.Task] = set()
         self.playback: asyncio.Task | None = None
@@ -337,13 +338,13 @@ class WsConnection:
     async def _call_list_bundles(self, rid: int, _: Any) -> None:
         await self.send(rid, bundles=bundles_pb2.ListBundlesResponse(bundles=self.core.list_bundles()))
 
-    async def _call_load_bundle(self, rid: int, request: Any) -> None:
+    async def _call_load_bundle(self, rid: int, request: bundles_pb2.LoadBundleRequest) -> None:
         await self.send(rid, bundle_info=await self.core.load_bundle(request.name))
 
-    async def _call_bundle_info(self, rid: int, request: Any) -> None:
+    async def _call_bundle_info(self, rid: int, request: bundles_pb2.GetBundleInfoRequest) -> None:
         await self.send(rid, bundle_info=self.core.bundle_info(request.name))
 
-    async def _call_create_session(self, rid: int, request: Any) -> None:
+    async def _call_create_session(self, rid: int, request: sessions_pb2.CreateSessionRequest) -> None:
         info = await self.core.create_session(request)
         self.authorized.add(info.session_id)
         await self.send(rid, session_info=info)
@@ -351,19 +352,19 @@ class WsConnection:
     async def _call_list_sessions(self, rid: int, _: Any) -> None:
         await self.send(rid, sessions=sessions_pb2.ListSessionsResponse(sessions=self.core.list_sessions()))
 
-    async def _call_render(self, rid: int, request: Any) -> None:
+    async def _call_render(self, rid: int, request: render_pb2.RenderRequest) -> None:
         request.request_id = request.request_id or rid
         frame = await self.core.viewing.render(self.key, request, self.authorized, viewer=self.viewer)
         await self.send(rid, frame=frame)
 
-    async def _call_playback(self, rid: int, request: Any) -> None:
+    async def _call_playback(self, rid: int, request: render_pb2.PlaybackRequest) -> None:
         frames = await self.core.viewing.playback(self.key, request, self.authorized, viewer=self.viewer)
         async with contextlib.aclosing(frames):  # stop_playback ends the producer at once
             async for frame in frames:
                 frame.request_id = rid
                 await self.send(rid, frame=frame)
 
-    async def _call_export(self, rid: int, request: Any) -> None:
+    async def _call_export(self, rid: int, request: render_pb2.ExportRequest) -> None:
         events = await self.core.jobs.export(request, self.authorized)
         async with contextlib.aclosing(events):
             async for event in events:
@@ -397,13 +398,13 @@ class WsConnection:
             result = await self.core.jobs.upload(stream)
         await self.send(rid, upload=result)
 
-    async def _call_upload_frame(self, rid: int, request: Any) -> None:
+    async def _call_upload_frame(self, rid: int, request: bundles_pb2.UploadFrameRequest) -> None:
         await self.send(rid, upload_frame=await self.core.jobs.upload_frame(request))
 
-    async def _call_start_fit(self, rid: int, request: Any) -> None:
+    async def _call_start_fit(self, rid: int, request: bundles_pb2.StartFitRequest) -> None:
         await self._follow_fit(rid, await self.core.jobs.start_fit(request))
 
-    async def _call_attach_fit(self, rid: int, request: Any) -> None:
+    async def _call_attach_fit(self, rid: int, request: bundles_pb2.AttachFitRequest) -> None:
         await self._follow_fit(rid, await self.core.jobs.attach(request))
 
     async def _follow_fit(self, rid: int, events: AsyncIterator[bundles_pb2.FitProgress]) -> None:
@@ -411,7 +412,7 @@ class WsConnection:
             async for event in events:
                 await self.send(rid, fit=event)
 
-    async def _call_cancel_fit(self, rid: int, request: Any) -> None:
+    async def _call_cancel_fit(self, rid: int, request: bundles_pb2.CancelFitRequest) -> None:
         await self.send(rid, fit_info=await self.core.jobs.cancel(request))
 
     async def _call_list_fits(self, rid: int, _: Any) -> None:
@@ -443,7 +444,7 @@ class WsConnection:
         self.session_inbox.put_nowait((message, size))  # in order; bounded by the inbound bytes, not a count
         return True
 
-    async def _run_session(self, participant: Any) -> None:
+    async def _run_session(self, participant: Participant) -> None:
         while True:
             message, size = await self.session_inbox.get()
             try:
@@ -453,7 +454,7 @@ class WsConnection:
             finally:
                 self._release(size)
 
-    async def _pump_events(self, participant: Any, rid: int) -> None:
+    async def _pump_events(self, participant: Participant, rid: int) -> None:
         """Forward the participant's events; when its stream ends, the connection may join again."""
         try:
             while True:
