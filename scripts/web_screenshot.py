@@ -5,9 +5,10 @@ Bob's cursor, then screenshots Alice's window. Needs the built client (clients/w
 
 Usage: python scripts/web_screenshot.py [--out docs/screenshot.png] [--region-shots docs]
 
-With --region-shots DIR it writes the editable region's and the Select tool's pictures instead:
-DIR/web-region.png (the outline and the hint) and DIR/web-select.png (a placed image selected, with its
-handles and the Selection panel).
+With --region-shots DIR it writes the editable region's, the Select tool's and the two-region pictures instead:
+DIR/web-region.png (the outline and the hint), DIR/web-select.png (a placed image selected, with its
+handles and the Selection panel) and DIR/web-regions.png (an ROI of two polygons, region 2 picked: a stroke
+dragged across both paints region 2 only).
 """
 
 from __future__ import annotations
@@ -169,10 +170,24 @@ def _small_png(data: bytes, path: Path) -> None:
     Image.open(io.BytesIO(data)).convert("RGB").quantize(256).save(path, optimize=True)
 
 
+def split_roi_bundle(scene: Any, path: Path) -> None:
+    """The scene's exact bundle with its ROI cut into a left and a right polygon: two regions."""
+    import numpy as np
+    from vatlas.models.bundle import save_bundle
+
+    bundle = scene.ground_truth_bundle(atlas_size=512)
+    pts = np.concatenate([np.asarray(p, np.float64) for p in bundle.roi_polygons])
+    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+    mid = (x0 + x1) / 2.0
+    bundle.roi_polygons = [[[x0, y0], [mid, y0], [mid, y1], [x0, y1]], [[mid, y0], [x1, y0], [x1, y1], [mid, y1]]]
+    save_bundle(bundle, path)
+
+
 def take_region_shots(out_dir: Path) -> None:
-    """docs/web-region.png and docs/web-select.png: small crops of one window."""
+    """docs/web-region.png, docs/web-select.png and docs/web-regions.png: small crops of one window."""
     with tempfile.TemporaryDirectory() as tmp:
         scene = demo_models(Path(tmp), 12)
+        split_roi_bundle(scene, Path(tmp) / "models" / "two.vatlas")
         with served_browser(Path(tmp)) as (http, browser):
             # string predicates are evaluated, which the server's CSP forbids: the page bypasses it
             page = browser.new_context(viewport={"width": 960, "height": 560}, bypass_csp=True).new_page()
@@ -201,6 +216,20 @@ def take_region_shots(out_dir: Path) -> None:
             page.wait_for_timeout(300)
             _small_png(page.screenshot(clip={"x": 0, "y": 40, "width": 960, "height": 480}), out_dir / "web-select.png")
 
+            # two regions: region 2 picked, a stroke dragged across both paints region 2 only
+            page = browser.new_context(viewport={"width": 960, "height": 560}, bypass_csp=True).new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{http}/?bundle=two&token={TOKEN}&name=Alice")
+            page.wait_for_selector("#app[data-ready=true]")
+            page.wait_for_selector("#view-canvas[data-roi=shown]")
+            page.select_option("[data-testid=roi-region]", "2")
+            xs = [float(p[0]) for poly in scene.roi.polygons for p in poly]
+            stroke(page, [(min(xs) + 10, cy), (max(xs) - 10, cy + 6)], "#ff3b30", 10)
+            page.wait_for_function("window.vatlas.pendingPreviews === 0 && window.vatlas.seq >= 1"
+                                   " && document.querySelector('#view-canvas').dataset.draft === 'false'")
+            page.wait_for_timeout(300)
+            _small_png(page.screenshot(clip={"x": 0, "y": 0, "width": 960, "height": 520}), out_dir / "web-regions.png")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -208,14 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", type=int, default=0, metavar="N",
                         help="after the screenshot, draw N strokes and print the edit-to-pixels latency")
     parser.add_argument("--region-shots", type=Path, default=None, metavar="DIR",
-                        help="write DIR/web-region.png and DIR/web-select.png instead")
+                        help="write DIR/web-region.png, DIR/web-select.png and DIR/web-regions.png instead")
     args = parser.parse_args(argv)
     if not Path("/usr/bin/chromium").exists():
         print("web_screenshot: /usr/bin/chromium is missing", file=sys.stderr)
         return 2
     if args.region_shots is not None:
         take_region_shots(args.region_shots)
-        print(f"wrote {args.region_shots / 'web-region.png'} and {args.region_shots / 'web-select.png'}")
+        print(f"wrote {args.region_shots / 'web-region.png'}, web-select.png and web-regions.png")
         return 0
     take(args.out, args.measure)
     print(f"wrote {args.out}")
