@@ -517,6 +517,10 @@ def test_renders_follow_the_viewport(running_server: Any, tiny_bundle: Any, new_
     origin = page.evaluate("window.vatlas.clientPoint(0, 0)")
     assert region["width"] == int(np.ceil((canvas["x"] + canvas["width"] - origin[0]) / view["zoom"]))
     assert region["height"] == int(np.ceil((canvas["y"] + canvas["height"] - origin[1]) / view["zoom"]))
+    # the crop of frame 0 itself (a loaded machine can still be showing frame 1's crop of the same size)
+    page.wait_for_function("([w, h]) => { const d = window.vatlas.frameData(); return d && d.frame === 0 "
+                           "&& d.scale === 1 && d.width === w && d.height === h; }",
+                           arg=[region["width"], region["height"]])
     data = page.evaluate("window.vatlas.frameData()")
     assert (data["width"], data["height"]) == (region["width"], region["height"])
     assert data["region"] == [0, 0, region["width"], region["height"]]
