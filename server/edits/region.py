@@ -14,6 +14,7 @@ placed only where it touches region k and drawn only on it; the coarse mask says
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -100,17 +101,17 @@ def check_on_region(bundle: Bundle, op: dict[str, Any]) -> None:
         offset = np.array([bundle.atlas_size / 2.0 - bundle.width / 2.0 * k,
                            bundle.atlas_size / 2.0 - bundle.height / 2.0 * k])
         threshold = 1
-        if region:
-            ys, xs = np.mgrid[0:grid.shape[0], 0:grid.shape[1]].astype(np.float64) + 0.5
-            grid = np.where(regions_at(bundle, (np.stack([xs, ys], -1) - offset) / k) == region, grid, 0)
+
+        def labels(centres: np.ndarray) -> np.ndarray:
+            return regions_at(bundle, (centres - offset) / k)
     else:
         frame = int(op["frame"])
         grid, k, offset, threshold = bundle.mask[frame], 1.0, np.zeros(2), VISIBLE
-        if region:
-            ys, xs = np.mgrid[0:bundle.height, 0:bundle.width].astype(np.float64) + 0.5
-            grid = np.where(frame_regions(bundle, frame, np.stack([xs, ys], -1)) == region, grid, 0)
+
+        def labels(centres: np.ndarray) -> np.ndarray:
+            return frame_regions(bundle, frame, centres)
     shapes = [(pts * k + offset, width * k, closed) for pts, width, closed in _footprint(op)]
-    if not _touches(grid, shapes, threshold):
+    if not _touches(grid, shapes, threshold, (region, labels) if region else None):
         raise outside_region(op.get("id", ""))
 
 
@@ -133,8 +134,10 @@ def _footprint(op: dict[str, Any]) -> list[tuple[np.ndarray, float, bool]]:
     return [(corners + centre, 0.0, True)]
 
 
-def _touches(grid: np.ndarray, shapes: list[tuple[np.ndarray, float, bool]], threshold: int) -> bool:
-    """Whether the shapes cover any cell of grid (H, W) at or above threshold."""
+def _touches(grid: np.ndarray, shapes: list[tuple[np.ndarray, float, bool]], threshold: int,
+             only: tuple[int, Callable[[np.ndarray], np.ndarray]] | None = None) -> bool:
+    """Whether the shapes cover any cell of grid (H, W) at or above threshold; with `only` = (region, labels of
+    cell centres), only cells of that ROI region count (labelled over the shapes' box alone)."""
     pts = np.concatenate([p for p, _, _ in shapes])
     reach = max(w for _, w, _ in shapes) / 2.0 + 1.0
     x0, y0 = (max(int(math.floor(v - reach)), 0) for v in pts.min(axis=0))
@@ -143,6 +146,10 @@ def _touches(grid: np.ndarray, shapes: list[tuple[np.ndarray, float, bool]], thr
     if x1 <= x0 or y1 <= y0:
         return False
     crop = grid[y0:y1, x0:x1]
+    if only is not None:
+        region, labels = only
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64) + 0.5
+        crop = np.where(labels(np.stack([xs, ys], -1)) == region, crop, 0)
     f = max(1, math.ceil(math.sqrt(crop.size / MAX_CHECK_PIXELS)))
     if f > 1:  # any visible cell of an f x f block keeps the block (a thin visible sliver is not lost)
         hh, ww = math.ceil(crop.shape[0] / f) * f, math.ceil(crop.shape[1] / f) * f
