@@ -43,7 +43,7 @@ _SCALARS = {
 def _load_files() -> list[FileDescriptor]:
     import importlib
 
-    return [importlib.import_module(f"vatlas.v1.{name}").DESCRIPTOR for name in PROTO_MODULES]
+    return [importlib.import_module(f"vatlas_wire.v1.{name}").DESCRIPTOR for name in PROTO_MODULES]
 
 
 def _ts_type(field: FieldDescriptor) -> str:
@@ -127,7 +127,7 @@ def generate() -> str:
 
 def _op_kinds() -> list[str]:
     """The op kinds and each object kind's fields, as edits.proto's options declare them (vatlas.v1.op_kinds)."""
-    from vatlas.v1.op_kinds import CONTROL_TYPES, FIELDS_BY_TYPE, OBJECT_TYPES
+    from vatlas_wire.v1.op_kinds import CONTROL_TYPES, FIELDS_BY_TYPE, OBJECT_TYPES
 
     def quoted(names: tuple[str, ...]) -> str:
         return ", ".join(f'"{n}"' for n in names)

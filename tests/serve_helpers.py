@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from vatlas.v1 import (
+from vatlas_wire.v1 import (
     bundles_pb2_grpc,
     edits_pb2,
     mirror,

@@ -37,7 +37,7 @@ def test_generated_message_types_are_current() -> None:
 
 
 def test_generated_types_cover_every_ws_call_and_result() -> None:
-    from vatlas.v1 import sessions_pb2
+    from vatlas_wire.v1 import sessions_pb2
 
     text = (WEB / "src" / "generated" / "messages.ts").read_text(encoding="utf-8")
     for message in ("WsRequest", "WsResponse", "ClientMessage", "ServerEvent"):

@@ -27,7 +27,7 @@ from conftest import TINY_BUNDLE
 from PIL import Image
 from serve_helpers import AioStubs, GrpcSession, stroke_op
 from vatlas.server.session.oplog import DAMAGED_SUFFIX, read_records, read_snapshot
-from vatlas.v1 import render_pb2, sessions_pb2
+from vatlas_wire.v1 import render_pb2, sessions_pb2
 
 from vatlas.bench.serve import run_chaos
 

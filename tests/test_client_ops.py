@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from vatlas.v1 import common_pb2, render_pb2
 from vatlas_client import (
     InvalidArgument,
     NotFound,
@@ -22,6 +21,7 @@ from vatlas_client import (
 )
 from vatlas_client.errors import error_for_code, from_error_message, rejection
 from vatlas_client.records import Ack, Frame
+from vatlas_wire.v1 import common_pb2, render_pb2
 
 
 def test_stroke_fields_and_generated_id() -> None:

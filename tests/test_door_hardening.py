@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_BUNDLE, start_in_process_server
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
 from vatlas.server.session.limits import ServerLimits
-from vatlas.v1 import bundles_pb2, edits_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, edits_pb2, sessions_pb2
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 

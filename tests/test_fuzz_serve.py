@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
 from vatlas.server.session.limits import ServerLimits
-from vatlas.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 
 MAX_MESSAGE = 1024 * 1024
 MAX_UPLOAD = 256 * 1024

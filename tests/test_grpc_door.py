@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serve_helpers import AioStubs, GrpcSession, GrpcStubs, stroke_op
 from vatlas.server.encoders import decode
-from vatlas.v1 import bundles_pb2, render_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, render_pb2, sessions_pb2
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from conftest import start_in_process_server
 from serve_helpers import AioStubs, GrpcStubs
 from vatlas.server.session.limits import ServerLimits
-from vatlas.v1 import bundles_pb2, render_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, render_pb2, sessions_pb2
 
 from vatlas.video import write_mp4
 

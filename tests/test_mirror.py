@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from vatlas.v1 import common_pb2, edits_pb2, mirror, sessions_pb2
+from vatlas_wire.v1 import common_pb2, edits_pb2, mirror, sessions_pb2
 
 ALL_CLASSES = mirror.message_classes()
 
@@ -85,7 +85,7 @@ def test_every_ws_call_and_bundles_rpc_has_a_handler() -> None:
     """The WebSocket mirrors the services: each WsRequest call is handled, each Bundles RPC is served."""
     from vatlas.server.doors.grpc_door import BundlesDoor
     from vatlas.server.doors.ws_door import WsConnection
-    from vatlas.v1 import bundles_pb2
+    from vatlas_wire.v1 import bundles_pb2
 
     handled_inline = {"hello", "session", "stop_playback"}  # the connection's own handshake and streams
     for field in sessions_pb2.WsRequest.DESCRIPTOR.oneofs_by_name["call"].fields:
@@ -183,7 +183,7 @@ def test_nan_passes_the_wire_and_is_left_to_validators() -> None:
 def test_op_kinds_and_their_fields_come_from_the_proto_options() -> None:
     """edits.proto declares the kinds and each kind's fields once; the server validates by exactly that table."""
     from vatlas.server.edits.ops import FIELDS_BY_TYPE, OBJECT_TYPES, OP_TYPES
-    from vatlas.v1 import edits_pb2
+    from vatlas_wire.v1 import edits_pb2
 
     options = edits_pb2.EditOp.DESCRIPTOR.GetOptions()
     assert OBJECT_TYPES == tuple(options.Extensions[edits_pb2.object_kinds]) == ("stroke", "texture", "adjustment",

@@ -40,12 +40,12 @@ def test_every_package_folder_is_listed() -> None:
 
 def test_generated_protos_are_current(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
-    protos = sorted((ROOT / "protos" / "vatlas" / "v1").glob("*.proto"))
+    protos = sorted((ROOT / "protos" / "vatlas_wire" / "v1").glob("*.proto"))
     cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"--python_out={tmp_path}",
            f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *map(str, protos)]
     subprocess.run(cmd, check=True)
-    for generated in (tmp_path / "vatlas" / "v1").iterdir():
-        committed = ROOT / "protos" / "vatlas" / "v1" / generated.name
+    for generated in (tmp_path / "vatlas_wire" / "v1").iterdir():
+        committed = ROOT / "protos" / "vatlas_wire" / "v1" / generated.name
         assert committed.exists(), f"{generated.name} is not committed; run scripts/gen_protos.sh"
         assert committed.read_text() == generated.read_text(), f"{generated.name} is stale; run scripts/gen_protos.sh"
 

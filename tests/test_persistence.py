@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_BUNDLE
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
 from vatlas.server.session.oplog import HEADER, OpLog, SessionStore, encode_record, read_records
-from vatlas.v1 import edits_pb2, sessions_pb2
+from vatlas_wire.v1 import edits_pb2, sessions_pb2
 
 
 def _records(n: int) -> list[dict]:

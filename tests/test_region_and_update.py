@@ -21,8 +21,8 @@ from test_edits_fixtures import png_bytes, solid_rgba
 from vatlas.server.edits.region import visible_boxes
 from vatlas.server.encoders import decode
 from vatlas.server.session.bundles import BundleRegistry
-from vatlas.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 from vatlas_client import AsyncClient, Client
+from vatlas_wire.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 
 from vatlas.cli import main
 from vatlas.errors import OUTSIDE_REGION

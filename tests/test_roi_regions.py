@@ -15,8 +15,8 @@ from vatlas.models.bundle import Bundle, save_bundle
 from vatlas.server.edits.engine import EditEngine
 from vatlas.server.edits.roi_labels import frame_regions
 from vatlas.server.errors import CoreError
-from vatlas.v1 import edits_pb2, render_pb2, sessions_pb2
 from vatlas_client import Client, ops
+from vatlas_wire.v1 import edits_pb2, render_pb2, sessions_pb2
 
 from vatlas.errors import OUTSIDE_REGION
 from vatlas.synth import make_scene

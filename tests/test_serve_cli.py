@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_BUNDLE
 from serve_helpers import GrpcStubs, stroke_proto
 from vatlas.server.session.oplog import read_records
-from vatlas.v1 import bundles_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, sessions_pb2
 
 from vatlas.commands.serve import host_port
 

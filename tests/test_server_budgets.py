@@ -24,8 +24,8 @@ from PIL import Image
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
 from vatlas.server.doors import ws_door
 from vatlas.server.session.limits import MIB, ServerLimits
-from vatlas.v1 import bundles_pb2, bundles_pb2_grpc, render_pb2, render_pb2_grpc, sessions_pb2
 from vatlas_client import Client
+from vatlas_wire.v1 import bundles_pb2, bundles_pb2_grpc, render_pb2, render_pb2_grpc, sessions_pb2
 
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]  # a channel of its own connection
 
@@ -70,7 +70,7 @@ def test_websocket_frames_waiting_are_bounded_by_bytes(tiny_models_dir: Path) ->
             for i, png in enumerate(pngs):
                 op = {"id": f"t{i}", "type": "texture", "space": "frame", "frame": 0, "image": png,
                       "rect": [4, 4, 32, 32]}
-                from vatlas.v1 import edits_pb2, mirror
+                from vatlas_wire.v1 import edits_pb2, mirror
 
                 await client.send(session=sessions_pb2.ClientMessage(op=mirror.from_mirror(op, edits_pb2.EditOp)))
 

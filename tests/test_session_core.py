@@ -14,7 +14,7 @@ from vatlas.server.errors import CoreError
 from vatlas.server.session.core import CoreConfig, ServerCore
 from vatlas.server.session.document import Document
 from vatlas.server.session.limits import ServerLimits, TokenBucket
-from vatlas.v1 import render_pb2, sessions_pb2
+from vatlas_wire.v1 import render_pb2, sessions_pb2
 
 
 def drain(participant) -> list:
@@ -213,7 +213,7 @@ def test_join_checks(tiny_models_dir: Path) -> None:
 
 
 def test_initial_document_is_validated_and_sequenced(tiny_models_dir: Path) -> None:
-    from vatlas.v1 import edits_pb2, mirror
+    from vatlas_wire.v1 import edits_pb2, mirror
 
     async def scenario() -> None:
         core = await make_core(tiny_models_dir)

@@ -11,7 +11,7 @@ from conftest import start_in_process_server
 from serve_helpers import GrpcStubs
 from vatlas.server.errors import CoreError
 from vatlas.server.session.jobs import SANITIZED_NAME, sanitize_upload
-from vatlas.v1 import bundles_pb2
+from vatlas_wire.v1 import bundles_pb2
 
 from vatlas.video import read_video, write_mp4
 

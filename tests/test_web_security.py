@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import READY_TIMEOUT, TEST_TOKEN, TINY_BUNDLE, start_in_process_server
 from serve_helpers import WsClient
-from vatlas.v1 import sessions_pb2
+from vatlas_wire.v1 import sessions_pb2
 
 ALLOWED = "https://editor.example.com"
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_BUNDLE, TINY_FRAMES, TINY_SIZE
 from serve_helpers import AioStubs, GrpcSession, WsClient, stroke_op
 from vatlas.server.encoders import decode
-from vatlas.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, edits_pb2, mirror, render_pb2, sessions_pb2
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 

@@ -15,7 +15,7 @@ from conftest import start_in_process_server
 from serve_helpers import WsClient
 from vatlas.server.encoders import decode
 from vatlas.server.session.limits import ServerLimits
-from vatlas.v1 import bundles_pb2
+from vatlas_wire.v1 import bundles_pb2
 
 from vatlas.synth import make_scene
 from vatlas.video import write_mp4
@@ -50,7 +50,7 @@ async def upload(client: WsClient, data: bytes, *, announce: bool = True) -> tup
     """Send `data` in CHUNK-byte chunks under one request id; the acknowledged byte counts and the result."""
     rid = client.next_id
     client.next_id += 1
-    from vatlas.v1 import mirror, sessions_pb2
+    from vatlas_wire.v1 import mirror, sessions_pb2
 
     pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
     for i, piece in enumerate(pieces):

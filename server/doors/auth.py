@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 
 from vatlas.server.errors import CoreError
-from vatlas.v1 import common_pb2
+from vatlas_wire.v1 import common_pb2
 
 PROTOCOL_VERSION = common_pb2.PROTOCOL_VERSION_CURRENT
 

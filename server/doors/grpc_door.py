@@ -33,7 +33,7 @@ from vatlas.server.doors.auth import bearer, check_protocol, check_token
 from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.server.session.core import ServerCore
 from vatlas.server.session.viewing import Viewer
-from vatlas.v1 import (
+from vatlas_wire.v1 import (
     bundles_pb2,
     bundles_pb2_grpc,
     render_pb2,
@@ -218,7 +218,7 @@ class SessionsDoor(_Door, sessions_pb2_grpc.SessionsServicer):
 
 
 def _err(code: str, message: str) -> Any:
-    from vatlas.v1 import common_pb2
+    from vatlas_wire.v1 import common_pb2
 
     return common_pb2.Error(code=code, message=message)
 

@@ -79,7 +79,7 @@ from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
 from vatlas.server.session.core import ServerCore
 from vatlas.server.session.presence import Participant
 from vatlas.server.session.viewing import Viewer
-from vatlas.v1 import bundles_pb2, common_pb2, mirror, render_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, common_pb2, mirror, render_pb2, sessions_pb2
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from vatlas.server.errors import CoreError
-from vatlas.v1.op_kinds import CONTROL_TYPES, OBJECT_TYPES, OP_TYPES
-from vatlas.v1.op_kinds import FIELDS_BY_TYPE as PROTO_FIELDS
+from vatlas_wire.v1.op_kinds import CONTROL_TYPES, OBJECT_TYPES, OP_TYPES
+from vatlas_wire.v1.op_kinds import FIELDS_BY_TYPE as PROTO_FIELDS
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -14,7 +14,7 @@ import numpy as np
 from vatlas.models.bundle import Bundle, BundleError, load_bundle, read_manifest
 from vatlas.server.edits.region import visible_boxes
 from vatlas.server.errors import CoreError, scrub_paths
-from vatlas.v1 import bundles_pb2, edits_pb2
+from vatlas_wire.v1 import bundles_pb2, edits_pb2
 
 SUFFIX = ".vatlas"
 # matched with fullmatch: "$" alone would also accept a trailing newline

@@ -57,7 +57,7 @@ from vatlas.server.session.render import (
 )
 from vatlas.server.session.session import History, Session, restorable
 from vatlas.server.session.viewing import Viewing
-from vatlas.v1 import bundles_pb2, common_pb2, edits_pb2, mirror, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, common_pb2, edits_pb2, mirror, sessions_pb2
 
 if TYPE_CHECKING:  # the engine imports torch: only for the annotations
     from vatlas.server.edits.engine import EditEngine

@@ -43,7 +43,7 @@ from typing import Any
 
 from vatlas.server.errors import INTERNAL_MESSAGE, CoreError, scrub_paths
 from vatlas.server.session.bundles import check_bundle_name
-from vatlas.v1 import bundles_pb2, common_pb2, render_pb2
+from vatlas_wire.v1 import bundles_pb2, common_pb2, render_pb2
 
 log = logging.getLogger(__name__)
 

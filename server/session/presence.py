@@ -9,7 +9,7 @@ from typing import Any
 
 from vatlas.server.errors import CoreError
 from vatlas.server.session.limits import ServerLimits, TokenBucket
-from vatlas.v1 import common_pb2, edits_pb2, sessions_pb2
+from vatlas_wire.v1 import common_pb2, edits_pb2, sessions_pb2
 
 # matched with fullmatch: "$" alone would also accept a trailing newline
 PARTICIPANT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")

@@ -25,7 +25,7 @@ from typing import Any
 
 from vatlas.server.edits.region import MAX_MASK_SIDE
 from vatlas.server.errors import INTERNAL_MESSAGE, CoreError
-from vatlas.v1 import render_pb2
+from vatlas_wire.v1 import render_pb2
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from vatlas.server.errors import CoreError
 from vatlas.server.session.document import Document
 from vatlas.server.session.oplog import OpLog, SessionStore
 from vatlas.server.session.presence import Participant
-from vatlas.v1 import sessions_pb2
+from vatlas_wire.v1 import sessions_pb2
 
 if TYPE_CHECKING:  # the engine imports torch: only for the annotations
     from vatlas.models.bundle import Bundle

@@ -19,7 +19,7 @@ from vatlas.server.session.render import (
     check_mask_side,
     check_render_request,
 )
-from vatlas.v1 import render_pb2
+from vatlas_wire.v1 import render_pb2
 
 if TYPE_CHECKING:
     from vatlas.server.session.core import ServerCore

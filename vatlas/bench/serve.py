@@ -56,14 +56,14 @@ class _WsLink:
         self.rid = 0
 
     async def send(self, **call: Any) -> int:
-        from vatlas.v1 import mirror, sessions_pb2
+        from vatlas_wire.v1 import mirror, sessions_pb2
 
         self.rid += 1
         await self.ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=self.rid, **call)))
         return self.rid
 
     async def recv(self) -> Any:
-        from vatlas.v1 import mirror, sessions_pb2
+        from vatlas_wire.v1 import mirror, sessions_pb2
 
         return mirror.unpack(await self.ws.recv(), sessions_pb2.WsResponse)
 
@@ -253,8 +253,7 @@ async def _queued(outbox: asyncio.Queue) -> Any:
 async def _latency_grpc(target: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                         quality: int, boxes: Sequence[Sequence[int]] | None = None) -> list[float]:
     import grpc
-
-    from vatlas.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
+    from vatlas_wire.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
 
     rng = random.Random(1)
     out: list[float] = []
@@ -298,8 +297,7 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
     """One participant editing a fixed set of strokes (updates, visibility toggles, undo/redo) at ~20 ops/s
     and rendering after each, so the document stays the same size and memory should stay flat."""
     import grpc
-
-    from vatlas.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
+    from vatlas_wire.v1 import edits_pb2, mirror, render_pb2, render_pb2_grpc, sessions_pb2, sessions_pb2_grpc
 
     rng = random.Random(3)
     async with grpc.aio.insecure_channel(target) as channel:
@@ -344,9 +342,8 @@ async def _soak_editor(target: str, info: Any, seconds: float, frames: int, size
 
 async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[int, int],
                       quality: int, boxes: Sequence[Sequence[int]] | None = None) -> list[float]:
+    from vatlas_wire.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
     from websockets.asyncio.client import connect
-
-    from vatlas.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
 
     rng = random.Random(2)
     out: list[float] = []
@@ -387,7 +384,7 @@ async def _latency_ws(url: str, info: Any, edits: int, frames: int, size: tuple[
 async def _playback_client(transport: str, grpc_target: str, ws_url: str, session_id: str, token: str,
                            fps: float, seconds: float, quality: int) -> dict[str, float]:
     """Stream playback for `seconds` after the first frame; returns frames/s and bytes/s."""
-    from vatlas.v1 import render_pb2
+    from vatlas_wire.v1 import render_pb2
 
     request = render_pb2.PlaybackRequest(session_id=session_id, join_token=token, fps=fps, loop=True,
                                          format="jpeg", quality=quality)
@@ -396,8 +393,7 @@ async def _playback_client(transport: str, grpc_target: str, ws_url: str, sessio
     t0 = None
     if transport == "grpc":
         import grpc
-
-        from vatlas.v1 import render_pb2_grpc
+        from vatlas_wire.v1 import render_pb2_grpc
 
         async with grpc.aio.insecure_channel(grpc_target) as channel:
             call = render_pb2_grpc.RenderStub(channel).Playback(request)
@@ -412,9 +408,8 @@ async def _playback_client(transport: str, grpc_target: str, ws_url: str, sessio
                     break
             call.cancel()
     else:
+        from vatlas_wire.v1 import mirror, sessions_pb2
         from websockets.asyncio.client import connect
-
-        from vatlas.v1 import mirror, sessions_pb2
 
         async with connect(ws_url, max_size=None, compression=None) as ws:
             await ws.send(mirror.pack(sessions_pb2.WsRequest(request_id=1, hello=sessions_pb2.Hello(
@@ -831,7 +826,7 @@ def _settle(editor: ChaosEditor, pending: dict[str, dict[str, Any]], room: async
 async def _stream_ops(editor: ChaosEditor, pending: dict[str, dict[str, Any]], room: asyncio.Semaphore,
                       cycle: int, reader: asyncio.Task, put: Callable[[Any], Awaitable[None]]) -> None:
     """Send ops, at most `room` unanswered, until the reader stops (the server was killed)."""
-    from vatlas.v1 import edits_pb2, mirror, sessions_pb2
+    from vatlas_wire.v1 import edits_pb2, mirror, sessions_pb2
 
     while not reader.done():
         await room.acquire()
@@ -846,8 +841,7 @@ async def _stream_ops(editor: ChaosEditor, pending: dict[str, dict[str, Any]], r
 async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEditor, cycle: int,
                              window: int) -> None:
     import grpc
-
-    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
+    from vatlas_wire.v1 import sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
     pending: dict[str, dict[str, Any]] = {}
@@ -877,9 +871,8 @@ async def _chaos_grpc_editor(target: str, token: str, info: Any, editor: ChaosEd
 
 
 async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor, cycle: int, window: int) -> None:
+    from vatlas_wire.v1 import mirror, sessions_pb2
     from websockets.asyncio.client import connect
-
-    from vatlas.v1 import mirror, sessions_pb2
 
     pending: dict[str, dict[str, Any]] = {}
     room = asyncio.Semaphore(window)
@@ -914,8 +907,7 @@ async def _chaos_ws_editor(url: str, token: str, info: Any, editor: ChaosEditor,
 async def _chaos_resume(target: str, token: str, info: Any, last_seq: int) -> tuple[Any, list[Any], float]:
     """Join from `last_seq`; the snapshot, every applied op up to the session's seq, and seconds to the snapshot."""
     import grpc
-
-    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
+    from vatlas_wire.v1 import sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
     start = time.perf_counter()
@@ -1109,8 +1101,7 @@ def run_chaos(models: Path, bundle: str, data: Path, kills: int, *, seed: int = 
 async def _visible_boxes(target: str) -> list[list[int]]:
     """Per frame, the box where the served bundle's region shows (BundleInfo.roi of the loaded bundle)."""
     import grpc
-
-    from vatlas.v1 import bundles_pb2, bundles_pb2_grpc
+    from vatlas_wire.v1 import bundles_pb2, bundles_pb2_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         info = await bundles_pb2_grpc.BundlesStub(channel).LoadBundle(bundles_pb2.LoadBundleRequest(name="bench"))
@@ -1119,8 +1110,7 @@ async def _visible_boxes(target: str) -> list[list[int]]:
 
 async def _create_session(target: str, bundle: str, token: str | None = None) -> Any:
     import grpc
-
-    from vatlas.v1 import sessions_pb2, sessions_pb2_grpc
+    from vatlas_wire.v1 import sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
@@ -1131,8 +1121,7 @@ async def _create_session(target: str, bundle: str, token: str | None = None) ->
 async def _seed_base(target: str, token: str, info: Any, acked: dict[int, str]) -> None:
     """The shared "base" stroke every editor toggles."""
     import grpc
-
-    from vatlas.v1 import edits_pb2, mirror, sessions_pb2, sessions_pb2_grpc
+    from vatlas_wire.v1 import edits_pb2, mirror, sessions_pb2, sessions_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(target) as channel:
@@ -1165,7 +1154,7 @@ async def _soak_client(transport: str, grpc_target: str, ws_url: str, session_id
 
     Returns per-second counts of ops answered and frames received, and the errors seen.
     """
-    from vatlas.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
+    from vatlas_wire.v1 import edits_pb2, mirror, render_pb2, sessions_pb2
 
     rng = random.Random(1000 + index)
     slots = int(seconds) + 2
@@ -1210,8 +1199,7 @@ async def _soak_client(transport: str, grpc_target: str, ws_url: str, session_id
         try:
             if transport == "grpc":
                 import grpc
-
-                from vatlas.v1 import render_pb2_grpc, sessions_pb2_grpc
+                from vatlas_wire.v1 import render_pb2_grpc, sessions_pb2_grpc
 
                 async with grpc.aio.insecure_channel(grpc_target) as channel:
                     outbox: asyncio.Queue = asyncio.Queue()

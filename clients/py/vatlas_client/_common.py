@@ -8,7 +8,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from vatlas.v1 import bundles_pb2, common_pb2, render_pb2
+from vatlas_wire.v1 import bundles_pb2, common_pb2, render_pb2
 
 PROTOCOL_VERSION = common_pb2.PROTOCOL_VERSION_CURRENT
 UPLOAD_CHUNK_BYTES = 1 << 20

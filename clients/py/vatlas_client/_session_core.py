@@ -10,7 +10,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from vatlas.v1 import edits_pb2, sessions_pb2
+from vatlas_wire.v1 import edits_pb2, sessions_pb2
 
 from .errors import OpRejected, Unavailable, VatlasError, from_error_message, rejection
 from .records import OpEvent, Participant, PresenceEvent, SessionInfo

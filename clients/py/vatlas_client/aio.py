@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 import numpy as np
 from PIL import Image
-from vatlas.v1 import (
+from vatlas_wire.v1 import (
     bundles_pb2,
     bundles_pb2_grpc,
     edits_pb2,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from vatlas.v1 import common_pb2
+from vatlas_wire.v1 import common_pb2
 
 
 class VatlasError(Exception):

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
-from vatlas.v1 import edits_pb2
+from vatlas_wire.v1 import edits_pb2
 
 from .images import ImageSource, encode_image, image_size
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from vatlas.v1 import bundles_pb2, edits_pb2, render_pb2, sessions_pb2
+from vatlas_wire.v1 import bundles_pb2, edits_pb2, render_pb2, sessions_pb2
 
 from .images import decode_to_array
 

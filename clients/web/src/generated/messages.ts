@@ -2,7 +2,7 @@
 // Msgpack mirror form: proto field names, Vec2 as [x, y], bytes as Uint8Array, unset fields left out.
 /* eslint-disable */
 
-// ---- vatlas/v1/common.proto ----
+// ---- vatlas_wire/v1/common.proto ----
 
 /** vatlas.v1.ProtocolVersion */
 export const ProtocolVersion = {
@@ -21,7 +21,7 @@ export interface Error {
 /** vatlas.v1.Empty */
 export type Empty = Record<string, never>;
 
-// ---- vatlas/v1/edits.proto ----
+// ---- vatlas_wire/v1/edits.proto ----
 
 /** vatlas.v1.Vec2 travels as [x, y]. */
 export type Vec2 = [number, number];
@@ -65,7 +65,7 @@ export interface EditDocument {
   ops?: EditOp[];
 }
 
-// ---- vatlas/v1/bundles.proto ----
+// ---- vatlas_wire/v1/bundles.proto ----
 
 /** vatlas.v1.BundleInfo */
 export interface BundleInfo {
@@ -210,7 +210,7 @@ export interface CancelFitRequest {
   fit_id?: string;
 }
 
-// ---- vatlas/v1/render.proto ----
+// ---- vatlas_wire/v1/render.proto ----
 
 /** vatlas.v1.Region */
 export interface Region {
@@ -290,7 +290,7 @@ export interface ExportEvent {
   total_bytes?: number;
 }
 
-// ---- vatlas/v1/sessions.proto ----
+// ---- vatlas_wire/v1/sessions.proto ----
 
 /** vatlas.v1.CreateSessionRequest */
 export interface CreateSessionRequest {

@@ -22,14 +22,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgpack
-import vatlas.v1.bundles_pb2
-import vatlas.v1.common_pb2
-import vatlas.v1.edits_pb2
-import vatlas.v1.render_pb2
-import vatlas.v1.sessions_pb2  # noqa: F401 - registers every vatlas.v1 message in the default pool
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+
+import vatlas_wire.v1.bundles_pb2
+import vatlas_wire.v1.common_pb2
+import vatlas_wire.v1.edits_pb2
+import vatlas_wire.v1.render_pb2
+import vatlas_wire.v1.sessions_pb2  # noqa: F401 - registers every vatlas.v1 message in the default pool
 
 PACKAGE = "vatlas.v1"
 VEC2 = "vatlas.v1.Vec2"
@@ -60,8 +61,8 @@ def message_classes() -> dict[str, type[Message]]:
     """Every message class of the vatlas.v1 package by full name (map entries left out)."""
     pool = descriptor_pool.Default()
     classes: dict[str, type[Message]] = {}
-    for module in (vatlas.v1.common_pb2, vatlas.v1.edits_pb2, vatlas.v1.bundles_pb2, vatlas.v1.render_pb2,
-                   vatlas.v1.sessions_pb2):
+    for module in (vatlas_wire.v1.common_pb2, vatlas_wire.v1.edits_pb2, vatlas_wire.v1.bundles_pb2, vatlas_wire.v1.render_pb2,
+                   vatlas_wire.v1.sessions_pb2):
         file_desc = pool.FindFileByName(module.DESCRIPTOR.name)
         for desc in _walk(file_desc.message_types_by_name.values()):
             classes[desc.full_name] = message_factory.GetMessageClass(desc)

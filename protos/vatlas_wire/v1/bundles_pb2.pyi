@@ -1,6 +1,6 @@
-from vatlas.v1 import common_pb2 as _common_pb2
-from vatlas.v1 import edits_pb2 as _edits_pb2
-from vatlas.v1 import render_pb2 as _render_pb2
+from vatlas_wire.v1 import common_pb2 as _common_pb2
+from vatlas_wire.v1 import edits_pb2 as _edits_pb2
+from vatlas_wire.v1 import render_pb2 as _render_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from vatlas.v1 import sessions_pb2 as vatlas_dot_v1_dot_sessions__pb2
+from vatlas_wire.v1 import render_pb2 as vatlas__wire_dot_v1_dot_render__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in vatlas/v1/sessions_pb2_grpc.py depends on'
+        + ' but the generated code in vatlas_wire/v1/render_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class SessionsStub:
+class RenderStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -34,76 +34,75 @@ class SessionsStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.CreateSession = channel.unary_unary(
-                '/vatlas.v1.Sessions/CreateSession',
-                request_serializer=vatlas_dot_v1_dot_sessions__pb2.CreateSessionRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_sessions__pb2.SessionInfo.FromString,
+        self.RenderFrame = channel.unary_unary(
+                '/vatlas.v1.Render/RenderFrame',
+                request_serializer=vatlas__wire_dot_v1_dot_render__pb2.RenderRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_render__pb2.RenderedFrame.FromString,
                 _registered_method=True)
-        self.ListSessions = channel.unary_unary(
-                '/vatlas.v1.Sessions/ListSessions',
-                request_serializer=vatlas_dot_v1_dot_sessions__pb2.ListSessionsRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_sessions__pb2.ListSessionsResponse.FromString,
+        self.Playback = channel.unary_stream(
+                '/vatlas.v1.Render/Playback',
+                request_serializer=vatlas__wire_dot_v1_dot_render__pb2.PlaybackRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_render__pb2.RenderedFrame.FromString,
                 _registered_method=True)
-        self.Connect = channel.stream_stream(
-                '/vatlas.v1.Sessions/Connect',
-                request_serializer=vatlas_dot_v1_dot_sessions__pb2.ClientMessage.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_sessions__pb2.ServerEvent.FromString,
+        self.Export = channel.unary_stream(
+                '/vatlas.v1.Render/Export',
+                request_serializer=vatlas__wire_dot_v1_dot_render__pb2.ExportRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_render__pb2.ExportEvent.FromString,
                 _registered_method=True)
 
 
-class SessionsServicer:
+class RenderServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def CreateSession(self, request, context):
+    def RenderFrame(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListSessions(self, request, context):
+    def Playback(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Connect(self, request_iterator, context):
-        """First client message must be `join`. Ops in, events out.
-        """
+    def Export(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SessionsServicer_to_server(servicer, server):
+def add_RenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'CreateSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateSession,
-                    request_deserializer=vatlas_dot_v1_dot_sessions__pb2.CreateSessionRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_sessions__pb2.SessionInfo.SerializeToString,
+            'RenderFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderFrame,
+                    request_deserializer=vatlas__wire_dot_v1_dot_render__pb2.RenderRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_render__pb2.RenderedFrame.SerializeToString,
             ),
-            'ListSessions': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListSessions,
-                    request_deserializer=vatlas_dot_v1_dot_sessions__pb2.ListSessionsRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_sessions__pb2.ListSessionsResponse.SerializeToString,
+            'Playback': grpc.unary_stream_rpc_method_handler(
+                    servicer.Playback,
+                    request_deserializer=vatlas__wire_dot_v1_dot_render__pb2.PlaybackRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_render__pb2.RenderedFrame.SerializeToString,
             ),
-            'Connect': grpc.stream_stream_rpc_method_handler(
-                    servicer.Connect,
-                    request_deserializer=vatlas_dot_v1_dot_sessions__pb2.ClientMessage.FromString,
-                    response_serializer=vatlas_dot_v1_dot_sessions__pb2.ServerEvent.SerializeToString,
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=vatlas__wire_dot_v1_dot_render__pb2.ExportRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_render__pb2.ExportEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'vatlas.v1.Sessions', rpc_method_handlers)
+            'vatlas.v1.Render', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('vatlas.v1.Sessions', rpc_method_handlers)
+    server.add_registered_method_handlers('vatlas.v1.Render', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Sessions:
+class Render:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def CreateSession(request,
+    def RenderFrame(request,
             target,
             options=(),
             channel_credentials=None,
@@ -116,9 +115,9 @@ class Sessions:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/vatlas.v1.Sessions/CreateSession',
-            vatlas_dot_v1_dot_sessions__pb2.CreateSessionRequest.SerializeToString,
-            vatlas_dot_v1_dot_sessions__pb2.SessionInfo.FromString,
+            '/vatlas.v1.Render/RenderFrame',
+            vatlas__wire_dot_v1_dot_render__pb2.RenderRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_render__pb2.RenderedFrame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -130,7 +129,7 @@ class Sessions:
             _registered_method=True)
 
     @staticmethod
-    def ListSessions(request,
+    def Playback(request,
             target,
             options=(),
             channel_credentials=None,
@@ -140,12 +139,12 @@ class Sessions:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
-            '/vatlas.v1.Sessions/ListSessions',
-            vatlas_dot_v1_dot_sessions__pb2.ListSessionsRequest.SerializeToString,
-            vatlas_dot_v1_dot_sessions__pb2.ListSessionsResponse.FromString,
+            '/vatlas.v1.Render/Playback',
+            vatlas__wire_dot_v1_dot_render__pb2.PlaybackRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_render__pb2.RenderedFrame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -157,7 +156,7 @@ class Sessions:
             _registered_method=True)
 
     @staticmethod
-    def Connect(request_iterator,
+    def Export(request,
             target,
             options=(),
             channel_credentials=None,
@@ -167,12 +166,12 @@ class Sessions:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
+        return grpc.experimental.unary_stream(
+            request,
             target,
-            '/vatlas.v1.Sessions/Connect',
-            vatlas_dot_v1_dot_sessions__pb2.ClientMessage.SerializeToString,
-            vatlas_dot_v1_dot_sessions__pb2.ServerEvent.FromString,
+            '/vatlas.v1.Render/Export',
+            vatlas__wire_dot_v1_dot_render__pb2.ExportRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_render__pb2.ExportEvent.FromString,
             options,
             channel_credentials,
             insecure,

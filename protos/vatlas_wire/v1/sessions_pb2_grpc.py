@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from vatlas.v1 import render_pb2 as vatlas_dot_v1_dot_render__pb2
+from vatlas_wire.v1 import sessions_pb2 as vatlas__wire_dot_v1_dot_sessions__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in vatlas/v1/render_pb2_grpc.py depends on'
+        + ' but the generated code in vatlas_wire/v1/sessions_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class RenderStub:
+class SessionsStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -34,75 +34,76 @@ class RenderStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.RenderFrame = channel.unary_unary(
-                '/vatlas.v1.Render/RenderFrame',
-                request_serializer=vatlas_dot_v1_dot_render__pb2.RenderRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_render__pb2.RenderedFrame.FromString,
+        self.CreateSession = channel.unary_unary(
+                '/vatlas.v1.Sessions/CreateSession',
+                request_serializer=vatlas__wire_dot_v1_dot_sessions__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_sessions__pb2.SessionInfo.FromString,
                 _registered_method=True)
-        self.Playback = channel.unary_stream(
-                '/vatlas.v1.Render/Playback',
-                request_serializer=vatlas_dot_v1_dot_render__pb2.PlaybackRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_render__pb2.RenderedFrame.FromString,
+        self.ListSessions = channel.unary_unary(
+                '/vatlas.v1.Sessions/ListSessions',
+                request_serializer=vatlas__wire_dot_v1_dot_sessions__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_sessions__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
-        self.Export = channel.unary_stream(
-                '/vatlas.v1.Render/Export',
-                request_serializer=vatlas_dot_v1_dot_render__pb2.ExportRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_render__pb2.ExportEvent.FromString,
+        self.Connect = channel.stream_stream(
+                '/vatlas.v1.Sessions/Connect',
+                request_serializer=vatlas__wire_dot_v1_dot_sessions__pb2.ClientMessage.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_sessions__pb2.ServerEvent.FromString,
                 _registered_method=True)
 
 
-class RenderServicer:
+class SessionsServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def RenderFrame(self, request, context):
+    def CreateSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Playback(self, request, context):
+    def ListSessions(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Export(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def Connect(self, request_iterator, context):
+        """First client message must be `join`. Ops in, events out.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_RenderServicer_to_server(servicer, server):
+def add_SessionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'RenderFrame': grpc.unary_unary_rpc_method_handler(
-                    servicer.RenderFrame,
-                    request_deserializer=vatlas_dot_v1_dot_render__pb2.RenderRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_render__pb2.RenderedFrame.SerializeToString,
+            'CreateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSession,
+                    request_deserializer=vatlas__wire_dot_v1_dot_sessions__pb2.CreateSessionRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_sessions__pb2.SessionInfo.SerializeToString,
             ),
-            'Playback': grpc.unary_stream_rpc_method_handler(
-                    servicer.Playback,
-                    request_deserializer=vatlas_dot_v1_dot_render__pb2.PlaybackRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_render__pb2.RenderedFrame.SerializeToString,
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=vatlas__wire_dot_v1_dot_sessions__pb2.ListSessionsRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_sessions__pb2.ListSessionsResponse.SerializeToString,
             ),
-            'Export': grpc.unary_stream_rpc_method_handler(
-                    servicer.Export,
-                    request_deserializer=vatlas_dot_v1_dot_render__pb2.ExportRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_render__pb2.ExportEvent.SerializeToString,
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=vatlas__wire_dot_v1_dot_sessions__pb2.ClientMessage.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_sessions__pb2.ServerEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'vatlas.v1.Render', rpc_method_handlers)
+            'vatlas.v1.Sessions', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('vatlas.v1.Render', rpc_method_handlers)
+    server.add_registered_method_handlers('vatlas.v1.Sessions', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Render:
+class Sessions:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def RenderFrame(request,
+    def CreateSession(request,
             target,
             options=(),
             channel_credentials=None,
@@ -115,9 +116,9 @@ class Render:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/vatlas.v1.Render/RenderFrame',
-            vatlas_dot_v1_dot_render__pb2.RenderRequest.SerializeToString,
-            vatlas_dot_v1_dot_render__pb2.RenderedFrame.FromString,
+            '/vatlas.v1.Sessions/CreateSession',
+            vatlas__wire_dot_v1_dot_sessions__pb2.CreateSessionRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_sessions__pb2.SessionInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,7 +130,7 @@ class Render:
             _registered_method=True)
 
     @staticmethod
-    def Playback(request,
+    def ListSessions(request,
             target,
             options=(),
             channel_credentials=None,
@@ -139,12 +140,12 @@ class Render:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
-            '/vatlas.v1.Render/Playback',
-            vatlas_dot_v1_dot_render__pb2.PlaybackRequest.SerializeToString,
-            vatlas_dot_v1_dot_render__pb2.RenderedFrame.FromString,
+            '/vatlas.v1.Sessions/ListSessions',
+            vatlas__wire_dot_v1_dot_sessions__pb2.ListSessionsRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_sessions__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -156,7 +157,7 @@ class Render:
             _registered_method=True)
 
     @staticmethod
-    def Export(request,
+    def Connect(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -166,12 +167,12 @@ class Render:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/vatlas.v1.Render/Export',
-            vatlas_dot_v1_dot_render__pb2.ExportRequest.SerializeToString,
-            vatlas_dot_v1_dot_render__pb2.ExportEvent.FromString,
+            '/vatlas.v1.Sessions/Connect',
+            vatlas__wire_dot_v1_dot_sessions__pb2.ClientMessage.SerializeToString,
+            vatlas__wire_dot_v1_dot_sessions__pb2.ServerEvent.FromString,
             options,
             channel_credentials,
             insecure,

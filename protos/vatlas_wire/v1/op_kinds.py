@@ -3,7 +3,7 @@ declares them once; the server's validation, the Python client and the web clien
 
 from __future__ import annotations
 
-from vatlas.v1 import edits_pb2
+from vatlas_wire.v1 import edits_pb2
 
 _OPTIONS = edits_pb2.EditOp.DESCRIPTOR.GetOptions()
 OBJECT_TYPES: tuple[str, ...] = tuple(_OPTIONS.Extensions[edits_pb2.object_kinds])

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from vatlas.v1 import bundles_pb2 as vatlas_dot_v1_dot_bundles__pb2
+from vatlas_wire.v1 import bundles_pb2 as vatlas__wire_dot_v1_dot_bundles__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in vatlas/v1/bundles_pb2_grpc.py depends on'
+        + ' but the generated code in vatlas_wire/v1/bundles_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,48 +36,48 @@ class BundlesStub:
         """
         self.ListBundles = channel.unary_unary(
                 '/vatlas.v1.Bundles/ListBundles',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.ListBundlesRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.ListBundlesResponse.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListBundlesRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListBundlesResponse.FromString,
                 _registered_method=True)
         self.LoadBundle = channel.unary_unary(
                 '/vatlas.v1.Bundles/LoadBundle',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.LoadBundleRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.LoadBundleRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
                 _registered_method=True)
         self.GetBundleInfo = channel.unary_unary(
                 '/vatlas.v1.Bundles/GetBundleInfo',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.GetBundleInfoRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.GetBundleInfoRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
                 _registered_method=True)
         self.UploadVideo = channel.stream_unary(
                 '/vatlas.v1.Bundles/UploadVideo',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.UploadChunk.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.UploadResult.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadChunk.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadResult.FromString,
                 _registered_method=True)
         self.StartFit = channel.unary_stream(
                 '/vatlas.v1.Bundles/StartFit',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.StartFitRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.StartFitRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.FitProgress.FromString,
                 _registered_method=True)
         self.GetUploadFrame = channel.unary_unary(
                 '/vatlas.v1.Bundles/GetUploadFrame',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrameRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrame.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadFrameRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadFrame.FromString,
                 _registered_method=True)
         self.ListFits = channel.unary_unary(
                 '/vatlas.v1.Bundles/ListFits',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsResponse.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListFitsRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListFitsResponse.FromString,
                 _registered_method=True)
         self.AttachFit = channel.unary_stream(
                 '/vatlas.v1.Bundles/AttachFit',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.FitProgress.FromString,
                 _registered_method=True)
         self.CancelFit = channel.unary_unary(
                 '/vatlas.v1.Bundles/CancelFit',
-                request_serializer=vatlas_dot_v1_dot_bundles__pb2.CancelFitRequest.SerializeToString,
-                response_deserializer=vatlas_dot_v1_dot_bundles__pb2.FitInfo.FromString,
+                request_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.CancelFitRequest.SerializeToString,
+                response_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.FitInfo.FromString,
                 _registered_method=True)
 
 
@@ -143,48 +143,48 @@ def add_BundlesServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListBundles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBundles,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.ListBundlesRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.ListBundlesResponse.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListBundlesRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListBundlesResponse.SerializeToString,
             ),
             'LoadBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadBundle,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.LoadBundleRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.BundleInfo.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.LoadBundleRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.BundleInfo.SerializeToString,
             ),
             'GetBundleInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBundleInfo,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.GetBundleInfoRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.BundleInfo.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.GetBundleInfoRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.BundleInfo.SerializeToString,
             ),
             'UploadVideo': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadVideo,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.UploadChunk.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.UploadResult.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadChunk.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadResult.SerializeToString,
             ),
             'StartFit': grpc.unary_stream_rpc_method_handler(
                     servicer.StartFit,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.StartFitRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.StartFitRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.FitProgress.SerializeToString,
             ),
             'GetUploadFrame': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUploadFrame,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrameRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.UploadFrame.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadFrameRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.UploadFrame.SerializeToString,
             ),
             'ListFits': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFits,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.ListFitsResponse.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListFitsRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.ListFitsResponse.SerializeToString,
             ),
             'AttachFit': grpc.unary_stream_rpc_method_handler(
                     servicer.AttachFit,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.FitProgress.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.AttachFitRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.FitProgress.SerializeToString,
             ),
             'CancelFit': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelFit,
-                    request_deserializer=vatlas_dot_v1_dot_bundles__pb2.CancelFitRequest.FromString,
-                    response_serializer=vatlas_dot_v1_dot_bundles__pb2.FitInfo.SerializeToString,
+                    request_deserializer=vatlas__wire_dot_v1_dot_bundles__pb2.CancelFitRequest.FromString,
+                    response_serializer=vatlas__wire_dot_v1_dot_bundles__pb2.FitInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -212,8 +212,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/ListBundles',
-            vatlas_dot_v1_dot_bundles__pb2.ListBundlesRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.ListBundlesResponse.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.ListBundlesRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.ListBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -239,8 +239,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/LoadBundle',
-            vatlas_dot_v1_dot_bundles__pb2.LoadBundleRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.LoadBundleRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -266,8 +266,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/GetBundleInfo',
-            vatlas_dot_v1_dot_bundles__pb2.GetBundleInfoRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.GetBundleInfoRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.BundleInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -293,8 +293,8 @@ class Bundles:
             request_iterator,
             target,
             '/vatlas.v1.Bundles/UploadVideo',
-            vatlas_dot_v1_dot_bundles__pb2.UploadChunk.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.UploadResult.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.UploadChunk.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.UploadResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -320,8 +320,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/StartFit',
-            vatlas_dot_v1_dot_bundles__pb2.StartFitRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.StartFitRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.FitProgress.FromString,
             options,
             channel_credentials,
             insecure,
@@ -347,8 +347,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/GetUploadFrame',
-            vatlas_dot_v1_dot_bundles__pb2.UploadFrameRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.UploadFrame.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.UploadFrameRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.UploadFrame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -374,8 +374,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/ListFits',
-            vatlas_dot_v1_dot_bundles__pb2.ListFitsRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.ListFitsResponse.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.ListFitsRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.ListFitsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -401,8 +401,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/AttachFit',
-            vatlas_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.FitProgress.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.AttachFitRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.FitProgress.FromString,
             options,
             channel_credentials,
             insecure,
@@ -428,8 +428,8 @@ class Bundles:
             request,
             target,
             '/vatlas.v1.Bundles/CancelFit',
-            vatlas_dot_v1_dot_bundles__pb2.CancelFitRequest.SerializeToString,
-            vatlas_dot_v1_dot_bundles__pb2.FitInfo.FromString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.CancelFitRequest.SerializeToString,
+            vatlas__wire_dot_v1_dot_bundles__pb2.FitInfo.FromString,
             options,
             channel_credentials,
             insecure,
