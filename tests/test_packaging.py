@@ -1,4 +1,5 @@
-"""The package mapping in pyproject.toml covers every package folder, and the generated wire code is current."""
+"""The package mappings cover every package folder (pyproject.toml, and clients/py/pyproject.toml for the
+`vatlas-client` distribution), and the generated wire code is current."""
 
 from __future__ import annotations
 
@@ -9,33 +10,51 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+CLIENT = ROOT / "clients" / "py"
 
 
-def _folder_of(package: str, package_dir: dict[str, str]) -> Path:
+def _config(project: Path = ROOT) -> dict:
+    return tomllib.loads((project / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _folder_of(package: str, package_dir: dict[str, str], project: Path = ROOT) -> Path:
     parts = package.split(".")
     for i in range(len(parts), 0, -1):
         prefix = ".".join(parts[:i])
         if prefix in package_dir:
-            return ROOT / package_dir[prefix] / Path(*parts[i:])
-    return ROOT / Path(*parts)
+            return (project / package_dir[prefix] / Path(*parts[i:])).resolve()
+    return (project / Path(*parts)).resolve()
 
 
-def test_every_package_folder_is_listed() -> None:
-    config = _config()
-    listed = set(config["packages"])
-    folders = {_folder_of(p, config["package-dir"]).resolve(): p for p in listed}
-    for folder in folders:
+def _folders(project: Path) -> dict[str, Path]:
+    config = _config(project)
+    return {p: _folder_of(p, config.get("package-dir", {}), project) for p in config["packages"]}
+
+
+@pytest.mark.parametrize("project", [ROOT, CLIENT], ids=["vatlas", "vatlas-client"])
+def test_every_package_folder_is_listed(project: Path) -> None:
+    roots = set(_folders(project).values())
+    for folder in roots:
         assert folder.is_dir(), f"listed package folder missing: {folder}"
-    roots = {_folder_of(p, config["package-dir"]).resolve() for p in listed}
     for root in list(roots):
         for init in root.rglob("__init__.py"):
-            assert init.parent.resolve() in roots, f"package folder not listed in pyproject.toml: {init.parent}"
+            assert init.parent.resolve() in roots, (
+                f"package folder not listed in {project / 'pyproject.toml'}: {init.parent}")
+
+
+def test_client_distribution_is_the_client_and_the_wire_package_from_the_same_folders() -> None:
+    """vatlas-client ships vatlas_client and vatlas_wire, from the folders the root distribution maps them to."""
+    client, root = _folders(CLIENT), _folders(ROOT)
+    assert {p.split(".")[0] for p in client} == {"vatlas_client", "vatlas_wire"}
+    for package, folder in client.items():
+        assert root.get(package) == folder, f"{package}: {folder} here, {root.get(package)} in the root pyproject"
+    deps = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not {Requirement(d).name.lower() for d in deps} & {"torch", "opencv-python-headless", "av"}, deps
 
 
 def test_generated_protos_are_current(tmp_path: Path) -> None:
