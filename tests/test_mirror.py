@@ -1,4 +1,4 @@
-"""The proto <-> msgpack mirror (server/doors/mirror.py): every vatlas.v1 message round-trips, bad input is refused."""
+"""The proto <-> msgpack mirror (vatlas_wire.v1.mirror): every vatlas.v1 message round-trips, bad input is refused."""
 
 from __future__ import annotations
 
