@@ -165,3 +165,18 @@ def test_client_installs_alone_and_edits_on_a_real_server(tmp_path: Path, server
     assert result["seq"] >= 1 and result["op_id"].startswith("stroke-"), result
     assert result["frame_shape"] == [height, width, 3], result
     assert {canonicalize_name(d) for d in result["dists"]} == {"vatlas-client", *deps}, result["dists"]
+
+
+def test_the_client_packages_never_import_the_server() -> None:
+    """Also lazy imports inside functions, which the fresh-venv run would only meet on that path."""
+    import ast
+
+    offenders = []
+    for folder in (ROOT / "clients" / "py" / "vatlas_client", ROOT / "protos" / "vatlas_wire"):
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                              if n.split(".")[0] in {"vatlas", "torch", "cv2", "av"}]
+    assert not offenders, offenders
