@@ -219,17 +219,17 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
     span = delivery.span(model.cfg.atlas_span_px)
     width, height = delivery.width, delivery.height
     snap = None
-    if cfg.uv_snap and data.frames_np.shape[0] > 1:
+    if cfg.bake.uv_snap and data.frames_np.shape[0] > 1:
         net = model.cfg
         snap = fit_uv_snap(model.mapping, net.normalize_xyt, ref_flow=corr.ref_flow, ref_valid=corr.ref_valid,
                            roi_mask=data.roi_mask, ref_frame=data.ref_frame, atlas_span_px=net.atlas_span_px,
                            device=next(model.parameters()).device)
     fields = evaluate_frames(model, potential, data.ref_frame, delivery, show_progress, snap)
     visibility_stats: dict[str, float] = {}
-    illumination = bake_illumination(model, cfg.illumination_downscale, delivery, snap)
-    if cfg.visibility == "evidence":
+    illumination = bake_illumination(model, cfg.bake.illumination_downscale, delivery, snap)
+    if cfg.bake.visibility == "evidence":
         roi_cov = roi_coverage(fields["uv"], roi, span, width, height)
-        gain = np.ones(illumination.shape, np.float32) if cfg.measured_light else None
+        gain = np.ones(illumination.shape, np.float32) if cfg.bake.measured_light else None
         soft, visibility_stats = evidence_visibility(
             frames, fields["uv"], roi_cov, fields["light_ratio"], data.ref_frame, span,
             flows=upsample_flows(corr, delivery), reference_cover=reference_coverage(roi, width, height),
@@ -237,15 +237,15 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
         if gain is not None:
             illumination = (illumination.astype(np.float32) * gain).astype(np.float16)
     else:
-        soft = soft_masks(frames, fields["mask"], method=cfg.matting, erode_iters=cfg.trimap_erode,
-                          dilate_iters=cfg.trimap_dilate, radius=cfg.matting_radius, eps=cfg.matting_eps)
-        if cfg.roi_border == "polygon":
+        soft = soft_masks(frames, fields["mask"], method=cfg.bake.matting, erode_iters=cfg.bake.trimap_erode,
+                          dilate_iters=cfg.bake.trimap_dilate, radius=cfg.bake.matting_radius, eps=cfg.bake.matting_eps)
+        if cfg.bake.roi_border == "polygon":
             soft = clip_to_footprint(soft, roi_coverage(fields["uv"], roi, span, width, height))
     del fields["light_ratio"]
     visible = soft >= 0.5
-    atlas_size = delivery_atlas_size(cfg.atlas_size, span)
+    atlas_size = delivery_atlas_size(cfg.bake.atlas_size, span)
     coverage = splat_coverage(fields["uv"], visible, atlas_size)
-    grid = cfg.inverse_grid
+    grid = cfg.bake.inverse_grid
     domain = cv2.resize(coverage, (grid, grid), interpolation=cv2.INTER_NEAREST) > 0
     domain = cv2.dilate(domain.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     roi_mask = roi.mask(height, width)
@@ -257,7 +257,7 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
         "visible_fraction": float(visible.mean()),
         "roi_psnr_worst_frames": _worst_frames(fields["shown"], frames, visible),
         "flow": dict(corr.stats),
-        "visibility": {"method": cfg.visibility, **visibility_stats},
+        "visibility": {"method": cfg.bake.visibility, **visibility_stats},
         "working_size": [model.cfg.width, model.cfg.height],
         "uv_snap": snap.stats if snap is not None else None,
     }
@@ -279,6 +279,6 @@ def bake_bundle(model: RnaModel, data: FitData, cfg: FitConfig, potential: np.nd
                                      xy_scale=(delivery.sx, delivery.sy), snap=snap),
         atlas_span_px=float(span),
         source=source,
-        config={**cfg.to_dict(), "network": model.cfg.to_dict()},
+        config={**cfg.to_dict(), "model": model.cfg.to_dict()},  # FitConfig.from_bundle reads it back
         metrics=metrics,
     )

@@ -71,7 +71,7 @@ _BACKENDS: dict[str, Callable[..., FlowBackend]] = {"dis": DisFlow}
 
 
 def register_flow_backend(name: str, factory: Callable[..., FlowBackend]) -> None:
-    """Make a flow backend (e.g. a learned one) selectable by name in FitConfig.flow_backend."""
+    """Make a flow backend (e.g. a learned one) selectable by name in FitConfig.flow.flow_backend."""
     _BACKENDS[name] = factory
 
 

@@ -66,19 +66,20 @@ def checkpoint_path(out: Path | str) -> Path:
 
 def network_config(cfg: FitConfig, width: int, height: int, num_frames: int, span: float) -> NetworkConfig:
     """Networks sized from the fit config."""
+    net = cfg.network
 
     def grid(dims: int, finest: float) -> HashGridConfig:
-        return HashGridConfig(n_input_dims=dims, n_levels=cfg.hash_levels, log2_hashmap_size=cfg.hash_log2_size,
+        return HashGridConfig(n_input_dims=dims, n_levels=net.hash_levels, log2_hashmap_size=net.hash_log2_size,
                               base_resolution=16, finest_resolution=finest)
 
     return NetworkConfig(
         width=width, height=height, num_frames=num_frames, atlas_span_px=span,
-        atlas_grid=grid(2, float(cfg.atlas_finest_resolution)),
+        atlas_grid=grid(2, float(net.atlas_finest_resolution)),
         mask_grid=grid(3, float(max(width, height))),
-        inverse_grid=grid(3, 256.0), mapping_width=cfg.mapping_width, mapping_frame_affine=cfg.frame_affine,
-        illumination_encoding=cfg.illumination_encoding, illumination_grid=grid(3, float(cfg.illumination_finest)),
+        inverse_grid=grid(3, 256.0), mapping_width=net.mapping_width, mapping_frame_affine=net.frame_affine,
+        illumination_encoding=net.illumination_encoding, illumination_grid=grid(3, float(net.illumination_finest)),
         seed=cfg.seed,
-        hash_backend=None if cfg.hash_backend == "auto" else cfg.hash_backend,
+        hash_backend=None if net.hash_backend == "auto" else net.hash_backend,
     )
 
 
@@ -370,11 +371,11 @@ class Fitter:
         self.log = log or (lambda msg: tqdm.write(msg) if show_progress else None)
         t, h, w = data.frames_np.shape[:3]
         self.num_frames, self.height, self.width = t, h, w
-        self.span = cfg.atlas_span * max(w, h)
+        self.span = cfg.network.atlas_span * max(w, h)
         self.net_cfg = network_config(cfg, w, h, t, self.span)
         torch.manual_seed(cfg.seed)
         self.model = RnaModel(self.net_cfg).to(device)
-        if not cfg.fused_mlp:
+        if not cfg.network.fused_mlp:
             unfuse_mlps(self.model)
         self.stage = "flow"
         self.iteration = 0
@@ -387,7 +388,7 @@ class Fitter:
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.corr: Correspondences | None = None
         self.potential: torch.Tensor | None = None
-        self.tau = cfg.refine_tau
+        self.tau = cfg.losses.refine_tau
 
     # ---------------------------------------------------------------- checkpoints
     def _initial_state(self) -> dict[str, torch.Tensor]:
@@ -396,7 +397,7 @@ class Fitter:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.seed)
             model = RnaModel(self.net_cfg)
-        if not self.cfg.fused_mlp:
+        if not self.cfg.network.fused_mlp:
             unfuse_mlps(model)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
@@ -593,26 +594,27 @@ class Fitter:
     def _make_progress(self, start_stage: str) -> FitProgress:
         """The overall bar: every stage's units, and the bake weighed in main-stage iterations."""
         cfg, t = self.cfg, self.num_frames
-        pairs = flow_count(t, self.data.ref_frame, cfg.ref_hops)
-        iters = {"init": cfg.iters_mapping_init, "main": cfg.iters_main, "refine": cfg.iters_refine,
-                 "inverse": cfg.iters_inverse}
+        schedule = cfg.schedule
+        pairs = flow_count(t, self.data.ref_frame, cfg.flow.ref_hops)
+        iters = {"init": schedule.iters_mapping_init, "main": schedule.iters_main, "refine": schedule.iters_refine,
+                 "inverse": schedule.iters_inverse}
         plan = [StagePlan("flow", pairs), *(StagePlan(k, n) for k, n in iters.items()), StagePlan("bake", t)]
         for s in plan[:STAGES.index(start_stage)]:  # a resumed fit: what was done before
             s.finished, s.done, s.elapsed = True, s.units, self.stage_times.get(s.name, 0.0)
         frames = self.data.delivered_frames
         dh, dw = frames.shape[1:3]
-        atlas = delivery_atlas_size(cfg.atlas_size, self.span * dw / self.width)
+        atlas = delivery_atlas_size(cfg.bake.atlas_size, self.span * dw / self.width)
         # the bake evaluates A on the atlas's texels, T, M, A and L twice per delivered pixel, and B and T on
         # the inverse grid per frame; 1.5 covers the matting and copies that are not network points
-        points = atlas * atlas + t * dh * dw * 5 + t * cfg.inverse_grid ** 2 * 2
-        per_main = 1.5 * points / (MAIN_POINTS_PER_PIXEL * cfg.batch_size)
+        points = atlas * atlas + t * dh * dw * 5 + t * cfg.bake.inverse_grid ** 2 * 2
+        per_main = 1.5 * points / (MAIN_POINTS_PER_PIXEL * schedule.batch_size)
         return FitProgress(plan, enabled=self.show_progress, bake_seconds_per_main_iter=per_main,
                            sink=self.progress_sink)
 
     def _stage_flow(self) -> None:
-        cfg = self.cfg
-        backend = get_flow_backend(cfg.flow_backend, **({"preset": cfg.flow_preset} if cfg.flow_backend == "dis"
-                                                        else {}))
+        cfg, flow = self.cfg, self.cfg.flow
+        backend = get_flow_backend(flow.flow_backend, **({"preset": flow.flow_preset} if flow.flow_backend == "dis"
+                                                         else {}))
         progress = None
         if self.progress is not None:
             if self.progress.stage == "flow":
@@ -621,8 +623,8 @@ class Fitter:
                 self.progress.set_readout("rebuilding the correspondences")
         self.corr = compute_correspondences(
             self.data.frames_np, self.data.roi_mask, self.data.ref_frame, backend=backend,
-            cache_dir=cfg.extra.get("cache_dir", "default"), adj_fb_px=cfg.adj_fb_px, ref_fb_px=cfg.ref_fb_px,
-            hops=cfg.ref_hops, ncc_min=cfg.ref_ncc_min, threads=cfg.flow_threads, progress=progress,
+            cache_dir=cfg.extra.get("cache_dir", "default"), adj_fb_px=flow.adj_fb_px, ref_fb_px=flow.ref_fb_px,
+            hops=flow.ref_hops, ncc_min=flow.ref_ncc_min, threads=flow.flow_threads, progress=progress,
         )
         if self.progress is not None and progress is None:
             self.progress.set_readout("")
@@ -631,28 +633,28 @@ class Fitter:
         self._prepare_tensors()
 
     def _mapping_groups(self) -> list[dict[str, Any]]:
-        model, cfg = self.model, self.cfg
-        groups: list[dict[str, Any]] = [{"params": list(model.mapping_mlp.parameters()), "lr": cfg.lr_mapping,
+        model, schedule = self.model, self.cfg.schedule
+        groups: list[dict[str, Any]] = [{"params": list(model.mapping_mlp.parameters()), "lr": schedule.lr_mapping,
                                          "name": "mapping"}]
         if model.frame_affine is not None:
-            groups.append({"params": [model.frame_affine], "lr": cfg.lr_frame_affine, "name": "frame_affine"})
+            groups.append({"params": [model.frame_affine], "lr": schedule.lr_frame_affine, "name": "frame_affine"})
         return groups
 
     def _optimizer_for(self, stage: str) -> tuple[torch.optim.Optimizer, int]:
-        cfg, model = self.cfg, self.model
+        model, schedule = self.model, self.cfg.schedule
         if stage == "init":
             groups = self._mapping_groups()
-            iters = cfg.iters_mapping_init
+            iters = schedule.iters_mapping_init
         elif stage == "main":
-            groups = model.param_groups(cfg.lr_grid, cfg.lr_mlp, nets=("atlas", "mask", "illumination"))
+            groups = model.param_groups(schedule.lr_grid, schedule.lr_mlp, nets=("atlas", "mask", "illumination"))
             groups += self._mapping_groups()
-            iters = cfg.iters_main
+            iters = schedule.iters_main
         elif stage == "refine":
-            groups = model.param_groups(cfg.lr_grid, cfg.lr_mlp, nets=("mask",))
-            iters = cfg.iters_refine
+            groups = model.param_groups(schedule.lr_grid, schedule.lr_mlp, nets=("mask",))
+            iters = schedule.iters_refine
         else:
-            groups = model.param_groups(cfg.lr_grid * 0.2, cfg.lr_inverse, nets=("inverse",))
-            iters = cfg.iters_inverse
+            groups = model.param_groups(schedule.lr_grid * 0.2, schedule.lr_inverse, nets=("inverse",))
+            iters = schedule.iters_inverse
         cuda = self.device.type == "cuda"
         opt = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15 if cuda else 1e-8, fused=cuda or None)
         if self._pending_optimizer is not None:
@@ -676,7 +678,7 @@ class Fitter:
 
     def _train(self, stage: str) -> None:
         cfg = self.cfg
-        if stage == "init" and self.iteration == 0 and cfg.affine_init == "camera" and \
+        if stage == "init" and self.iteration == 0 and cfg.schedule.affine_init == "camera" and \
                 self.model.frame_affine is not None:
             self._start_affine_at_camera()
         self.optimizer, iters = self._optimizer_for(stage)
@@ -685,7 +687,7 @@ class Fitter:
             if self.best_state is not None and self.iteration == 0:  # RNA refines from the best-PSNR weights
                 self.model.load_state_dict(self.best_state)
             self.potential = self._potential_mask()
-            self.tau = max(cfg.refine_tau, 2.0 * self._reference_error_median())
+            self.tau = max(cfg.losses.refine_tau, 2.0 * self._reference_error_median())
             self.log(f"refine: non-occlusion threshold tau = {self.tau:.4f}")
         if stage == "inverse" and self.potential is None:
             self.potential = self._potential_mask()
@@ -693,7 +695,7 @@ class Fitter:
                    "inverse": self._step_inverse}[stage]
         progress = self.progress
         while self.iteration < iters:
-            decay = cfg.lr_final_factor ** (self.iteration / max(iters, 1))
+            decay = cfg.schedule.lr_final_factor ** (self.iteration / max(iters, 1))
             for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = lr * decay
             terms = step_fn()
@@ -702,7 +704,7 @@ class Fitter:
             loss.backward()
             self.optimizer.step()
             self.iteration += 1
-            if stage == "main" and (self.iteration % max(cfg.eval_every, 1) == 0 or self.iteration == iters):
+            if stage == "main" and (self.iteration % max(cfg.schedule.eval_every, 1) == 0 or self.iteration == iters):
                 self._evaluate_best()
             if progress is not None:
                 if self.iteration % 50 == 0 or self.iteration == iters:  # .item() waits for the GPU: not every step
@@ -725,11 +727,11 @@ class Fitter:
 
         An identity fallback would put content the reference frame never saw at the same atlas place as whatever
         the reference frame shows there, the ROI included, under a panning camera."""
-        b = self._sample(max(self.cfg.batch_size // 2, 256))
+        b = self._sample(max(self.cfg.schedule.batch_size // 2, 256))
         xyt = self._xyt(b["x"], b["y"], b["t"])
         target = self._xyt(b["ref_x"], b["ref_y"], b["t"])[:, :2]
         fallback = xyt[:, :2]
-        if self.cfg.init_fallback == "camera":
+        if self.cfg.schedule.init_fallback == "camera":
             camera = self.camera_to_ref[b["t"]]
             moved = (camera[:, :, :2] @ fallback[:, :, None])[:, :, 0] + camera[:, :, 2]
             # tanh saturates at the atlas border: content the camera shows far outside it is parked there
@@ -742,10 +744,11 @@ class Fitter:
 
     def _step_main(self) -> dict[str, torch.Tensor]:
         cfg, model = self.cfg, self.model
-        n = cfg.batch_size
+        w = cfg.losses  # the weights (`losses` is the module of the terms)
+        n = cfg.schedule.batch_size
         b = self._sample(n)
         r = self._sample_reference(max(n // 4, 2))
-        step = cfg.rigidity_delta_px / (self.span / 2.0)
+        step = w.rigidity_delta_px / (self.span / 2.0)
         xyt = self._xyt(b["x"], b["y"], b["t"])
         xyt_ref = self._xyt(r["x"], r["y"], r["t"])
         xyt_r = self._xyt(b["ref_x"], b["ref_y"], torch.full_like(b["t"], self.data.ref_frame))
@@ -768,36 +771,37 @@ class Fitter:
         a = alpha[:, None]
         pred = a * light * rgb_atlas + (1.0 - a) * b["rgb"]
         a_detached = alpha.detach()
-        done = self.iteration / max(cfg.iters_main, 1)
-        prior = cfg.prior_final_factor ** done
-        if cfg.corr_ref_weight == "roi":
+        done = self.iteration / max(cfg.schedule.iters_main, 1)
+        prior = w.prior_final_factor ** done
+        if w.corr_ref_weight == "roi":
             # a checked match into the reference ROI says "this is the ROI's surface" whatever M says: where M
             # gives up on a hard frame, T is still held (else it forks off under a long occlusion)
             ref_w = self._reference_roi_at(b["ref_x"], b["ref_y"]) * b["ref_valid"]
         else:
             ref_w = a_detached * b["ref_valid"]
-        ref_prior = prior if cfg.corr_ref_final_factor is None else cfg.corr_ref_final_factor ** done
+        ref_prior = prior if w.corr_ref_final_factor is None else w.corr_ref_final_factor ** done
         terms = {
-            "recon": cfg.reconstruction * losses.reconstruction(pred, b["rgb"]),
-            "rigid": cfg.rigidity * losses.rigidity(losses.finite_difference_jacobian(uv, uv_dx, uv_dy, step)),
-            "pos": prior * cfg.position * losses.position(uv_ref[r["inside"]], xyt_ref[r["inside"], :2]),
-            "corr_ref": ref_prior * cfg.corr_ref * losses.weighted_correspondence(uv, uv_r, ref_w),
-            "ref_mask": cfg.ref_mask * losses.mask_bce(logit_ref, r["roi"]),
-            "ref_alpha": cfg.ref_flow_alpha * losses.alpha_consistency(alpha, alpha_r, b["ref_valid"]),
-            "illum": cfg.illumination_reg * losses.illumination(light, a_detached),
+            "recon": w.reconstruction * losses.reconstruction(pred, b["rgb"]),
+            "rigid": w.rigidity * losses.rigidity(losses.finite_difference_jacobian(uv, uv_dx, uv_dy, step)),
+            "pos": prior * w.position * losses.position(uv_ref[r["inside"]], xyt_ref[r["inside"], :2]),
+            "corr_ref": ref_prior * w.corr_ref * losses.weighted_correspondence(uv, uv_r, ref_w),
+            "ref_mask": w.ref_mask * losses.mask_bce(logit_ref, r["roi"]),
+            "ref_alpha": w.ref_flow_alpha * losses.alpha_consistency(alpha, alpha_r, b["ref_valid"]),
+            "illum": w.illumination_reg * losses.illumination(light, a_detached),
         }
-        if self.iteration < cfg.mask_bootstrap_until:
-            terms["boot"] = cfg.mask_bootstrap * losses.mask_bce(logit, b["init_mask"], b["ref_valid"])
+        if self.iteration < w.mask_bootstrap_until:
+            terms["boot"] = w.mask_bootstrap * losses.mask_bce(logit, b["init_mask"], b["ref_valid"])
         if self.num_frames > 1:
             uv_a = uv_all[4 * n + xyt_ref.shape[0]:]
             alpha_a = torch.sigmoid(logits[2 * n + xyt_ref.shape[0]:])
-            terms["corr_adj"] = prior * cfg.corr_adj * losses.weighted_correspondence(uv, uv_a, a_detached * b["adj_valid"])
-            terms["flow_alpha"] = cfg.flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
+            terms["corr_adj"] = prior * w.corr_adj * losses.weighted_correspondence(uv, uv_a, a_detached * b["adj_valid"])
+            terms["flow_alpha"] = w.flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
         return terms
 
     def _step_refine(self) -> dict[str, torch.Tensor]:
         cfg, model = self.cfg, self.model
-        n = cfg.batch_size
+        w = cfg.losses  # the weights (`losses` is the module of the terms)
+        n = cfg.schedule.batch_size
         b = self._sample(n)
         r = self._sample_reference(max(n // 4, 2))
         xyt = self._xyt(b["x"], b["y"], b["t"])
@@ -815,17 +819,17 @@ class Fitter:
         a = alpha[:, None]
         pred = a * shown + (1.0 - a) * b["rgb"]
         terms = {
-            "recon": cfg.reconstruction * losses.reconstruction(pred, b["rgb"]),
-            "no": cfg.refine * losses.non_occluded(alpha, target),
-            "ref_mask": cfg.ref_mask * losses.mask_bce(logits[n:n + r["x"].shape[0]], r["roi"]),
+            "recon": w.reconstruction * losses.reconstruction(pred, b["rgb"]),
+            "no": w.refine * losses.non_occluded(alpha, target),
+            "ref_mask": w.ref_mask * losses.mask_bce(logits[n:n + r["x"].shape[0]], r["roi"]),
         }
         if self.num_frames > 1:
             alpha_a = torch.sigmoid(logits[n + r["x"].shape[0]:])
-            terms["flow_alpha"] = cfg.refine_flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
+            terms["flow_alpha"] = w.refine_flow_alpha * losses.alpha_consistency(alpha, alpha_a, b["adj_valid"])
         return terms
 
     def _step_inverse(self) -> dict[str, torch.Tensor]:
-        b = self._sample(self.cfg.batch_size)
+        b = self._sample(self.cfg.schedule.batch_size)
         xyt = self._xyt(b["x"], b["y"], b["t"])
         with torch.no_grad():
             uv = self.model.mapping(xyt)
@@ -909,7 +913,7 @@ class Fitter:
         return self.potential[ij[:, 1], ij[:, 0]]
 
     def bake(self, cfg: FitConfig | None = None) -> Bundle:
-        """Bake the fitted model again (after run), e.g. with other bake settings (cfg.visibility)."""
+        """Bake the fitted model again (after run), e.g. with other bake settings (cfg.bake.visibility)."""
         if cfg is not None:
             self.cfg = cfg
         return self._stage_bake()
@@ -972,13 +976,20 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
     or without a shown bar; `preview(rgb, frame)` gets `Fitter.reconstruction` of the reference frame every
     `preview_seconds` while training.
     """
-    cfg = config or FitConfig()
-    frames = np.ascontiguousarray(frames)
+    return run_fit(FitData(frames, roi, float(fps), dict(source or {}), source_frames, source_roi), config,
+                   device=device, out=out, resume=resume, show_progress=show_progress, callback=callback, log=log,
+                   verbose=verbose, progress_sink=progress_sink, preview=preview, preview_seconds=preview_seconds)
+
+
+def checked(data: FitData) -> FitData:
+    """The FitData with its arrays contiguous, once its frames, ROI and source frames fit together (raises
+    FitError, RoiError)."""
+    frames = np.ascontiguousarray(data.frames_np)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
         raise FitError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     t, h, w = frames.shape[:3]
+    roi, source_frames, source_roi = data.roi, data.source_frames, data.source_roi
     roi.validate(w, h, t)
-    roi_mask = roi.mask(h, w)
     if (source_frames is None) != (source_roi is None):
         raise FitError("source_frames and source_roi go together")
     if source_frames is not None and source_roi is not None:
@@ -990,7 +1001,19 @@ def fit(frames: np.ndarray, roi: Roi, *, config: FitConfig | None = None, fps: f
         if source_roi.ref_frame != roi.ref_frame:
             raise FitError("source_roi and roi must share the reference frame")
         source_roi.validate(source_frames.shape[2], source_frames.shape[1], t)
-    data = FitData(frames, roi, roi_mask, float(fps), dict(source or {}), source_frames, source_roi)
+    return FitData(frames, roi, float(data.fps), dict(data.source), source_frames, source_roi)
+
+
+def run_fit(data: FitData, config: FitConfig | None = None, *, device: str = "auto", out: Path | str | None = None,
+            resume: bool = False, show_progress: bool = True, callback: Callable[[str, int], None] | None = None,
+            log: Callable[[str], None] | None = None, verbose: bool = False,
+            progress_sink: Callable[[dict[str, Any]], None] | None = None,
+            preview: Callable[[np.ndarray, int], None] | None = None,
+            preview_seconds: float = 3.0) -> tuple[Bundle, dict[str, Any]]:
+    """`fit` on a FitData (the clip at the working size and, when it is not the source's size, at the source's):
+    checked (`checked`), fitted and baked; the keywords are `fit`'s."""
+    data = checked(data)
+    cfg = config or FitConfig()
     fitter = Fitter(data, cfg, resolve_device(device), show_progress=show_progress, callback=callback, log=log,
                     verbose=verbose, progress_sink=progress_sink, preview=preview, preview_seconds=preview_seconds)
     return fitter.run(Path(out) if out is not None else None, resume=resume)

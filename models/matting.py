@@ -1,7 +1,7 @@
 """Soft ROI mask (RNA 3.4): trimap from the refined hard mask by erosion/dilation, then matting in the band.
 
 The offline default is a guided filter (He et al.) guided by the frame; a learned matting model (ViTMatte in RNA)
-can be registered with `register_matting` and selected by FitConfig.matting.
+can be registered with `register_matting` and selected by FitConfig.bake.matting.
 """
 
 from __future__ import annotations

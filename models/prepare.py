@@ -4,6 +4,7 @@ jobs both call `prepare_fit`, then `run_prepared`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,20 +23,29 @@ class FitInputError(VatlasError):
 
 @dataclass
 class FitData:
-    """Inputs of a fit, on the compute device."""
+    """The clip a fit runs on: the frames and ROI at the working size, and the source's frames and ROI when the
+    bundle is delivered at another size (`prepare_fit` makes one from a FitRequest; `models.fit.fit` from arrays)."""
 
     frames_np: np.ndarray  # (T, H, W, 3) uint8
-    roi: Roi  # at working resolution
-    roi_mask: np.ndarray  # (H, W) bool
+    roi: Roi  # at working resolution, ref_frame relative to these frames
     fps: float
-    source: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # the bundle's source record
     # the frames and ROI at the source's size, when the fit runs smaller: the bundle is delivered at this size
     source_frames: np.ndarray | None = None
     source_roi: Roi | None = None
 
+    @functools.cached_property
+    def roi_mask(self) -> np.ndarray:
+        """(H, W) bool: the ROI on the working frames."""
+        return self.roi.mask(self.frames_np.shape[1], self.frames_np.shape[2])
+
     @property
     def ref_frame(self) -> int:
         return self.roi.ref_frame
+
+    @property
+    def working_size(self) -> tuple[int, int]:
+        return int(self.frames_np.shape[2]), int(self.frames_np.shape[1])
 
     @property
     def delivered_frames(self) -> np.ndarray:
@@ -64,21 +74,16 @@ class FitRequest:
 
 @dataclass
 class PreparedFit:
-    """A fit ready to run: working frames and ROI, the source frames to deliver at, the config and the record."""
+    """A fit ready to run: its clip, the config, the device and the record of which schedule and why."""
 
-    frames: np.ndarray  # (T, h, w, 3) uint8 at the working size
-    roi: Any  # at the working size, ref_frame relative to the selected frames
-    fps: float
+    data: FitData
     config: Any  # models.config.FitConfig
     device: str  # "cpu" or "cuda"
-    source: dict[str, Any]  # the bundle's source record
     preset_line: str  # which schedule, and why (printed by the CLI)
-    source_frames: np.ndarray | None = None  # the decoded source, when it is not the working size
-    source_roi: Any = None
 
     @property
     def working_size(self) -> tuple[int, int]:
-        return int(self.frames.shape[2]), int(self.frames.shape[1])
+        return self.data.working_size
 
 
 def check_output(out: Path) -> None:
@@ -115,11 +120,11 @@ def fit_config(request: FitRequest, device_type: str) -> tuple[Any, str]:
     preset, line = choose_preset(request.preset, device_type)
     overrides: dict[str, Any] = {}
     if request.atlas_size is not None:
-        overrides["atlas_size"] = request.atlas_size
+        overrides["bake"] = {"atlas_size": request.atlas_size}
     if request.batch_size is not None:
         if request.batch_size < 16:
             raise FitInputError(f"--batch-size must be >= 16, got {request.batch_size}")
-        overrides["batch_size"] = request.batch_size
+        overrides["schedule"] = {"batch_size": request.batch_size}
     try:
         config = FitConfig.preset(preset, **overrides)
         if request.iters is not None:
@@ -161,32 +166,29 @@ def prepare_fit(request: FitRequest) -> PreparedFit:
     work_roi = roi.scaled(w / src_w, h / src_h)
     work_roi.ref_frame = roi.ref_frame - start
     config.size = (w, h)
-    prepared = PreparedFit(frames=frames, roi=work_roi, fps=video.fps, config=config, device=device.type,
-                           preset_line=preset_line, source={
-                               "path": str(request.video.resolve()),
-                               "sha256": content_hash(request.video),
-                               "size": [src_w, src_h],
-                               "frame_range": list(video.frame_range),
-                               "stride": video.stride,
-                               "working_size": [w, h],
-                               **video.info,  # timestamps, rotation, colour and audio, for an export like the source
-                           })
+    source = {
+        "path": str(request.video.resolve()),
+        "sha256": content_hash(request.video),
+        "size": [src_w, src_h],
+        "frame_range": list(video.frame_range),
+        "stride": video.stride,
+        "working_size": [w, h],
+        **video.info,  # timestamps, rotation, colour and audio, for an export like the source
+    }
+    data = FitData(frames, work_roi, video.fps, source)
     if frames is not video.frames:  # fit small, deliver at full size: the bundle is baked over the source frames
-        prepared.source_frames = video.frames
-        prepared.source_roi = roi.scaled(1.0, 1.0)
-        prepared.source_roi.ref_frame = work_roi.ref_frame
-    return prepared
+        data.source_frames = video.frames
+        data.source_roi = roi.scaled(1.0, 1.0)
+        data.source_roi.ref_frame = work_roi.ref_frame
+    return PreparedFit(data=data, config=config, device=device.type, preset_line=preset_line)
 
 
 def run_prepared(prepared: PreparedFit, out: Path, **options: Any) -> tuple[Any, dict[str, Any]]:
-    """models.fit.fit on a prepared fit (options: resume, show_progress, verbose, progress_sink, preview,
+    """models.fit.run_fit on a prepared fit (options: resume, show_progress, verbose, progress_sink, preview,
     preview_seconds); raises FitInputError for what the fit itself finds wrong with its input."""
-    from .fit import FitError, fit
+    from .fit import FitError, run_fit
 
-    full_size = {"source_frames": prepared.source_frames, "source_roi": prepared.source_roi} \
-        if prepared.source_frames is not None else {}
     try:
-        return fit(prepared.frames, prepared.roi, config=prepared.config, fps=prepared.fps, device=prepared.device,
-                   out=out, source=prepared.source, **full_size, **options)
+        return run_fit(prepared.data, prepared.config, device=prepared.device, out=out, **options)
     except FitError as exc:
         raise FitInputError(str(exc)) from None

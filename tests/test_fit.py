@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
@@ -57,7 +56,7 @@ def test_bundle_is_written_and_loads_with_consistent_fields(fitted, scene):
     assert loaded.illumination.shape == (6, 12, 16, 3) and loaded.illumination.dtype == np.float16
     assert loaded.inverse_map.shape == (6, 64, 64, 2)
     assert loaded.atlas_span_px == pytest.approx(1.25 * 64)
-    assert loaded.source["sha256"] and loaded.config["atlas_size"] == 1024
+    assert loaded.source["sha256"] and loaded.config["bake"]["atlas_size"] == 1024
     assert set(metrics["stage_seconds"]) == {"flow", "init", "main", "refine", "inverse", "bake"}
     assert not checkpoint_path(out).exists()
     worst = metrics["roi_psnr_worst_frames"]
@@ -130,7 +129,7 @@ def test_interrupt_writes_a_checkpoint_and_resume_finishes(scene, tmp_path):
     with pytest.raises(FitError, match="another video"):
         fit(scene.frames[:5], scene.roi, config=cfg, device="cpu", out=out, resume=True, show_progress=False)
     with pytest.raises(FitError, match="different network settings"):
-        fit(scene.frames, scene.roi, config=dataclasses.replace(cfg, frame_affine=not cfg.frame_affine),
+        fit(scene.frames, scene.roi, config=cfg.updated({"network": {"frame_affine": not cfg.network.frame_affine}}),
             device="cpu", out=out, resume=True, show_progress=False)
     with pytest.raises(FitError, match="nothing to resume"):
         fit(scene.frames, scene.roi, config=cfg, device="cpu", out=tmp_path / "none.vatlas", resume=True)
@@ -142,7 +141,7 @@ def test_checkpoint_holds_what_training_changed_and_rebuilds_it_exactly(scene, t
     out = tmp_path / "c.vatlas"
     cfg = tiny_config(iters_mapping_init=10, iters_main=60, iters_refine=10, iters_inverse=10, eval_every=10,
                       extra={"cache_dir": str(tmp_path / "cache")})
-    data = FitData(scene.frames, scene.roi, scene.roi.mask(48, 64), 30.0, {})
+    data = FitData(scene.frames, scene.roi, 30.0, {})
     fitter = Fitter(data, cfg, torch.device("cpu"), show_progress=False,
                     callback=lambda s, i: _raise_at(s, i, "main", 45))
     with pytest.raises(KeyboardInterrupt):
@@ -173,7 +172,7 @@ def test_per_frame_affine_starts_at_the_camera_motion(tmp_path):
     big = (np.kron(rng.random((16, 28, 3)), np.ones((4, 4, 1))) * 255).astype(np.uint8)  # 64 x 112
     frames = np.ascontiguousarray(np.stack([big[:, 2 * t: 2 * t + 96] for t in range(8)]))  # pans 2 px/frame
     roi = Roi(ref_frame=3, polygons=[[(20.0, 16.0), (70.0, 16.0), (70.0, 48.0), (20.0, 48.0)]])
-    data = FitData(frames, roi, roi.mask(64, 96), 30.0, {})
+    data = FitData(frames, roi, 30.0, {})
     fitter = Fitter(data, tiny_config(extra={"cache_dir": str(tmp_path)}), torch.device("cpu"), show_progress=False)
     fitter._stage_flow()
     fitter._start_affine_at_camera()
@@ -192,17 +191,17 @@ def test_per_frame_affine_starts_at_the_camera_motion(tmp_path):
 def test_config_round_trips_and_rejects_bad_values():
     cfg = FitConfig.preset("best")
     assert FitConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.atlas_size >= 1024 and cfg.atlas_span == 1.25 and cfg.refine_tau == 0.025
+    assert cfg.bake.atlas_size >= 1024 and cfg.network.atlas_span == 1.25 and cfg.losses.refine_tau == 0.025
     with pytest.raises(ValueError, match="atlas_size"):
-        FitConfig(atlas_size=512)
+        FitConfig.from_dict({"atlas_size": 512})
     with pytest.raises(ValueError, match="unknown FitConfig keys"):
         FitConfig.from_dict({"atlas_sise": 1024})
     with pytest.raises(ValueError, match="unknown preset"):
         FitConfig.preset("fastest")
     with pytest.raises(ValueError, match="illumination_encoding"):
-        FitConfig(illumination_encoding="luma")
+        FitConfig.from_dict({"network": {"illumination_encoding": "luma"}})
     scaled = FitConfig.preset("standard").scaled_iters(600)
-    assert scaled.iters_main == 600 and scaled.iters_refine < FitConfig().iters_refine
+    assert scaled.schedule.iters_main == 600 and scaled.schedule.iters_refine < FitConfig().schedule.iters_refine
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ driver; the metrics live in vatlas.edit_eval.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -215,7 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("--out-dir", type=Path, default=None, help="also keep the bundles here")
     parser.add_argument("--seeds", default=None, help="synthetic scene indices to run, e.g. 0,1,2 (default all)")
-    parser.add_argument("--set", default=None, help="FitConfig overrides as JSON, e.g. '{\"visibility\": \"learned\"}'")
+    parser.add_argument("--set", default=None, help="FitConfig overrides as JSON, by section or by flat key: "
+                        "'{\"bake\": {\"visibility\": \"learned\"}}' or '{\"visibility\": \"learned\"}'")
     parser.add_argument("--compare-visibility", action="store_true",
                         help="also bake each fit with the learned visibility and report its metrics (suffix _learned)")
     parser.add_argument("--working-size-delivery", action="store_true",
@@ -263,8 +263,7 @@ def fit_clip(frames: np.ndarray, roi: Any, cfg: Any, fps: float, device: torch.d
     from vatlas.models.fit import Fitter
     from vatlas.models.prepare import FitData
 
-    data = FitData(np.ascontiguousarray(frames), roi, roi.mask(frames.shape[1], frames.shape[2]), float(fps), {},
-                   source_frames, source_roi)
+    data = FitData(np.ascontiguousarray(frames), roi, float(fps), {}, source_frames, source_roi)
     fitter = Fitter(data, cfg, device, show_progress=show_progress, log=log)
     busy = GpuBusy(device)
     try:
@@ -300,12 +299,18 @@ def _print_worst(name: str, worst: Worst) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from vatlas.edit_eval import object_roi
-    from vatlas.models.config import FitConfig, working_size
+    from vatlas.models.config import ConfigError, FitConfig, working_size
     from vatlas.models.fit import resolve_device
     from vatlas.synth import make_scene
 
     device = resolve_device(args.device)
-    overrides = json.loads(args.set) if args.set else {}
+    try:  # flat keys ({"visibility": "learned"}) or sections ({"bake": {"visibility": "learned"}}), checked first
+        overrides = json.loads(args.set) if args.set else {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"a JSON object of FitConfig keys, got {type(overrides).__name__}")
+        FitConfig.preset(args.preset, hash_backend=args.hash_backend, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--set: {exc}") from None
     seeds = None if args.seeds is None else {int(k) for k in args.seeds.split(",")}
     engine_device = str(device.type)
     rows: list[dict[str, Any]] = []
@@ -315,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             source_frames: np.ndarray | None = None, source_roi: Any = None) -> None:
         cfg = FitConfig.preset(args.preset, hash_backend=args.hash_backend, **overrides)
         if args.batch_size:
-            cfg.batch_size = args.batch_size
+            cfg.schedule.batch_size = args.batch_size
         if args.iters:
             cfg = cfg.scaled_iters(args.iters)
         if device.type == "cuda":
@@ -331,7 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         began = time.perf_counter()
         q, worst = quality(bundle)
         if args.compare_visibility:
-            learned = rebake(dataclasses.replace(cfg, visibility="learned"))
+            learned = rebake(cfg.updated({"bake": {"visibility": "learned"}}))
             q.update({f"{k}_learned": v for k, v in quality(learned)[0].items()})
             del learned
         row = {"clip": name, "frames": int(frames.shape[0]), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
@@ -357,7 +362,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            preset=args.synth_preset)
         label = f"synth{k}" if args.synth_preset == "default" else f"{args.synth_preset}{k}"
         frames, roi = scene.frames, scene.roi
-        working = working_size((scene.width, scene.height), None, FitConfig(**overrides).max_side)
+        working = working_size((scene.width, scene.height), None, FitConfig.from_dict(overrides).max_side)
         if working != (scene.width, scene.height):  # fit small, deliver (and score) at the scene's size
             frames = np.stack([cv2.resize(f, working, interpolation=cv2.INTER_AREA) for f in scene.frames])
             roi = scene.roi.scaled(working[0] / scene.width, working[1] / scene.height)

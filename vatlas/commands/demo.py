@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         video = read_video(video_path)
         roi = load_roi(roi_path)
         # On a CPU the demo trades fit quality for a few minutes' wait: a smaller batch and a short schedule.
-        overrides = {} if on_gpu else {"batch_size": 4096}
+        overrides = {} if on_gpu else {"schedule": {"batch_size": 4096}}
         config = FitConfig.preset(preset, size=size, **overrides)
         iters = args.iters or (None if on_gpu else 400)
         if iters:

@@ -36,7 +36,10 @@ def _size(pair: Any) -> str:
 
 def summary(info: dict[str, Any], path: Path) -> list[str]:
     """What a user needs to pick and use a bundle; the training settings stay behind --all."""
-    source, metrics, config = info.get("source") or {}, info.get("metrics") or {}, info.get("config") or {}
+    from vatlas.models.config import flat_config
+
+    source, metrics = info.get("source") or {}, info.get("metrics") or {}
+    config = flat_config(info.get("config") or {})  # bundles store it by section; before the sections, flat
     lines = [f"bundle: {path}"]
     clip = f"frames: {info['frames']} at {info['fps']:.4g} fps"
     if source.get("path"):
