@@ -1,7 +1,8 @@
 // One WebSocket to the vatlas server speaking msgpack-framed WsRequest / WsResponse, with automatic reconnect.
 import { decode, encode } from "@msgpack/msgpack";
-import type { Error as WireError, WsRequest, WsResponse } from "./generated/messages";
+import type { WsRequest } from "./generated/messages";
 import { ProtocolVersion } from "./generated/messages";
+import { decodeWsResponse, type Error as WireError, type WsResponse } from "./generated/received";
 
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
@@ -13,9 +14,18 @@ export type Call = Omit<WsRequest, "request_id">;
 
 type StreamHandler = (response: WsResponse) => void;
 
+/** The WebSocket beside the page, so the app also works behind a reverse proxy under a path prefix. */
+export function socketUrl(): string {
+  const url = new URL("ws", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  url.search = "";
+  url.hash = "";
+  return url.toString();
+}
+
 export class WireRequestError extends Error {
   constructor(readonly wire: WireError) {
-    super(`${wire.code ?? "UNKNOWN"}: ${wire.message ?? ""}`);
+    super(`${wire.code || "UNKNOWN"}: ${wire.message}`);
   }
 }
 
@@ -172,12 +182,13 @@ export class Connection {
     if (!(data instanceof ArrayBuffer)) return;
     let response: WsResponse;
     try {
-      response = decode(new Uint8Array(data)) as WsResponse;
+      // The one place messages arrive: from here on every proto3 default is filled in.
+      response = decodeWsResponse(decode(new Uint8Array(data)));
     } catch {
       console.warn("vatlas: undecodable message dropped");
       return;
     }
-    const id = response.request_id ?? 0;
+    const id = response.request_id;
     const waiting = this.pending.get(id);
     if (waiting) {
       this.pending.delete(id);

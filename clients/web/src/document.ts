@@ -1,5 +1,6 @@
 // The client's copy of the session's edit document: live objects (layers) rebuilt from snapshot + applied ops.
-import { OBJECT_TYPES as OBJECT_KINDS, type EditDocument, type EditOp, type LayerAuthor, type Participant } from "./generated/messages";
+import { OBJECT_TYPES as OBJECT_KINDS } from "./generated/messages";
+import type { EditDocument, EditOp, LayerAuthor, Participant } from "./generated/received";
 
 /** The op types that make an object (edits.proto declares them). */
 export const OBJECT_TYPES: ReadonlySet<string> = new Set(OBJECT_KINDS);
@@ -23,10 +24,10 @@ export class SessionDocument {
    *  who made each object, so layers made before we joined show their author's colour too. */
   reset(document: EditDocument | undefined, seq: number, authors: LayerAuthor[] = []): void {
     this.layers.clear();
-    const byOp = new Map(authors.map((a) => [a.op_id ?? "", a]));
+    const byOp = new Map(authors.map((a) => [a.op_id, a]));
     for (const op of document?.ops ?? []) {
       const author = byOp.get(op.id ?? "");
-      if (author?.participant_id) this.remember(author.participant_id, author.name ?? "", author.color ?? "");
+      if (author?.participant_id) this.remember(author.participant_id, author.name, author.color);
       this.applyOp(op, author?.participant_id ?? "", 0);
     }
     this.seq = seq;
@@ -40,7 +41,7 @@ export class SessionDocument {
   /** The colour and name a layer's author has now, or had when last seen; undefined when unknown. */
   authorOf(layer: Layer): { name: string; color: string } | undefined {
     const present = this.participants.get(layer.author);
-    if (present?.color) return { name: present.name ?? "", color: present.color };
+    if (present?.color) return { name: present.name, color: present.color };
     return this.authors.get(layer.author);
   }
 

@@ -1,12 +1,21 @@
 // Export: ask the server for an MP4 of the edited clip, show progress, offer the file for download.
 import type { Connection } from "./connection";
 import { byId } from "./dom";
+import type { SessionInfo } from "./generated/received";
 
 export class Exporter {
   private streamId: number | null = null;
   private url: string | null = null;
 
   constructor(private readonly conn: Connection) {}
+
+  /** The Export button exports the open session (named after its bundle). */
+  bind(session: () => SessionInfo | null): void {
+    byId("export-btn").addEventListener("click", () => {
+      const info = session();
+      if (info) this.start(info.session_id, info.bundle || "vatlas");
+    });
+  }
 
   get running(): boolean {
     return this.streamId !== null;
@@ -32,7 +41,7 @@ export class Exporter {
     };
     this.streamId = this.conn.stream({ export: { session_id: sessionId, format: "mp4" } }, (response) => {
       if (response.error) {
-        finish(`failed: ${response.error.message ?? ""}`);
+        finish(`failed: ${response.error.message}`);
         return;
       }
       const event = response.export;

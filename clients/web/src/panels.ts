@@ -1,24 +1,59 @@
 // The right-hand panels (people, layers) and the timeline marks, rendered from the session document.
-import type { Layer } from "./document";
-import { el } from "./dom";
-import type { Participant } from "./generated/messages";
+import type { Layer, SessionDocument } from "./document";
+import { byId, el } from "./dom";
+import type { EditorState } from "./editor-state";
+import type { EditSender } from "./edits";
+import type { Participant } from "./generated/received";
 import { describeOp, opColour } from "./ops";
+import type { Selection } from "./select-tool";
+
+export interface PanelsHost {
+  state: EditorState;
+  doc: SessionDocument;
+  selection: Selection;
+  edits: EditSender;
+  /** A layer's name was clicked: show its frame (and select it, when the Select tool edits it). */
+  goTo(layer: Layer): void;
+}
+
+/** The layer list and the timeline marks of the open session. */
+export class Panels {
+  constructor(private readonly host: PanelsHost) {}
+
+  refreshMarks(): void {
+    const { doc, state } = this.host;
+    renderMarks(byId("marks"), doc.live(), (layer) => doc.authorOf(layer), state.frames);
+  }
+
+  refreshLayers(): void {
+    const { doc, selection, edits } = this.host;
+    this.refreshMarks();
+    selection.refresh();
+    renderLayers(byId("layers"), selection.stack(), {
+      toggleVisible: (layer) =>
+        edits.send({ id: edits.newId("vis"), type: "set_visible", target: layer.id, visible: !layer.visible }),
+      remove: (layer) => edits.send({ id: edits.newId("del"), type: "delete", target: layer.id }),
+      goTo: (layer) => this.host.goTo(layer),
+      authorOf: (layer) => doc.authorOf(layer),
+    }, selection.selectedId);
+  }
+}
 
 export function renderParticipants(list: HTMLElement, people: Participant[], myId: string): void {
   list.replaceChildren(
     ...people.map((p) => {
       const mine = p.participant_id === myId;
       const attributes: Record<string, string> = {
-        "data-participant-id": p.participant_id ?? "",
+        "data-participant-id": p.participant_id,
         "data-testid": "participant",
         "data-me": String(mine),
-        "data-frame": String(p.frame ?? 0),
+        "data-frame": String(p.frame),
       };
       if (p.cursor) attributes["data-cursor"] = `${p.cursor[0]},${p.cursor[1]}`;
       return el("li", attributes, [
         el("span", { class: "swatch", style: `background:${p.color || "#888"}` }),
         el("span", { class: "pname" }, [`${p.name || "guest"}${mine ? " (you)" : ""}`]),
-        el("span", { class: "where" }, [`f${p.frame ?? 0}${p.tool ? ` · ${p.tool}` : ""}`]),
+        el("span", { class: "where" }, [`f${p.frame}${p.tool ? ` · ${p.tool}` : ""}`]),
       ]);
     }),
   );

@@ -1,17 +1,15 @@
 // Playback: the server streams frames at the clip's rate (Playback over the socket); when it will not, the page
 // paces single renders itself at the same rate. The Play button shows the state.
 import type { Connection } from "./connection";
-import type { RenderedFrame } from "./generated/messages";
 import { byId } from "./dom";
+import type { EditorState } from "./editor-state";
+import type { RenderedFrame } from "./generated/received";
 
 /** What playback needs from the app. */
 export interface PlaybackHost {
   readonly conn: Connection;
-  /** The session to play, or null when there is none (or the atlas is shown). */
-  playable(): string | null;
-  readonly frames: number;
-  readonly fps: number;
-  readonly frame: number;
+  /** The session, the clip and the current frame (the atlas is not played). */
+  readonly state: EditorState;
   /** The scale to play at (the viewport's). */
   scale(): number;
   /** Whether the frames should carry their region mask (some frame's is not known yet). */
@@ -37,17 +35,16 @@ export class Playback {
   }
 
   start(): void {
-    const sessionId = this.host.playable();
-    if (sessionId === null) return;
+    const { session, atlas, frame, frames } = this.host.state;
+    if (!session || atlas) return;
     this.playing = true;
     this.showState();
-    const frames = this.host.frames;
-    const start = this.host.frame >= frames - 1 ? 0 : this.host.frame;
+    const start = frame >= frames - 1 ? 0 : frame;
     const scale = this.host.scale();
     this.streamId = this.host.conn.stream(
       {
         playback: {
-          session_id: sessionId,
+          session_id: session.session_id,
           start_frame: start,
           loop: true,
           format: "jpeg",
@@ -83,7 +80,7 @@ export class Playback {
   }
 
   private paceHere(): void {
-    const fps = this.host.fps || 25;
+    const fps = this.host.state.bundle?.fps || 25;
     const tick = (): void => {
       if (!this.playing) return;
       this.host.step();

@@ -2,7 +2,7 @@
 // (RenderRequest.roi_mask_side): an outline and a light veil outside it, and a mask that clips the local
 // previews the way the server's soft mask clips the edits. With several ROI polygons each is a region of its
 // own (RoiMask.regions labels the cells): the cache shows one of them, or all.
-import type { RoiMask } from "./generated/messages";
+import type { Region, RoiMask } from "./generated/received";
 
 /** Cells on the long side of the masks asked for (the server allows up to 256). */
 export const ROI_MASK_SIDE = 128;
@@ -12,6 +12,8 @@ const VISIBLE = 128;
 const MAX_FRAMES = 4096;
 const OUTLINE = "rgba(90, 200, 255, 0.9)";
 const VEIL = 0.28; // darkening outside the region
+/** A mask without a visible box: no part of the region is in the frame. */
+const NOTHING_VISIBLE: Region = { x: 0, y: 0, width: 0, height: 0 };
 
 export interface FrameRegion {
   /** Cells of the mask (full-resolution frame = width x height scaled). */
@@ -79,14 +81,12 @@ export class RegionCache {
   }
 
   add(frame: number, mask: RoiMask): void {
-    const cols = mask.width ?? 0;
-    const rows = mask.height ?? 0;
-    const data = mask.data ?? new Uint8Array();
+    const { width: cols, height: rows, data } = mask;
     if (cols < 1 || rows < 1 || data.length !== cols * rows) return;
     if (this.frames.size >= MAX_FRAMES) this.frames.delete(this.frames.keys().next().value as number);
-    const v = mask.visible ?? {};
-    const labels = mask.regions && mask.regions.length === cols * rows ? mask.regions : null;
-    this.frames.set(frame, build(cols, rows, data, [v.x ?? 0, v.y ?? 0, v.width ?? 0, v.height ?? 0], labels));
+    const v = mask.visible ?? NOTHING_VISIBLE;
+    const labels = mask.regions.length === cols * rows ? mask.regions : null;
+    this.frames.set(frame, build(cols, rows, data, [v.x, v.y, v.width, v.height], labels));
   }
 }
 

@@ -3,6 +3,8 @@
 // and stacking. Each change is one `update` op, so undo and the other participants see it like any edit.
 import type { Layer, SessionDocument } from "./document";
 import { byId } from "./dom";
+import type { EditorState } from "./editor-state";
+import type { EditSender } from "./edits";
 import type { EditOp, Vec2 } from "./generated/messages";
 import { hexToRgb } from "./geometry";
 import { describeOp } from "./ops";
@@ -24,9 +26,8 @@ import type { Preview, View } from "./view";
 export interface SelectionHost {
   view: View;
   doc: SessionDocument;
-  frame: () => number;
-  newOpId: (kind: string) => string;
-  sendOp: (op: EditOp, preview?: Preview) => void;
+  state: EditorState;
+  edits: EditSender;
   /** Something the layer list shows changed (the selection). */
   changed: () => void;
 }
@@ -81,7 +82,7 @@ export class Selection {
     if (!layer && this.selectedId) this.selectedId = "";
     const view = this.host.view;
     // The outline shows on the frame the object was made on (where its coordinates are).
-    if (!this.drag) view.selection = layer && layer.op.frame === this.host.frame() ? boxOf(layer.op) : null;
+    if (!this.drag) view.selection = layer && layer.op.frame === this.host.state.frame ? boxOf(layer.op) : null;
     view.canvas.dataset.selected = this.selectedId;
     view.invalidate();
     this.showPanel(layer);
@@ -134,7 +135,7 @@ export class Selection {
   pointerDown(at: Vec2, pointerId: number): void {
     const zoom = this.host.view.zoom;
     const current = this.layer();
-    const box = current && current.op.frame === this.host.frame() ? boxOf(current.op) : null;
+    const box = current && current.op.frame === this.host.state.frame ? boxOf(current.op) : null;
     let gesture: Gesture | null = null;
     let layer: Layer | undefined = current;
     if (box) {
@@ -145,7 +146,7 @@ export class Selection {
       else if (insideBox(box, at, 2 / zoom)) gesture = "move";
     }
     if (!gesture) {
-      layer = hitTest(this.stack(), this.host.frame(), at, 4 / zoom, () => undefined) ?? undefined;
+      layer = hitTest(this.stack(), this.host.state.frame, at, 4 / zoom, () => undefined) ?? undefined;
       this.select(layer?.id ?? null);
       gesture = layer ? "move" : null;
     }
@@ -199,9 +200,9 @@ export class Selection {
 
   /** Send one update of the layer (its preview stays until a server frame includes it). */
   private update(layer: Layer, change: EditOp): void {
-    const id = this.host.newOpId("update");
+    const id = this.host.edits.newId("update");
     const preview = this.preview(layer, { ...layer.op, ...change }, id);
-    this.host.sendOp({ id, type: "update", target: layer.id, set: change }, preview);
+    this.host.edits.send({ id, type: "update", target: layer.id, set: change }, preview);
     this.host.view.selection = boxOf({ ...layer.op, ...change });
   }
 
@@ -247,7 +248,7 @@ export class Selection {
       return true;
     }
     if (key === "delete" || key === "backspace") {
-      this.host.sendOp({ id: this.host.newOpId("del"), type: "delete", target: layer.id });
+      this.host.edits.send({ id: this.host.edits.newId("del"), type: "delete", target: layer.id });
       this.select(null);
       return true;
     }

@@ -1,7 +1,8 @@
 // The session protocol of one participant, without the DOM or the socket (it mirrors the Python client's
 // _session_core.py): the join and resume messages, which ops still wait for an answer (resent after a rejoin),
 // and what a snapshot or an answer means. The app owns the connection and the document; this decides.
-import type { EditOp, Error as WireError, Join, Snapshot } from "./generated/messages";
+import type { EditOp, Join } from "./generated/messages";
+import type { Error as WireError, Snapshot } from "./generated/received";
 
 export interface JoinParams {
   sessionId: string;
@@ -45,9 +46,10 @@ export class SessionProtocol {
   /** A snapshot arrived: take our identity from it; true when the document must be reset from it (false on a
    *  resume whose snapshot is empty: the server replays what we missed instead). */
   snapshot(snap: Snapshot): boolean {
-    this.participantId = snap.participant_id ?? this.participantId;
-    this.resumeKey = snap.resume_key ?? this.resumeKey;
-    const replayFollows = this.resuming && !(snap.document?.ops?.length ?? 0);
+    // "" is the mirror's unset: a snapshot without them keeps ours.
+    this.participantId = snap.participant_id || this.participantId;
+    this.resumeKey = snap.resume_key || this.resumeKey;
+    const replayFollows = this.resuming && !snap.document?.ops.length;
     this.resuming = false;
     return !replayFollows;
   }
@@ -76,7 +78,7 @@ export class SessionProtocol {
     return {
       duplicate: error?.code === "ALREADY_EXISTS" && known,
       plain: error?.code === "OUT_OF_RANGE",
-      message: error?.message ?? "unknown reason",
+      message: error?.message || "unknown reason",
     };
   }
 }

@@ -4,7 +4,7 @@
 import type { Call, Connection } from "./connection";
 import { WireRequestError } from "./connection";
 import { byId, el } from "./dom";
-import type { FitInfo, FitProgress, UploadFrame, WsResponse } from "./generated/messages";
+import { decodeFitProgress, type FitInfo, type FitProgress, type UploadFrame, type WsResponse } from "./generated/received";
 import { RoiEditor } from "./roi_editor";
 
 const CHUNK_BYTES = 1 << 20;
@@ -119,7 +119,7 @@ export class StartFlow {
     byId("running-fits").replaceChildren(
       ...fits.map((info) => {
         const button = el("button", { "data-testid": "follow-fit" }, [
-          el("span", {}, [`Fitting ${info.name ?? ""}`]),
+          el("span", {}, [`Fitting ${info.name}`]),
           el("span", { class: "muted" }, [`${Math.round((info.progress?.fraction ?? 0) * 100)}%`]),
         ]);
         button.addEventListener("click", () => this.follow(info));
@@ -151,7 +151,7 @@ export class StartFlow {
       const first = await this.frame(0);
       this.video = first;
       const scrubber = byId<HTMLInputElement>("ref-scrubber");
-      scrubber.max = String(Math.max(0, (first.frames ?? 1) - 1));
+      scrubber.max = String(Math.max(0, first.frames - 1));
       scrubber.value = "0";
       this.editor.clear();
       await this.display(first);
@@ -180,13 +180,13 @@ export class StartFlow {
       const handle = (response: WsResponse) => {
         if (response.error) fail(new WireRequestError(response.error));
         else if (response.upload_progress) {
-          acked = response.upload_progress.bytes ?? acked;
+          acked = response.upload_progress.bytes || acked;
           progress(acked);
           void pump();
         } else if (response.upload) {
           if (id !== null) this.conn.endStream(id);
           progress(file.size);
-          resolve(response.upload.upload_id ?? "");
+          resolve(response.upload.upload_id);
         }
       };
       const chunk = async (offset: number): Promise<Call> => {
@@ -253,13 +253,12 @@ export class StartFlow {
   }
 
   private async display(frame: UploadFrame): Promise<void> {
-    const bytes = frame.jpeg ?? new Uint8Array();
-    const image = await createImageBitmap(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
-    this.editor.setFrame(image, frame.width ?? image.width, frame.height ?? image.height);
+    const image = await createImageBitmap(new Blob([frame.jpeg as BlobPart], { type: "image/jpeg" }));
+    this.editor.setFrame(image, frame.width || image.width, frame.height || image.height);
     const canvas = this.editor.canvas;
-    canvas.dataset.frame = String(frame.frame ?? 0);
-    byId("ref-label").textContent = `Reference frame ${(frame.frame ?? 0) + 1} of ${frame.frames ?? 0}`;
-    byId("video-label").textContent = `${frame.width}×${frame.height} · ${frame.frames} frames · ${(frame.fps ?? 0).toFixed(2)} fps`;
+    canvas.dataset.frame = String(frame.frame);
+    byId("ref-label").textContent = `Reference frame ${frame.frame + 1} of ${frame.frames}`;
+    byId("video-label").textContent = `${frame.width}×${frame.height} · ${frame.frames} frames · ${frame.fps.toFixed(2)} fps`;
   }
 
   private refreshRoiUi(): void {
@@ -304,7 +303,8 @@ export class StartFlow {
         detach: true, // the fit keeps running when this tab closes; the page finds it again by id
       },
     };
-    this.showFit({ name, fraction: 0, stage: "fitting" });
+    // Until the server reports, the fit shows as starting.
+    this.showFit({ ...decodeFitProgress({ stage: "fitting" }), name });
     this.step("fit");
     this.fitStream = this.conn.stream(call, (response) => this.onFitResponse(response, name));
     if (this.fitStream === null) {
@@ -317,24 +317,24 @@ export class StartFlow {
   /** Show a fit's progress and follow it (after a reload or a reconnect, or from the open dialog's list). */
   private follow(info: FitInfo): void {
     this.open();
-    this.fitId = info.fit_id ?? "";
+    this.fitId = info.fit_id;
     this.step("fit");
     if (info.progress) this.showFit({ ...info.progress, name: info.name });
     if (info.error) {
-      this.fitFailed(info.error.message ?? "the fit failed");
+      this.fitFailed(info.error.message || "the fit failed");
       return;
     }
-    this.fitStream = this.conn.stream({ attach_fit: { fit_id: this.fitId } }, (r) => this.onFitResponse(r, info.name ?? ""));
+    this.fitStream = this.conn.stream({ attach_fit: { fit_id: this.fitId } }, (r) => this.onFitResponse(r, info.name));
   }
 
   private onFitResponse(response: WsResponse, name: string): void {
     if (response.error) {
       this.fitStream = null;
-      if (this.fitId) this.fitFailed(response.error.message ?? "");
+      if (this.fitId) this.fitFailed(response.error.message);
       else {
         // refused before it started (a bad region, a taken name, a busy server): back to the drawing
         this.step("roi");
-        this.error(response.error.message ?? "the fit was refused");
+        this.error(response.error.message || "the fit was refused");
         this.refreshRoiUi();
       }
       return;
@@ -346,21 +346,21 @@ export class StartFlow {
       localStorage.setItem(STORAGE_KEY, JSON.stringify({ fit_id: this.fitId, name }));
     }
     this.showFit({ ...event, name });
-    if (event.done) void this.finished(event.bundle?.name ?? name);
+    if (event.done) void this.finished(event.bundle?.name || name);
   }
 
   private showFit(event: FitProgress & { name?: string }): void {
-    const fraction = event.fraction ?? 0;
+    const fraction = event.fraction;
     byId<HTMLProgressElement>("fit-progress").value = fraction;
     byId("fit-percent").textContent = `${Math.floor(fraction * 100)}%`;
-    const stage = STAGES[event.stage ?? ""] ?? event.stage ?? "";
+    const stage = STAGES[event.stage] ?? event.stage;
     const number = event.stage_number ? `Step ${event.stage_number} of ${event.stage_count}: ` : "";
     byId("fit-stage").textContent = `${number}${stage}`;
-    byId("fit-stage").dataset.stage = event.stage ?? "";
+    byId("fit-stage").dataset.stage = event.stage;
     byId("fit-cancel").hidden = Boolean(event.done);
-    const eta = event.eta_seconds ?? 0;
+    const eta = event.eta_seconds;
     byId("fit-eta").textContent = event.done ? "" : eta > 0 ? `about ${duration(eta)} left` : "estimating time left…";
-    byId("fit-readout").textContent = event.readout ?? event.message ?? "";
+    byId("fit-readout").textContent = event.readout || event.message;
     if (event.name) byId("fit-title").textContent = `Fitting ${event.name}`;
     if (event.preview?.length) {
       const url = URL.createObjectURL(new Blob([event.preview as BlobPart], { type: "image/jpeg" }));
@@ -380,7 +380,7 @@ export class StartFlow {
     button.disabled = true;
     try {
       const response = await this.conn.request({ cancel_fit: { fit_id: this.fitId } });
-      if (response.error) this.error(response.error.message ?? "the fit could not be cancelled");
+      if (response.error) this.error(response.error.message || "the fit could not be cancelled");
     } catch (error) {
       this.error(messageOf(error));
     } finally {
@@ -476,5 +476,5 @@ function duration(seconds: number): string {
 }
 
 function messageOf(error: unknown): string {
-  return error instanceof WireRequestError ? error.wire.message ?? error.message : error instanceof Error ? error.message : String(error);
+  return error instanceof WireRequestError ? error.wire.message || error.message : error instanceof Error ? error.message : String(error);
 }

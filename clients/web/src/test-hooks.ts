@@ -1,40 +1,44 @@
 // window.vatlas: what the browser tests read and drive (the frame shown, its pixels, the region, the
 // selection, a dropped connection). Nothing in the app reads it.
-import type { SessionInfo } from "./generated/messages";
+import type { Connection } from "./connection";
+import type { SessionDocument } from "./document";
+import type { EditorState } from "./editor-state";
+import type { RenderScheduler } from "./render-scheduler";
+import type { Selection } from "./select-tool";
+import type { SessionProtocol } from "./session";
 import type { Rect, ShownFrame, View } from "./view";
 
-/** What the hooks need from the app. */
+/** What the hooks read from the editor. */
 export interface TestHost {
-  readonly frame: number;
-  readonly seq: number;
-  readonly participantId: string;
-  readonly session: SessionInfo | null;
-  readonly editLatencies: readonly number[];
-  readonly selectedId: string;
+  readonly state: EditorState;
+  readonly doc: SessionDocument;
+  readonly protocol: SessionProtocol;
+  readonly selection: Selection;
+  readonly renderer: RenderScheduler;
   readonly view: View;
-  dropConnection(outageMs: number): void;
+  readonly conn: Connection;
 }
 
 export function exposeForTests(host: TestHost): void {
   (window as unknown as { vatlas: unknown }).vatlas = {
     get frame() {
-      return host.frame;
+      return host.state.frame;
     },
     get seq() {
-      return host.seq;
+      return host.doc.seq;
     },
     get participantId() {
-      return host.participantId;
+      return host.protocol.participantId;
     },
     get session() {
-      return host.session;
+      return host.state.session;
     },
     get pendingPreviews() {
       return host.view.previews.length;
     },
     /** Milliseconds from sending each op to showing the first server frame that includes it. */
     get editLatencies() {
-      return [...host.editLatencies];
+      return [...host.renderer.editLatencies];
     },
     /** RGBA of the server's last frame at full-resolution pixel (x, y), without previews or cursors (from
      *  the backdrop outside a region render; [] where neither holds it). */
@@ -82,17 +86,18 @@ export function exposeForTests(host: TestHost): void {
     /** The editable region on the frame shown: its visible box (full-resolution pixels), the outline's
      *  segment count, and whether it is drawn. null until the server sent it for this frame. */
     get region() {
-      const region = host.view.regions.get(host.frame);
+      const frame = host.state.frame;
+      const region = host.view.regions.get(frame);
       if (!region) return null;
-      return { frame: host.frame, visible: region.visible, segments: region.outline.length / 4, shown: host.view.showRegion,
+      return { frame, visible: region.visible, segments: region.outline.length / 4, shown: host.view.showRegion,
                cols: region.cols, rows: region.rows, picked: host.view.regions.selected };
     },
     /** The selected layer's id ("" when none). */
     get selected() {
-      return host.selectedId;
+      return host.selection.selectedId;
     },
     dropConnection(outageMs = 0): void {
-      host.dropConnection(outageMs);
+      host.conn.dropForTest(outageMs);
     },
   };
 }

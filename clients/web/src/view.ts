@@ -1,5 +1,5 @@
 // The canvas: the server's latest frame under a zoom/pan transform, local stroke previews and others' cursors.
-import type { Participant, Vec2 } from "./generated/messages";
+import type { Participant, Vec2 } from "./generated/received";
 import { drawRegion, RegionCache } from "./roi";
 import { handles, rotate, type Box } from "./selection";
 
@@ -354,7 +354,7 @@ export class View {
     const { ctx } = this;
     const [x, y] = participant.cursor;
     const s = 1 / this.zoom;
-    const sameFrame = (participant.frame ?? 0) === this.currentFrame;
+    const sameFrame = participant.frame === this.currentFrame;
     ctx.save();
     ctx.globalAlpha = sameFrame ? 1 : 0.4;
     ctx.translate(x, y);
@@ -370,7 +370,7 @@ export class View {
     ctx.closePath();
     ctx.fill();
     ctx.stroke();
-    const label = `${participant.name || "guest"}${sameFrame ? "" : ` @${participant.frame ?? 0}`}`;
+    const label = `${participant.name || "guest"}${sameFrame ? "" : ` @${participant.frame}`}`;
     ctx.font = "11px system-ui, sans-serif";
     const width = ctx.measureText(label).width + 8;
     ctx.fillRect(10, 16, width, 16);
